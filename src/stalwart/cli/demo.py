@@ -1,0 +1,246 @@
+"""``stalwart demo``: the whole path on real data, in one command.
+
+Trains two real models on scikit-learn's bundled breast-cancer data (a logistic regression
+and a gradient-boosted classifier), registers them as two versions of one model, starts
+the server on the embedded defaults (SQLite, in-process everything), sends real Open
+Inference Protocol requests, and shows what came back and how to do the same with curl.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.panel import Panel
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stalwart.cli.output import console
+from stalwart.errors import NotReady
+
+MODEL = "breast-cancer"
+
+
+@dataclass
+class _Trained:
+    label: str
+    model: Any
+    metrics: dict[str, float]
+
+
+def run_demo(*, once: bool, port: int, home: Path) -> int:
+    """Run the tour; returns the process exit code."""
+    import numpy as np
+    import uvicorn
+
+    from stalwart.config import Settings
+    from stalwart.monitoring.logs import configure_logging
+    from stalwart.registry import Registry
+    from stalwart.serving.app import create_app
+
+    if home.exists():
+        shutil.rmtree(home)
+    settings = Settings(home=home, log_format="json", log_level="warning", registry_poll_seconds=0.5)
+    console.rule("[bold]Stalwart demo")
+    console.print(f"registry: SQLite under [cyan]{home}/[/] (reset for this run)")
+
+    x_train, x_test, y_train, y_test, feature_count = _data()
+    trained = _train(x_train, y_train, x_test, y_test)
+    registry = Registry.open(settings)
+    table = Table("version", "model", "accuracy", "ROC AUC", "sha256")
+    for item in trained:
+        mv = registry.register(
+            MODEL,
+            item.model,
+            sample=x_train[:50],
+            metrics=item.metrics,
+            tags={"algorithm": item.label, "dataset": "sklearn breast cancer"},
+            description=f"{item.label} on the Wisconsin breast-cancer data",
+        )
+        table.add_row(str(mv.version), item.label, f"{item.metrics['accuracy']:.3f}",
+                      f"{item.metrics['roc_auc']:.3f}", mv.sha256[:12] + "…")
+    console.print(table)
+
+    configure_logging("json", "warning", stream=_Discard())
+    port = port or _free_port()
+    if not _port_free(settings.host, port):
+        fallback = _free_port()
+        console.print(f"port {port} is taken; using {fallback}")
+        port = fallback
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, registry=registry), host=settings.host, port=port,
+                       log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, name="stalwart-demo-server", daemon=True)
+    thread.start()
+    base = f"http://{settings.host}:{port}"
+    try:
+        _wait_ready(base)
+        ok = _tour(base, x_test, y_test, feature_count, np)
+    finally:
+        if once:
+            server.should_exit = True
+            thread.join(timeout=10)
+    if once:
+        return 0 if ok else 1
+    console.print(f"\nserving on [bold]{base}[/] — Ctrl-C to stop")
+    try:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return 0 if ok else 1
+
+
+def _data() -> tuple[Any, Any, Any, Any, int]:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=7, stratify=y)
+    return x_train, x_test, y_train, y_test, x.shape[1]
+
+
+def _train(x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> list[_Trained]:
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    candidates = [
+        ("logistic regression", make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))),
+        ("gradient boosting", GradientBoostingClassifier(random_state=7)),
+    ]
+    results = []
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        for label, model in candidates:
+            task = progress.add_task(f"training {label}", total=1)
+            model.fit(x_train, y_train)
+            proba = model.predict_proba(x_test)[:, 1]
+            metrics = {
+                "accuracy": float(accuracy_score(y_test, model.predict(x_test))),
+                "roc_auc": float(roc_auc_score(y_test, proba)),
+            }
+            results.append(_Trained(label, model, metrics))
+            progress.update(task, completed=1, description=f"trained {label}")
+    return results
+
+
+def _tour(base: str, x_test: Any, y_test: Any, feature_count: int, np: Any) -> bool:
+    rows = x_test[:3]
+    body = {
+        "id": "demo-1",
+        "inputs": [{"name": "input-0", "shape": [3, feature_count], "datatype": "FP64", "data": rows.ravel().tolist()}],
+        "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+    }
+    ok = True
+    meta = _call("GET", f"{base}/v2/models/{MODEL}")
+    console.print(f"\n[bold]GET /v2/models/{MODEL}[/] → {meta.status}: serves version "
+                  f"{meta.body.get('versions')}, input {meta.body['inputs'][0]['shape']} {meta.body['inputs'][0]['datatype']}")
+    table = Table("version", "row", "truth", "predict", "P(benign)")
+    for version in ("1", "2"):
+        result = _call("POST", f"{base}/v2/models/{MODEL}/versions/{version}/infer", body)
+        ok &= result.status == 200
+        outputs = {o["name"]: o for o in result.body["outputs"]}
+        proba = np.asarray(outputs["predict_proba"]["data"]).reshape(outputs["predict_proba"]["shape"])
+        for i in range(len(rows)):
+            table.add_row(version, str(i), str(int(y_test[i])), str(outputs["predict"]["data"][i]), f"{proba[i, 1]:.3f}")
+    console.print(f"\n[bold]POST /v2/models/{MODEL}/versions/{{1,2}}/infer[/] (3 rows each)")
+    console.print(table)
+    latest = _call("POST", f"{base}/v2/models/{MODEL}/infer", body)
+    ok &= latest.status == 200 and latest.body.get("model_version") == "2"
+    console.print(f"unversioned infer → model_version {latest.body.get('model_version')}, "
+                  f"X-Request-ID {latest.headers.get('x-request-id')}")
+    bad = dict(body, inputs=[dict(body["inputs"][0], shape=[3, feature_count + 1])])
+    refused = _call("POST", f"{base}/v2/models/{MODEL}/infer", bad)
+    ok &= refused.status == 400
+    console.print(f"\n[bold]a wrong shape[/] → {refused.status} {refused.body}")
+    metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()  # noqa: S310 - our own loopback server
+    counted = [line for line in metrics.splitlines() if line.startswith("stalwart_requests_total{")]
+    console.print("\n[bold]GET /metrics[/] (request counters):")
+    for line in counted:
+        console.print(f"  {line}", highlight=False)
+    example = json.dumps({"inputs": [{"name": "input-0", "shape": [1, feature_count], "datatype": "FP64",
+                                      "data": [round(v, 4) for v in x_test[0].tolist()]}]})
+    console.print(Panel(
+        f"curl -s {base}/v2/models/{MODEL}\n"
+        f"curl -s -X POST {base}/v2/models/{MODEL}/infer -H 'Content-Type: application/json' \\\n"
+        f"     -d '{example}'\n"
+        f"curl -s {base}/metrics | grep stalwart_",
+        title="try it yourself", expand=False,
+    ))
+    console.print("[green]demo OK[/]" if ok else "[red]demo FAILED: see the responses above[/]")
+    return ok
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def _call(method: str, url: str, body: Any = None) -> _Reply:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})  # noqa: S310 - our own loopback server
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own loopback server
+            return _Reply(response.status, json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()})
+    except urllib.error.HTTPError as exc:
+        return _Reply(exc.code, json.loads(exc.read()), {k.lower(): v for k, v in exc.headers.items()})
+
+
+def _wait_ready(base: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _call("GET", f"{base}/v2/health/ready").status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise NotReady(f"the demo server at {base} did not become ready in {timeout:.0f} s; see its log above")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+class _Discard:
+    """A stream for the server's logs during the tour, which prints its own story."""
+
+    buffer: Any = None
+
+    def __init__(self) -> None:
+        self.buffer = self
+
+    def write(self, _data: Any) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False

@@ -1,0 +1,89 @@
+"""``stalwart``: serve models, manage the registry, run the demo.
+
+Every command reads the same ``STALWART_*`` settings as the server, so ``stalwart models
+list`` shows exactly what ``stalwart serve`` serves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stalwart.cli.models import models_app
+from stalwart.cli.output import console, fail
+
+app = typer.Typer(
+    name="stalwart",
+    help="Run machine-learning models in production.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(models_app, name="models")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="interface to bind [env STALWART_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="port to bind [env STALWART_PORT]")] = None,
+    project: Annotated[Path | None, typer.Option(help="project file with feature definitions")] = None,
+) -> None:
+    """Serve every registered model over the Open Inference Protocol."""
+    import uvicorn
+
+    from stalwart.config import load_settings
+    from stalwart.monitoring.logs import configure_logging, get_logger
+    from stalwart.serving.app import create_app
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if project is not None:
+        overrides["project"] = project
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    app_ = create_app(settings)
+    get_logger("stalwart.cli").info(
+        "serving",
+        url=f"http://{settings.host}:{settings.port}",
+        registry=app_.state.registry.db.describe(),
+        admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,
+    )
+    uvicorn.run(
+        app_,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+
+
+@app.command()
+def demo(
+    once: Annotated[bool, typer.Option("--once", help="run the tour and exit (for tests)")] = False,
+    port: Annotated[int, typer.Option(help="port for the demo server (0: any free port)")] = 8080,
+    home: Annotated[Path, typer.Option(help="the demo's own registry, reset on each run")] = Path(".stalwart-demo"),
+) -> None:
+    """Train two models on real data, register them, serve them and call them."""
+    from stalwart.cli.demo import run_demo
+
+    code = run_demo(once=once, port=port, home=home)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    from stalwart.errors import StalwartError
+
+    try:
+        app()
+    except StalwartError as exc:
+        fail(exc.message)
+
+
+__all__ = ["app", "console", "main"]

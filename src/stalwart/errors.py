@@ -1,0 +1,217 @@
+"""Every error Stalwart raises, in one tree.
+
+Domain code raises these; the HTTP edge (``stalwart.serving.errors``) maps each class to a
+status code in one table, so no module below ``serving`` knows about HTTP. Every message
+says what went wrong *and* what to do next.
+
+::
+
+    StalwartError
+    ├── ConfigError                 settings or project definitions are wrong
+    ├── MissingExtraError           an optional dependency is not installed (also ImportError)
+    ├── StorageError                the database cannot be used as it is
+    │   └── SchemaVersionError      the database was written by a newer Stalwart
+    ├── RegistryError
+    │   ├── ModelNotFound           no model of that name
+    │   ├── VersionNotFound         the model has no such version
+    │   ├── DeploymentNotFound      no deployment of that name
+    │   ├── ArtifactIntegrityError  the artifact's sha256 differs from the registered one
+    │   └── UntrustedArtifactError  loading would need pickle (or unknown types) without trust
+    ├── FlavorError                 a model cannot be saved, loaded or described by its flavor
+    ├── RequestError                the client sent something we cannot serve (HTTP 4xx)
+    │   ├── PayloadTooLarge         the body is over the configured limit
+    │   ├── UnknownEntity           an entity key has no features and no default
+    │   └── ValidationFailed        request values broke the model's schema (reject policy)
+    ├── AuthError                   a control-plane call without a valid bearer token
+    ├── NotReady                    the server or a model is still loading
+    ├── FeatureError                a feature source or transform failed
+    ├── ModelError                  the model itself raised while predicting
+    └── ResilienceError             a guard refused or gave up on a call
+        ├── CallNotPermitted        the circuit breaker is open
+        ├── BulkheadFull            too many calls in flight
+        ├── CallTimeout             the call ran past its timeout or the request's deadline
+        └── Overloaded              load shedding turned the request away
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ArtifactIntegrityError",
+    "AuthError",
+    "BulkheadFull",
+    "CallNotPermitted",
+    "CallTimeout",
+    "ConfigError",
+    "DeploymentNotFound",
+    "FeatureError",
+    "FlavorError",
+    "MissingExtraError",
+    "ModelError",
+    "ModelNotFound",
+    "NotReady",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RegistryError",
+    "RequestError",
+    "ResilienceError",
+    "SchemaVersionError",
+    "StalwartError",
+    "StorageError",
+    "UnknownEntity",
+    "UntrustedArtifactError",
+    "ValidationFailed",
+    "VersionNotFound",
+]
+
+
+class StalwartError(Exception):
+    """Root of every error Stalwart raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(StalwartError):
+    """Settings or project definitions are invalid."""
+
+
+class MissingExtraError(StalwartError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package, which is not installed. "
+            f"Install it with: pip install 'stalwart[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class StorageError(StalwartError):
+    """The database cannot be reached or used."""
+
+
+class SchemaVersionError(StorageError):
+    """The database schema is newer than this release understands."""
+
+
+class RegistryError(StalwartError):
+    """Base for registry lookups and artifact problems."""
+
+
+class ModelNotFound(RegistryError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"model '{name}' is not registered; list models with 'stalwart models list'"
+        )
+        self.name = name
+
+
+class VersionNotFound(RegistryError):
+    def __init__(self, name: str, version: int | str) -> None:
+        super().__init__(
+            f"model '{name}' has no version {version}; "
+            f"see its versions with 'stalwart models show {name}'"
+        )
+        self.name = name
+        self.version = version
+
+
+class DeploymentNotFound(RegistryError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"deployment '{name}' does not exist; list deployments with 'stalwart deployments list'"
+        )
+        self.name = name
+
+
+class ArtifactIntegrityError(RegistryError):
+    """The artifact on disk is not the one that was registered."""
+
+
+class UntrustedArtifactError(RegistryError):
+    """Loading the artifact would execute code the user has not trusted."""
+
+
+class FlavorError(StalwartError):
+    """A model cannot be saved, loaded or described by the chosen flavor."""
+
+
+class RequestError(StalwartError):
+    """The client's request cannot be served as sent.
+
+    ``field`` names the part of the request at fault (``inputs[0].shape``), so a client
+    can point at it without parsing the message.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLarge(RequestError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"request body is over the limit of {limit} bytes; send fewer rows per request "
+            f"or raise STALWART_MAX_BODY_BYTES",
+            field="body",
+        )
+        self.limit = limit
+
+
+class UnknownEntity(RequestError):
+    """An entity has no stored features and the feature declares no default."""
+
+
+class ValidationFailed(RequestError):
+    """Request values broke the model's schema under a ``reject`` policy.
+
+    ``violations`` is the machine-readable list (row, feature, rule, value, expected).
+    """
+
+    def __init__(self, message: str, violations: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.violations = violations
+
+
+class AuthError(StalwartError):
+    """A control-plane call lacks a valid bearer token."""
+
+
+class NotReady(StalwartError):
+    """The server or the model is not ready to serve yet."""
+
+
+class FeatureError(StalwartError):
+    """A feature source or a feature transform failed."""
+
+
+class ModelError(StalwartError):
+    """The model raised while predicting."""
+
+
+class ResilienceError(StalwartError):
+    """A guard (breaker, bulkhead, timeout, shedder) refused or abandoned a call."""
+
+
+class CallNotPermitted(ResilienceError):
+    """The circuit breaker is open (or forced open) and refused the call."""
+
+
+class BulkheadFull(ResilienceError):
+    """The bulkhead's concurrent-call limit was reached and the wait, if any, ran out."""
+
+
+class CallTimeout(ResilienceError):
+    """The call ran past its timeout or past the request's deadline."""
+
+
+class Overloaded(ResilienceError):
+    """Load shedding turned the request away; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,1 @@
+"""Metrics, structured logs and (later) profiles, drift, skew and the prediction log."""

@@ -1,0 +1,67 @@
+"""Structured logs: one JSON object per line, or a readable line when on a terminal.
+
+``configure_logging`` is called by the server and the CLI, never at import, so embedding
+Stalwart in an application leaves that application's logging alone. A redaction step
+drops the value of any key that looks like a credential, as a last line of defence: no
+code path is meant to log one in the first place.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import msgspec
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+_SECRET_KEY = re.compile(r"token|password|passwd|secret|authorization|api_key|db_url|redis_url", re.I)
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger bound to ``logger=name``."""
+    return structlog.get_logger(name)
+
+
+def configure_logging(
+    fmt: Literal["auto", "json", "console"] = "auto",
+    level: Literal["debug", "info", "warning", "error"] = "info",
+    stream: Any = None,
+) -> None:
+    """Send structured logs to ``stream`` (stdout by default) as JSON or console lines."""
+    out = stream if stream is not None else sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    renderer: Any
+    if use_console:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        factory: Any = structlog.PrintLoggerFactory(out)
+    else:
+        encoder = msgspec.json.Encoder(enc_hook=str)
+        renderer = structlog.processors.JSONRenderer(serializer=lambda obj, **_: encoder.encode(obj))
+        binary: Any = getattr(out, "buffer", out)
+        factory = structlog.BytesLoggerFactory(binary)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            _redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+def _redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in event:
+        if _SECRET_KEY.search(key):
+            event[key] = "[redacted]"
+    return event

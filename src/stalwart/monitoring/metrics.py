@@ -1,0 +1,68 @@
+"""Prometheus metrics, one registry per server so tests and embedded servers never collide.
+
+Label values are bounded: ``endpoint`` is a route template, never a raw path, and a model
+name is only used as a label once the registry knows it (a 404 for a made-up name is
+counted under ``model=""``), so a scanner cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServingMetrics"]
+
+# Tabular models answer in well under a millisecond; the buckets start there.
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+_LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class ServingMetrics:
+    """The serving layer's metrics, registered in their own :class:`CollectorRegistry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        labels = ("model", "version", "endpoint", "status")
+        self.requests = Counter(
+            "stalwart_requests", "HTTP requests served", labels, registry=r
+        )
+        self.latency = Histogram(
+            "stalwart_request_duration_seconds",
+            "Time from the request's arrival to the end of its response",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "stalwart_requests_in_flight", "Requests being served now", registry=r
+        )
+        self.model_load = Histogram(
+            "stalwart_model_load_seconds",
+            "Time to verify, deserialise and prepare a model version",
+            ("model", "version"),
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.models_loaded = Gauge(
+            "stalwart_models_loaded", "Model versions loaded and ready to serve", registry=r
+        )
+        self.model_load_failures = Counter(
+            "stalwart_model_load_failures", "Model versions that failed to load", ("model", "version"), registry=r
+        )
+        self._request_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, model: str, version: str, endpoint: str, status: int, seconds: float) -> None:
+        key = (model, version, endpoint, str(status))
+        children = self._request_children.get(key)
+        if children is None:
+            # labels() takes a lock and builds a tuple; cache the children per label set.
+            children = (self.requests.labels(*key), self.latency.labels(*key))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

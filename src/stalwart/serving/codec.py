@@ -1,0 +1,310 @@
+"""Open Inference Protocol (KServe v2) JSON: requests to numpy, numpy to responses.
+
+Decoding checks everything a client can get wrong and says where, as ``RequestError``
+with ``field`` set to the JSON path (``inputs[1].shape``): unknown datatypes, shapes that
+do not match the data, values that do not fit the datatype, names, datatypes and shapes
+that do not match the model's signature, unknown outputs.
+
+>>> sig = Signature([TensorSpec("x", "FP64", [-1, 2])], [TensorSpec("predict", "INT64", [-1])])
+>>> req = decode_request(b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}')
+>>> arrays, rows, outputs = check_request(req, sig)
+>>> arrays["x"].tolist(), rows, outputs
+([[1.0, 2.0]], 1, ('predict',))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+
+from stalwart.errors import ModelError, RequestError
+from stalwart.registry.signature import DATATYPES, Signature, TensorSpec, datatype_of
+
+__all__ = [
+    "InferenceRequest",
+    "RequestInput",
+    "RequestOutput",
+    "check_request",
+    "decode_request",
+    "decode_tensor",
+    "encode_error",
+    "encode_response",
+    "encode_tensor",
+]
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class RequestInput(msgspec.Struct):
+    name: str
+    shape: list[NonNegative]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class RequestOutput(msgspec.Struct):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(msgspec.Struct):
+    inputs: list[RequestInput]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[RequestOutput] | None = None
+
+
+_decoder = msgspec.json.Decoder(InferenceRequest)
+_encoder = msgspec.json.Encoder()
+
+_INT_KINDS = frozenset("iu")
+_NUMBER_KINDS = frozenset("iuf")
+
+
+def decode_request(body: bytes) -> InferenceRequest:
+    """Parse and type-check the JSON body (not yet against a model)."""
+    if not body:
+        raise RequestError("the request body is empty; send an inference request as JSON", field="body")
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise RequestError(_describe_validation_error(exc), field=_path_of(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+
+
+def check_request(request: InferenceRequest, signature: Signature) -> tuple[dict[str, np.ndarray[Any, Any]], int, tuple[str, ...]]:
+    """The request's tensors as numpy arrays checked against ``signature``.
+
+    Returns ``(arrays by input name, number of rows, requested output names)``.
+    """
+    specs = {spec.name: spec for spec in signature.inputs}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    rows: int | None = None
+    for index, tensor in enumerate(request.inputs):
+        where = f"inputs[{index}]"
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise RequestError(
+                f"{where}.name: the model has no input '{tensor.name}'; it takes "
+                f"{', '.join(specs)}",
+                field=f"{where}.name",
+            )
+        if tensor.name in arrays:
+            raise RequestError(f"{where}.name: input '{tensor.name}' is given twice", field=f"{where}.name")
+        if tensor.datatype != spec.datatype:
+            raise RequestError(
+                f"{where}.datatype: input '{tensor.name}' takes {spec.datatype}, got {tensor.datatype}",
+                field=f"{where}.datatype",
+            )
+        array = decode_tensor(tensor, where)
+        array = _fit_shape(array, spec, where)
+        if rows is None:
+            rows = array.shape[0]
+        elif array.shape[0] != rows:
+            raise RequestError(
+                f"{where}.shape: input '{tensor.name}' has {array.shape[0]} rows but "
+                f"'{request.inputs[0].name}' has {rows}; every input needs the same number of rows",
+                field=f"{where}.shape",
+            )
+        arrays[tensor.name] = array
+    missing = [name for name in specs if name not in arrays]
+    if missing:
+        raise RequestError(
+            f"inputs: missing {', '.join(repr(m) for m in missing)}; the model takes "
+            f"{', '.join(specs)}",
+            field="inputs",
+        )
+    if not rows:
+        raise RequestError("inputs: send at least one row", field="inputs")
+    return arrays, rows, _requested_outputs(request.outputs, signature)
+
+
+def decode_tensor(tensor: RequestInput, where: str = "input") -> np.ndarray[Any, Any]:
+    """One tensor's ``data`` as a numpy array of its datatype and shape."""
+    dtype = DATATYPES.get(tensor.datatype)
+    if dtype is None:
+        raise RequestError(
+            f"{where}.datatype: unknown datatype '{tensor.datatype}'; use one of {', '.join(DATATYPES)}",
+            field=f"{where}.datatype",
+        )
+    expected = math.prod(tensor.shape)
+    if tensor.datatype == "BYTES":
+        array = _bytes_array(tensor.data, where)
+    else:
+        array = _numeric_array(tensor.data, tensor.datatype, dtype, where)
+    if array.size != expected:
+        raise RequestError(
+            f"{where}.data: has {array.size} values but shape {tensor.shape} needs {expected}",
+            field=f"{where}.data",
+        )
+    return array.reshape(tensor.shape)
+
+
+def encode_tensor(name: str, array: np.ndarray[Any, Any], spec: TensorSpec | None) -> dict[str, Any]:
+    """One output tensor as OIP JSON (flat, row-major ``data``)."""
+    if spec is not None and array.dtype != spec.dtype:
+        try:
+            array = array.astype(spec.dtype)
+        except (ValueError, TypeError) as exc:
+            raise ModelError(
+                f"output '{name}' is {array.dtype}, which does not convert to the signature's "
+                f"{spec.datatype}: {exc}"
+            ) from exc
+    datatype = spec.datatype if spec is not None else datatype_of(array.dtype)
+    flat = array.ravel()
+    data = [_text(v) for v in flat.tolist()] if datatype == "BYTES" else flat.tolist()
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
+
+
+def encode_response(
+    *,
+    model_name: str,
+    model_version: int,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray[Any, Any]],
+    signature: Signature,
+    parameters: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The inference response body."""
+    specs = {spec.name: spec for spec in signature.outputs}
+    body: dict[str, Any] = {
+        "model_name": model_name,
+        "model_version": str(model_version),
+        "outputs": [encode_tensor(name, arr, specs.get(name)) for name, arr in outputs.items()],
+    }
+    if request_id is not None:
+        body["id"] = request_id
+    if parameters:
+        body["parameters"] = dict(parameters)
+    return _encoder.encode(body)
+
+
+def encode_error(message: str, **extra: Any) -> bytes:
+    """``{"error": message, ...}``, the body of every error response."""
+    return _encoder.encode({"error": message, **extra})
+
+
+def _requested_outputs(requested: Sequence[RequestOutput] | None, signature: Signature) -> tuple[str, ...]:
+    available = signature.output_names
+    if not requested:
+        return tuple(available)
+    names: list[str] = []
+    for index, output in enumerate(requested):
+        if output.name not in available:
+            raise RequestError(
+                f"outputs[{index}].name: the model has no output '{output.name}'; it returns "
+                f"{', '.join(available)}",
+                field=f"outputs[{index}].name",
+            )
+        if output.name not in names:
+            names.append(output.name)
+    return tuple(names)
+
+
+def _fit_shape(array: np.ndarray[Any, Any], spec: TensorSpec, where: str) -> np.ndarray[Any, Any]:
+    expected = spec.shape
+    if len(expected) == 1 and array.ndim == 2 and array.shape[1] == 1:
+        array = array.reshape(-1)  # a column sent as [n, 1] is the same column
+    if array.ndim != len(expected) or any(
+        want != -1 and got != want for got, want in zip(array.shape, expected, strict=True)
+    ):
+        raise RequestError(
+            f"{where}.shape: input '{spec.name}' takes shape {expected} (-1: any size), "
+            f"got {list(array.shape)}",
+            field=f"{where}.shape",
+        )
+    return array
+
+
+def _numeric_array(data: list[Any], datatype: str, dtype: np.dtype[Any], where: str) -> np.ndarray[Any, Any]:
+    try:
+        raw = np.array(data)
+    except (ValueError, OverflowError):
+        raise RequestError(
+            f"{where}.data: nested lists have uneven lengths; send flat data or a regular nested array",
+            field=f"{where}.data",
+        ) from None
+    kind = raw.dtype.kind
+    if raw.size == 0:
+        return raw.astype(dtype)
+    if datatype == "BOOL":
+        if kind != "b":
+            raise _wrong_values(where, datatype, "true or false")
+        return raw
+    if kind == "b" or kind not in _NUMBER_KINDS:
+        if kind == "O" and _all_ints(raw):
+            raise RequestError(
+                f"{where}.data: a value is out of range for {datatype}", field=f"{where}.data"
+            )
+        raise _wrong_values(where, datatype, "numbers")
+    if dtype.kind in _INT_KINDS:
+        if kind not in _INT_KINDS:
+            raise _wrong_values(where, datatype, "whole numbers")
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise RequestError(
+                f"{where}.data: a value is out of range for {datatype} ({info.min} to {info.max})",
+                field=f"{where}.data",
+            )
+        return raw.astype(dtype)
+    converted = raw.astype(dtype)
+    if not np.isfinite(converted).all():
+        raise RequestError(
+            f"{where}.data: a value is too large for {datatype}", field=f"{where}.data"
+        )
+    return converted
+
+
+def _bytes_array(data: list[Any], where: str) -> np.ndarray[Any, Any]:
+    flat: list[Any] = []
+    stack: list[Any] = [data]
+    # Flatten nested lists depth-first, keeping row-major order.
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            flat.append(item)
+        else:
+            raise _wrong_values(where, "BYTES", "strings")
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
+    return array
+
+
+def _all_ints(raw: np.ndarray[Any, Any]) -> bool:
+    return all(type(v) is int for v in raw.ravel().tolist())
+
+
+def _wrong_values(where: str, datatype: str, expected: str) -> RequestError:
+    return RequestError(f"{where}.data: {datatype} data must be {expected}", field=f"{where}.data")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _path_of(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    marker = " - at `$"
+    if marker in message:
+        return message.split(marker, 1)[1].rstrip("`").lstrip(".") or "body"
+    return "body"
+
+
+def _describe_validation_error(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    marker = " - at `$"
+    if marker in message:
+        problem, path = message.split(marker, 1)
+        path = path.rstrip("`").lstrip(".") or "body"
+        return f"{path}: {problem[0].lower()}{problem[1:]}"
+    return f"body: {message[0].lower()}{message[1:]}"

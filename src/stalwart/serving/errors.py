@@ -1,0 +1,95 @@
+"""The one table that turns Stalwart's errors into HTTP responses.
+
+Domain code never names a status code; this module does, once. Anything not in the table
+is a bug on our side: a 500 whose body gives the request id to find in the logs, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from stalwart import errors as e
+from stalwart.monitoring.logs import get_logger
+from stalwart.serving.codec import encode_error
+
+__all__ = ["STATUS_BY_ERROR", "error_response", "exception_handlers", "status_for"]
+
+_log = get_logger("stalwart.serving")
+
+# Most specific first: the first class the error is an instance of decides.
+STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (e.PayloadTooLarge, 413),
+    (e.ValidationFailed, 422),
+    (e.UnknownEntity, 404),
+    (e.RequestError, 400),
+    (e.ModelNotFound, 404),
+    (e.VersionNotFound, 404),
+    (e.DeploymentNotFound, 404),
+    (e.AuthError, 401),
+    (e.NotReady, 503),
+    (e.Overloaded, 503),
+    (e.CallNotPermitted, 503),
+    (e.BulkheadFull, 503),
+    (e.CallTimeout, 504),
+    (e.ArtifactIntegrityError, 503),
+    (e.UntrustedArtifactError, 503),
+    (e.ConfigError, 400),
+    (e.ModelError, 500),
+    (e.FeatureError, 502),
+    (e.StorageError, 503),
+)
+
+JSON = "application/json"
+
+
+def status_for(exc: BaseException) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> Response:
+    """The JSON response for ``exc``: ``{"error": ...}`` plus machine-readable extras."""
+    status = status_for(exc)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, e.StalwartError):
+        message = exc.message
+        if isinstance(exc, e.RequestError) and exc.field:
+            extra["field"] = exc.field
+        if isinstance(exc, e.ValidationFailed):
+            extra["violations"] = exc.violations
+        if isinstance(exc, e.Overloaded):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        if isinstance(exc, e.AuthError):
+            headers["WWW-Authenticate"] = "Bearer"
+    else:
+        message = f"internal error; find request {request_id} in the server log"
+    return Response(encode_error(message, **extra), status_code=status, headers=headers, media_type=JSON)
+
+
+async def _stalwart_error(request: Request, exc: Exception) -> Response:
+    request_id = request.scope.get("stalwart.request_id")
+    if status_for(exc) >= 500:
+        _log.warning("request failed", request_id=request_id, error=str(exc), error_type=type(exc).__name__)
+    return error_response(exc, request_id)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HTTPException):  # pragma: no cover - registered for HTTPException only
+        raise exc
+    message = exc.detail if exc.status_code != 404 else f"no route {request.url.path}; see /openapi.json"
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
+    return Response(encode_error(message), status_code=exc.status_code, headers=exc.headers, media_type=JSON)
+
+
+def exception_handlers() -> dict[Any, Any]:
+    # Anything else is caught by the Observe middleware, which logs it and answers a JSON 500.
+    return {e.StalwartError: _stalwart_error, HTTPException: _http_error}

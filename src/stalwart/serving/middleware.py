@@ -1,0 +1,146 @@
+"""Pure ASGI middleware around every request: identity, limits, metrics and the access log.
+
+Written against raw ASGI rather than ``BaseHTTPMiddleware``: that one adds a task and a
+stream per request, which costs more than the model call for a small tabular model.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stalwart.errors import PayloadTooLarge
+from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.metrics import ServingMetrics
+from stalwart.serving.errors import error_response
+
+__all__ = ["BodyLimit", "Observe", "RequestInfo"]
+
+_access = get_logger("stalwart.access")
+_log = get_logger("stalwart.serving")
+_REQUEST_ID_HEADER = b"x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the endpoint learned about a request, for its metrics and its log line."""
+
+    request_id: str
+    endpoint: str = "other"
+    model: str = ""
+    version: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    info: RequestInfo = scope["stalwart.info"]
+    return info
+
+
+class Observe:
+    """Gives each request an id (``X-Request-ID``, taken from the client when sane),
+    counts and times it, writes one access-log line, and turns a crash into a JSON 500."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, *, access_log: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = _request_id(scope)
+        info = RequestInfo(request_id)
+        scope["stalwart.info"] = info
+        scope["stalwart.request_id"] = request_id
+        header = (_REQUEST_ID_HEADER, request_id.encode())
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # noqa: BLE001 - the last resort: whatever escaped every handler
+            _log.error("unhandled error", request_id=request_id, exc_info=exc)
+            if not started:
+                await error_response(exc, request_id)(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - start
+            self.metrics.observe_request(info.model, info.version, info.endpoint, status, elapsed)
+            if self.access_log:
+                _access.info(
+                    "request",
+                    request_id=request_id,
+                    method=scope["method"],
+                    path=scope["path"],
+                    endpoint=info.endpoint,
+                    model=info.model or None,
+                    version=info.version or None,
+                    status=status,
+                    latency_ms=round(elapsed * 1000, 3),
+                    **info.fields,
+                )
+
+
+class BodyLimit:
+    """Refuses bodies over ``limit`` bytes with 413, before reading them when the client
+    declares the length, and as soon as the limit is crossed when it streams."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    await error_response(PayloadTooLarge(self.limit))(scope, receive, send)
+                    return
+                break
+        received = 0
+        limit = self.limit
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == _REQUEST_ID_HEADER:
+            if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii():
+                text: str = value.decode()
+                if text.isprintable() and " " not in text:
+                    return text
+            break
+    return uuid.uuid4().hex

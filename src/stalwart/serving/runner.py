@@ -1,0 +1,62 @@
+"""Calling a model off the event loop: the last stage of every pipeline.
+
+A model call is CPU-bound numpy, scikit-learn, LightGBM, XGBoost or onnxruntime code, most
+of which releases the GIL while it computes, so it runs on worker threads: the event loop
+keeps accepting and decoding requests meanwhile. (Code that holds the GIL, such as a plain
+Python ``predict``, still runs correctly there; it just cannot overlap with other calls.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Protocol
+
+from stalwart.errors import ModelError
+from stalwart.pipeline import Arrays, Exchange
+from stalwart.registry.flavors import Predictor
+
+__all__ = ["DirectRunner", "ModelCall", "Runner", "call_model"]
+
+
+class Runner(Protocol):
+    """Runs the model on one request's rows and returns that request's outputs."""
+
+    async def run(self, inputs: Arrays, rows: int, outputs: tuple[str, ...]) -> Arrays: ...
+
+
+def call_model(predictor: Predictor, ref: str, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
+    """Call the predictor, turning whatever it raises into a :class:`ModelError`."""
+    try:
+        return predictor.predict(inputs, outputs)
+    except Exception as exc:  # a user's model can raise anything; the client gets a clear error
+        raise ModelError(f"model {ref} raised {type(exc).__name__}: {exc}") from exc
+
+
+class DirectRunner:
+    """One model call per request, on a worker thread."""
+
+    def __init__(self, predictor: Predictor, ref: str, executor: Executor) -> None:
+        self._predictor = predictor
+        self._ref = ref
+        self._executor = executor
+
+    async def run(self, inputs: Arrays, rows: int, outputs: tuple[str, ...]) -> Arrays:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, call_model, self._predictor, self._ref, inputs, outputs
+        )
+
+
+class ModelCall:
+    """The terminal stage: runs the model and stores its outputs on the exchange."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    async def __call__(self, exchange: Exchange) -> None:
+        start = time.perf_counter()
+        exchange.results = await self._runner.run(exchange.inputs, exchange.rows, exchange.outputs)
+        exchange.timings["model_ms"] = (time.perf_counter() - start) * 1000

@@ -1,0 +1,92 @@
+"""Schema versioning: an ordered list of migrations, applied once, under a lock.
+
+The schema version lives in ``stalwart_meta``. Opening a database applies every migration
+newer than it, in one transaction that holds a lock (``BEGIN IMMEDIATE`` on SQLite, an
+advisory lock on PostgreSQL), so N replicas starting together migrate exactly once. A
+database written by a newer release is refused rather than misread.
+
+To change the schema: append a migration; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Table, select
+
+from stalwart.errors import SchemaVersionError
+from stalwart.storage import tables
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "current_version", "migrate"]
+
+# Any 64-bit number works; this one spells "stalwart" so it is recognisable in pg_locks.
+_ADVISORY_LOCK_ID = 0x7374616C77617274 - (1 << 63)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _create(*tbls: Table) -> Callable[[Connection], None]:
+    def run(conn: Connection) -> None:
+        for table in tbls:
+            table.create(conn, checkfirst=True)
+
+    return run
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "models, model versions and audit events",
+        _create(tables.meta, tables.models, tables.model_versions, tables.audit_events),
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version recorded in the database (0 for an empty database)."""
+    if not conn.dialect.has_table(conn, tables.meta.name):
+        return 0
+    value = conn.execute(
+        select(tables.meta.c.value).where(tables.meta.c.key == "schema_version")
+    ).scalar_one_or_none()
+    return int(value) if value is not None else 0
+
+
+def migrate(conn: Connection) -> list[Migration]:
+    """Bring the schema up to date inside the caller's write transaction.
+
+    Returns the migrations applied (empty when the schema was current).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})")
+    found = current_version(conn)
+    if found > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database is at schema version {found}, newer than this release "
+            f"understands ({SCHEMA_VERSION}); upgrade stalwart to use it"
+        )
+    applied = [m for m in MIGRATIONS if m.version > found]
+    for migration in applied:
+        migration.apply(conn)
+    if applied:
+        _set_version(conn, SCHEMA_VERSION, first=found == 0)
+    return applied
+
+
+def _set_version(conn: Connection, version: int, *, first: bool) -> None:
+    if first:
+        conn.execute(tables.meta.insert().values(key="schema_version", value=str(version)))
+    else:
+        conn.execute(
+            tables.meta.update()
+            .where(tables.meta.c.key == "schema_version")
+            .values(value=str(version))
+        )
