@@ -27,23 +27,67 @@ _EXPORTS: dict[str, str] = {
     "create_app": "stalwart.serving.app",
     "register_model": "stalwart.api",
     "get_model": "stalwart.api",
+    "Deployment": "stalwart.deployment",
+    "Entity": "stalwart.features",
+    "SqlSource": "stalwart.features",
+    "FileSource": "stalwart.features",
+    "RequestSource": "stalwart.features",
+    "CallableSource": "stalwart.features",
+    "FeatureSet": "stalwart.features",
+    "Latest": "stalwart.features",
+    "Window": "stalwart.features",
+    "Transform": "stalwart.features",
+    "TrainingSet": "stalwart.features",
+    "build_training_set": "stalwart.features",
+    "Project": "stalwart.features",
+    "load_project": "stalwart.features",
 }
 
 __all__ = [
+    "CallableSource",
+    "Deployment",
+    "Entity",
+    "FeatureSet",
+    "FileSource",
+    "Latest",
     "ModelVersion",
+    "Project",
     "Registry",
+    "RequestSource",
     "Settings",
     "Signature",
+    "SqlSource",
     "StalwartError",
     "TensorSpec",
+    "TrainingSet",
+    "Transform",
+    "Window",
     "__version__",
+    "build_training_set",
     "create_app",
     "get_model",
+    "load_project",
     "register_model",
 ]
 
 if TYPE_CHECKING:
     from stalwart.api import get_model, register_model
+    from stalwart.deployment import Deployment
+    from stalwart.features import (
+        CallableSource,
+        Entity,
+        FeatureSet,
+        FileSource,
+        Latest,
+        Project,
+        RequestSource,
+        SqlSource,
+        TrainingSet,
+        Transform,
+        Window,
+        build_training_set,
+        load_project,
+    )
     from stalwart.config import Settings
     from stalwart.errors import StalwartError
     from stalwart.registry import ModelVersion, Registry, Signature, TensorSpec

@@ -28,6 +28,7 @@ def register_model(
     description: str = "",
     trust_pickle: bool = False,
     trusted_types: Sequence[str] | None = None,
+    training_set: Any = None,
     settings: Settings | None = None,
 ) -> ModelVersion:
     """Register ``model`` as the next version of ``name`` and return that version.
@@ -39,7 +40,8 @@ def register_model(
     DataFrame) lets the flavor infer the signature and is used to check that the stored
     artifact loads back and predicts. scikit-learn models are stored with skops;
     ``trust_pickle=True`` stores them with pickle instead and records that trust on the
-    version.
+    version. ``training_set=`` (from :func:`stalwart.build_training_set`) records the
+    feature list and FeatureSet versions a deployment will serve, and the data profile.
     """
     registry = Registry.open(settings or load_settings())
     try:
@@ -54,6 +56,7 @@ def register_model(
             description=description,
             trust_pickle=trust_pickle,
             trusted_types=trusted_types,
+            training_set=training_set,
         )
     finally:
         registry.db.dispose()

@@ -92,15 +92,22 @@ class Registry:
         trust_pickle: bool = False,
         trusted_types: Sequence[str] | None = None,
         training: Mapping[str, Any] | None = None,
+        training_set: Any = None,
         flavor_options: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Save ``model`` as the next version of ``name``.
 
         ``flavor`` is detected from the model's type when omitted. ``signature`` is inferred
         from the model and ``sample`` (a few input rows) when omitted. ``trust_pickle``
-        stores the model with pickle, and is recorded on the version.
+        stores the model with pickle, and is recorded on the version. ``training_set`` (a
+        :class:`stalwart.features.TrainingSet`) records the features, their FeatureSet
+        versions and the data profile, and gives the sample.
         """
         _check_name(name)
+        if training_set is not None:
+            training = training_set.metadata()
+            if sample is None:
+                sample = _training_sample(model, training_set)
         chosen = get_flavor(flavor) if flavor else detect_flavor(model)
         options = dict(flavor_options or {})
         options.update(trust_pickle=trust_pickle, trusted_types=list(trusted_types or []))
@@ -290,6 +297,18 @@ class Registry:
                     f"the model, loaded back from its artifact, cannot predict on the sample "
                     f"through signature {signature.input_names} -> {signature.output_names}: {exc}"
                 ) from exc
+
+
+def _training_sample(model: object, training_set: Any) -> object:
+    """Rows shaped the way the model was fitted: named columns if it knows feature names,
+    otherwise the feature matrix in training-set order."""
+    head = training_set.frame[training_set.features].head(100)
+    if getattr(model, "feature_names_in_", None) is not None:
+        return head
+    try:
+        return head.to_numpy(dtype="float64")
+    except (TypeError, ValueError):
+        return head
 
 
 def _check_name(name: str) -> None:

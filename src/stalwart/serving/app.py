@@ -18,10 +18,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stalwart.config import Settings
+from stalwart.features.project import Project, load_project
 from stalwart.monitoring.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from stalwart.pipeline import Stage
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.flavors import Predictor
+from stalwart.serving.deployments import DeploymentService, deployment_routes
 from stalwart.serving.errors import exception_handlers
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
 from stalwart.serving.oip import oip_routes
@@ -29,15 +31,25 @@ from stalwart.serving.openapi import openapi_document
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall
+from stalwart.storage import DatabasePool
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: Registry | None = None,
+    project: Project | None = None,
+) -> Starlette:
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
-    ``STALWART_*`` variables when omitted)."""
+    ``STALWART_*`` variables when omitted). ``project`` (or ``settings.project``, a file)
+    declares the features and deployments served under ``/v1/deployments``."""
     settings = settings or Settings()
     registry = registry or Registry.open(settings)
+    if project is None and settings.project is not None:
+        project = load_project(settings.project)
+    pool = DatabasePool(settings)
     metrics = ServingMetrics()
     executor = ThreadPoolExecutor(
         max_workers=min(8, (os.cpu_count() or 1) + 2), thread_name_prefix="stalwart-model"
@@ -62,6 +74,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         finally:
             await repository.stop()
             executor.shutdown(wait=False, cancel_futures=True)
+            pool.dispose()
 
     async def metrics_endpoint(request: Request) -> Response:
         request_info(request.scope).endpoint = "/metrics"
@@ -73,8 +86,10 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         request_info(request.scope).endpoint = "/openapi.json"
         return json_response(document)
 
+    deployments = DeploymentService(project or Project(), repository, pool)
     routes = [
         *oip_routes(repository),
+        *deployment_routes(deployments),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
@@ -91,4 +106,5 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.registry = registry
     app.state.repository = repository
     app.state.metrics = metrics
+    app.state.deployments = deployments
     return app

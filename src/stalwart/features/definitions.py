@@ -1,0 +1,453 @@
+"""Declaring features: entities, sources, feature sets. Declarations only, no I/O.
+
+A feature is declared once; :mod:`stalwart.features.training` builds point-in-time
+training sets from the declaration and :mod:`stalwart.features.online` computes the same
+features for live requests, both through :mod:`stalwart.features.engine`.
+
+>>> import numpy as np
+>>> card = Entity("card", keys=["card_id"])
+>>> tx = SqlSource("transactions", table="transactions", entity=card, timestamp="ts")
+>>> txn = RequestSource("txn", fields={"amount": "float"})
+>>> activity = FeatureSet("card_activity", entity=card, source=tx, features=[
+...     Window("amount_mean_30d", column="amount", agg="mean", window="30d", default=0.0),
+...     Transform("amount_ratio", inputs=[txn.amount, "amount_mean_30d"],
+...               fn=lambda amount, mean: amount / np.maximum(mean, 1.0)),
+... ])
+>>> len(activity.version)
+16
+
+A FeatureSet's ``version`` is a hash of its whole definition, transform code included: a
+changed definition is a new version, and a model trained on the old one is not served
+with the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from stalwart.errors import ConfigError
+from stalwart.features.timecodec import Duration, duration_ns, format_duration
+
+__all__ = [
+    "AGGREGATIONS",
+    "CallableSource",
+    "Entity",
+    "Feature",
+    "FeatureRef",
+    "FeatureSet",
+    "FileSource",
+    "Latest",
+    "RequestField",
+    "RequestSource",
+    "Source",
+    "SqlSource",
+    "Transform",
+    "Window",
+    "feature_refs",
+    "feature_sets_of",
+    "request_fields_of",
+]
+
+Aggregation = Literal["count", "sum", "mean", "min", "max"]
+AGGREGATIONS: tuple[str, ...] = ("count", "sum", "mean", "min", "max")
+FieldType = Literal["float", "int", "str", "bool"]
+_FIELD_DTYPES: dict[str, np.dtype[Any]] = {
+    "float": np.dtype(np.float64),
+    "int": np.dtype(np.int64),
+    "str": np.dtype(object),
+    "bool": np.dtype(np.bool_),
+}
+
+
+def _check_identifier(kind: str, name: str) -> None:
+    if not name or not name.replace("_", "a").isalnum() or not name[0].isalpha():
+        raise ConfigError(
+            f"{kind} name {name!r} must start with a letter and hold only letters, digits and '_'"
+        )
+
+
+@dataclass(frozen=True)
+class Entity:
+    """Who features describe, and the key column(s) that identify one."""
+
+    name: str
+    keys: Sequence[str]
+
+    def __post_init__(self) -> None:
+        _check_identifier("entity", self.name)
+        object.__setattr__(self, "keys", tuple(self.keys))
+        if not self.keys:
+            raise ConfigError(f"entity '{self.name}' needs at least one key column")
+        for key in self.keys:
+            _check_identifier(f"entity '{self.name}' key", key)
+
+
+class Source:
+    """Where raw rows live. Each row carries the entity key(s) and an event timestamp."""
+
+    name: str
+    entity: Entity | None
+    timestamp: str | None
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the source's data, for FeatureSet versions."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class SqlSource(Source):
+    """A table in SQLite or PostgreSQL, read through Stalwart's storage layer.
+
+    ``url`` defaults to the registry's database (``STALWART_DB_URL`` or SQLite under
+    ``STALWART_HOME``). Rows that share a timestamp are ordered by ``order_by`` (the
+    table's integer primary key by default), which decides which one is "latest" on both
+    paths.
+    """
+
+    name: str
+    table: str
+    entity: Entity
+    timestamp: str
+    url: str | None = None
+    order_by: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_identifier("source", self.name)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "sql", "table": self.table, "timestamp": self.timestamp, "order_by": self.order_by}
+
+
+@dataclass(frozen=True, eq=False)
+class FileSource(Source):
+    """A Parquet or CSV file: read whole for training sets, held in memory online."""
+
+    name: str
+    path: str
+    entity: Entity
+    timestamp: str
+
+    def __post_init__(self) -> None:
+        _check_identifier("source", self.name)
+        if not self.path.endswith((".parquet", ".pq", ".csv")):
+            raise ConfigError(f"source '{self.name}': {self.path} is neither .parquet nor .csv")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "file", "path": self.path, "timestamp": self.timestamp}
+
+
+@dataclass(frozen=True, eq=False)
+class CallableSource(Source):
+    """An external lookup made by a Python function, online only.
+
+    ``fn(keys)`` takes a list of entity-key tuples and returns ``{key: {column: value}}``
+    (current values, no timestamps); it may be a coroutine function. ``offline`` is the
+    source that holds the same values over time, used for training sets. The parity
+    check is what catches the two drifting apart.
+    """
+
+    name: str
+    fn: Callable[[list[tuple[Any, ...]]], Any]
+    entity: Entity
+    offline: Source
+    timestamp: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_identifier("source", self.name)
+        if self.offline.entity is None or self.offline.entity.keys != self.entity.keys:
+            raise ConfigError(
+                f"source '{self.name}': its offline counterpart '{self.offline.name}' must "
+                f"describe the same entity keys {list(self.entity.keys)}"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "callable", "fn": _code_identity(self.fn), "offline": self.offline.describe()}
+
+
+@dataclass(frozen=True)
+class RequestField:
+    """One request-time value, referenced by transforms and feature lists."""
+
+    source: str
+    name: str
+    type: str
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return _FIELD_DTYPES[self.type]
+
+
+@dataclass(frozen=True, eq=False)
+class RequestSource(Source):
+    """Values that arrive with the request (and, for training, with each event)."""
+
+    name: str
+    fields: Mapping[str, str]
+    entity: Entity | None = None
+    timestamp: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_identifier("source", self.name)
+        for key, kind in self.fields.items():
+            _check_identifier(f"request field of '{self.name}'", key)
+            if kind not in _FIELD_DTYPES:
+                raise ConfigError(
+                    f"request field '{key}' of '{self.name}' has type {kind!r}; use one of "
+                    f"{', '.join(_FIELD_DTYPES)}"
+                )
+
+    def __getattr__(self, name: str) -> RequestField:
+        fields = self.__dict__.get("fields", {})
+        if name in fields:
+            return RequestField(self.__dict__["name"], name, fields[name])
+        raise AttributeError(name)
+
+    def field(self, name: str) -> RequestField:
+        if name not in self.fields:
+            raise ConfigError(f"request source '{self.name}' has no field '{name}'")
+        return RequestField(self.name, name, self.fields[name])
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "request", "fields": dict(self.fields)}
+
+
+@dataclass(frozen=True)
+class Feature:
+    """Base of the three kinds of feature."""
+
+    name: str
+
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Latest(Feature):
+    """The most recent value of ``column`` at or before the time asked, if not older than
+    ``max_age``."""
+
+    column: str
+    max_age: Duration | None = None
+    default: Any = None
+
+    def spec(self) -> dict[str, Any]:
+        age = format_duration(duration_ns(self.max_age)) if self.max_age is not None else None
+        return {"kind": "latest", "column": self.column, "max_age": age, "default": self.default}
+
+    @property
+    def max_age_ns(self) -> int | None:
+        return duration_ns(self.max_age) if self.max_age is not None else None
+
+
+@dataclass(frozen=True)
+class Window(Feature):
+    """An aggregate of ``column`` over the rows in ``(t - window, t]``.
+
+    ``count`` without a column counts rows; with one, its non-null values. Nulls are
+    ignored by every aggregate. An empty window gives 0 for ``count`` and ``sum`` and
+    ``default`` (or NaN) for the others.
+    """
+
+    agg: Aggregation
+    window: Duration
+    column: str | None = None
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        if self.agg not in AGGREGATIONS:
+            raise ConfigError(f"feature '{self.name}': agg {self.agg!r} is not one of {', '.join(AGGREGATIONS)}")
+        if self.agg != "count" and self.column is None:
+            raise ConfigError(f"feature '{self.name}': {self.agg} needs a column")
+        duration_ns(self.window)
+
+    @property
+    def window_ns(self) -> int:
+        return duration_ns(self.window)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "window",
+            "agg": self.agg,
+            "window": format_duration(self.window_ns),
+            "column": self.column,
+            "default": self.default,
+        }
+
+
+@dataclass(frozen=True)
+class Transform(Feature):
+    """A row-level function of other features of the set and request-time values.
+
+    ``fn`` receives one numpy column per input, in order, and returns one column: write it
+    with numpy operations so it runs once per batch, not once per row.
+    """
+
+    inputs: Sequence[str | RequestField]
+    fn: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if not callable(self.fn):
+            raise ConfigError(f"transform '{self.name}': fn must be a function of its inputs")
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "transform",
+            "inputs": [_input_name(i) for i in self.inputs],
+            "code": _code_identity(self.fn),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureSet:
+    """Features of one entity computed from one source."""
+
+    name: str
+    entity: Entity
+    source: Source
+    features: Sequence[Feature]
+    description: str = ""
+    version: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        _check_identifier("feature set", self.name)
+        object.__setattr__(self, "features", tuple(self.features))
+        if self.source.entity is not None and tuple(self.source.entity.keys) != tuple(self.entity.keys):
+            raise ConfigError(
+                f"feature set '{self.name}' is for entity '{self.entity.name}' but source "
+                f"'{self.source.name}' holds rows keyed by {list(self.source.entity.keys)}"
+            )
+        if isinstance(self.source, RequestSource):
+            raise ConfigError(
+                f"feature set '{self.name}': request values are not a row source; use them "
+                f"directly in a feature list or as Transform inputs"
+            )
+        seen: set[str] = set()
+        for feature in self.features:
+            _check_identifier(f"feature of '{self.name}'", feature.name)
+            if feature.name in seen:
+                raise ConfigError(f"feature set '{self.name}' defines '{feature.name}' twice")
+            if isinstance(feature, Transform):
+                for inp in feature.inputs:
+                    if isinstance(inp, str) and inp not in seen:
+                        raise ConfigError(
+                            f"transform '{feature.name}' in '{self.name}' uses '{inp}', which is "
+                            f"not a feature defined before it in the set (nor a request field)"
+                        )
+            seen.add(feature.name)
+        object.__setattr__(self, "version", self._hash())
+
+    def __getitem__(self, name: str) -> FeatureRef:
+        if name not in self.feature_names:
+            raise ConfigError(f"feature set '{self.name}' has no feature '{name}'")
+        return FeatureRef(self, name)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def source_columns(self) -> list[str]:
+        """The source columns the set's features read, in first-use order."""
+        columns = (getattr(f, "column", None) for f in self.features)
+        return list(dict.fromkeys(c for c in columns if c is not None))
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise ConfigError(f"feature set '{self.name}' has no feature '{name}'")
+
+    def definition(self) -> dict[str, Any]:
+        """The canonical definition the version hashes."""
+        return {
+            "name": self.name,
+            "entity": {"name": self.entity.name, "keys": list(self.entity.keys)},
+            "source": {"name": self.source.name, **self.source.describe()},
+            "features": [{"name": f.name, **f.spec()} for f in self.features],
+        }
+
+    def _hash(self) -> str:
+        canonical = json.dumps(self.definition(), sort_keys=True, default=repr).encode()
+        return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureRef:
+    """One feature of a set, as named in a training set or a deployment."""
+
+    feature_set: FeatureSet
+    name: str
+
+
+FeatureLike = FeatureSet | FeatureRef | RequestField
+
+
+def feature_refs(features: Sequence[FeatureLike]) -> list[FeatureRef | RequestField]:
+    """Flatten a feature list (whole sets, single features, request fields), checking that
+    no two outputs share a name."""
+    flat: list[FeatureRef | RequestField] = []
+    for item in features:
+        if isinstance(item, FeatureSet):
+            flat.extend(FeatureRef(item, name) for name in item.feature_names)
+        elif isinstance(item, FeatureRef | RequestField):
+            flat.append(item)
+        else:
+            raise ConfigError(
+                f"{item!r} is not a feature: list FeatureSets, set['feature'] or request fields"
+            )
+    names = [ref.name for ref in flat]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"two features are both called {', '.join(duplicates)}; rename one")
+    return flat
+
+
+def feature_sets_of(refs: Sequence[FeatureRef | RequestField]) -> list[FeatureSet]:
+    """The distinct feature sets a feature list draws on, in first-use order."""
+    seen: dict[str, FeatureSet] = {}
+    for ref in refs:
+        if isinstance(ref, FeatureRef):
+            existing = seen.get(ref.feature_set.name)
+            if existing is not None and existing is not ref.feature_set:
+                raise ConfigError(f"two different feature sets are both called '{ref.feature_set.name}'")
+            seen[ref.feature_set.name] = ref.feature_set
+    return list(seen.values())
+
+
+def request_fields_of(refs: Sequence[FeatureRef | RequestField]) -> list[RequestField]:
+    """Every request-time value a feature list needs: listed directly or used by transforms."""
+    fields: dict[tuple[str, str], RequestField] = {}
+    for ref in refs:
+        if isinstance(ref, RequestField):
+            fields[(ref.source, ref.name)] = ref
+    for feature_set in feature_sets_of(refs):
+        for feature in feature_set.features:
+            if isinstance(feature, Transform):
+                for item in feature.inputs:
+                    if isinstance(item, RequestField):
+                        fields[(item.source, item.name)] = item
+    return list(fields.values())
+
+
+def _input_name(item: str | RequestField) -> str:
+    return item if isinstance(item, str) else f"request.{item.source}.{item.name}"
+
+
+def _code_identity(fn: Callable[..., Any]) -> str:
+    """What a function's behaviour depends on: its source text when available, else its
+    bytecode and constants."""
+    try:
+        return inspect.getsource(fn).strip()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return repr(fn)
+        return hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()

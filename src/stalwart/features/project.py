@@ -1,0 +1,83 @@
+"""A project file: the Python module that declares entities, sources, feature sets and
+deployments. The training script and the server import the same file, so both see the
+same definitions (and the same FeatureSet versions).
+"""
+
+from __future__ import annotations
+
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stalwart.deployment import Deployment
+from stalwart.errors import ConfigError, DeploymentNotFound
+from stalwart.features.definitions import Entity, FeatureSet, Source
+
+__all__ = ["Project", "load_project"]
+
+
+@dataclass
+class Project:
+    """Everything a project file declares, by name."""
+
+    root: Path = field(default_factory=Path.cwd)
+    entities: dict[str, Entity] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    feature_sets: dict[str, FeatureSet] = field(default_factory=dict)
+    deployments: dict[str, Deployment] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, *items: Any, root: Path | None = None) -> Project:
+        """A project from definitions (sources of feature sets are added automatically)."""
+        project = cls(root=root or Path.cwd())
+        for item in items:
+            project.add(item)
+        return project
+
+    def add(self, item: Any) -> None:
+        if isinstance(item, FeatureSet):
+            self._put(self.feature_sets, item.name, item, "feature set")
+            self.add(item.source)
+            self.add(item.entity)
+        elif isinstance(item, Source):
+            self._put(self.sources, item.name, item, "source")
+            offline = getattr(item, "offline", None)
+            if isinstance(offline, Source):
+                self.add(offline)
+        elif isinstance(item, Entity):
+            self._put(self.entities, item.name, item, "entity")
+        elif isinstance(item, Deployment):
+            self._put(self.deployments, item.name, item, "deployment")
+
+    def deployment(self, name: str) -> Deployment:
+        try:
+            return self.deployments[name]
+        except KeyError:
+            raise DeploymentNotFound(name) from None
+
+    @staticmethod
+    def _put(table: dict[str, Any], name: str, item: Any, kind: str) -> None:
+        existing = table.get(name)
+        if existing is not None and existing is not item and existing != item:
+            raise ConfigError(f"two different {kind}s are called '{name}'; names must be unique in a project")
+        table[name] = item
+
+
+def load_project(path: str | Path) -> Project:
+    """Run a project file and collect what it declares.
+
+    Module-level definitions are collected by type; a module-level ``project = Project(...)``
+    is used as is.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"project file {file} does not exist; pass --project or set STALWART_PROJECT")
+    namespace = runpy.run_path(str(file), run_name=f"stalwart_project_{file.stem}")
+    declared = namespace.get("project")
+    if isinstance(declared, Project):
+        return declared
+    project = Project(root=file.resolve().parent)
+    for value in namespace.values():
+        project.add(value)
+    return project
