@@ -72,7 +72,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from stalwart.api import get_model, register_model
+    from stalwart.config import Settings
     from stalwart.deployment import Deployment
+    from stalwart.errors import StalwartError
     from stalwart.features import (
         CallableSource,
         Entity,
@@ -88,8 +90,6 @@ if TYPE_CHECKING:
         build_training_set,
         load_project,
     )
-    from stalwart.config import Settings
-    from stalwart.errors import StalwartError
     from stalwart.registry import ModelVersion, Registry, Signature, TensorSpec
     from stalwart.serving.app import create_app
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from stalwart.cli.features import features_app
 from stalwart.cli.models import models_app
 from stalwart.cli.output import console, fail
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models_app, name="models")
+app.add_typer(features_app, name="features")
 
 
 @app.command()

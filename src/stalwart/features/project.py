@@ -6,13 +6,22 @@ same definitions (and the same FeatureSet versions).
 from __future__ import annotations
 
 import runpy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stalwart.deployment import Deployment
 from stalwart.errors import ConfigError, DeploymentNotFound
-from stalwart.features.definitions import Entity, FeatureSet, Source
+from stalwart.features.definitions import (
+    Entity,
+    FeatureRef,
+    FeatureSet,
+    RequestField,
+    RequestSource,
+    Source,
+    feature_refs,
+)
 
 __all__ = ["Project", "load_project"]
 
@@ -55,6 +64,39 @@ class Project:
             return self.deployments[name]
         except KeyError:
             raise DeploymentNotFound(name) from None
+
+    def features_for(self, deployment: Deployment, model_ref: str, training: Mapping[str, Any] | None) -> list[FeatureRef | RequestField]:
+        """The features a deployment serves to a model version: the deployment's own list,
+        else the model's training-set list, each checked against this project's definitions
+        (a FeatureSet whose version differs from the one the model was trained on is refused)."""
+        if deployment.features is not None:
+            return feature_refs(deployment.features)
+        specs = (training or {}).get("features")
+        if not specs:
+            raise ConfigError(
+                f"model {model_ref} was not registered with training_set=, so deployment "
+                f"'{deployment.name}' cannot tell which features it takes; declare features= on the deployment"
+            )
+        refs: list[FeatureRef | RequestField] = []
+        for spec in specs:
+            if "request" in spec:
+                source = self.sources.get(spec["request"])
+                if not isinstance(source, RequestSource):
+                    raise ConfigError(f"model {model_ref} needs request source '{spec['request']}', which the project does not declare")
+                refs.append(source.field(spec["name"]))
+                continue
+            feature_set = self.feature_sets.get(spec["set"])
+            if feature_set is None:
+                raise ConfigError(f"model {model_ref} needs feature set '{spec['set']}', which the project does not declare")
+            if feature_set.version != spec["version"]:
+                raise ConfigError(
+                    f"model {model_ref} was trained on feature set '{feature_set.name}' version "
+                    f"{spec['version']}, but the project defines version {feature_set.version}: serving "
+                    f"it would compute features differently from training. Retrain on the current "
+                    f"definition, or restore the old one"
+                )
+            refs.append(feature_set[spec["name"]])
+        return refs
 
     @staticmethod
     def _put(table: dict[str, Any], name: str, item: Any, kind: str) -> None:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from stalwart.deployment import Deployment
 from stalwart.errors import ConfigError, NotReady, RequestError, StalwartError
-from stalwart.features.definitions import FeatureRef, RequestField, RequestSource, feature_refs
+from stalwart.features.definitions import FeatureRef, RequestField
 from stalwart.features.online import OnlineFeatures
 from stalwart.features.project import Project
 from stalwart.features.readers import SourceReader, make_reader
@@ -145,7 +145,7 @@ class DeploymentService:
         return plan
 
     def _build_plan(self, deployment: Deployment, mv: ModelVersion) -> _Plan:
-        refs = self._refs(deployment, mv)
+        refs = self.project.features_for(deployment, mv.ref, mv.training)
         readers = {}
         for ref in refs:
             if isinstance(ref, FeatureRef):
@@ -171,36 +171,6 @@ class DeploymentService:
                 )
             layout = "matrix"
         return _Plan(mv, OnlineFeatures(refs, readers), layout, names)
-
-    def _refs(self, deployment: Deployment, mv: ModelVersion) -> list[FeatureRef | RequestField]:
-        if deployment.features is not None:
-            return feature_refs(deployment.features)
-        specs = (mv.training or {}).get("features")
-        if not specs:
-            raise ConfigError(
-                f"model {mv.ref} was not registered with training_set=, so deployment "
-                f"'{deployment.name}' cannot tell which features it takes; declare features= on the deployment"
-            )
-        refs: list[FeatureRef | RequestField] = []
-        for spec in specs:
-            if "request" in spec:
-                source = self.project.sources.get(spec["request"])
-                if not isinstance(source, RequestSource):
-                    raise ConfigError(f"model {mv.ref} needs request source '{spec['request']}', which the project does not declare")
-                refs.append(source.field(spec["name"]))
-                continue
-            feature_set = self.project.feature_sets.get(spec["set"])
-            if feature_set is None:
-                raise ConfigError(f"model {mv.ref} needs feature set '{spec['set']}', which the project does not declare")
-            if feature_set.version != spec["version"]:
-                raise ConfigError(
-                    f"model {mv.ref} was trained on feature set '{feature_set.name}' version "
-                    f"{spec['version']}, but the project defines version {feature_set.version}: serving "
-                    f"it would compute features differently from training. Retrain on the current "
-                    f"definition, or restore the old one"
-                )
-            refs.append(feature_set[spec["name"]])
-        return refs
 
 
 def _decode(body: bytes) -> PredictRequest:

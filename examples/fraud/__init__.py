@@ -1,0 +1,1 @@
+"""A card-fraud project: generated transactions, windowed features, a deployed model."""

@@ -1,0 +1,50 @@
+"""The fraud project's definitions: read by the training script and by the server alike.
+
+Serve it with ``stalwart serve --project examples/fraud/project.py``.
+"""
+
+import numpy as np
+
+from stalwart import Deployment, Entity, FeatureSet, Latest, RequestSource, SqlSource, Transform, Window
+
+RISKY_CATEGORIES = ("electronics", "gift_cards", "jewelry")
+
+card = Entity("card", keys=["card_id"])
+
+# Rows live in the registry's own database by default (SQLite under STALWART_HOME, or the
+# PostgreSQL of STALWART_DB_URL); `generate.py` fills the table.
+transactions = SqlSource("transactions", table="transactions", entity=card, timestamp="ts")
+
+# What arrives with the transaction being scored.
+txn = RequestSource("txn", fields={"amount": "float", "merchant_category": "str"})
+
+
+def ratio(numerator, denominator):
+    """numerator / denominator, with denominators under 1 treated as 1 (no blow-ups)."""
+    return numerator / np.maximum(denominator, 1.0)
+
+
+def risky(category):
+    return np.isin(category, RISKY_CATEGORIES).astype(np.float64)
+
+
+card_activity = FeatureSet(
+    "card_activity",
+    entity=card,
+    source=transactions,
+    description="How a card has been used recently, and how the current transaction compares",
+    features=[
+        Window("tx_count_1h", agg="count", window="1h"),
+        Window("tx_count_24h", agg="count", window="24h"),
+        Window("amount_sum_1h", agg="sum", column="amount", window="1h"),
+        Window("amount_sum_24h", agg="sum", column="amount", window="24h"),
+        Window("amount_mean_30d", agg="mean", column="amount", window="30d", default=0.0),
+        Window("amount_max_7d", agg="max", column="amount", window="7d", default=0.0),
+        Latest("last_amount", column="amount", max_age="30d", default=0.0),
+        Transform("amount_to_mean_30d", inputs=[txn.amount, "amount_mean_30d"], fn=ratio),
+        Transform("amount_to_max_7d", inputs=[txn.amount, "amount_max_7d"], fn=ratio),
+        Transform("risky_category", inputs=[txn.merchant_category], fn=risky),
+    ],
+)
+
+fraud = Deployment("fraud", model="fraud", description="Scores a card transaction before it is recorded")
