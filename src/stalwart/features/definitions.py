@@ -52,6 +52,7 @@ __all__ = [
     "Window",
     "feature_refs",
     "feature_sets_of",
+    "names_in",
     "request_fields_of",
 ]
 
@@ -353,10 +354,20 @@ class FeatureSet:
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
 
-    @property
-    def source_columns(self) -> list[str]:
-        """The source columns the set's features read, in first-use order."""
-        columns = (getattr(f, "column", None) for f in self.features)
+    def closure(self, names: Sequence[str] | None = None) -> list[Feature]:
+        """The features needed to compute ``names`` (all when None): them and every
+        feature their transforms read, in definition order."""
+        if names is None:
+            return list(self.features)
+        needed = set(names)
+        for feature in reversed(self.features):
+            if feature.name in needed and isinstance(feature, Transform):
+                needed.update(i for i in feature.inputs if isinstance(i, str))
+        return [f for f in self.features if f.name in needed]
+
+    def source_columns(self, names: Sequence[str] | None = None) -> list[str]:
+        """The source columns read to compute ``names`` (all features when None)."""
+        columns = (getattr(f, "column", None) for f in self.closure(names))
         return list(dict.fromkeys(c for c in columns if c is not None))
 
     def feature(self, name: str) -> Feature:
@@ -422,14 +433,20 @@ def feature_sets_of(refs: Sequence[FeatureRef | RequestField]) -> list[FeatureSe
     return list(seen.values())
 
 
+def names_in(feature_set: FeatureSet, refs: Sequence[FeatureRef | RequestField]) -> list[str]:
+    """The names of ``feature_set``'s features that ``refs`` asks for."""
+    return [r.name for r in refs if isinstance(r, FeatureRef) and r.feature_set.name == feature_set.name]
+
+
 def request_fields_of(refs: Sequence[FeatureRef | RequestField]) -> list[RequestField]:
-    """Every request-time value a feature list needs: listed directly or used by transforms."""
+    """Every request-time value a feature list needs: listed directly or read by the
+    transforms it needs."""
     fields: dict[tuple[str, str], RequestField] = {}
     for ref in refs:
         if isinstance(ref, RequestField):
             fields[(ref.source, ref.name)] = ref
     for feature_set in feature_sets_of(refs):
-        for feature in feature_set.features:
+        for feature in feature_set.closure(names_in(feature_set, refs)):
             if isinstance(feature, Transform):
                 for item in feature.inputs:
                     if isinstance(item, RequestField):

@@ -83,11 +83,14 @@ def compute(
     queries: Queries,
     rows: SourceRows,
     request: Mapping[tuple[str, str], Column] | None = None,
+    names: Sequence[str] | None = None,
 ) -> Computed:
-    """Every feature of ``feature_set`` for every query, using only rows at or before it."""
+    """The features ``names`` of ``feature_set`` (all when None, plus what their transforms
+    read) for every query, using only rows at or before it."""
+    features = feature_set.closure(names)
     m = len(queries)
     q_codes, r_codes = _joint_codes(queries.keys, rows.keys)
-    windows = sorted({f.window_ns for f in feature_set.features if isinstance(f, Window)})
+    windows = sorted({f.window_ns for f in features if isinstance(f, Window)})
     times = [rows.ts, queries.ts, *(queries.ts - w for w in windows)]
     table = np.unique(np.concatenate(times)) if m or len(rows) else np.empty(0, dtype=np.int64)
     radix = np.int64(len(table) + 1)
@@ -107,7 +110,7 @@ def compute(
     bounds = {w: np.searchsorted(r_key, composite(q_codes_s, q_ts_s - w), side="right") for w in windows}
 
     sorted_columns: dict[str, Column] = {}
-    for feature in feature_set.features:
+    for feature in features:
         if isinstance(feature, Latest):
             values = _column(rows, feature.column, feature_set)[perm]
             sorted_columns[feature.name] = _latest(feature, values, r_ts, q_ts_s, hi, found_s)
@@ -119,7 +122,7 @@ def compute(
     unsort = np.empty(m, dtype=np.int64)
     unsort[qperm] = np.arange(m, dtype=np.int64)
     columns = {name: col[unsort] for name, col in sorted_columns.items()}
-    for feature in feature_set.features:
+    for feature in features:
         if isinstance(feature, Transform):
             columns[feature.name] = _transform(feature, columns, request or {}, m, feature_set)
     return Computed(columns=columns, found=found_s[unsort])

@@ -25,6 +25,7 @@ from stalwart.features.definitions import (
     RequestField,
     Window,
     feature_sets_of,
+    names_in,
     request_fields_of,
 )
 from stalwart.features.engine import Queries, compute
@@ -60,7 +61,7 @@ class OnlineFeatures:
         self.refs = list(refs)
         self.names = [ref.name for ref in self.refs]
         sets = {s.name: s for s in feature_sets_of(self.refs)}
-        self._used = {name: [r.name for r in self.refs if isinstance(r, FeatureRef) and r.feature_set.name == name] for name in sets}
+        self._used = {name: names_in(fs, self.refs) for name, fs in sets.items()}
         self._request_fields = request_fields_of(self.refs)
         self._entity_keys = list(dict.fromkeys(k for s in sets.values() for k in s.entity.keys))
         by_source: dict[str, list[FeatureSet]] = {}
@@ -70,8 +71,8 @@ class OnlineFeatures:
         for source_name, group in by_source.items():
             if source_name not in readers:
                 raise ConfigError(f"no reader for source '{source_name}'")
-            columns = tuple(dict.fromkeys(c for s in group for c in s.source_columns))
-            lookback = max((f.window_ns for s in group for f in s.features if isinstance(f, Window)), default=0)
+            columns = tuple(dict.fromkeys(c for s in group for c in s.source_columns(self._used[s.name])))
+            lookback = max((f.window_ns for s in group for f in s.closure(self._used[s.name]) if isinstance(f, Window)), default=0)
             plans.append(_SourcePlan(readers[source_name], tuple(group), columns, lookback))
         self._plans = plans
 
@@ -103,7 +104,7 @@ class OnlineFeatures:
         for plan, rows in zip(self._plans, results, strict=True):
             for feature_set in plan.sets:
                 queries = Queries(keys=[key_columns[k] for k in feature_set.entity.keys], ts=ts)
-                computed = compute(feature_set, queries, rows, request)
+                computed = compute(feature_set, queries, rows, request, self._used[feature_set.name])
                 self._check_known(feature_set, computed.found, computed.columns, entities)
                 columns.update(computed.columns)
         out = {

@@ -84,7 +84,7 @@ def check_parity(
             f"{', '.join(sorted(other_keys))}; check feature sets of other entities separately"
         )
     reader = readers[anchor.source.name]
-    rows = reader.read_all(anchor.source_columns)
+    rows = reader.read_all(anchor.source_columns())
     if len(rows) == 0:
         raise ConfigError(f"source '{anchor.source.name}' has no rows to sample")
     picks = rng.integers(0, len(rows), size=samples)

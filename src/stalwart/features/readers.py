@@ -148,7 +148,7 @@ class SqlReader:
             "start": self._bind_time(as_of_ns - lookback_ns),
         }
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.autocommit() as conn:
                 records = conn.execute(statement, params).all()
         except SQLAlchemyError as exc:
             raise FeatureError(f"source '{self.source.name}': query failed: {exc}") from exc

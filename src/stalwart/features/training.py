@@ -29,6 +29,7 @@ from stalwart.features.definitions import (
     RequestField,
     feature_refs,
     feature_sets_of,
+    names_in,
     request_fields_of,
 )
 from stalwart.features.engine import Queries, compute
@@ -128,9 +129,10 @@ def build_training_set(
             if progress is not None:
                 progress(f"computing {feature_set.name}")
             reader = (readers or {}).get(feature_set.source.name) or make_reader(feature_set.source, pool, root)
-            rows = reader.read_all(feature_set.source_columns)
+            wanted = names_in(feature_set, refs)
+            rows = reader.read_all(feature_set.source_columns(wanted))
             queries = Queries(keys=[frame_column(events[k]) for k in feature_set.entity.keys], ts=as_of)
-            computed = compute(feature_set, queries, rows, request_values)
+            computed = compute(feature_set, queries, rows, request_values, wanted)
             columns.update(computed.columns)
             versions[feature_set.name] = feature_set.version
     finally:

@@ -74,6 +74,14 @@ class Database:
                 f"is reachable and STALWART_DB_URL is right"
             ) from exc
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection without a transaction, for single read statements on the request
+        path: no BEGIN/COMMIT, so one statement is one round trip."""
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
     def insert_ignoring_conflicts(self, table: Table, **values: Any) -> Insert:
         """``INSERT ... ON CONFLICT DO NOTHING`` in this database's dialect."""
         if self.dialect == "postgresql":
@@ -139,5 +147,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("stalwart_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("stalwart_write", False) else "BEGIN")
