@@ -141,6 +141,7 @@ def test_file_sources_work_offline_and_online(tmp_path: Any, transactions: pd.Da
 
 
 def test_events_missing_columns_are_refused(loaded_db: tuple[Settings, Database], transactions: pd.DataFrame) -> None:
+    settings, _ = loaded_db
     fs = card_features()
     events = events_for(transactions).drop(columns=["amount"])
     with pytest.raises(ConfigError, match="events have no column 'amount'"):
