@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,6 +26,7 @@ from stalwart.cli.output import console
 from stalwart.errors import NotReady
 
 MODEL = "breast-cancer"
+FRAUD_EXAMPLE = Path("examples/fraud")
 
 
 @dataclass
@@ -68,6 +68,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         table.add_row(str(mv.version), item.label, f"{item.metrics['accuracy']:.3f}",
                       f"{item.metrics['roc_auc']:.3f}", mv.sha256[:12] + "…")
     console.print(table)
+    fraud = _fraud_setup(settings) if FRAUD_EXAMPLE.is_dir() else None
 
     configure_logging("json", "warning", stream=_Discard())
     port = port or _free_port()
@@ -75,9 +76,9 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         fallback = _free_port()
         console.print(f"port {port} is taken; using {fallback}")
         port = fallback
+    app = create_app(settings, registry=registry, project=fraud.project if fraud else None)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, registry=registry), host=settings.host, port=port,
-                       log_config=None, access_log=False)
+        uvicorn.Config(app, host=settings.host, port=port, log_config=None, access_log=False)
     )
     thread = threading.Thread(target=server.run, name="stalwart-demo-server", daemon=True)
     thread.start()
@@ -85,6 +86,8 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
     try:
         _wait_ready(base)
         ok = _tour(base, x_test, y_test, feature_count, np)
+        if fraud is not None:
+            ok &= _fraud_tour(base, fraud)
     finally:
         if once:
             server.should_exit = True
@@ -99,6 +102,79 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         server.should_exit = True
         thread.join(timeout=10)
     return 0 if ok else 1
+
+
+@dataclass
+class _Fraud:
+    project: Any
+    card: int
+    usual_amount: float
+
+
+def _fraud_setup(settings: Any) -> _Fraud:
+    """Generate card transactions up to now, train the fraud model from a point-in-time
+    training set and register it (the example in examples/fraud)."""
+    import datetime as dt
+    import runpy
+
+    from stalwart.features import load_project
+
+    generator = runpy.run_path(str(FRAUD_EXAMPLE / "generate.py"))
+    trainer = runpy.run_path(str(FRAUD_EXAMPLE / "train.py"))
+    now = dt.datetime.now(tz=dt.UTC).replace(minute=0, second=0, microsecond=0)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("generating card transactions", total=3)
+        frame = generator["generate"](n_cards=1500, days=45, end=now)
+        generator["load"](frame, settings.resolved_db_url())
+        progress.update(task, advance=1, description=f"loaded {len(frame):,} transactions into SQLite")
+        mv, metrics = trainer["train"](frame, settings)
+        progress.update(task, advance=2, description=f"trained and registered {mv.ref}")
+    console.print(
+        f"fraud model {mv.ref}: ROC AUC {metrics['roc_auc']:.3f}, average precision "
+        f"{metrics['average_precision']:.3f} on the latest 20% of events; training set of "
+        f"{int(metrics['training_rows']):,} events built in {metrics['training_set_seconds']:.2f} s"
+    )
+    recent = frame[frame["ts"] > frame["ts"].max() - 86_400]
+    card = int(recent["card_id"].value_counts().index[0])
+    usual = float(frame.loc[frame["card_id"] == card, "amount"].median())
+    return _Fraud(load_project(FRAUD_EXAMPLE / "project.py"), card, usual)
+
+
+def _fraud_tour(base: str, fraud: _Fraud) -> bool:
+    body: dict[str, Any] = {
+        "entities": [{"card_id": fraud.card}, {"card_id": fraud.card}],
+        "values": [
+            {"amount": round(fraud.usual_amount, 2), "merchant_category": "groceries"},
+            {"amount": round(fraud.usual_amount * 9, 2), "merchant_category": "electronics"},
+        ],
+        "return_features": True,
+    }
+    result = _call("POST", f"{base}/v1/deployments/fraud/predict", body)
+    console.print(f"\n[bold]POST /v1/deployments/fraud/predict[/] for card {fraud.card} → {result.status}")
+    if result.status != 200:
+        console.print(result.body)
+        return False
+    table = Table("feature", "usual purchase", "9x, electronics")
+    rows = result.body["features"]
+    for name in rows[0]:
+        table.add_row(name, *(_short(r[name]) for r in rows))
+    probabilities = [p["predict_proba"][1] for p in result.body["predictions"]]
+    table.add_row("[bold]P(fraud)", *(f"[bold]{p:.3f}" for p in probabilities))
+    console.print(table)
+    console.print(f"model {result.body['model']['name']}:{result.body['model']['version']}, request {result.body['request_id']}")
+    entities = json.dumps(body["entities"][:1])
+    values = json.dumps(body["values"][1:])
+    console.print("[bold]try it yourself[/]:", highlight=False)
+    console.print(
+        f"curl -s -X POST {base}/v1/deployments/fraud/predict -H 'Content-Type: application/json' "
+        f"-d '{{\"entities\": {entities}, \"values\": {values}, \"return_features\": true}}'",
+        highlight=False, soft_wrap=True,
+    )
+    return bool(probabilities[1] > probabilities[0])
+
+
+def _short(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def _data() -> tuple[Any, Any, Any, Any, int]:
@@ -172,13 +248,13 @@ def _tour(base: str, x_test: Any, y_test: Any, feature_count: int, np: Any) -> b
         console.print(f"  {line}", highlight=False)
     example = json.dumps({"inputs": [{"name": "input-0", "shape": [1, feature_count], "datatype": "FP64",
                                       "data": [round(v, 4) for v in x_test[0].tolist()]}]})
-    console.print(Panel(
-        f"curl -s {base}/v2/models/{MODEL}\n"
-        f"curl -s -X POST {base}/v2/models/{MODEL}/infer -H 'Content-Type: application/json' \\\n"
-        f"     -d '{example}'\n"
+    console.print("\n[bold]try it yourself[/]:")
+    for command in (
+        f"curl -s {base}/v2/models/{MODEL}",
+        f"curl -s -X POST {base}/v2/models/{MODEL}/infer -H 'Content-Type: application/json' -d '{example}'",
         f"curl -s {base}/metrics | grep stalwart_",
-        title="try it yourself", expand=False,
-    ))
+    ):
+        console.print(command, highlight=False, soft_wrap=True)
     console.print("[green]demo OK[/]" if ok else "[red]demo FAILED: see the responses above[/]")
     return ok
 
