@@ -139,3 +139,22 @@ def served(settings: Settings, registry: Registry, logistic: Any, boosted: Any, 
 def rows(cancer: dict[str, Any], n: int = 3) -> np.ndarray[Any, Any]:
     out: np.ndarray[Any, Any] = cancer["x_test"][:n]
     return out
+
+
+@pytest.fixture(scope="session")
+def fraud_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The fraud example, generated small and trained once: a STALWART_HOME with the
+    transactions table and the registered model, for tests that only read it."""
+    import datetime as dt
+    import runpy
+
+    root = Path(__file__).resolve().parent.parent / "examples" / "fraud"
+    home = tmp_path_factory.mktemp("fraud") / "home"
+    settings = Settings(home=home, project=root / "project.py", registry_poll_seconds=0.2)
+    generator = runpy.run_path(str(root / "generate.py"))
+    trainer = runpy.run_path(str(root / "train.py"))
+    end = dt.datetime.now(tz=dt.UTC).replace(minute=0, second=0, microsecond=0)
+    frame = generator["generate"](n_cards=300, days=40, end=end, seed=11)
+    generator["load"](frame, settings.resolved_db_url())
+    version, metrics = trainer["train"](frame, settings)
+    return {"settings": settings, "frame": frame, "version": version, "metrics": metrics, "root": root}

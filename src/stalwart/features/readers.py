@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 EntityKey = tuple[Any, ...]
+_BOUND_MARGIN_NS = NS  # one second: far above the rounding of any stored timestamp
 
 
 class SourceReader(Protocol):
@@ -142,10 +143,14 @@ class SqlReader:
 
     def fetch_sync(self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str]) -> SourceRows:
         statement = self.statement(columns)
+        # The database compares in its own type (float seconds, microsecond datetimes),
+        # which can put a row stamped exactly at a bound on the wrong side of it. Fetch a
+        # little wider and let the engine apply the exact bounds in nanoseconds, as the
+        # offline path does.
         params = {
             "keys": [k[0] for k in keys] if len(self._key_cols) == 1 else [tuple(k) for k in keys],
-            "as_of": self._bind_time(as_of_ns),
-            "start": self._bind_time(as_of_ns - lookback_ns),
+            "as_of": self._bind_time(as_of_ns + _BOUND_MARGIN_NS),
+            "start": self._bind_time(as_of_ns - lookback_ns - _BOUND_MARGIN_NS),
         }
         try:
             with self.db.autocommit() as conn:
