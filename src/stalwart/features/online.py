@@ -19,6 +19,7 @@ import numpy as np
 
 from stalwart.errors import ConfigError, RequestError, UnknownEntity
 from stalwart.features.definitions import (
+    Feature,
     FeatureRef,
     FeatureSet,
     Latest,
@@ -52,6 +53,7 @@ class _SourcePlan:
     sets: tuple[FeatureSet, ...]
     columns: tuple[str, ...]
     lookback_ns: int
+    older: bool  # whether rows before the lookback can change an answer
 
 
 class OnlineFeatures:
@@ -72,8 +74,9 @@ class OnlineFeatures:
             if source_name not in readers:
                 raise ConfigError(f"no reader for source '{source_name}'")
             columns = tuple(dict.fromkeys(c for s in group for c in s.source_columns(self._used[s.name])))
-            lookback = max((f.window_ns for s in group for f in s.closure(self._used[s.name]) if isinstance(f, Window)), default=0)
-            plans.append(_SourcePlan(readers[source_name], tuple(group), columns, lookback))
+            used = [f for s in group for f in s.closure(self._used[s.name])]
+            lookback = max((f.window_ns for f in used if isinstance(f, Window)), default=0)
+            plans.append(_SourcePlan(readers[source_name], tuple(group), columns, lookback, _needs_older(used, lookback)))
         self._plans = plans
 
     @property
@@ -116,7 +119,7 @@ class OnlineFeatures:
     async def _fetch(self, plan: _SourcePlan, key_columns: Mapping[str, np.ndarray[Any, Any]], as_of: int) -> Any:
         keys_of = plan.sets[0].entity.keys
         unique = list(dict.fromkeys(zip(*(key_columns[k].tolist() for k in keys_of), strict=True)))
-        return await plan.reader.fetch(unique, as_of, plan.lookback_ns, plan.columns)
+        return await plan.reader.fetch(unique, as_of, plan.lookback_ns, plan.columns, older=plan.older)
 
     def _check_known(
         self,
@@ -131,8 +134,7 @@ class OnlineFeatures:
             return
         for name in self._used[feature_set.name]:
             feature = feature_set.feature(name)
-            needs_default = isinstance(feature, Latest) or (isinstance(feature, Window) and feature.agg in ("mean", "min", "max"))
-            if needs_default and getattr(feature, "default", None) is None:
+            if _needs_default(feature) and getattr(feature, "default", None) is None:
                 row = int(np.flatnonzero(~found)[0])
                 key = {k: entities[row].get(k) for k in feature_set.entity.keys}
                 raise UnknownEntity(
@@ -140,6 +142,22 @@ class OnlineFeatures:
                     f"'{feature_set.source.name}', and feature '{name}' declares no default",
                     field=f"entities[{row}]",
                 )
+
+
+def _needs_default(feature: Feature) -> bool:
+    """Whether an entity without rows has no value for this feature unless it declares one."""
+    return isinstance(feature, Latest) or (isinstance(feature, Window) and feature.agg in ("mean", "min", "max"))
+
+
+def _needs_older(features: Sequence[Feature], lookback_ns: int) -> bool:
+    """Rows older than the lookback matter to a ``Latest`` that may reach past it, and to
+    telling an unknown entity (4xx) from a known one when a feature has no default."""
+    for feature in features:
+        if isinstance(feature, Latest) and (feature.max_age_ns is None or feature.max_age_ns > lookback_ns):
+            return True
+        if _needs_default(feature) and getattr(feature, "default", None) is None:
+            return True
+    return False
 
 
 def _entity_columns(entities: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:

@@ -65,8 +65,13 @@ class SourceReader(Protocol):
         """Every row (offline): keys, times, order and the named value columns."""
         ...
 
-    async def fetch(self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str]) -> SourceRows:
-        """The rows any feature of these entities can use as of ``as_of_ns`` (online)."""
+    async def fetch(
+        self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], *, older: bool = True
+    ) -> SourceRows:
+        """The rows any feature of these entities can use as of ``as_of_ns`` (online):
+        those in ``(as_of - lookback, as_of]`` and, when ``older``, each entity's last row
+        before that (for ``Latest`` values older than the lookback, and to tell a known
+        entity from an unknown one)."""
         ...
 
 
@@ -138,11 +143,13 @@ class SqlReader:
             records = conn.execute(query).all()
         return rows_from_records(records, len(self._key_cols), columns)
 
-    async def fetch(self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str]) -> SourceRows:
-        return await asyncio.to_thread(self.fetch_sync, keys, as_of_ns, lookback_ns, columns)
+    async def fetch(
+        self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], *, older: bool = True
+    ) -> SourceRows:
+        return await asyncio.to_thread(self.fetch_sync, keys, as_of_ns, lookback_ns, columns, older)
 
-    def fetch_sync(self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str]) -> SourceRows:
-        statement = self.statement(columns)
+    def fetch_sync(self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], older: bool = True) -> SourceRows:
+        statement = self.statement(columns, older=older)
         # The database compares in its own type (float seconds, microsecond datetimes),
         # which can put a row stamped exactly at a bound on the wrong side of it. Fetch a
         # little wider and let the engine apply the exact bounds in nanoseconds, as the
@@ -159,7 +166,7 @@ class SqlReader:
             raise FeatureError(f"source '{self.source.name}': query failed: {exc}") from exc
         return rows_from_records(records, len(self._key_cols), columns)
 
-    def statement(self, columns: Sequence[str]) -> Any:
+    def statement(self, columns: Sequence[str], *, older: bool = True) -> Any:
         """The single statement behind :meth:`fetch` (also what the benchmark times bare).
 
         Part one: rows in ``(start, as_of]``. Part two: for each entity, its last row at or
@@ -167,7 +174,7 @@ class SqlReader:
         known entity from an unknown one. The parts are disjoint, so no row counts twice.
         """
         cache = self.__dict__.setdefault("_statements", {})
-        key = tuple(columns)
+        key = (tuple(columns), older)
         if key in cache:
             return cache[key]
         t = self.table
@@ -176,6 +183,9 @@ class SqlReader:
         in_keys = entity.in_(bindparam("keys", expanding=True))
         selected = [*self._key_cols, ts, self._order.label("stalwart_order"), *self._values(columns)]
         recent = select(*selected).where(in_keys, ts > bindparam("start"), ts <= bindparam("as_of"))
+        if not older:
+            cache[key] = recent
+            return recent
         ranked = (
             select(
                 *selected,
@@ -186,10 +196,10 @@ class SqlReader:
             .where(in_keys, ts <= bindparam("start"))
             .subquery("older")
         )
-        older = select(*[ranked.c[c.name] for c in [*self._key_cols, ts]], ranked.c.stalwart_order, *[ranked.c[c] for c in columns]).where(
+        last_before = select(*[ranked.c[c.name] for c in [*self._key_cols, ts]], ranked.c.stalwart_order, *[ranked.c[c] for c in columns]).where(
             ranked.c.stalwart_rank == 1
         )
-        statement = union_all(recent, older)
+        statement = union_all(recent, last_before)
         cache[key] = statement
         return statement
 
@@ -281,7 +291,9 @@ class FileReader:
         rows = self._load()
         return SourceRows(rows.keys, rows.ts, rows.order, {c: rows.columns[c] for c in columns if c in rows.columns})
 
-    async def fetch(self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str]) -> SourceRows:
+    async def fetch(
+        self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], *, older: bool = True
+    ) -> SourceRows:
         rows = self._load()
         if self._index is None:
             index: dict[EntityKey, list[int]] = {}
@@ -317,7 +329,9 @@ class CallableReader:
     def read_all(self, columns: Sequence[str]) -> SourceRows:
         return self.offline.read_all(columns)
 
-    async def fetch(self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str]) -> SourceRows:
+    async def fetch(
+        self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], *, older: bool = True
+    ) -> SourceRows:
         wanted = [tuple(k) for k in keys]
         try:
             result = self.source.fn(wanted)
