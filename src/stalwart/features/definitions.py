@@ -28,6 +28,7 @@ import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -242,7 +243,7 @@ class Latest(Feature):
         age = format_duration(duration_ns(self.max_age)) if self.max_age is not None else None
         return {"kind": "latest", "column": self.column, "max_age": age, "default": self.default}
 
-    @property
+    @cached_property
     def max_age_ns(self) -> int | None:
         return duration_ns(self.max_age) if self.max_age is not None else None
 
@@ -268,7 +269,7 @@ class Window(Feature):
             raise ConfigError(f"feature '{self.name}': {self.agg} needs a column")
         duration_ns(self.window)
 
-    @property
+    @cached_property
     def window_ns(self) -> int:
         return duration_ns(self.window)
 

@@ -109,15 +109,24 @@ def compute(
     found_s = hi > start
     bounds = {w: np.searchsorted(r_key, composite(q_codes_s, q_ts_s - w), side="right") for w in windows}
 
+    # Several features read the same column, and several windows count the same rows:
+    # sort each column and count each (column, window) once.
+    sorted_values: dict[str, Column] = {}
+    counts: dict[tuple[str, int], Column] = {}
+
+    def values_of(name: str) -> Column:
+        if name not in sorted_values:
+            sorted_values[name] = _column(rows, name, feature_set)[perm]
+        return sorted_values[name]
+
     sorted_columns: dict[str, Column] = {}
     for feature in features:
         if isinstance(feature, Latest):
-            values = _column(rows, feature.column, feature_set)[perm]
-            sorted_columns[feature.name] = _latest(feature, values, r_ts, q_ts_s, hi, found_s)
+            sorted_columns[feature.name] = _latest(feature, values_of(feature.column), r_ts, q_ts_s, hi, found_s)
         elif isinstance(feature, Window):
             lo = bounds[feature.window_ns]
-            window_values = None if feature.column is None else _column(rows, feature.column, feature_set)[perm]
-            sorted_columns[feature.name] = _window(feature, window_values, lo, hi, feature_set)
+            window_values = None if feature.column is None else values_of(feature.column)
+            sorted_columns[feature.name] = _window(feature, window_values, lo, hi, feature_set, counts)
 
     unsort = np.empty(m, dtype=np.int64)
     unsort[qperm] = np.arange(m, dtype=np.int64)
@@ -179,7 +188,14 @@ def _latest(feature: Latest, values: Column, r_ts: Column, q_ts: Column, hi: Col
     return _filled(picked, missing, feature.default)
 
 
-def _window(feature: Window, values: Column | None, lo: Column, hi: Column, feature_set: FeatureSet) -> Column:
+def _window(
+    feature: Window,
+    values: Column | None,
+    lo: Column,
+    hi: Column,
+    feature_set: FeatureSet,
+    counts: dict[tuple[str, int], Column],
+) -> Column:
     m = len(hi)
     if values is None:
         return (hi - lo).astype(np.int64)
@@ -193,7 +209,10 @@ def _window(feature: Window, values: Column | None, lo: Column, hi: Column, feat
         return _reduce(np.add, present.astype(np.int64), lo, hi, 0).astype(np.int64)
     numbers = values.astype(np.float64, copy=False)
     present = ~np.isnan(numbers)
-    count = _reduce(np.add, present.astype(np.int64), lo, hi, 0)
+    key = (feature.column or "", feature.window_ns)
+    count = counts.get(key)
+    if count is None:
+        count = counts[key] = _reduce(np.add, present.astype(np.int64), lo, hi, 0)
     if feature.agg == "count":
         return count.astype(np.int64)
     if m == 0:
@@ -220,7 +239,9 @@ def _reduce(ufunc: np.ufunc, values: Column, lo: Column, hi: Column, empty: Any)
     m = len(lo)
     if m == 0:
         return np.empty(0, dtype=values.dtype)
-    padded = np.append(values, np.asarray([empty], dtype=values.dtype))
+    padded = np.empty(len(values) + 1, dtype=values.dtype)
+    padded[:-1] = values
+    padded[-1] = empty
     index = np.empty(2 * m, dtype=np.int64)
     index[0::2] = lo
     index[1::2] = hi
