@@ -89,7 +89,7 @@ def test_threads_never_exceed_the_half_open_permits(permitted: int, threads: int
                     time.sleep(0)  # let another thread in while we hold the permit
                 inflight.leave()
                 permit.on_error(ValidationFailed("ignored", []))
-        except BaseException as exc:  # reported below, in the test's thread
+        except BaseException as exc:  # noqa: BLE001 - reported below, in the test's thread
             errors.append(exc)
 
     pool = [threading.Thread(target=worker, args=(random.Random(seed + i),)) for i in range(threads)]
@@ -114,7 +114,12 @@ def test_threads_at_once_get_exactly_the_permitted_trials() -> None:
         granted: list[Permit] = []
         lock = threading.Lock()
 
-        def worker(breaker: CircuitBreaker = breaker, start: threading.Barrier = start) -> None:
+        def worker(
+            breaker: CircuitBreaker = breaker,
+            start: threading.Barrier = start,
+            granted: list[Permit] = granted,
+            lock: threading.Lock = lock,
+        ) -> None:
             start.wait()
             permit = breaker.try_acquire()
             if permit is not None:
@@ -131,7 +136,7 @@ def test_threads_at_once_get_exactly_the_permitted_trials() -> None:
             permit.on_success(0.001)
         assert breaker.state is BreakerState.HALF_OPEN
         granted[-1].on_error(ModelError("x"), 0.001)  # 1 of 4 failed: below 50%
-        assert breaker.state is BreakerState.CLOSED
+        assert breaker.snapshot().state is BreakerState.CLOSED
 
 
 async def test_asyncio_tasks_never_exceed_the_half_open_permits() -> None:
