@@ -559,6 +559,25 @@ def test_open_half_open_cycle_with_automatic_transition_chains_on_the_clock(cloc
     ]
 
 
+def test_an_idle_cycling_breaker_catches_up_in_bounded_work(clock: FakeClock) -> None:
+    """A breaker cycling OPEN/HALF_OPEN by itself, unobserved for days, catches up at once
+    on the next look instead of replaying every missed cycle."""
+    breaker = make(
+        clock,
+        sliding_window_size=1,
+        minimum_number_of_calls=1,
+        wait_duration_in_open_state=1,
+        max_wait_duration_in_half_open_state=1,
+        automatic_transition_from_open_to_half_open_enabled=True,
+    )
+    heard = events(breaker)
+    fail(breaker)
+    clock.advance(7 * 24 * 3600)
+    assert breaker.state in (OPEN, HALF_OPEN)
+    assert len(heard) <= 70
+    assert heard[-1].at == clock.now
+
+
 # -- backoff --------------------------------------------------------------------------
 
 

@@ -138,6 +138,8 @@ _FORCED_OPEN = BreakerState.FORCED_OPEN
 # resilience4j's StateTransition table allows every pair but these three.
 _FORBIDDEN = frozenset({(_CLOSED, _HALF_OPEN), (_METRICS_ONLY, _OPEN), (_METRICS_ONLY, _HALF_OPEN)})
 _INITIAL_STATES = frozenset({_CLOSED, _DISABLED, _METRICS_ONLY, _FORCED_OPEN})
+_MIN_WAIT = 0.001  # resilience4j's shortest wait, 1 ms
+_MAX_REPLAY = 64
 
 # What an exception means for the breaker.
 _IGNORE = 0
@@ -225,6 +227,8 @@ class BreakerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> BreakerConfig:
+        if 0 < self.max_wait_duration_in_half_open_state < _MIN_WAIT:
+            raise ValueError("max_wait_duration_in_half_open_state must be 0 (off) or at least 1 ms")
         if self.transition_to_state_after_wait_duration not in (_OPEN, _CLOSED):
             raise ValueError("transition_to_state_after_wait_duration must be 'open' or 'closed'")
         if self.initial_state not in _INITIAL_STATES:
@@ -243,7 +247,7 @@ class BreakerConfig(BaseModel):
     def wait_in_open_state(self, attempt: int) -> float:
         """Seconds the breaker stays OPEN on its ``attempt``-th opening since it last closed."""
         if self.wait_interval_function_in_open_state is not None:
-            return float(self.wait_interval_function_in_open_state(attempt))
+            return max(_MIN_WAIT, float(self.wait_interval_function_in_open_state(attempt)))
         wait = self.wait_duration_in_open_state
         if self.enable_exponential_backoff:
             try:
@@ -256,7 +260,7 @@ class BreakerConfig(BaseModel):
             wait = wait - delta + random.random() * 2 * delta  # noqa: S311
         if self.enable_exponential_backoff:
             wait = min(wait, self.exponential_max_wait_duration_in_open_state)
-        return wait
+        return max(_MIN_WAIT, wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,10 +679,16 @@ class CircuitBreaker:
         return gen
 
     def _advance(self, now: float) -> _Gen:
-        """Apply every timed transition due by ``now``, each at the instant it was due."""
+        """Apply every timed transition due by ``now``, each at the instant it was due.
+
+        An idle breaker cycling OPEN/HALF_OPEN by itself could owe thousands of cycles when
+        first looked at again; past ``_MAX_REPLAY`` the rest happen at ``now``.
+        """
         gen = self._gen
+        replayed = 0
         while gen.timed_at is not None and now >= gen.timed_at:
-            due = gen.timed_at
+            due = gen.timed_at if replayed < _MAX_REPLAY else now
+            replayed += 1
             if gen.state is _OPEN:
                 gen = self._switch(_HALF_OPEN, due, "wait_elapsed")
             else:  # HALF_OPEN waited too long for its trial calls
