@@ -12,6 +12,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from stalwart.errors import (
@@ -855,3 +857,46 @@ def test_snapshot_is_json_ready(clock: FakeClock) -> None:
     assert data["failure_rate"] == 100.0
     assert data["retry_after"] == pytest.approx(10.0)
     assert "model-a" in repr(breaker)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(1, 10),
+    minimum=st.integers(1, 12),
+    failure_threshold=st.sampled_from([10.0, 33.4, 50.0, 75.0, 100.0]),
+    slow_threshold=st.sampled_from([25.0, 50.0, 100.0]),
+    calls=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=40),
+)
+def test_closed_breaker_opens_at_exactly_the_first_crossing_call(
+    size: int,
+    minimum: int,
+    failure_threshold: float,
+    slow_threshold: float,
+    calls: list[tuple[bool, bool]],
+) -> None:
+    """Over random outcomes the breaker opens at the first call where, counting the last
+    `size` calls (at least min(minimum, size) of them), the failure or slow rate reaches
+    its threshold, and never before."""
+    clock = FakeClock()
+    breaker = make(
+        clock,
+        sliding_window_size=size,
+        minimum_number_of_calls=minimum,
+        failure_rate_threshold=failure_threshold,
+        slow_call_rate_threshold=slow_threshold,
+        slow_call_duration_threshold=1.0,
+    )
+    for i, (failed, slow) in enumerate(calls):
+        last = calls[max(0, i + 1 - size) : i + 1]
+        crossing = len(last) >= min(minimum, size) and (
+            sum(f for f, _ in last) * 100.0 / len(last) >= failure_threshold
+            or sum(s for _, s in last) * 100.0 / len(last) >= slow_threshold
+        )
+        duration = 2.0 if slow else 0.1
+        if failed:
+            fail(breaker, duration)
+        else:
+            ok(breaker, duration)
+        assert breaker.state is (OPEN if crossing else CLOSED), f"call {i}"
+        if crossing:
+            return
