@@ -238,3 +238,16 @@ async def test_plain_awaitables_are_accepted() -> None:
         return fut
 
     assert await call_with_timeout(future_of, 7, timeout=1) == 7
+
+
+async def test_a_call_that_fails_before_awaiting_still_calls_on_done() -> None:
+    """A function that raises before returning an awaitable still gets on_done, so a
+    bulkhead slot is never lost to it."""
+    done: list[bool] = []
+
+    def not_async() -> Any:
+        raise TypeError("not a coroutine function")
+
+    with pytest.raises(TypeError):
+        await call_with_timeout(not_async, timeout=1, on_done=lambda: done.append(True))
+    assert done == [True]

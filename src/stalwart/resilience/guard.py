@@ -85,6 +85,9 @@ class GuardSnapshot:
 class Guard:
     """Breaker, bulkhead and time limit around calls to one dependency.
 
+    A guard belongs to one event loop (as its bulkhead does). Its listeners and snapshot
+    are those of its parts: ``guard.breaker.add_listener(...)``, ``guard.snapshot()``.
+
     >>> guard = Guard("churn-v3", GuardConfig())
     >>> async def predict(rows: int) -> int:
     ...     return rows

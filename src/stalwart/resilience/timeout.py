@@ -20,8 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from types import CoroutineType
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any, Final, TypeVar, TypeVarTuple, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,43 +86,25 @@ async def call_with_timeout(
             limit=0.0,
         )
     loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Any] = loop.create_future()
     try:
-        awaitable = fn(*args)
-        task: asyncio.Future[T] = (
-            loop.create_task(awaitable)
-            if type(awaitable) is CoroutineType
-            else asyncio.ensure_future(awaitable)
-        )
-    except BaseException:
+        task = loop.create_task(_run(fn(*args), waiter, on_done, name))
+    except BaseException:  # fn raised at once, or the loop is closing: nothing started
         if on_done is not None:
             on_done()
         raise
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    task.add_done_callback(wake)
-    timer = loop.call_later(limit, wake)
+    timer = loop.call_later(limit, _time_up, waiter)
     try:
-        await waiter
+        outcome = await waiter
     except asyncio.CancelledError:
-        # The caller gave up: the work goes too.
-        timer.cancel()
-        task.remove_done_callback(wake)
-        task.cancel()
-        _abandon(task, on_done, name)
+        task.cancel()  # the caller gave up: the work goes too
         raise
-    timer.cancel()
-    if task.done():
-        if on_done is not None:
-            on_done()
-        return task.result()
-    task.remove_done_callback(wake)
+    finally:
+        timer.cancel()
+    if outcome is not _TIMED_OUT:
+        return cast(T, outcome)
     if cancel:
         task.cancel()
-    _abandon(task, on_done, name)
     if by_deadline:
         raise CallTimeout(
             f"the request's deadline ran out after {limit * 1000:.0f} ms while waiting for "
@@ -139,18 +120,46 @@ async def call_with_timeout(
     )
 
 
-def _abandon(task: asyncio.Future[Any], on_done: Callable[[], None] | None, name: str) -> None:
-    """Let ``task`` finish unobserved: retrieve its outcome, then call ``on_done``."""
+_TIMED_OUT: Final = object()
 
-    def retire(finished: asyncio.Future[Any]) -> None:
-        if not finished.cancelled():
-            late = finished.exception()  # retrieving it is what silences asyncio
-            if late is not None:
-                _log.debug("late exception from %s discarded: %r", name, late)
+
+def _time_up(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(_TIMED_OUT)
+
+
+async def _run(
+    awaitable: Awaitable[Any],
+    waiter: asyncio.Future[Any],
+    on_done: Callable[[], None] | None,
+    name: str,
+) -> None:
+    """Await the call inside its own task and hand its outcome to the waiting caller.
+
+    The task itself always ends cleanly: an outcome nobody waits for any more is dropped
+    here, so asyncio has no exception to call "never retrieved". ``on_done`` runs the moment
+    the work ends.
+    """
+    try:
+        result = await awaitable
+    except asyncio.CancelledError:
+        if not waiter.done():
+            waiter.cancel()
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, or dropped if it left
+        if not waiter.done():
+            waiter.set_exception(exc)
+        else:
+            _log.debug("late exception from %s discarded: %r", name, exc)
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: the caller sees it too
+        if not waiter.done():
+            waiter.set_exception(exc)
+        raise
+    else:
+        if not waiter.done():
+            waiter.set_result(result)
+    finally:
         if on_done is not None:
             on_done()
-
-    task.add_done_callback(retire)
 
 
 class TimeLimiter:
