@@ -18,12 +18,16 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
+import numpy as np
+
+from stalwart.pipeline import Exchange
 from stalwart.resilience import (
     BreakerConfig,
     BulkheadConfig,
     CircuitBreaker,
     Guard,
     GuardConfig,
+    GuardStage,
     TimeoutConfig,
 )
 
@@ -41,6 +45,13 @@ def variants() -> dict[str, Loop]:
     full_deadline = Guard("bench", GuardConfig())
     bulkhead_only = Guard("bench", GuardConfig(breaker=None, timeout=None, bulkhead=BulkheadConfig()))
     timeout_only = Guard("bench", GuardConfig(breaker=None, bulkhead=None, timeout=TimeoutConfig()))
+
+    async def model_stage(exchange: Exchange) -> None:
+        exchange.results = exchange.inputs
+
+    stage = GuardStage(Guard("bench", GuardConfig(timeout=None)), model_stage)
+    timed_stage = GuardStage(Guard("bench", GuardConfig()), model_stage)
+    exchange = Exchange("r1", {"x": np.zeros(3)}, 1, ("y",), deadline=None)
 
     async def unguarded(n: int) -> None:
         for i in range(n):
@@ -76,6 +87,18 @@ def variants() -> dict[str, Loop]:
         for i in range(n):
             await full_deadline.call(model, i, deadline=time.monotonic() + 0.5)
 
+    async def unguarded_stage(n: int) -> None:
+        for _ in range(n):
+            await model_stage(exchange)
+
+    async def guard_stage(n: int) -> None:
+        for _ in range(n):
+            await stage(exchange)
+
+    async def timed_guard_stage(n: int) -> None:
+        for _ in range(n):
+            await timed_stage(exchange)
+
     return {
         "unguarded await": unguarded,
         "breaker (acquire/on_success)": breaker_permit,
@@ -85,6 +108,9 @@ def variants() -> dict[str, Loop]:
         "guard: timeout only": timeout_guard,
         "guard: breaker + bulkhead + timeout": full_guard,
         "  same, with a request deadline": full_guard_deadline,
+        "unguarded pipeline stage": unguarded_stage,
+        "GuardStage: breaker + bulkhead": guard_stage,
+        "GuardStage: + timeout (isolated copy)": timed_guard_stage,
     }
 
 
@@ -112,15 +138,18 @@ def main() -> None:
 
         uvloop.install()
     results = asyncio.run(measure(args.calls, args.runs))
-    base = statistics.median(results["unguarded await"])
+    medians = {name: statistics.median(samples) for name, samples in results.items()}
     loop_name = "uvloop" if args.uvloop else "asyncio"
     print(f"{args.calls} calls x {args.runs} runs on {loop_name}; medians per call")
     print(f"{'variant':38} {'per call':>10} {'overhead':>10} {'spread':>8}")
     for name, samples in results.items():
-        median = statistics.median(samples)
+        median = medians[name]
         spread = (max(samples) - min(samples)) / median * 100
-        overhead = "" if name == "unguarded await" else f"{(median - base) * 1e6:8.2f} us"
+        # Guarded calls are compared with the unguarded call, stages with the bare stage.
+        base = "unguarded pipeline stage" if name.startswith("GuardStage") else "unguarded await"
+        overhead = "" if name.startswith("unguarded") else f"{(median - medians[base]) * 1e6:8.2f} us"
         print(f"{name:38} {median * 1e6:7.2f} us {overhead:>10} {spread:6.0f} %")
+    print("spread = (max - min) / median over the runs; overhead = median minus its baseline")
 
 
 if __name__ == "__main__":

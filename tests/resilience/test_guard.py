@@ -251,9 +251,10 @@ def exchange(deadline: float | None = None) -> Exchange:
     )
 
 
-async def test_guard_stage_passes_the_next_stages_results_back() -> None:
-    """The stage runs the rest of the pipeline under the guard and keeps what it wrote."""
-    timings_seen_upstream = {}
+@pytest.mark.parametrize("timeout", [{"timeout_duration": 1}, None])
+async def test_guard_stage_passes_the_next_stages_results_back(timeout: object) -> None:
+    """The stage runs the rest of the pipeline under the guard and keeps what it wrote,
+    with or without a time limit."""
 
     async def model_stage(ex: Exchange) -> None:
         ex.results = {"y": np.ones(ex.rows)}
@@ -263,7 +264,7 @@ async def test_guard_stage_passes_the_next_stages_results_back() -> None:
 
     ex = exchange()
     timings_seen_upstream = ex.timings
-    await GuardStage(Guard("model-a", config()), model_stage)(ex)
+    await GuardStage(Guard("model-a", config(timeout=timeout)), model_stage)(ex)
     assert ex.results is not None
     assert list(ex.results["y"]) == [1.0, 1.0]
     assert ex.version == 3

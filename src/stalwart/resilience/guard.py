@@ -216,18 +216,23 @@ class GuardStage:
     """A pipeline stage that awaits the next stages under a guard, within the exchange's
     deadline.
 
-    The next stages work on a private copy of the exchange, merged back only when they
-    finish in time, so a call abandoned at its timeout can never write its late result
-    over what the degradation ladder answered instead.
+    When the guard has a time limit, the next stages work on a private copy of the
+    exchange, merged back only when they finish in time, so a call abandoned at its
+    timeout can never write its late result over what the degradation ladder answered
+    instead. (Without a time limit nothing can outlive the call, and no copy is made.)
     """
 
-    __slots__ = ("_guard", "_next")
+    __slots__ = ("_guard", "_isolate", "_next")
 
     def __init__(self, guard: Guard, next_stage: Next) -> None:
         self._guard = guard
         self._next = next_stage
+        self._isolate = guard.time_limiter is not None
 
     async def __call__(self, exchange: Exchange) -> None:
+        if not self._isolate:
+            await self._guard.call(self._next, exchange, deadline=exchange.deadline)
+            return
         child = _fork(exchange)
         await self._guard.call(self._next, child, deadline=exchange.deadline)
         _join(exchange, child)
