@@ -30,7 +30,8 @@ says what went wrong *and* what to do next.
         ├── CallNotPermitted        the circuit breaker is open
         ├── BulkheadFull            too many calls in flight
         ├── CallTimeout             the call ran past its timeout or the request's deadline
-        └── Overloaded              load shedding turned the request away
+        ├── Overloaded              load shedding turned the request away
+        └── IllegalStateTransition  an operator asked a breaker for a transition it forbids
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "DeploymentNotFound",
     "FeatureError",
     "FlavorError",
+    "IllegalStateTransition",
     "MissingExtraError",
     "ModelError",
     "ModelNotFound",
@@ -198,7 +200,15 @@ class ResilienceError(StalwartError):
 
 
 class CallNotPermitted(ResilienceError):
-    """The circuit breaker is open (or forced open) and refused the call."""
+    """The circuit breaker is open (or forced open) and refused the call.
+
+    ``retry_after`` is how many seconds remain before the breaker lets trial calls through
+    (None when it cannot tell, e.g. forced open or half-open with every trial taken).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BulkheadFull(ResilienceError):
@@ -206,7 +216,16 @@ class BulkheadFull(ResilienceError):
 
 
 class CallTimeout(ResilienceError):
-    """The call ran past its timeout or past the request's deadline."""
+    """The call ran past its timeout or past the request's deadline.
+
+    ``by_deadline`` is True when the request's own deadline (not the guard's timeout) cut
+    the call short; ``limit`` is the time budget in seconds the call had when it started.
+    """
+
+    def __init__(self, message: str, *, by_deadline: bool = False, limit: float | None = None) -> None:
+        super().__init__(message)
+        self.by_deadline = by_deadline
+        self.limit = limit
 
 
 class Overloaded(ResilienceError):
@@ -215,3 +234,8 @@ class Overloaded(ResilienceError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class IllegalStateTransition(ResilienceError):
+    """A manual circuit-breaker transition that the state machine forbids (e.g. CLOSED to
+    HALF_OPEN, or METRICS_ONLY to OPEN)."""

@@ -1,0 +1,217 @@
+"""Load shedding: refuse at once when over capacity, cheaper traffic first."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from stalwart.errors import Overloaded, RequestError
+from stalwart.resilience import LoadShedder, Priority, ShedderConfig, parse_priority
+from tests.resilience.clock import FakeClock
+
+LOW, NORMAL, HIGH = Priority.LOW, Priority.NORMAL, Priority.HIGH
+
+
+def shedder(clock: FakeClock, **settings: Any) -> LoadShedder:
+    return LoadShedder("churn", ShedderConfig(**settings), clock=clock)
+
+
+def admitted(s: LoadShedder, priority: Priority) -> bool:
+    try:
+        s.admit(priority)
+    except Overloaded:
+        return False
+    return True
+
+
+def test_in_flight_limit_sheds_low_priority_first(clock: FakeClock) -> None:
+    """With 10 slots, low priority may fill 5, normal 9, high all 10."""
+    s = shedder(clock, max_in_flight=10, max_queue_wait=None)
+    assert sum(admitted(s, LOW) for _ in range(8)) == 5
+    assert sum(admitted(s, NORMAL) for _ in range(8)) == 4
+    assert sum(admitted(s, HIGH) for _ in range(8)) == 1
+    assert s.in_flight == 10
+    snap = s.snapshot()
+    assert snap.shed == {"low": 3, "normal": 4, "high": 7}
+    assert snap.admitted == 10
+
+
+def test_an_idle_deployment_admits_even_the_lowest_priority(clock: FakeClock) -> None:
+    """Shares round up: with a single slot, a low-priority request still gets it when idle."""
+    s = shedder(clock, max_in_flight=1, max_queue_wait=None)
+    admission = s.admit(LOW)
+    assert not admitted(s, HIGH)
+    admission.done()
+    assert admitted(s, LOW)
+
+
+def test_finished_requests_free_their_place(clock: FakeClock) -> None:
+    """done() (or leaving the with-block) frees the slot, once even if called twice."""
+    s = shedder(clock, max_in_flight=2, max_queue_wait=None, priority_shares={"normal": 1.0})
+    with s.admit():
+        with s.admit() as second:
+            assert not admitted(s, NORMAL)
+            second.done()
+            second.done()
+        assert s.in_flight == 1
+    assert s.in_flight == 0
+
+
+def test_refusal_carries_a_retry_after_from_the_completion_rate(clock: FakeClock) -> None:
+    """Retry-After estimates when a slot frees from the recent completion rate, bounded."""
+    s = shedder(
+        clock,
+        max_in_flight=4,
+        max_queue_wait=None,
+        priority_shares={"normal": 1.0},
+        throughput_window=2,
+        min_retry_after=0,
+    )
+    for _ in range(10):  # 10 completions in the window: 5 per second
+        s.admit().done()
+        clock.advance(0.1)
+    for _ in range(4):
+        s.admit()
+    with pytest.raises(Overloaded) as refused:
+        s.admit()
+    assert refused.value.retry_after == pytest.approx(0.2)  # one slot at 5/s
+    assert "4 requests in flight" in refused.value.message
+    bounded = shedder(clock, max_in_flight=1, max_queue_wait=None, priority_shares={"normal": 1.0})
+    bounded.admit()
+    with pytest.raises(Overloaded) as refused:
+        bounded.admit()
+    assert refused.value.retry_after == 1.0  # nothing completed yet: the minimum
+
+
+def test_a_standing_queue_sheds_by_priority(clock: FakeClock) -> None:
+    """When every recent request queued longer than a priority's share of the budget, that
+    priority is shed; higher priorities still get in."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.5, queue_wait_interval=0.1)
+    for _ in range(3):
+        admission = s.admit(HIGH)
+        clock.advance(0.3)  # each waited 0.3 s before service
+        admission.start()
+        admission.done()
+    # Standing wait 0.3 s: low's budget is 0.25 s, normal's 0.45 s.
+    assert not admitted(s, LOW)
+    assert admitted(s, NORMAL)
+    assert s.snapshot().queue_wait == pytest.approx(0.3)
+
+
+def test_one_short_wait_shows_the_queue_drains(clock: FakeClock) -> None:
+    """The signal is the smallest wait of the interval: a burst that drains is not a
+    standing queue."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1, queue_wait_interval=1.0)
+    slow = s.admit()
+    clock.advance(0.5)
+    quick = s.admit()
+    slow.start()  # waited 0.5 s
+    assert not admitted(s, HIGH)
+    quick.start()  # served at once: the queue is gone
+    assert admitted(s, LOW)
+
+
+def test_the_queue_signal_expires_when_nothing_is_reported(clock: FakeClock) -> None:
+    """Old reports age out after the interval, so a drained deployment admits again."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1, queue_wait_interval=0.2)
+    admission = s.admit()
+    clock.advance(1.0)
+    admission.start()
+    with pytest.raises(Overloaded) as refused:
+        s.admit(HIGH)
+    assert "queue" in refused.value.message
+    assert refused.value.retry_after == 1.0
+    clock.advance(0.21)
+    assert admitted(s, LOW)
+
+
+def test_start_without_queue_wait_configured_is_harmless(clock: FakeClock) -> None:
+    """start() is optional and idempotent; with no budget it changes nothing."""
+    s = shedder(clock, max_in_flight=3, max_queue_wait=None)
+    admission = s.admit()
+    admission.start()
+    admission.start()
+    admission.done()
+    admission.start()
+    assert s.in_flight == 0
+
+
+def test_no_limits_admit_everything(clock: FakeClock) -> None:
+    """Both signals off: every request is admitted."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=None)
+    for _ in range(1000):
+        s.admit(LOW)
+    assert s.in_flight == 1000
+
+
+def test_threads_never_push_in_flight_past_the_limit() -> None:
+    """Admissions from many threads never exceed the limit, and all places come back."""
+    s = LoadShedder("churn", ShedderConfig(max_in_flight=5, max_queue_wait=None, priority_shares={"normal": 1.0}))
+    peak = 0
+    lock = threading.Lock()
+
+    def worker() -> None:
+        nonlocal peak
+        for _ in range(2000):
+            try:
+                admission = s.admit()
+            except Overloaded:
+                continue
+            with lock:
+                peak = max(peak, s.in_flight)
+            admission.done()
+
+    pool = [threading.Thread(target=worker) for _ in range(8)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=30)
+    assert peak <= 5
+    assert s.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("low", LOW), ("Normal", NORMAL), (" HIGH ", HIGH), ("2", HIGH), (0, LOW), (None, NORMAL), ("", NORMAL)],
+)
+def test_priorities_parse_from_names_and_numbers(value: str | int | None, expected: Priority) -> None:
+    """Priorities come as names or numbers; absent means normal."""
+    assert parse_priority(value) is expected
+
+
+@pytest.mark.parametrize("value", ["urgent", "7", -1, "1.5"])
+def test_unknown_priorities_are_a_client_error(value: str | int) -> None:
+    """An unknown priority is the client's mistake: a RequestError naming the field."""
+    with pytest.raises(RequestError) as bad:
+        parse_priority(value)
+    assert bad.value.field == "priority"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"priority_shares": {"low": 0}},
+        {"priority_shares": {"low": 1.5}},
+        {"priority_shares": {"low": 1.0, "normal": 0.5}},
+        {"priority_shares": {"urgent": 0.5}},
+        {"max_in_flight": 0},
+        {"min_retry_after": 10, "max_retry_after": 5},
+    ],
+)
+def test_invalid_shedder_settings_are_refused(settings: dict[str, Any]) -> None:
+    """Shares must be in (0, 1] and grow with priority; limits must make sense."""
+    with pytest.raises(ValidationError):
+        ShedderConfig.model_validate(settings)
+
+
+def test_snapshot_is_json_ready(clock: FakeClock) -> None:
+    """The snapshot's dict form is plain data."""
+    s = shedder(clock, max_in_flight=2)
+    s.admit()
+    data = s.snapshot().as_dict()
+    assert data["in_flight"] == 1
+    assert data["max_in_flight"] == 2
+    assert data["shed"] == {"low": 0, "normal": 0, "high": 0}
