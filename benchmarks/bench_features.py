@@ -52,7 +52,8 @@ def bench_training_set(db_url: str, frame: Any, runs: int) -> dict[str, float]:
         start = time.perf_counter()
         ts = stalwart.build_training_set(events, [card_activity], timestamp="ts", label="is_fraud", settings=settings)
         totals.append(time.perf_counter() - start)
-    assert len(ts.frame) == len(events) and len(ts.features) == 10
+    if len(ts.frame) != len(events) or len(ts.features) != 10:
+        raise SystemExit("the training set does not have the expected shape")
     pool = DatabasePool(settings)
     rows = make_reader(card_activity.source, pool).read_all(card_activity.source_columns())
     pool.dispose()
@@ -79,7 +80,8 @@ def bench_online(db_url: str, frame: Any, batch: int, repeats: int) -> dict[str,
     settings = Settings(home=Path(tempfile.mkdtemp()), db_url=db_url)
     pool = DatabasePool(settings)
     reader = make_reader(fs.source, pool)
-    assert isinstance(reader, SqlReader)
+    if not isinstance(reader, SqlReader):
+        raise SystemExit("the benchmark needs a SQL source")
     online = OnlineFeatures([*(fs[n] for n in fs.feature_names), txn.field("amount")], {fs.source.name: reader})  # type: ignore[attr-defined]
     as_of = float(frame["ts"].max())
     as_of_ns = int(as_of * 1e9)

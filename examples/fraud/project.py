@@ -5,7 +5,16 @@ Serve it with ``stalwart serve --project examples/fraud/project.py``.
 
 import numpy as np
 
-from stalwart import Deployment, Entity, FeatureSet, Latest, RequestSource, SqlSource, Transform, Window
+from stalwart import (
+    Deployment,
+    Entity,
+    FeatureSet,
+    Latest,
+    RequestSource,
+    SqlSource,
+    Transform,
+    Window,
+)
 
 RISKY_CATEGORIES = ("electronics", "gift_cards", "jewelry")
 

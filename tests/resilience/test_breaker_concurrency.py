@@ -69,8 +69,8 @@ class InFlight:
 @given(permitted=st.integers(1, 6), threads=st.integers(2, 12), seed=st.integers(0, 2**16))
 def test_threads_never_exceed_the_half_open_permits(permitted: int, threads: int, seed: int) -> None:
     """Many threads racing for trial permits (returning them as ignored calls, so the
-    breaker stays HALF_OPEN) never have more than the permitted number in flight, and do
-    use all of them."""
+    breaker stays HALF_OPEN) never have more than the permitted number in flight. (That
+    all permits get used is the next test's job: here it depends on the scheduler.)"""
     breaker = half_open_breaker(FakeClock(), permitted)
     inflight = InFlight()
     start = threading.Barrier(threads)
@@ -98,8 +98,7 @@ def test_threads_never_exceed_the_half_open_permits(permitted: int, threads: int
     for t in pool:
         t.join(timeout=10)
     assert not errors
-    assert inflight.peak <= permitted
-    assert inflight.peak == min(permitted, threads)
+    assert 1 <= inflight.peak <= permitted
     assert breaker.state is BreakerState.HALF_OPEN
 
 

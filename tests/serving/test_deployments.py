@@ -109,7 +109,8 @@ def test_deployment_description_lists_features_and_versions(fraud_server: LiveSe
     assert info["entity_keys"] == ["card_id"]
     assert info["request_values"] == {"amount": "float", "merchant_category": "str"}
     names = [f["name"] for f in info["features"]]
-    assert names[:2] == ["tx_count_1h", "tx_count_24h"] and names[-1] == "amount"
+    assert names[:2] == ["tx_count_1h", "tx_count_24h"]
+    assert names[-1] == "amount"
     listed = fraud_server.get("/v1/deployments").json()["deployments"]
     assert [d["name"] for d in listed] == ["fraud"]
 

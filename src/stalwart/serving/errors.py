@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -31,6 +32,7 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.VersionNotFound, 404),
     (e.DeploymentNotFound, 404),
     (e.AuthError, 401),
+    (e.IllegalStateTransition, 409),
     (e.NotReady, 503),
     (e.Overloaded, 503),
     (e.CallNotPermitted, 503),
@@ -65,8 +67,10 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
             extra["field"] = exc.field
         if isinstance(exc, e.ValidationFailed):
             extra["violations"] = exc.violations
-        if isinstance(exc, e.Overloaded):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(exc, e.Overloaded | e.CallNotPermitted) and retry_after is not None:
+            # Whole seconds, rounded up: an early retry would only be turned away again.
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         if isinstance(exc, e.AuthError):
             headers["WWW-Authenticate"] = "Bearer"
     else:
