@@ -92,7 +92,8 @@ class ValidationReport:
     ``violations`` is sorted by row, then feature (column order), and holds at most the
     validator's ``max_violations``; ``total`` counts them all. ``counts`` is keyed by
     ``(feature, rule, action)``; ``changed`` maps an action (imputed, clipped, flagged) to
-    the rows of each feature it touched.
+    the rows of each feature it touched; ``examples`` keeps the first few ``(row, value)``
+    of each ``(feature, rule)``, whatever the cap on ``violations``.
     """
 
     violations: tuple[Violation, ...] = ()
@@ -100,6 +101,7 @@ class ValidationReport:
     rejected: int = 0
     counts: dict[tuple[str, str, Action], int] = field(default_factory=dict)
     changed: dict[Action, dict[str, list[int]]] = field(default_factory=dict)
+    examples: dict[tuple[str, str], list[tuple[int | None, Any]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

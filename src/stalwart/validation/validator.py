@@ -49,6 +49,7 @@ from stalwart.validation.schema import Policy, Schema
 __all__ = ["QUICK_ROWS", "Validator"]
 
 QUICK_ROWS = 8  # up to this many rows, columns are checked value by value
+_EXAMPLES = 3  # (row, value) pairs kept per feature and rule
 
 Column = np.ndarray[Any, Any]
 
@@ -331,6 +332,7 @@ class Validator:
     def _report(self, groups: list[_Group], n: int) -> ValidationReport:
         counts: dict[tuple[str, str, Action], int] = {}
         changed: dict[Action, dict[str, list[int]]] = {}
+        examples: dict[tuple[str, str], list[tuple[int | None, Any]]] = {}
         rejected = 0
         total = 0
         for group in groups:
@@ -339,6 +341,13 @@ class Validator:
             total += size
             key = (name, RULE_OF_CODE[group.code], group.action)
             counts[key] = counts.get(key, 0) + size
+            kept = examples.setdefault((name, key[1]), [])
+            if len(kept) < _EXAMPLES:
+                if group.rows is None or group.column is None:
+                    kept.append((None, None))
+                else:
+                    for row in group.rows[: _EXAMPLES - len(kept)].tolist():
+                        kept.append((row, json_value(group.column[row])))
             if group.action == "rejected":
                 rejected += size
             else:
@@ -351,6 +360,7 @@ class Validator:
             rejected=rejected,
             counts=counts,
             changed=changed,
+            examples=examples,
         )
 
     def _violations(self, groups: list[_Group]) -> tuple[Violation, ...]:
