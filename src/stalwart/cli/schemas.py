@@ -12,24 +12,42 @@ The edit loop::
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, ParamSpec
 
 import typer
 from rich.table import Table
 
 from stalwart.cli.output import console, fail
 from stalwart.config import load_settings
+from stalwart.errors import StalwartError
 from stalwart.registry import Registry
 
 if TYPE_CHECKING:
     from stalwart.validation.schema import Policy, Schema
 
-__all__ = ["open_registry", "parse_ref", "schema_app"]
+__all__ = ["guarded", "open_registry", "parse_ref", "schema_app"]
+
+P = ParamSpec("P")
 
 schema_app = typer.Typer(help="Export, edit, attach and choose a model version's input schema.", no_args_is_help=True)
 
 Format = Literal["yaml", "json"]
+
+
+def guarded(command: Callable[P, None]) -> Callable[P, None]:
+    """Turn a Stalwart error into a one-line message and exit status 1 (no traceback)."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except StalwartError as exc:
+            fail(exc.message)
+
+    return run
 
 
 def open_registry() -> Registry:
@@ -51,6 +69,7 @@ def render(schema: Schema, fmt: Format, header: str | None = None) -> str:
 
 
 @schema_app.command("export")
+@guarded
 def export(
     ref: Annotated[str, typer.Argument(help="NAME[:VERSION] (default: the latest version)")],
     revision: Annotated[int | None, typer.Option(help="revision (default: the active one)")] = None,
@@ -80,6 +99,7 @@ def export(
 
 
 @schema_app.command("attach")
+@guarded
 def attach(
     ref: Annotated[str, typer.Argument(help="NAME[:VERSION] (default: the latest version)")],
     file: Annotated[Path, typer.Argument(help="schema file (.yaml, .yml or .json)", exists=True, dir_okay=False)],
@@ -99,6 +119,7 @@ def attach(
 
 
 @schema_app.command("list")
+@guarded
 def list_revisions(
     ref: Annotated[str, typer.Argument(help="NAME[:VERSION] (default: the latest version)")],
 ) -> None:
@@ -127,6 +148,7 @@ def list_revisions(
 
 
 @schema_app.command("activate")
+@guarded
 def activate(
     ref: Annotated[str, typer.Argument(help="NAME[:VERSION] (default: the latest version)")],
     revision: Annotated[int, typer.Argument(help="the revision that should serve")],
@@ -142,6 +164,7 @@ def activate(
 
 
 @schema_app.command("infer")
+@guarded
 def infer(
     data: Annotated[Path, typer.Argument(help="training data: .csv or .parquet", exists=True, dir_okay=False)],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default: stdout)")] = None,

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from stalwart._optional import require
 from stalwart.cli.output import console, err_console, fail
-from stalwart.cli.schemas import open_registry, parse_ref
+from stalwart.cli.schemas import guarded, open_registry, parse_ref
 from stalwart.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ class Summary:
         return sum(self.counts.values())
 
 
+@guarded
 def validate_command(
     data: Annotated[Path, typer.Argument(help=".csv or .parquet file", exists=True, dir_okay=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="NAME[:VERSION] whose schema to check against")],
@@ -154,8 +155,8 @@ def validate_command(
             schema, source = rev.schema, f"revision {rev.revision} ({rev.source})"
     finally:
         registry.db.dispose()
-    overrides = PolicyOverrides.model_validate(
-        {"default": default_policy, "features": _pairs(policy)}
+    overrides = PolicyOverrides.parse(
+        {"default": default_policy, "features": _pairs(policy)}, source="--policy/--default-policy"
     )
     validator = Validator(schema, policies=overrides, max_violations=0)
     text_columns = tuple(n for n, f in schema.features.items() if f.kind in ("categorical", "string"))
@@ -264,26 +265,48 @@ def _compare(schema: Schema, profile: Profile) -> list[dict[str, Any]]:
             "nulls_schema": feature.null_fraction,
             "nulls_data": round(fp.missing_fraction, 6),
         }
+        notes: list[str] = []
         if feature.kind in ("numeric", "integer"):
+            quantiles = feature.quantiles or {}
             entry.update(
                 range_schema=[feature.min, feature.max],
                 range_data=[fp.min, fp.max],
-                median_schema=(feature.quantiles or {}).get("p50"),
+                median_schema=quantiles.get("p50"),
                 median_data=fp.quantile(0.5),
             )
+            if (fp.min is not None and feature.min is not None and fp.min < feature.min) or (
+                fp.max is not None and feature.max is not None and fp.max > feature.max
+            ):
+                notes.append("beyond the training range")
+            shift = _median_shift(quantiles, entry["median_data"])
+            if shift is not None and abs(shift) >= 0.25:
+                notes.append(f"median moved {shift:+.2f} IQR")
         elif feature.kind == "categorical":
             known = set(feature.categories or {})
             new = [c for c in fp.frequencies() if c not in known]
             entry.update(new_categories=len(new), new_examples=new[:5])
+            if new:
+                notes.append(f"{len(new)} new categories")
+        if not feature.nullable and fp.nulls + fp.nan:
+            notes.append("nulls where training had none")
         if fp.kind not in ("unknown", _profile_kind(feature.kind)) and not (
             fp.kind in ("numeric", "integer") and feature.kind in ("numeric", "integer")
         ):
-            entry["status"] = f"type changed: the data holds {fp.kind} values"
+            notes.append(f"type changed: the data holds {fp.kind} values")
+        entry["status"] = "; ".join(notes)
         out.append(entry)
     for name in profile.features:
         if name not in schema.features:
             out.append({"feature": name, "status": "not in the schema"})
     return out
+
+
+def _median_shift(quantiles: Mapping[str, float], median: float | None) -> float | None:
+    """How far the median moved, in training interquartile ranges (None: cannot tell)."""
+    p25, p50, p75 = quantiles.get("p25"), quantiles.get("p50"), quantiles.get("p75")
+    if median is None or p25 is None or p50 is None or p75 is None or p75 <= p25:
+        return None
+    return (median - p50) / (p75 - p25)
 
 
 def _profile_kind(kind: str) -> str:
@@ -310,7 +333,7 @@ def _print_comparison(comparison: list[dict[str, Any]]) -> None:
                 data_text += f" ({', '.join(map(repr, entry['new_examples']))})"
         else:
             schema_text = data_text = entry["kind"]
-        table.add_row(entry["feature"], schema_text, data_text, nulls, note)
+        table.add_row(entry["feature"], schema_text, data_text, nulls, f"[yellow]{note}[/]" if note else "")
     console.print(table)
 
 

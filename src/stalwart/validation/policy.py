@@ -46,10 +46,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stalwart.errors import ConfigError
-from stalwart.validation.schema import Policy, Schema
+from stalwart.validation.schema import POLICIES, Policy, Schema
 
 __all__ = [
     "ACTIONS",
@@ -109,6 +109,20 @@ class PolicyOverrides(BaseModel):
     default: Policy | None = None
     features: dict[str, Policy] = Field(default_factory=dict)
 
+    @classmethod
+    def parse(cls, data: Mapping[str, object], *, source: str = "policy overrides") -> PolicyOverrides:
+        """Validate user input, raising :class:`ConfigError` that names the bad entry."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+                for err in exc.errors()
+            )
+            raise ConfigError(
+                f"{source}: {problems}; a policy is one of {', '.join(POLICIES)}"
+            ) from None
+
 
 def resolve_policies(schema: Schema, overrides: PolicyOverrides | Mapping[str, Policy] | None = None) -> dict[str, Policy]:
     """The policy each feature of ``schema`` gets (see the module docstring for the order).
@@ -124,7 +138,7 @@ def resolve_policies(schema: Schema, overrides: PolicyOverrides | Mapping[str, P
     if unknown:
         raise ConfigError(
             f"policy overrides name {', '.join(repr(u) for u in unknown)}, which the schema does "
-            f"not have; its features are {', '.join(schema.features)}"
+            f"not have; its features are {_listing(list(schema.features))}"
         )
     resolved: dict[str, Policy] = {}
     for name, feature in schema.features.items():
@@ -135,3 +149,8 @@ def resolve_policies(schema: Schema, overrides: PolicyOverrides | Mapping[str, P
             or schema.default_policy
         )
     return resolved
+
+
+def _listing(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
