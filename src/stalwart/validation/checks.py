@@ -146,6 +146,11 @@ class NumericCheck(FeatureCheck):
             if numbers.any():
                 values[numbers] = _floats(column[numbers])
             codes = self._scan_floats(values, numbers)
+            if codes is not None:
+                # An int too large for a float is out of range, not infinite.
+                for i in np.flatnonzero(codes == INF).tolist():
+                    if isinstance(column[i], (int, np.integer)):
+                        codes[i] = RANGE
             if numbers.all():
                 return codes
             if codes is None:

@@ -192,8 +192,11 @@ class Validator:
         report = self._report(groups, n)
         if report.rejected:
             return inputs, report
+        writes = self._writes(groups, columns, n)
+        if not writes:
+            return inputs, report  # only flags: the values are served as they came
         out = dict(inputs)
-        for index, written in self._writes(groups, columns, n).items():
+        for index, written in writes.items():
             name = self.names[index]
             original = inputs.get(name)
             out[name] = written if original is None else written.reshape(np.shape(original))
@@ -240,6 +243,8 @@ class Validator:
         if report.rejected:
             return inputs, report
         writes = self._writes(groups, columns, n)
+        if not writes:
+            return inputs, report
         out_matrix = x.copy()
         for index, written in writes.items():
             try:
