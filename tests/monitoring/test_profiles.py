@@ -23,7 +23,8 @@ def test_numbers_are_counted_exactly_and_quantiles_sketched() -> None:
     profile = FeatureProfile.of(data)
     assert profile.kind == "numeric"
     assert (profile.count, profile.nan, profile.inf, profile.nulls) == (50_004, 2, 2, 0)
-    assert profile.min == values.min() and profile.max == values.max()
+    assert profile.min == values.min()
+    assert profile.max == values.max()
     assert profile.mean == pytest.approx(values.mean())
     for q in (0.01, 0.25, 0.5, 0.9, 0.99):
         estimate = profile.quantile(q)
@@ -91,11 +92,13 @@ def test_round_trip_through_json() -> None:
     )
     profile = Profile.of(frame)
     again = Profile.from_dict(json.loads(json.dumps(profile.to_dict())))
-    assert again.rows == 2000 and list(again) == ["x", "c", "b", "empty"]
+    assert again.rows == 2000
+    assert list(again) == ["x", "c", "b", "empty"]
     assert again["x"].quantiles([0.1, 0.5, 0.9]) == profile["x"].quantiles([0.1, 0.5, 0.9])
     assert again["c"].frequencies() == profile["c"].frequencies()
     assert again["b"].frequencies() == profile["b"].frequencies()
-    assert again["empty"].kind == "unknown" and again["empty"].nulls == 2000
+    assert again["empty"].kind == "unknown"
+    assert again["empty"].nulls == 2000
     assert again["x"].distinct() == profile["x"].distinct()
 
 
@@ -117,7 +120,8 @@ def test_dataset_merge_keeps_features_only_one_side_has() -> None:
     merged = left.merge(right)
     assert merged.rows == 3
     assert list(merged) == ["a", "b", "c"]
-    assert merged["a"].count == 3 and merged["a"].max == 3.0
+    assert merged["a"].count == 3
+    assert merged["a"].max == 3.0
     assert merged["c"].frequencies() == {"true": 1}
     assert left["a"].count == 2  # inputs are untouched
 

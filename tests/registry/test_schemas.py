@@ -30,7 +30,8 @@ def test_registering_with_a_training_frame_stores_schema_and_profile(any_registr
     assert list(active.schema.features) == list(frame.columns)
     assert active.schema.rows == len(frame)
     profile = any_registry.schemas.profile("cancer", mv.version)
-    assert profile is not None and profile.rows == len(frame)
+    assert profile is not None
+    assert profile.rows == len(frame)
     assert profile["mean radius"].max == frame["mean radius"].max()
     assert [e["action"] for e in any_registry.events("cancer:1")][:2] == ["schema.infer", "register"]
 
@@ -86,7 +87,8 @@ def test_attach_list_and_activate_revisions(any_registry: Registry, cancer: dict
         (1, "inferred", False), (2, "edited", True), (3, "inferred", False),
     ]
     back = store.activate("cancer", mv.version, 1, actor="alice")
-    assert back.active and store.active("cancer", mv.version).revision == 1  # type: ignore[union-attr]
+    assert back.active
+    assert store.active("cancer", mv.version).revision == 1
     with pytest.raises(SchemaNotFound, match="no schema revision 9"):
         store.activate("cancer", mv.version, 9)
     with pytest.raises(VersionNotFound):
@@ -94,7 +96,8 @@ def test_attach_list_and_activate_revisions(any_registry: Registry, cancer: dict
     with pytest.raises(ModelNotFound):
         store.revisions("ghost", 1)
     actions = [(e["actor"], e["action"]) for e in any_registry.events(f"cancer:{mv.version}")]
-    assert ("alice", "schema.attach") in actions and ("alice", "schema.activate") in actions
+    assert ("alice", "schema.attach") in actions
+    assert ("alice", "schema.activate") in actions
 
 
 def _attach_many(url: str, home: str, count: int, queue: Any) -> None:
@@ -135,5 +138,6 @@ def test_profiles_round_trip_through_the_store(any_registry: Registry, cancer: d
     assert stored["c"].frequencies() == {"a": 40, "b": 40}
     any_registry.schemas.save_profile("d", mv.version, Profile.of(frame.head(10)))
     replaced = any_registry.schemas.profile("d", mv.version)
-    assert replaced is not None and replaced.rows == 10
+    assert replaced is not None
+    assert replaced.rows == 10
     assert any_registry.schemas.profile("d", mv.version, kind="serving") is None

@@ -36,14 +36,17 @@ def test_inference_gives_each_feature_its_kind_and_statistics(frame: pd.DataFram
     f = schema.features
     assert list(f) == list(frame.columns)
     assert [f[c].kind for c in frame.columns] == ["numeric", "integer", "boolean", "categorical", "string", "numeric"]
-    assert f["income"].min == frame["income"].min() and f["income"].max == frame["income"].max()
-    assert f["income"].quantiles is not None and set(f["income"].quantiles) == {"p01", "p05", "p25", "p50", "p75", "p95", "p99"}
+    assert f["income"].min == frame["income"].min()
+    assert f["income"].max == frame["income"].max()
+    assert f["income"].quantiles is not None
+    assert set(f["income"].quantiles) == {"p01", "p05", "p25", "p50", "p75", "p95", "p99"}
     assert f["income"].impute == pytest.approx(frame["income"].median(), rel=0.02)
     assert isinstance(f["age"].impute, int)
     assert f["plan"].categories == frame["plan"].value_counts().to_dict()
     assert f["plan"].impute == "free"
     assert (f["comment"].min_length, f["comment"].max_length) == (7, 25)
-    assert f["score"].nullable and f["score"].null_fraction == pytest.approx(frame["score"].isna().mean())
+    assert f["score"].nullable
+    assert f["score"].null_fraction == pytest.approx(frame["score"].isna().mean())
     assert not f["income"].nullable
     assert f["member"].impute is True
     assert schema.rows == 400
@@ -147,7 +150,8 @@ def test_errors_name_the_feature_and_the_field(tmp_path: Path) -> None:
     assert "field 'margin'" in message
     assert "feature 'age', field 'polcy': unknown field" in message
     assert "feature 'plan', field 'categories': the name False is read as bool" in message
-    assert "feature 'income', field 'max'" in message and "'lots'" in message
+    assert "feature 'income', field 'max'" in message
+    assert "'lots'" in message
     assert "feature 'size': field 'min' (5.0) is above field 'max' (2.0)" in message
     assert "feature 'city': field 'categories' applies to categorical features" in message
     assert "feature 'flag': field 'impute' ('maybe') must be true or false" in message

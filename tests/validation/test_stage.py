@@ -65,7 +65,8 @@ async def test_fixed_values_reach_the_model_and_the_notes_say_which() -> None:
     assert ex.notes["validation_response"] == {"clipped": {"amount": [1]}, "flagged": {"plan": [1]}}
     notes = ex.notes["validation"]
     json.dumps(notes)  # JSON-ready for the log line
-    assert notes["violations"] == 2 and notes["rejected"] == 0
+    assert notes["violations"] == 2
+    assert notes["rejected"] == 0
     assert [(d["row"], d["feature"], d["rule"], d["action"]) for d in notes["details"]] == [
         (1, "amount", "range", "clipped"),
         (1, "plan", "category", "flagged"),

@@ -60,7 +60,9 @@ def test_a_valid_request_passes_without_a_copy(n: int) -> None:
     inputs = columns(n)
     fixed, report = Validator(SCHEMA).validate(inputs)
     assert fixed is inputs
-    assert report.ok and report.total == 0 and report.to_notes() == {"violations": 0}
+    assert report.ok
+    assert report.total == 0
+    assert report.to_notes() == {"violations": 0}
 
 
 RULE_CASES = [
@@ -170,7 +172,8 @@ def test_impute_replaces_broken_values_with_the_training_median_or_mode() -> Non
     del inputs["score"]
     fixed, report = only("impute").validate(inputs)
     assert fixed["amount"].tolist()[1] == 20.0
-    assert fixed["count"].tolist() == [5, 3, 5] and fixed["count"].dtype == np.int64
+    assert fixed["count"].tolist() == [5, 3, 5]
+    assert fixed["count"].dtype == np.int64
     assert fixed["plan"].tolist() == ["pro", "pro", "free"]
     assert fixed["member"].tolist() == [False, True, True]
     assert fixed["note"].tolist() == ["hello", "n/a", "hello"]
@@ -262,7 +265,7 @@ def test_a_policy_that_needs_an_impute_value_without_one_is_refused_at_build() -
 
 
 def test_policy_overrides_from_user_input_are_checked() -> None:
-    with pytest.raises(ConfigError, match="features.x"):
+    with pytest.raises(ConfigError, match=r"features\.x"):
         PolicyOverrides.parse({"features": {"x": "ignore"}})
 
 
@@ -289,7 +292,8 @@ def test_typed_columns_of_every_common_dtype() -> None:
     inputs["plan"] = np.array(["free", "pro", "team"])
     inputs["note"] = np.array(["ok", "fine", "far too long text"])
     fixed, report = only("clip").validate(inputs)
-    assert fixed["amount"].shape == (3, 1) and fixed["amount"].ravel().tolist() == [1.0, 2.0, 110.0]
+    assert fixed["amount"].shape == (3, 1)
+    assert fixed["amount"].ravel().tolist() == [1.0, 2.0, 110.0]
     assert fixed["count"].tolist() == [1, 2, 10]
     assert fixed["plan"].tolist() == ["free", "pro", "free"]
     assert fixed["note"].tolist() == ["ok", "fine", "far too lo"]
@@ -344,7 +348,8 @@ def test_matrix_input_passes_without_a_copy() -> None:
     x = np.array([[0.5, 3.0, 1.0, np.nan], [0.0, 5.0, 0.0, 1.0]])
     inputs = {"input-0": x}
     fixed, report = validator.validate(inputs)
-    assert fixed is inputs and report.ok
+    assert fixed is inputs
+    assert report.ok
 
 
 def test_matrix_violations_are_found_and_fixed_in_a_copy() -> None:

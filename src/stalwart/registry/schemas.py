@@ -290,7 +290,8 @@ def learn_from_sample(
     if training_data is not None:
         profile = Profile.of(training_data)
         inferred = infer_schema(profile)
-        _check_fits(inferred, signature, explicit=True)
+        if not _check_fits(inferred, signature, explicit=False):
+            return None
         return Learned(inferred, "inferred", profile, f"inferred from the training set ({profile.rows} rows)")
     if sample is None or not _is_table(sample):
         return None
