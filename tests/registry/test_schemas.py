@@ -141,3 +141,22 @@ def test_profiles_round_trip_through_the_store(any_registry: Registry, cancer: d
     assert replaced is not None
     assert replaced.rows == 10
     assert any_registry.schemas.profile("d", mv.version, kind="serving") is None
+
+
+def test_a_training_set_gives_the_version_its_schema_and_profile(registry: Registry, logistic: Any, cancer: dict[str, Any]) -> None:
+    """Registered with training_set=, a version's schema is learned from every training row,
+    its features naming the matrix columns in training-set order."""
+    from stalwart.features.training import TrainingSet
+
+    names = list(cancer["frame_train"].columns)
+    frame = cancer["frame_train"].assign(label=cancer["y_train"])
+    ts = TrainingSet(frame=frame, features=names, refs=[], label="label", timestamp="ts", built_seconds=0.0)
+    mv = registry.register("cancer", logistic, training_set=ts)
+    assert mv.signature.inputs[0].shape == [-1, 30]
+    active = registry.schemas.get("cancer", mv.version)
+    assert active.source == "inferred"
+    assert list(active.schema.features) == names
+    assert active.schema.rows == len(frame)
+    profile = registry.schemas.profile("cancer", mv.version)
+    assert profile is not None
+    assert profile.rows == len(frame)
