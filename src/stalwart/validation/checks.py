@@ -213,12 +213,14 @@ class NumericCheck(FeatureCheck):
         if code not in (RANGE, INF):
             return None
         numbers = _floats(values) if values.dtype.kind == "O" else values.astype(np.float64)
-        out: list[Any] = []
-        for v in numbers.tolist():
-            bound = self.lo if v < self.lo else self.hi
-            # An unbounded side has nothing to clip to: None asks for the impute value.
-            out.append(None if not math.isfinite(bound) else int(bound) if self.integer else bound)
-        return out
+        bounds = np.where(numbers < self.lo, self.lo, self.hi)
+        if np.isfinite(bounds).all():
+            out: list[Any] = bounds.astype(np.int64).tolist() if self.integer else bounds.tolist()
+            return out
+        # An unbounded side has nothing to clip to: None asks for the impute value.
+        return [
+            (int(b) if self.integer else b) if math.isfinite(b) else None for b in bounds.tolist()
+        ]
 
 
 class BooleanCheck(FeatureCheck):

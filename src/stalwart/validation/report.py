@@ -10,7 +10,8 @@ of other types are named rather than echoed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,6 @@ class Violation:
         return f"{where} '{self.feature}': {self.rule} ({got}expected {self.expected})"
 
 
-@dataclass(frozen=True, slots=True)
 class ValidationReport:
     """Everything validation found in one request.
 
@@ -94,14 +94,46 @@ class ValidationReport:
     ``(feature, rule, action)``; ``changed`` maps an action (imputed, clipped, flagged) to
     the rows of each feature it touched; ``examples`` keeps the first few ``(row, value)``
     of each ``(feature, rule)``, whatever the cap on ``violations``.
+
+    The list of violations is built when first read (most requests only need the counts
+    and the first few for the log line), so a large batch with many fixed values does
+    not pay for objects nobody looks at.
     """
 
-    violations: tuple[Violation, ...] = ()
-    total: int = 0
-    rejected: int = 0
-    counts: dict[tuple[str, str, Action], int] = field(default_factory=dict)
-    changed: dict[Action, dict[str, list[int]]] = field(default_factory=dict)
-    examples: dict[tuple[str, str], list[tuple[int | None, Any]]] = field(default_factory=dict)
+    __slots__ = ("_build", "_cap", "_violations", "changed", "counts", "examples", "rejected", "total")
+
+    def __init__(
+        self,
+        violations: tuple[Violation, ...] | None = None,
+        *,
+        total: int = 0,
+        rejected: int = 0,
+        counts: dict[tuple[str, str, Action], int] | None = None,
+        changed: dict[Action, dict[str, list[int]]] | None = None,
+        examples: dict[tuple[str, str], list[tuple[int | None, Any]]] | None = None,
+        build: Callable[[int], tuple[Violation, ...]] | None = None,
+        cap: int = 0,
+    ) -> None:
+        self._violations = violations if violations is not None or build is not None else ()
+        self._build = build
+        self._cap = cap
+        self.total = total
+        self.rejected = rejected
+        self.counts = counts or {}
+        self.changed = changed or {}
+        self.examples = examples or {}
+
+    @property
+    def violations(self) -> tuple[Violation, ...]:
+        if self._violations is None:
+            self._violations = self._build(self._cap) if self._build is not None else ()
+        return self._violations
+
+    def first(self, limit: int) -> tuple[Violation, ...]:
+        """The first ``limit`` violations (without building the rest)."""
+        if self._violations is not None or self._build is None:
+            return self.violations[:limit]
+        return self._build(min(limit, self._cap))
 
     @property
     def ok(self) -> bool:
@@ -123,7 +155,7 @@ class ValidationReport:
             return {"violations": 0}
         notes: dict[str, Any] = {"violations": self.total, "rejected": self.rejected}
         notes.update(self.response_part())
-        notes["details"] = [v.to_dict() for v in self.violations[:limit]]
+        notes["details"] = [v.to_dict() for v in self.first(limit)]
         return notes
 
     def error(self, subject: str = "the input schema") -> ValidationFailed:
