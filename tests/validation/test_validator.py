@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stalwart.errors import ConfigError, RequestError, ValidationFailed
+from stalwart.serving.errors import error_response
 from stalwart.validation.policy import PolicyOverrides, resolve_policies
 from stalwart.validation.schema import Schema
 from stalwart.validation.validator import QUICK_ROWS, Validator
@@ -164,6 +166,27 @@ def test_the_422_lists_every_violation_in_row_then_feature_order() -> None:
     assert error.message.startswith("4 values broke the input schema under the reject policy: row 0 'plan': category")
     assert "'violations' lists every one" in error.message
     assert "stalwart schema attach" in error.message
+
+
+def test_the_422_body_is_json_with_every_violation() -> None:
+    """What a client receives: status 422, the message, and the machine-readable list,
+    with NaN, infinities and oversized values made JSON-safe."""
+    inputs = columns(2, amount=(0, float("nan")), note=(1, "ü" * 500))
+    inputs["score"] = np.array([np.inf, 0.5])
+    with pytest.raises(ValidationFailed) as caught:
+        Validator(SCHEMA).validate(inputs)
+    response = error_response(caught.value, "r1")
+    assert response.status_code == 422
+    body = json.loads(bytes(response.body))
+    assert body["error"] == caught.value.message
+    assert body["violations"] == [
+        {"row": 0, "feature": "amount", "rule": "not_finite", "value": "NaN",
+         "expected": "a number (no NaN was seen in training)", "policy": "reject", "action": "rejected"},
+        {"row": 0, "feature": "score", "rule": "not_finite", "value": "Infinity",
+         "expected": "a finite number", "policy": "reject", "action": "rejected"},
+        {"row": 1, "feature": "note", "rule": "length", "value": "ü" * 120 + "…",
+         "expected": "length [2, 10]", "policy": "reject", "action": "rejected"},
+    ]
 
 
 def test_impute_replaces_broken_values_with_the_training_median_or_mode() -> None:
@@ -437,7 +460,13 @@ def test_random_payloads_only_ever_fail_as_request_errors(inputs: dict[str, np.n
     validator = only(policy)
     try:
         fixed, report = validator.validate(inputs)
-    except (ValidationFailed, RequestError):
+    except (ValidationFailed, RequestError) as exc:
+        response = error_response(exc, "r1")
+        assert 400 <= response.status_code < 500
+        body = json.loads(bytes(response.body))
+        assert body["error"]
+        if isinstance(exc, ValidationFailed):
+            assert len(body["violations"]) == len(exc.violations) > 0
         return
     if policy in ("impute", "clip"):
         # Whatever impute and clip put in place passes the schema.
