@@ -42,6 +42,7 @@ __all__ = [
     "FeatureProfile",
     "Profile",
     "ProfileKind",
+    "as_floats",
     "column_array",
     "columns_of",
     "value_classes",
@@ -230,7 +231,7 @@ class FeatureProfile:
             return
         values = array[good]
         integer = set(map(type, values.tolist())) <= _INT_TYPES
-        self._add_numbers(_floats(values), integer=integer)
+        self._add_numbers(as_floats(values), integer=integer)
 
     def _add_strings(self, strings: np.ndarray[Any, Any]) -> None:
         if strings.size == 0:
@@ -587,7 +588,7 @@ def _tighten(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     if types == {bool}:
         return array.astype(bool)
     if types and types <= {int, float} and float in types:
-        return _floats(array)
+        return as_floats(array)
     if types == {int}:
         try:
             return array.astype(np.int64)
@@ -654,7 +655,7 @@ def _class_of_unusual(value: object) -> int:
     return OTHER
 
 
-def _floats(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+def as_floats(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Numbers held as objects, as float64 (ints too large for a float become ±inf)."""
     try:
         return np.asarray(values.tolist(), dtype=np.float64)

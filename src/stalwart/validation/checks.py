@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from stalwart.monitoring.profiles import BOOLEAN, NULL, NUMBER, STRING, value_classes
+from stalwart.monitoring.profiles import BOOLEAN, NULL, NUMBER, STRING, as_floats, value_classes
 from stalwart.validation.policy import CATEGORY, INF, LONG, NAN, RANGE, SHORT, TYPE
 from stalwart.validation.policy import NULL as NULL_CODE
 from stalwart.validation.schema import FeatureSchema
@@ -144,7 +144,7 @@ class NumericCheck(FeatureCheck):
             numbers = classes == NUMBER
             values = np.full(column.shape[0], np.nan)
             if numbers.any():
-                values[numbers] = _floats(column[numbers])
+                values[numbers] = as_floats(column[numbers])
             codes = self._scan_floats(values, numbers)
             if codes is not None:
                 # An int too large for a float is out of range, not infinite.
@@ -212,7 +212,7 @@ class NumericCheck(FeatureCheck):
     def clip(self, values: Column, code: int) -> list[Any] | None:
         if code not in (RANGE, INF):
             return None
-        numbers = _floats(values) if values.dtype.kind == "O" else values.astype(np.float64)
+        numbers = as_floats(values) if values.dtype.kind == "O" else values.astype(np.float64)
         bounds = np.where(numbers < self.lo, self.lo, self.hi)
         if np.isfinite(bounds).all():
             out: list[Any] = bounds.astype(np.int64).tolist() if self.integer else bounds.tolist()
@@ -397,19 +397,4 @@ def _nulls(column: Column, classes: Column) -> Column:
     if numbers.size:
         nulls[numbers] = [v != v for v in column[numbers].tolist()]
     return nulls
-
-
-def _floats(values: Column) -> Column:
-    """Number objects as float64 (ints too large for a float become ±inf)."""
-    try:
-        return np.asarray(values.tolist(), dtype=np.float64)
-    except OverflowError:
-        return np.fromiter(map(_float_or_inf, values.tolist()), dtype=np.float64, count=len(values))
-
-
-def _float_or_inf(value: Any) -> float:
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
 
