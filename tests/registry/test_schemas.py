@@ -86,7 +86,9 @@ def test_attach_list_and_activate_revisions(any_registry: Registry, cancer: dict
     assert [(r.revision, r.source, r.active) for r in store.revisions("cancer", mv.version)] == [
         (1, "inferred", False), (2, "edited", True), (3, "inferred", False),
     ]
+    assert store.active_revisions() == {("cancer", mv.version): 2}
     back = store.activate("cancer", mv.version, 1, actor="alice")
+    assert store.active_revisions() == {("cancer", mv.version): 1}
     assert back.active
     assert store.active("cancer", mv.version).revision == 1
     with pytest.raises(SchemaNotFound, match="no schema revision 9"):

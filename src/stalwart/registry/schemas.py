@@ -155,6 +155,14 @@ class SchemaStore:
             ).all()
         return [_revision(r, active=r.revision == active) for r in rows]
 
+    def active_revisions(self) -> dict[tuple[str, int], int]:
+        """``{(model, version): active revision}`` in one query (what servers poll, to
+        rebuild a model's validation when someone attaches or activates a schema)."""
+        heads = t.model_schema_heads
+        with self.db.read() as conn:
+            rows = conn.execute(select(heads.c.name, heads.c.version, heads.c.active_revision)).all()
+        return {(name, int(version)): int(active) for name, version, active in rows}
+
     def _add(
         self,
         name: str,
