@@ -15,6 +15,7 @@ says what went wrong *and* what to do next.
     │   ├── ModelNotFound           no model of that name
     │   ├── VersionNotFound         the model has no such version
     │   ├── DeploymentNotFound      no deployment of that name
+    │   ├── SchemaNotFound          the model version has no such schema revision
     │   ├── ArtifactIntegrityError  the artifact's sha256 differs from the registered one
     │   └── UntrustedArtifactError  loading would need pickle (or unknown types) without trust
     ├── FlavorError                 a model cannot be saved, loaded or described by its flavor
@@ -58,6 +59,7 @@ __all__ = [
     "RegistryError",
     "RequestError",
     "ResilienceError",
+    "SchemaNotFound",
     "SchemaVersionError",
     "StalwartError",
     "StorageError",
@@ -128,6 +130,26 @@ class DeploymentNotFound(RegistryError):
             f"deployment '{name}' does not exist; list deployments with 'stalwart deployments list'"
         )
         self.name = name
+
+
+class SchemaNotFound(RegistryError):
+    """The model version has no input schema, or no revision of that number."""
+
+    def __init__(self, ref: str, revision: int | None = None) -> None:
+        if revision is None:
+            message = (
+                f"model {ref} has no input schema; infer one from training data with "
+                f"'stalwart schema infer DATA -o schema.yaml' and attach it with "
+                f"'stalwart schema attach {ref} schema.yaml'"
+            )
+        else:
+            message = (
+                f"model {ref} has no schema revision {revision}; list its revisions with "
+                f"'stalwart schema list {ref}'"
+            )
+        super().__init__(message)
+        self.ref = ref
+        self.revision = revision
 
 
 class ArtifactIntegrityError(RegistryError):

@@ -14,6 +14,8 @@ import typer
 from stalwart.cli.features import features_app
 from stalwart.cli.models import models_app
 from stalwart.cli.output import console, fail
+from stalwart.cli.schemas import schema_app
+from stalwart.cli.validate import validate_command
 
 app = typer.Typer(
     name="stalwart",
@@ -24,6 +26,8 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
+app.add_typer(schema_app, name="schema")
+app.command("validate")(validate_command)
 
 
 @app.command()

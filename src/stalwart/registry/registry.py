@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, select
 
@@ -24,9 +24,14 @@ from stalwart.config import Settings
 from stalwart.errors import ConfigError, FlavorError, ModelNotFound, VersionNotFound
 from stalwart.registry.artifacts import ArtifactStore
 from stalwart.registry.flavors import Predictor, detect_flavor, get_flavor
+from stalwart.registry.schemas import SchemaStore, learn_from_sample
 from stalwart.registry.signature import Signature, sample_arrays
 from stalwart.storage import Database
 from stalwart.storage import tables as t
+
+if TYPE_CHECKING:
+    from stalwart.monitoring.profiles import Profile
+    from stalwart.validation.schema import Schema
 
 __all__ = ["ModelSummary", "ModelVersion", "Registry"]
 
@@ -72,6 +77,7 @@ class Registry:
     def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
         self.db = db
         self.artifacts = artifacts
+        self.schemas = SchemaStore(db)
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
@@ -94,6 +100,8 @@ class Registry:
         training: Mapping[str, Any] | None = None,
         training_set: Any = None,
         flavor_options: Mapping[str, Any] | None = None,
+        schema: Schema | Mapping[str, Any] | None = None,
+        training_profile: Profile | Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Save ``model`` as the next version of ``name``.
 
@@ -102,6 +110,11 @@ class Registry:
         stores the model with pickle, and is recorded on the version. ``training_set`` (a
         :class:`stalwart.features.TrainingSet`) records the features, their FeatureSet
         versions and the data profile, and gives the sample.
+
+        The version's input schema is ``schema`` when given, else inferred from
+        ``training_profile``, else from the training set's features, else from ``sample``
+        when it is a DataFrame or mapping of columns of at least 50 rows (see
+        :func:`stalwart.registry.schemas.learn_from_sample`); it is kept in :attr:`schemas`.
         """
         _check_name(name)
         if training_set is not None:
@@ -119,6 +132,11 @@ class Registry:
         else:
             sig = Signature.from_dict(signature)
         self._check_loads(chosen.name, saved.data, saved.options, saved.trust, sig, sample)
+        # Worked out before anything is stored, so a schema that does not fit aborts.
+        learned = learn_from_sample(
+            sample, sig, schema=schema, training_profile=training_profile,
+            training_data=training_set.frame[training_set.features] if training_set is not None else None,
+        )
         stored = self.artifacts.put(saved.data, chosen.suffix)
         row = {
             "flavor": chosen.name,
@@ -133,7 +151,10 @@ class Registry:
             "training": dict(training) if training is not None else None,
             "description": description,
         }
-        return self._insert_version(name, row)
+        mv = self._insert_version(name, row)
+        if learned is not None:
+            self.schemas.save_learned(mv.name, mv.version, learned)
+        return mv
 
     def register_file(
         self,

@@ -45,6 +45,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "models, model versions and audit events",
         _create(tables.meta, tables.models, tables.model_versions, tables.audit_events),
     ),
+    Migration(
+        2,
+        "model input schemas (revisions, active pointer) and training profiles",
+        _create(tables.model_schemas, tables.model_schema_heads, tables.model_profiles),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

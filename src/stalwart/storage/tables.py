@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Float,
+    ForeignKeyConstraint,
     Integer,
     MetaData,
     String,
@@ -66,4 +67,49 @@ audit_events = Table(
     Column("action", String(80), nullable=False),
     Column("subject", String(300), nullable=False),
     Column("detail", JSON, nullable=False),
+)
+
+# Input schemas of model versions: every revision kept (inferred from data, or edited by a
+# person), and per version a head row that allocates revisions and says which one serves.
+model_schemas = Table(
+    "model_schemas",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("revision", Integer, primary_key=True),
+    Column("source", String(20), nullable=False),  # "inferred" | "edited"
+    Column("body", JSON, nullable=False),
+    Column("note", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    ForeignKeyConstraint(
+        ["name", "version"], ["model_versions.name", "model_versions.version"], ondelete="CASCADE"
+    ),
+)
+
+model_schema_heads = Table(
+    "model_schema_heads",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("latest_revision", Integer, nullable=False),
+    Column("active_revision", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    ForeignKeyConstraint(
+        ["name", "version"], ["model_versions.name", "model_versions.version"], ondelete="CASCADE"
+    ),
+)
+
+# Profiles of the data a version was trained on (what drift and skew compare against).
+model_profiles = Table(
+    "model_profiles",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("kind", String(40), primary_key=True),  # "training"
+    Column("rows", BigInteger, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    ForeignKeyConstraint(
+        ["name", "version"], ["model_versions.name", "model_versions.version"], ondelete="CASCADE"
+    ),
 )
