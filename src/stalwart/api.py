@@ -29,6 +29,8 @@ def register_model(
     trust_pickle: bool = False,
     trusted_types: Sequence[str] | None = None,
     training_set: Any = None,
+    schema: Any = None,
+    training_profile: Any = None,
     settings: Settings | None = None,
 ) -> ModelVersion:
     """Register ``model`` as the next version of ``name`` and return that version.
@@ -42,6 +44,9 @@ def register_model(
     ``trust_pickle=True`` stores them with pickle instead and records that trust on the
     version. ``training_set=`` (from :func:`stalwart.build_training_set`) records the
     feature list and FeatureSet versions a deployment will serve, and the data profile.
+    The version's input schema (what every request is validated against) is ``schema``
+    when given, else learned from ``training_profile``, the training set, or a sample
+    DataFrame of at least 50 rows.
     """
     registry = Registry.open(settings or load_settings())
     try:
@@ -57,6 +62,8 @@ def register_model(
             trust_pickle=trust_pickle,
             trusted_types=trusted_types,
             training_set=training_set,
+            schema=schema,
+            training_profile=training_profile,
         )
     finally:
         registry.db.dispose()

@@ -40,7 +40,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     from stalwart.validation.schema import infer_schema
 
     mv = registry.register("shop", model, sample=frame[["amount", "items"]])
-    registry.schemas.attach("shop", mv.version, infer_schema(frame).model_copy(update={"margin": 0.0}), note="with country")
+    strict = infer_schema(frame, default_policy="reject").model_copy(update={"margin": 0.0})
+    registry.schemas.attach("shop", mv.version, strict, note="with country")
     registry.db.dispose()
     clean = tmp_path / "clean.csv"
     frame.to_csv(clean, index=False)

@@ -13,7 +13,7 @@ import typer
 
 from stalwart.cli.features import features_app
 from stalwart.cli.models import models_app
-from stalwart.cli.output import console, fail
+from stalwart.cli.output import err_console
 from stalwart.cli.schemas import schema_app
 from stalwart.cli.validate import validate_command
 
@@ -89,7 +89,9 @@ def main() -> None:
     try:
         app()
     except StalwartError as exc:
-        fail(exc.message)
+        # Outside Typer's own context here: print, then exit like any failed command.
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        raise SystemExit(1) from None
 
 
-__all__ = ["app", "console", "main"]
+__all__ = ["app", "main"]

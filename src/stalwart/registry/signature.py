@@ -183,5 +183,13 @@ def _columns_of(sample: object) -> dict[str, np.ndarray[Any, Any]] | None:
 
 def _column_array(column: object) -> np.ndarray[Any, Any]:
     to_numpy = getattr(column, "to_numpy", None)
-    arr = np.asarray(to_numpy() if callable(to_numpy) else column)
-    return arr
+    if not callable(to_numpy):
+        return np.asarray(column)
+    dtype = getattr(column, "dtype", None)
+    if getattr(dtype, "na_value", None) is not None and getattr(column, "hasnans", False):
+        # A pandas nullable column with missing values: NaN for numbers, None otherwise,
+        # never pd.NA (which no numpy dtype cast accepts).
+        if getattr(dtype, "kind", "O") in "iuf":
+            return np.asarray(to_numpy(dtype="float64", na_value=np.nan))
+        return np.asarray(to_numpy(dtype=object, na_value=None))
+    return np.asarray(to_numpy())

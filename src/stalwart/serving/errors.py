@@ -31,6 +31,7 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.ModelNotFound, 404),
     (e.VersionNotFound, 404),
     (e.DeploymentNotFound, 404),
+    (e.SchemaNotFound, 404),
     (e.AuthError, 401),
     (e.IllegalStateTransition, 409),
     (e.NotReady, 503),

@@ -317,7 +317,7 @@ def infer_schema(
     names: Sequence[str] | None = None,
     categorical_max_distinct: int = CATEGORICAL_MAX_DISTINCT,
     margin: float = DEFAULT_MARGIN,
-    default_policy: Policy = "reject",
+    default_policy: Policy = "flag",
     description: str = "",
 ) -> Schema:
     """Learn a schema from training data.
@@ -326,6 +326,12 @@ def infer_schema(
     ``names``, a :class:`~stalwart.monitoring.profiles.Profile`, or a mapping of feature
     names to :class:`~stalwart.monitoring.profiles.FeatureProfile`. Feature order is the
     data's column order.
+
+    A learned schema defaults to the ``flag`` policy: structural problems (a missing
+    feature, a wrong type, which ``flag`` cannot serve) are still rejected, but a value
+    outside the training range or an unseen category is served and marked, because a
+    training sample's range is an estimate, not a contract. Edit the schema to ``reject``
+    (or ``clip``/``impute``) where it is one.
     """
     from stalwart.monitoring.profiles import FeatureProfile, Profile
 
