@@ -205,6 +205,7 @@ class FeatureCache:
         self.bus: InvalidationBus | None = None
         if redis is not None:
             redis.on_error = self.metrics.tier_error("redis")
+            redis.clock = clock  # entry times are read and written on one clock
             self.bus = InvalidationBus(
                 redis.client,
                 channel=channel_name(namespace),

@@ -368,7 +368,8 @@ class RedisTier:
         self.retry_after = retry_after
         self.tombstone_ttl = tombstone_ttl
         self.version_horizon = version_horizon
-        self._clock = clock
+        self.clock = clock
+        """Wall clock of entry times; a FeatureCache sets it to its own."""
         self.on_error = on_error
         """Called with the operation's name on each failure (the cache counts them)."""
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
@@ -422,7 +423,7 @@ class RedisTier:
         prefix = space.prefix
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zadd(space.versions_key, {space.version_segment: self._clock()}, nx=True)
+                pipe.zadd(space.versions_key, {space.version_segment: self.clock()}, nx=True)
                 pipe.set(epoch, _new_token(), nx=True)
                 pipe.mget([epoch, *[prefix + e for e in entities]])
                 replies = await pipe.execute()
@@ -430,7 +431,7 @@ class RedisTier:
             raise self._failed("get", exc) from exc
         values: list[bytes | None] = replies[2]
         current: bytes = values[0] or b""
-        now = self._clock()
+        now = self.clock()
         entries: list[Entry | None] = []
         observed: dict[str, str] = {}
         for entity, raw in zip(entities, values[1:], strict=True):
@@ -456,7 +457,7 @@ class RedisTier:
         self, space: KeySpace, items: Sequence[tuple[str, Entry]], seen: Snapshot | None = None
     ) -> list[bool]:
         self._check("set")
-        now = self._clock()
+        now = self.clock()
         if seen is None:
             return await self._set_unguarded(space, items, now)
         token = seen.token
@@ -499,7 +500,7 @@ class RedisTier:
         prefix = set_prefix(self.namespace, feature_set)
         tombstone = _TOMBSTONE + _new_token()
         px = math.ceil(self.tombstone_ttl * 1000)
-        oldest = self._clock() - self.version_horizon
+        oldest = self.clock() - self.version_horizon
         args: list[bytes | str | int | float] = [prefix, tombstone, px, oldest, self.channel, announce or b""]
         args.extend(entities)
         try:
