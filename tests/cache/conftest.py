@@ -103,7 +103,8 @@ async def make_cache(namespace: str) -> AsyncIterator[CacheFactory]:
 class PrivateRedis:
     """A redis-server of our own on a free port, to kill and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: list[str] | None = None) -> None:
+        self.extra = extra or []
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -113,7 +114,7 @@ class PrivateRedis:
         if server is None:
             pytest.fail("redis-server is not installed; install it to run the cache tests")
         self.process = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -211,7 +211,7 @@ class FeatureCache:
                 channel=channel_name(namespace),
                 invalidator=self.invalidator,
                 metrics=self.metrics,
-                on_up=redis.mark_up,
+                on_up=redis.reconnected,
                 heartbeat=heartbeat,
             )
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -229,7 +229,7 @@ class InvalidationBus:
         channel: str,
         invalidator: Invalidator,
         metrics: CacheMetrics,
-        on_up: Callable[[], None] | None = None,
+        on_up: Callable[[], Awaitable[None]] | None = None,
         heartbeat: float = 1.0,
         backoff: tuple[float, float] = (0.05, 2.0),
     ) -> None:
@@ -286,10 +286,14 @@ class InvalidationBus:
             delay = min(delay * 2, self.backoff[1])
 
     async def _listen(self, pubsub: Any) -> None:
-        last_heard = last_ping = time.monotonic()
+        last_heard = last_ping = last_replay = time.monotonic()
         while True:
             message = await pubsub.get_message(timeout=self.heartbeat)
             now = time.monotonic()
+            if self.invalidator.pending and now - last_replay >= self.heartbeat:
+                # Redis failed a publish while this subscription stayed up: retry now.
+                last_replay = now
+                await self.invalidator.replay()
             if message is None:
                 if now - last_heard > 3 * self.heartbeat:
                     raise OSError("no reply from Redis within three heartbeats")
@@ -311,7 +315,7 @@ class InvalidationBus:
         self.metrics.subscribed.set(1)
         self._up.set()
         if self._on_up is not None:
-            self._on_up()
+            await self._on_up()
         _log.info("cache_invalidation_subscribed", channel=self.channel)
         await self.invalidator.replay()
 

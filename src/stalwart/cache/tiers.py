@@ -19,6 +19,7 @@ then refuses). See ``invalidation.py`` for the in-process side of the same race.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -399,9 +400,12 @@ class RedisTier:
         """False while the tier is backing off after a failure."""
         return time.monotonic() >= self._down_until
 
-    def mark_up(self) -> None:
-        """Stop backing off now (the invalidation bus calls it when Redis is back)."""
+    async def reconnected(self) -> None:
+        """Redis is back (the invalidation bus says so): stop backing off, and close idle
+        pooled connections, which would each fail once if Redis restarted."""
         self._down_until = 0.0
+        with contextlib.suppress(*self._errors):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
 
     def _check(self, op: str) -> None:
         if time.monotonic() < self._down_until:
