@@ -38,7 +38,7 @@ class Clock:
 class Source:
     """A feature source in memory whose loader counts calls and can be told to fail."""
 
-    def __init__(self, rows: Mapping[EntityKey, Row] | None = None, delay: float = 0.0) -> None:
+    def __init__(self, rows: Mapping[Any, Any] | None = None, delay: float = 0.0) -> None:
         self.rows: dict[EntityKey, Row] = dict(rows or {})
         self.delay = delay
         self.calls: list[list[EntityKey]] = []
@@ -113,7 +113,7 @@ class PrivateRedis:
         server = shutil.which("redis-server")
         if server is None:
             pytest.fail("redis-server is not installed; install it to run the cache tests")
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - our own redis-server, fixed arguments
             [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

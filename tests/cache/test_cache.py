@@ -58,7 +58,7 @@ async def test_overlapping_requests_load_each_entity_once() -> None:
     only the rest."""
     source = Source(ROWS, delay=0.02)
     fraud = FeatureCache().bind("fraud", "v1")
-    first, second = await asyncio.gather(
+    _, second = await asyncio.gather(
         fraud.get_many([(i,) for i in range(10)], source.load),
         fraud.get_many([(i,) for i in range(5, 15)], source.load),
     )
@@ -242,7 +242,8 @@ async def test_stale_if_error_uses_redis_when_memory_has_nothing(make_cache: Cac
     clock.advance(20)
     source.error = CallNotPermitted("breaker open")
     result = await reader.bind("fraud", "v1", policy).get_many([(1,)], source.load)
-    assert (result.rows, result.stale) == ({(1,): ROWS[(1,)]}, {(1,)})
+    assert result.rows == {(1,): ROWS[(1,)]}
+    assert result.stale == {(1,)}
 
 
 async def test_an_invalidation_during_a_load_keeps_the_loaded_value_out_of_the_cache() -> None:

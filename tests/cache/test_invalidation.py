@@ -122,7 +122,7 @@ async def test_redis_killed_mid_traffic_serves_on_and_recovers(private_redis: Pr
 
     async def traffic(seed: int) -> None:
         nonlocal served
-        rng = random.Random(seed)
+        rng = random.Random(seed)  # noqa: S311 - a traffic pattern, not a secret
         while not stop.is_set():
             view = rng.choice(views)
             keys = [(rng.randrange(40),) for _ in range(3)]
@@ -132,7 +132,7 @@ async def test_redis_killed_mid_traffic_serves_on_and_recovers(private_redis: Pr
                 errors.append(exc)
             else:
                 served += 1
-                assert all(result.rows[k] == ROWS[k] for k in keys)  # type: ignore[index]
+                assert all(result.rows[k] == ROWS[k] for k in keys)
             await asyncio.sleep(0.002)
 
     workers = [asyncio.create_task(traffic(seed)) for seed in range(4)]
@@ -143,7 +143,7 @@ async def test_redis_killed_mid_traffic_serves_on_and_recovers(private_redis: Pr
         before = served
         await asyncio.sleep(0.4)
         assert served > before  # still serving with Redis down
-        assert a.redis is not None and sample(a, "stalwart_cache_tier_errors_total", tier="redis", op="get") >= 1
+        assert sample(a, "stalwart_cache_tier_errors_total", tier="redis", op="get") >= 1
         private_redis.start()
         await until(lambda: a.subscribed and b.subscribed)
         hits = sample(b, "stalwart_cache_hits_total", tier="redis", feature_set="shared")
@@ -167,7 +167,8 @@ async def test_values_loaded_while_disconnected_are_kept_briefly(private_redis: 
     await until(lambda: not cache.subscribed)
     await cache.bind("fraud", "v1", CachePolicy(ttl=300)).get_many([(1,)], Source(ROWS).load)
     (entry,) = cache.memory.get_many([cache.bind("fraud", "v1").space.key("1")], time.time())
-    assert entry is not None and entry.fresh_until <= time.time() + 2.0
+    assert entry is not None
+    assert entry.fresh_until <= time.time() + 2.0
 
 
 @contextmanager
@@ -222,7 +223,7 @@ class Replica:
     """A replica process driven over stdin/stdout (tests/cache/replica.py)."""
 
     def __init__(self, namespace: str, db: Path) -> None:
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - our own test module
             [sys.executable, "-m", "tests.cache.replica", REDIS_URL, namespace, str(db)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
