@@ -102,7 +102,9 @@ class MemoryTier:
 
     SIEVE (Zhang et al., NSDI '24) keeps LRU's simplicity with a better hit ratio on skewed
     traffic: a hit only sets a bit (no reordering, so hits are cheap), and eviction sweeps a
-    hand from old to new, sparing and clearing visited entries, evicting the first unvisited.
+    hand from old to new, sparing and clearing visited entries, evicting the first unvisited
+    (or the first past its ``usable_until``). ``benchmarks/bench_cache.py`` compares it with
+    LRU on Zipf traffic.
 
     >>> tier = MemoryTier(max_entries=2)
     >>> space = KeySpace("doc", "fraud", "v1")
@@ -172,7 +174,7 @@ class MemoryTier:
                 if self._tail is None:
                     self._tail = node
             while len(self._nodes) > self.max_entries or self.bytes > self.max_bytes:
-                self._evict(keep=node)
+                self._evict(node, now)
 
     def delete(self, feature_set: str, entities: Sequence[str]) -> int:
         """Drop these entities of a FeatureSet, in every version; returns how many were held."""
@@ -202,9 +204,10 @@ class MemoryTier:
             self._unlink(node)
         return len(doomed)
 
-    def _evict(self, keep: _Node) -> None:
+    def _evict(self, keep: _Node, now: float) -> None:
         node = self._hand or self._tail
-        while node is not None and (node.visited or node is keep):
+        # Spare visited entries (once), except dead ones: past usable_until they only hold space.
+        while node is not None and ((node.visited and node.entry.usable_until > now) or node is keep):
             node.visited = False
             node = node.newer or self._tail
             if node is keep and len(self._nodes) == 1:
