@@ -338,3 +338,28 @@ async def test_metrics_count_hits_misses_and_source_calls_saved() -> None:
     assert sample(metrics, "stalwart_cache_source_calls_total", feature_set="fraud") == 1
     assert sample(metrics, "stalwart_cache_source_calls_saved_total", feature_set="fraud") == 2
     assert sample(metrics, "stalwart_cache_memory_entries") == 2
+
+
+def test_settings_decide_whether_redis_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without STALWART_REDIS_URL the cache is in-process only (the embedded default);
+    with it, the Redis tier and the invalidation subscriber are built."""
+    from stalwart.config import load_settings
+
+    monkeypatch.delenv("STALWART_REDIS_URL", raising=False)
+    monkeypatch.setenv("STALWART_CACHE_MAX_ENTRIES", "123")
+    embedded = FeatureCache.from_settings(load_settings())
+    assert (embedded.redis, embedded.bus, embedded.memory.max_entries) == (None, None, 123)
+    monkeypatch.setenv("STALWART_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("STALWART_CACHE_NAMESPACE", "replicas")
+    shared = FeatureCache.from_settings(load_settings())
+    assert shared.redis is not None
+    assert shared.bus is not None
+    assert shared.redis.namespace == "replicas"
+    asyncio.run(shared.aclose())
+
+
+async def test_an_empty_lookup_costs_nothing() -> None:
+    """get_many of no keys returns at once without calling the source."""
+    source = Source(ROWS)
+    assert (await FeatureCache().bind("fraud", "v1").get_many([], source.load)).rows == {}
+    assert source.calls == []

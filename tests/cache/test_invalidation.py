@@ -281,3 +281,21 @@ def test_two_processes_a_write_through_one_is_read_through_the_other(namespace: 
     finally:
         first.close()
         second.close()
+
+
+async def test_a_failing_listener_does_not_stop_the_subscriber(make_cache: CacheFactory) -> None:
+    """An unexpected error while applying a message resubscribes (dropping memory) instead
+    of leaving the replica deaf."""
+    a, b = await make_cache(), await make_cache(heartbeat=0.2)
+    failures = [RuntimeError("listener bug")]
+
+    def flaky(message: Invalidation, delay: float) -> None:
+        if failures:
+            raise failures.pop()
+
+    b.invalidator.listeners.append(flaky)
+    resets = sample(b, "stalwart_cache_resets_total")
+    await a.invalidate("fraud", [(1,)])
+    await until(lambda: sample(b, "stalwart_cache_resets_total") >= resets + 1 and b.subscribed)
+    await a.invalidate("fraud", [(2,)])
+    await until(lambda: sample(b, "stalwart_cache_invalidations_received_total", scope="entities") == 2)

@@ -78,7 +78,7 @@ class CachePolicy(BaseModel):
     a value past its TTL. ``xfetch_beta`` scales XFetch early refresh (0 turns it off, 1 is
     the paper's optimum, higher refreshes earlier); ``ttl_jitter`` shortens each TTL by a
     random fraction up to that much. ``window_step`` is for window aggregates (see the
-    module docstring).
+    module docstring); it turns XFetch off, since the value cannot change within a step.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -309,7 +309,8 @@ class FeatureSetCache:
         self._memory = cache.memory if policy.memory else None
         self._shared = cache.redis if policy.redis else None
         self._counters: SetCounters = cache.metrics.for_set(space.feature_set)
-        self._beta = policy.xfetch_beta
+        # An early refresh within a window step recomputes the same as-of value: pointless.
+        self._beta = 0.0 if policy.window_step is not None else policy.xfetch_beta
 
     def _early(self, entry: Entry, now: float) -> bool:
         # XFetch (Vattani et al., VLDB 2015): refresh when now - delta*beta*ln(U) >= expiry.
@@ -323,6 +324,8 @@ class FeatureSetCache:
         Raises what the loader raised when an entity can be served neither fresh nor
         within ``max_staleness`` (unless ``allow_partial``, which lists it in ``failed``).
         """
+        if not keys:
+            return CacheResult({})
         cache = self.cache
         counters = self._counters
         now = cache.clock()

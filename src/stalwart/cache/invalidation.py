@@ -277,6 +277,9 @@ class InvalidationBus:
                 await self._listen(pubsub)
             except self._errors as exc:
                 self._down(exc)
+            except Exception as exc:  # noqa: BLE001 - a subscriber that died silently would leave this replica serving invalidated values; log, drop, resubscribe
+                _log.exception("cache_invalidation_subscriber_failed", channel=self.channel)
+                self._down(exc)
             finally:
                 with contextlib.suppress(*self._errors):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -250,6 +250,10 @@ class PgInvalidationListener:
                     _log.warning("cache_pg_listener_disconnected", channel=self.channel, error=repr(exc))
                 self.connected = False
                 self._up.clear()
+            except Exception:  # noqa: BLE001 - a listener that died silently would stop invalidating; log and listen again
+                _log.exception("cache_pg_listener_failed", channel=self.channel)
+                self.connected = False
+                self._up.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff[1])
 
