@@ -184,3 +184,21 @@ async def test_redis_tier_fails_fast_and_backs_off_when_redis_is_down() -> None:
         assert errors == ["get"]
     finally:
         await tier.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_tier_stores_without_a_snapshot_when_asked(namespace: str) -> None:
+    """set_many without a snapshot (a warm-up, not a load) stores unconditionally, with the
+    entry's lifetime as the key's TTL."""
+    tier = RedisTier.from_url(REDIS_URL, namespace=namespace)
+    space = KeySpace(namespace, "fraud", "v1")
+    try:
+        now = tier.clock()
+        assert await tier.set_many(space, [("9", Entry({"x": 9}, now, now + 30, now + 60, 0.0))]) == [True]
+        found = await tier.get_many(space, ["9"])
+        assert found.entries[0] is not None
+        assert found.entries[0].row == {"x": 9}
+        ttl_ms = await tier.client.pttl(space.key("9"))
+        assert 55_000 < ttl_ms <= 60_000
+    finally:
+        await tier.aclose()
