@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; PostgreSQL when replicas share state"
     )
     redis_url: SecretStr | None = Field(default=None, description="Redis for the shared cache tier")
+    cache_namespace: str = Field(
+        default="stalwart", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="prefix of every cache key"
+    )
+    cache_max_entries: int = Field(default=100_000, ge=1, description="in-process cache entries")
+    cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="in-process cache bytes")
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token for control-plane calls; generated if unset"
     )

@@ -26,6 +26,8 @@ says what went wrong *and* what to do next.
     ├── AuthError                   a control-plane call without a valid bearer token
     ├── NotReady                    the server or a model is still loading
     ├── FeatureError                a feature source or transform failed
+    ├── CacheUnavailable            a shared cache tier (Redis) cannot be used; the cache falls
+    │                               through to the next tier, so this never reaches a client
     ├── ModelError                  the model itself raised while predicting
     └── ResilienceError             a guard refused or gave up on a call
         ├── CallNotPermitted        the circuit breaker is open
@@ -43,6 +45,7 @@ __all__ = [
     "ArtifactIntegrityError",
     "AuthError",
     "BulkheadFull",
+    "CacheUnavailable",
     "CallNotPermitted",
     "CallTimeout",
     "ConfigError",
@@ -211,6 +214,14 @@ class NotReady(StalwartError):
 
 class FeatureError(StalwartError):
     """A feature source or a feature transform failed."""
+
+
+class CacheUnavailable(StalwartError):
+    """A shared cache tier cannot be reached or used.
+
+    The feature cache catches it and serves from the next tier or the source; it is
+    counted and logged, and never fails a request.
+    """
 
 
 class ModelError(StalwartError):

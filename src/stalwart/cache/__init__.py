@@ -1,0 +1,87 @@
+"""The feature value cache: in-process and Redis tiers, keys versioned by the FeatureSet
+definition, invalidation across replicas, request coalescing and stale-if-error.
+
+Importing this package loads neither redis nor psycopg; the Redis tier and the PostgreSQL
+NOTIFY listener import them when built and name the extra to install when missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "DEFAULT_STALE_ON",
+    "CacheMetrics",
+    "CachePolicy",
+    "CacheResult",
+    "CacheTier",
+    "EntityKey",
+    "Entry",
+    "FeatureCache",
+    "FeatureSetCache",
+    "Invalidation",
+    "Loader",
+    "MemoryTier",
+    "PgInvalidationListener",
+    "RedisTier",
+    "Row",
+    "Snapshot",
+    "encode_entity",
+    "install_notify_trigger",
+    "uninstall_notify_trigger",
+]
+
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_STALE_ON": "stalwart.cache.cache",
+    "CacheMetrics": "stalwart.cache.metrics",
+    "CachePolicy": "stalwart.cache.cache",
+    "CacheResult": "stalwart.cache.cache",
+    "CacheTier": "stalwart.cache.tiers",
+    "EntityKey": "stalwart.cache.keys",
+    "Entry": "stalwart.cache.tiers",
+    "FeatureCache": "stalwart.cache.cache",
+    "FeatureSetCache": "stalwart.cache.cache",
+    "Invalidation": "stalwart.cache.invalidation",
+    "Loader": "stalwart.cache.cache",
+    "MemoryTier": "stalwart.cache.tiers",
+    "PgInvalidationListener": "stalwart.cache.pg_notify",
+    "RedisTier": "stalwart.cache.tiers",
+    "Row": "stalwart.cache.tiers",
+    "Snapshot": "stalwart.cache.tiers",
+    "encode_entity": "stalwart.cache.keys",
+    "install_notify_trigger": "stalwart.cache.pg_notify",
+    "uninstall_notify_trigger": "stalwart.cache.pg_notify",
+}
+
+if TYPE_CHECKING:
+    from stalwart.cache.cache import (
+        DEFAULT_STALE_ON,
+        CachePolicy,
+        CacheResult,
+        FeatureCache,
+        FeatureSetCache,
+        Loader,
+    )
+    from stalwart.cache.invalidation import Invalidation
+    from stalwart.cache.keys import EntityKey, encode_entity
+    from stalwart.cache.metrics import CacheMetrics
+    from stalwart.cache.pg_notify import (
+        PgInvalidationListener,
+        install_notify_trigger,
+        uninstall_notify_trigger,
+    )
+    from stalwart.cache.tiers import CacheTier, Entry, MemoryTier, RedisTier, Row, Snapshot
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stalwart.cache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
