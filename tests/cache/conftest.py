@@ -113,7 +113,7 @@ class PrivateRedis:
         server = shutil.which("redis-server")
         if server is None:
             pytest.fail("redis-server is not installed; install it to run the cache tests")
-        self.process = subprocess.Popen(  # noqa: S603 - our own redis-server, fixed arguments
+        self.process = subprocess.Popen(
             [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

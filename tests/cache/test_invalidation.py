@@ -122,7 +122,7 @@ async def test_redis_killed_mid_traffic_serves_on_and_recovers(private_redis: Pr
 
     async def traffic(seed: int) -> None:
         nonlocal served
-        rng = random.Random(seed)  # noqa: S311 - a traffic pattern, not a secret
+        rng = random.Random(seed)
         while not stop.is_set():
             view = rng.choice(views)
             keys = [(rng.randrange(40),) for _ in range(3)]
@@ -223,7 +223,7 @@ class Replica:
     """A replica process driven over stdin/stdout (tests/cache/replica.py)."""
 
     def __init__(self, namespace: str, db: Path) -> None:
-        self.process = subprocess.Popen(  # noqa: S603 - our own test module
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.cache.replica", REDIS_URL, namespace, str(db)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
