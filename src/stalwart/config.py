@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     access_log: bool = True
     registry_poll_seconds: float = Field(default=2.0, gt=0)
     preload: bool = Field(default=True, description="load the latest version of every model at start")
+    batching: bool = Field(default=True, description="batch concurrent requests per model version")
+    max_batch_size: int = Field(default=64, ge=1, le=1_000_000, description="rows per batched model call")
+    max_batch_wait_ms: float = Field(
+        default=2.0, ge=0, le=10_000, description="longest a request waits for batch mates"
+    )
+    batch_adaptive: bool = Field(
+        default=True, description="send a batch as soon as no more requests are arriving"
+    )
 
     def resolved_db_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``home``."""

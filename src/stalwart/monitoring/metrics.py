@@ -7,10 +7,13 @@ counted under ``model=""``), so a scanner cannot blow up the series count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "ServingMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "BatchMetrics", "BatchSeries", "ServingMetrics"]
 
 # Tabular models answer in well under a millisecond; the buckets start there.
 _LATENCY_BUCKETS = (
@@ -66,3 +69,71 @@ class ServingMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Rows per batched call: powers of two up to the largest batch anyone should configure.
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+# Queue waits are budgeted in fractions of a millisecond.
+_WAIT_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSeries:
+    """One model version's batching series, resolved once (``labels()`` takes a lock)."""
+
+    rows: Histogram
+    requests: Histogram
+    queue_wait: Histogram
+    model_time: Histogram
+    failures: Counter
+
+
+class BatchMetrics:
+    """The adaptive batcher's metrics, labelled by model and version, in the server's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        labels = ("model", "version")
+        self.rows = Histogram(
+            "stalwart_batch_rows", "Rows per batched model call", labels, buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.requests = Histogram(
+            "stalwart_batch_requests",
+            "Requests (or parts of a split request) answered by one batched model call",
+            labels,
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "stalwart_batch_queue_wait_seconds",
+            "Time a request waited in the batch queue before its model call started",
+            labels,
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.queue_rows = Gauge(
+            "stalwart_batch_queue_rows", "Rows waiting in the batch queue now", labels, registry=r
+        )
+        self.model_time = Histogram(
+            "stalwart_batch_model_seconds",
+            "Time of one batched model call, inputs joined and outputs split included",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.failures = Counter(
+            "stalwart_batch_failures", "Batched model calls that failed", labels, registry=r
+        )
+
+    def series(self, model: str, version: str, queued_rows: Callable[[], float]) -> BatchSeries:
+        """The series of one model version; the queue gauge reads ``queued_rows`` when scraped."""
+        self.queue_rows.labels(model, version).set_function(queued_rows)
+        return BatchSeries(
+            rows=self.rows.labels(model, version),
+            requests=self.requests.labels(model, version),
+            queue_wait=self.queue_wait.labels(model, version),
+            model_time=self.model_time.labels(model, version),
+            failures=self.failures.labels(model, version),
+        )

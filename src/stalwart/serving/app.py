@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +20,11 @@ from starlette.routing import Route
 
 from stalwart.config import Settings
 from stalwart.features.project import Project, load_project
-from stalwart.monitoring.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from stalwart.monitoring.metrics import CONTENT_TYPE_LATEST, BatchMetrics, ServingMetrics
 from stalwart.pipeline import Stage
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.flavors import Predictor
+from stalwart.serving.batching import AdaptiveBatcher, BatchCall, BatchingPolicy
 from stalwart.serving.deployments import DeploymentService, deployment_routes
 from stalwart.serving.errors import exception_handlers
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
@@ -55,8 +57,24 @@ def create_app(
         max_workers=min(8, (os.cpu_count() or 1) + 2), thread_name_prefix="stalwart-model"
     )
 
+    policy = BatchingPolicy(
+        enabled=settings.batching,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_batch_wait_ms,
+        adaptive=settings.batch_adaptive,
+    )
+    batch_metrics = BatchMetrics(metrics.registry) if policy.enabled else None
+    batchers: list[AdaptiveBatcher] = []
+
     def pipeline_for(mv: ModelVersion, predictor: Predictor) -> Stage:
-        return ModelCall(DirectRunner(predictor, mv.ref, executor))
+        if not policy.enabled:
+            return ModelCall(DirectRunner(predictor, mv.ref, executor))
+        batcher = AdaptiveBatcher(
+            predictor, mv.signature, mv.ref, executor, policy,
+            metrics=batch_metrics, model=mv.name, version=str(mv.version),
+        )
+        batchers.append(batcher)
+        return BatchCall(batcher)
 
     repository = ModelRepository(
         registry,
@@ -73,6 +91,8 @@ def create_app(
             yield
         finally:
             await repository.stop()
+            # Callers still queued get a clear error; nothing waits on a batch forever.
+            await asyncio.gather(*(batcher.close() for batcher in batchers))
             executor.shutdown(wait=False, cancel_futures=True)
             pool.dispose()
 

@@ -110,6 +110,8 @@ class _Endpoints:
         if exchange.results is None:  # pragma: no cover - every pipeline ends in ModelCall
             raise NotReady(f"model {mv.ref} produced no result")
         info.fields["rows"] = rows
+        for stage, ms in exchange.timings.items():
+            info.fields[stage] = round(ms, 3)
         return Response(
             encode_response(
                 model_name=name,
