@@ -1,22 +1,51 @@
-"""Declaring a deployment: a named endpoint that binds a model to the features it needs.
+"""Declaring a deployment: a named endpoint that binds a model to the features it needs,
+with its policies and its degradation ladder.
 
 >>> fraud = Deployment("fraud", model="fraud")          # the latest registered version
 >>> pinned = Deployment("fraud-v3", model="fraud:3")    # one version, whatever comes later
+>>> careful = Deployment(
+...     "fraud-careful", model="fraud",
+...     guard={"timeout": {"timeout_duration": "150ms"}},
+...     fallback="fraud-lite", last_good="10m",
+...     default_prediction={"predict": 0, "predict_proba": [1.0, 0.0]},
+... )
 
 Without ``features=``, a deployment serves the features the model was trained with (its
 training set's feature list), and refuses to serve when the project's definition of one of
 them is not the version the model saw in training.
+
+Policies are plain mappings here, so a project file imports nothing heavy; the server
+validates them once, when it loads the project, and names the deployment and field of any
+mistake:
+
+- ``guard``: the model's circuit breaker, bulkhead and timeout
+  (:class:`stalwart.resilience.GuardConfig`).
+- ``source_guard``: the same, around each online feature source.
+- ``shedding``: load shedding (:class:`stalwart.resilience.ShedderConfig`).
+- ``validation``: policy overrides, ``{"default": "flag", "features": {"amount": "clip"}}``.
+
+The degradation ladder, tried in order when the model call fails (an open breaker, a
+timeout, a model error): ``fallback`` (another model, usually simpler), the entity's
+``last_good`` prediction if no older than that, ``default_prediction``, then the error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stalwart.errors import ConfigError
 
-__all__ = ["Deployment"]
+__all__ = ["Deployment", "parse_model_ref"]
+
+
+def parse_model_ref(ref: str, where: str) -> tuple[str, int | None]:
+    """``"name"`` or ``"name:version"`` as ``(name, version or None)``."""
+    name, sep, version = ref.partition(":")
+    if not name or (sep and not version.isdigit()):
+        raise ConfigError(f"{where}: model {ref!r} must be 'name' or 'name:version'")
+    return name, int(version) if sep else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,14 +56,21 @@ class Deployment:
     model: str
     features: Sequence[Any] | None = None
     description: str = ""
+    guard: Mapping[str, Any] | None = None
+    source_guard: Mapping[str, Any] | None = None
+    shedding: Mapping[str, Any] | None = None
+    validation: Mapping[str, Any] | None = None
+    fallback: str | None = None
+    last_good: str | float | None = None
+    default_prediction: Mapping[str, Any] | None = None
     model_name: str = field(init=False)
     model_version: int | None = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "_").replace("_", "a").isalnum():
             raise ConfigError(f"deployment name {self.name!r} may hold only letters, digits, '-' and '_'")
-        name, sep, version = self.model.partition(":")
-        if not name or (sep and not version.isdigit()):
-            raise ConfigError(f"deployment '{self.name}': model {self.model!r} must be 'name' or 'name:version'")
+        name, version = parse_model_ref(self.model, f"deployment '{self.name}'")
         object.__setattr__(self, "model_name", name)
-        object.__setattr__(self, "model_version", int(version) if sep else None)
+        object.__setattr__(self, "model_version", version)
+        if self.fallback is not None:
+            parse_model_ref(self.fallback, f"deployment '{self.name}' fallback")

@@ -137,3 +137,41 @@ class BatchMetrics:
             model_time=self.model_time.labels(model, version),
             failures=self.failures.labels(model, version),
         )
+
+
+class ResilienceMetrics:
+    """Breakers, degradation and shedding, in the serving registry.
+
+    ``reason`` labels are error class names (``CallTimeout``, ``ModelError``...), never
+    messages, so they stay a small fixed set.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.breaker_state = Gauge(
+            "stalwart_breaker_state",
+            "1 for each guard's current circuit-breaker state, 0 for the others",
+            ("guard", "state"),
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "stalwart_breaker_transitions",
+            "Circuit-breaker state changes",
+            ("guard", "from_state", "to_state"),
+            registry=registry,
+        )
+        self.degraded = Counter(
+            "stalwart_degraded_responses",
+            "Responses served by a step of the degradation ladder",
+            ("deployment", "level", "reason"),
+            registry=registry,
+        )
+        self.shed = Counter(
+            "stalwart_shed_requests",
+            "Requests turned away by load shedding",
+            ("deployment", "priority"),
+            registry=registry,
+        )
+
+    def set_breaker_state(self, guard: str, state: str, states: tuple[str, ...]) -> None:
+        for name in states:
+            self.breaker_state.labels(guard, name).set(1.0 if name == state else 0.0)

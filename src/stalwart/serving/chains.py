@@ -1,0 +1,147 @@
+"""The stage chain each entrypoint calls, built once per entrypoint and model version.
+
+A model version's own pipeline (``LoadedModel.pipeline``) is its batcher: shared by every
+entrypoint, so ``/v2`` traffic and deployment traffic for one version batch together. In
+front of it each entrypoint (``/v2`` for the model, or a deployment's variant) gets
+
+    ValidationStage (the version's active schema, with the entrypoint's policy overrides)
+      → GuardStage (the entrypoint's breaker, bulkhead and timeout)
+        → the version's pipeline
+
+Stages that are not configured are not built. Chains are cached; when someone attaches
+or activates a schema, the registry poll drops the chains of that version and the next
+request builds them again with the new schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from stalwart.errors import StalwartError
+from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.metrics import ResilienceMetrics
+from stalwart.pipeline import Stage
+from stalwart.registry import Registry
+from stalwart.resilience import (
+    BreakerEvent,
+    BreakerState,
+    Guard,
+    GuardConfig,
+    GuardStage,
+    loop_scheduler,
+)
+from stalwart.serving.repository import LoadedModel
+from stalwart.validation.policy import PolicyOverrides
+from stalwart.validation.stage import ValidationMetrics, ValidationStage
+from stalwart.validation.validator import Validator
+
+__all__ = ["ChainSpec", "Chains", "make_guard"]
+
+_log = get_logger("stalwart.resilience")
+_STATES = tuple(state.value for state in BreakerState)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSpec:
+    """What an entrypoint puts in front of a model version."""
+
+    entry: str  # "/v2" or "deployment/<name>/<variant>": the cache key and guard name prefix
+    label: str  # the metrics' deployment label: a deployment name, or "model:<name>"
+    guard: GuardConfig | None = None
+    validation: PolicyOverrides | None = None
+
+
+class Chains:
+    """Builds, caches and refreshes entrypoint chains."""
+
+    def __init__(self, registry: Registry, validation_metrics: ValidationMetrics, resilience_metrics: ResilienceMetrics) -> None:
+        self._registry = registry
+        self._validation_metrics = validation_metrics
+        self._resilience_metrics = resilience_metrics
+        self._chains: dict[tuple[str, str, int], tuple[int | None, Stage]] = {}
+        self._guards: dict[tuple[str, str, int], Guard] = {}
+        self._revisions: dict[tuple[str, int], int] = {}
+        self._building: dict[tuple[str, str, int], asyncio.Task[Stage]] = {}
+
+    async def get(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
+        mv = loaded.version
+        key = (spec.entry, mv.name, mv.version)
+        cached = self._chains.get(key)
+        if cached is not None:
+            return cached[1]
+        task = self._building.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._build(spec, loaded))
+            self._building[key] = task
+            task.add_done_callback(lambda _t: self._building.pop(key, None))
+        return await asyncio.shield(task)
+
+    def guards(self, entry_prefix: str) -> list[Guard]:
+        """The guards of every chain whose entry starts with ``entry_prefix``."""
+        return [g for (entry, _, _), g in self._guards.items() if entry.startswith(entry_prefix)]
+
+    async def refresh(self) -> None:
+        """Drop chains whose version's active schema changed (called by the registry poll)."""
+        try:
+            revisions = await asyncio.to_thread(self._registry.schemas.active_revisions)
+        except StalwartError as exc:
+            _log.warning("schema poll failed", error=exc.message)
+            return
+        changed = {k for k in set(revisions) | set(self._revisions) if revisions.get(k) != self._revisions.get(k)}
+        self._revisions = revisions
+        if not changed:
+            return
+        for key, (revision, _stage) in list(self._chains.items()):
+            if (key[1], key[2]) in changed and revisions.get((key[1], key[2])) != revision:
+                del self._chains[key]
+                _log.info("schema changed; rebuilding validation", model=key[1], version=key[2], entry=key[0])
+
+    async def _build(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
+        mv = loaded.version
+        key = (spec.entry, mv.name, mv.version)
+        stage: Stage = loaded.pipeline
+        if spec.guard is not None:
+            guard = self._guards.get(key)
+            if guard is None:
+                guard = make_guard(f"{spec.entry}/{mv.ref}", spec.guard, self._resilience_metrics)
+                self._guards[key] = guard
+            stage = GuardStage(guard, stage)
+        revision = await asyncio.to_thread(self._registry.schemas.active, mv.name, mv.version)
+        if revision is not None:
+            validator = Validator(
+                revision.schema,
+                matrix=None if mv.signature.is_columnar else mv.signature.inputs[0].name,
+                policies=spec.validation,
+                subject=f"model {mv.ref}'s input schema (revision {revision.revision})",
+            )
+            stage = ValidationStage(validator, stage, deployment=spec.label, metrics=self._validation_metrics)
+        self._chains[key] = (revision.revision if revision is not None else None, stage)
+        return stage
+
+
+def make_guard(name: str, config: GuardConfig, metrics: ResilienceMetrics) -> Guard:
+    """A guard whose breaker logs its state changes and exports them as metrics."""
+    guard = Guard(name, config, scheduler=loop_scheduler(asyncio.get_running_loop()))
+    if guard.breaker is not None:
+        metrics.set_breaker_state(name, guard.breaker.state.value, _STATES)
+
+        def on_event(event: BreakerEvent) -> None:
+            if event.kind == "thresholds_exceeded":
+                _log.warning("breaker thresholds exceeded", guard=name, failure_rate=event.failure_rate, slow_call_rate=event.slow_call_rate)
+                return
+            metrics.breaker_transitions.labels(name, event.from_state.value, event.to_state.value).inc()
+            metrics.set_breaker_state(name, event.to_state.value, _STATES)
+            log = _log.warning if event.to_state in (BreakerState.OPEN, BreakerState.FORCED_OPEN) else _log.info
+            log(
+                "breaker state changed",
+                guard=name,
+                from_state=event.from_state.value,
+                to_state=event.to_state.value,
+                reason=event.reason,
+                failure_rate=event.failure_rate,
+                slow_call_rate=event.slow_call_rate,
+            )
+
+        guard.breaker.add_listener(on_event)
+    return guard
