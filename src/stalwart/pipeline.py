@@ -39,6 +39,7 @@ class Exchange:
     model: str = ""
     version: int = 0
     deadline: float | None = None  # time.monotonic() by which the answer is due
+    on_service_start: Callable[[], None] | None = None  # told when the model call begins
     results: Arrays | None = None
     timings: dict[str, float] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)

@@ -20,12 +20,19 @@ from starlette.routing import Route
 
 from stalwart.config import Settings
 from stalwart.features.project import Project, load_project
-from stalwart.monitoring.metrics import CONTENT_TYPE_LATEST, BatchMetrics, ServingMetrics
+from stalwart.monitoring.metrics import (
+    CONTENT_TYPE_LATEST,
+    BatchMetrics,
+    ResilienceMetrics,
+    ServingMetrics,
+)
 from stalwart.pipeline import Stage
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.flavors import Predictor
+from stalwart.resilience import GuardConfig
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall, BatchingPolicy
-from stalwart.serving.deployments import DeploymentService, deployment_routes
+from stalwart.serving.chains import Chains
+from stalwart.serving.deployments import DeploymentService
 from stalwart.serving.errors import exception_handlers
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
 from stalwart.serving.oip import oip_routes
@@ -33,7 +40,9 @@ from stalwart.serving.openapi import openapi_document
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall
+from stalwart.serving.v1 import v1_routes
 from stalwart.storage import DatabasePool
+from stalwart.validation.stage import ValidationMetrics
 
 __all__ = ["create_app"]
 
@@ -76,12 +85,16 @@ def create_app(
         batchers.append(batcher)
         return BatchCall(batcher)
 
+    validation_metrics = ValidationMetrics(metrics.registry)
+    resilience_metrics = ResilienceMetrics(metrics.registry)
+    chains = Chains(registry, validation_metrics, resilience_metrics)
     repository = ModelRepository(
         registry,
         pipeline_for,
         metrics,
         poll_seconds=settings.registry_poll_seconds,
         preload=settings.preload,
+        on_poll=chains.refresh,
     )
 
     @asynccontextmanager
@@ -106,10 +119,11 @@ def create_app(
         request_info(request.scope).endpoint = "/openapi.json"
         return json_response(document)
 
-    deployments = DeploymentService(project or Project(), repository, pool)
+    deployments = DeploymentService(project or Project(), repository, pool, chains, resilience_metrics)
+    v2_guard = GuardConfig.model_validate({"bulkhead": None, "timeout": {"timeout_duration": settings.model_timeout_seconds}})
     routes = [
-        *oip_routes(repository),
-        *deployment_routes(deployments),
+        *oip_routes(repository, chains, v2_guard, resilience_metrics),
+        *v1_routes(deployments, resilience_metrics),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]

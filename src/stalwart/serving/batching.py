@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +98,7 @@ class _Item:
     future: asyncio.Future[Batched]
     key: Any
     queued_at: float
+    on_start: Callable[[], None] | None = None  # told when its model call begins
 
 
 @dataclass(slots=True)
@@ -163,15 +164,21 @@ class AdaptiveBatcher:
         """The outputs for these rows (the :class:`Runner` protocol)."""
         return (await self.infer(inputs, rows, outputs)).outputs
 
-    async def infer(self, inputs: Arrays, rows: int, outputs: tuple[str, ...]) -> Batched:
-        """The outputs for these rows with the queue wait and batch they went through."""
+    async def infer(
+        self, inputs: Arrays, rows: int, outputs: tuple[str, ...], on_start: Callable[[], None] | None = None
+    ) -> Batched:
+        """The outputs for these rows with the queue wait and batch they went through.
+
+        ``on_start`` is called when the rows' model call begins (load shedding measures the
+        queue wait with it)."""
         if rows <= self._max_rows:
-            return await self._enqueue(inputs, rows, outputs).future
+            return await self._enqueue(inputs, rows, outputs, on_start).future
         parts = [
             self._enqueue(
                 {name: array[start : start + self._max_rows] for name, array in inputs.items()},
                 min(self._max_rows, rows - start),
                 outputs,
+                on_start,
             )
             for start in range(0, rows, self._max_rows)
         ]
@@ -201,12 +208,12 @@ class AdaptiveBatcher:
 
     # --- queueing ---------------------------------------------------------------------
 
-    def _enqueue(self, inputs: Arrays, rows: int, outputs: tuple[str, ...]) -> _Item:
+    def _enqueue(self, inputs: Arrays, rows: int, outputs: tuple[str, ...], on_start: Callable[[], None] | None = None) -> _Item:
         if self._closed:
             raise _shutting_down()
         loop = asyncio.get_running_loop()
         key = tuple(inputs[n].shape[1:] for n in self._variable) if self._variable else None
-        item = _Item(inputs, rows, outputs, loop.create_future(), key, time.perf_counter())
+        item = _Item(inputs, rows, outputs, loop.create_future(), key, time.perf_counter(), on_start)
         self._queue.append(item)
         self._queued_rows += rows
         self._arrivals += 1
@@ -309,6 +316,9 @@ class AdaptiveBatcher:
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
         batch.started = time.perf_counter()
+        for item in batch.items:
+            if item.on_start is not None:
+                item.on_start()
         try:
             await loop.run_in_executor(self._executor, self._compute, batch)
         except asyncio.CancelledError:
@@ -372,7 +382,7 @@ class BatchCall:
         self._batcher = batcher
 
     async def __call__(self, exchange: Exchange) -> None:
-        done = await self._batcher.infer(exchange.inputs, exchange.rows, exchange.outputs)
+        done = await self._batcher.infer(exchange.inputs, exchange.rows, exchange.outputs, exchange.on_service_start)
         exchange.results = done.outputs
         exchange.timings["queue_wait_ms"] = done.queue_wait * 1000
         exchange.timings["model_ms"] = done.model_seconds * 1000

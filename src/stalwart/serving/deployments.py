@@ -1,42 +1,69 @@
-"""Deployments over HTTP: entity keys and request values in, predictions out.
+"""Deployments: entity keys and request values in, predictions out, degrading gracefully.
 
-``POST /v1/deployments/{name}/predict`` takes
-``{"entities": [{"card_id": 17}], "values": [{"amount": 12.5}], "return_features": true}``,
-computes the model's features online (the same definitions its training set used), runs
-the model through the same pipeline as ``/v2`` (so batching and guards apply), and answers
-``{"request_id", "deployment", "model": {"name", "version"}, "predictions", "features"?}``.
+A request to a deployment (``POST /v1/deployments/{name}/predict``) is admitted by the
+deployment's load shedder, then served by the first rung of its ladder that can:
+
+1. the **primary** model: features computed online (the same definitions its training set
+   used), the chain (validation, guard, the version's batcher);
+2. the **fallback** model, the same way, with its own features;
+3. each entity's **last good** prediction, no older than the deployment's bound;
+4. the declared **default** prediction.
+
+Only failures of the serving machinery step down (an open breaker, a timeout, a model
+error, a feature source failing without defaults, a version that cannot be served); a
+client's mistake (a bad value, a rejected validation, an unknown entity) is its answer.
 
 A plan (which features, in which layout, checked against the project's definitions) is
-built once per model version, never per request.
+built once per model version and deployment, never per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import numpy as np
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from pydantic import BaseModel, ValidationError
 
-from stalwart.deployment import Deployment
-from stalwart.errors import ConfigError, NotReady, RequestError, StalwartError
+from stalwart.deployment import Deployment, parse_model_ref
+from stalwart.errors import (
+    ConfigError,
+    FeatureError,
+    ModelError,
+    NotReady,
+    RequestError,
+    ResilienceError,
+    StalwartError,
+    StorageError,
+)
 from stalwart.features.definitions import FeatureRef, RequestField
 from stalwart.features.online import OnlineFeatures
 from stalwart.features.project import Project
 from stalwart.features.readers import SourceReader, make_reader
+from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Exchange
 from stalwart.registry import ModelVersion, Signature
-from stalwart.serving.middleware import request_info
+from stalwart.resilience import GuardConfig, LoadShedder, Priority, ShedderConfig
+from stalwart.resilience.duration import parse_seconds
+from stalwart.serving.chains import Chains, ChainSpec
+from stalwart.serving.degradation import Degradation, LastGoodStore, worst
 from stalwart.serving.repository import ModelRepository
-from stalwart.serving.responses import json_response
 from stalwart.storage import DatabasePool
+from stalwart.validation.policy import PolicyOverrides
 
-__all__ = ["DeploymentService", "deployment_routes"]
+__all__ = ["DEFAULT_MODEL_GUARD", "DeploymentService", "Prediction"]
+
+# A deployment's model guard unless it declares one: resilience4j's breaker with the ML
+# defaults of stalwart.resilience, a one-second time limit, and a bulkhead sized for
+# batching (requests waiting for batch mates count as calls in flight).
+DEFAULT_MODEL_GUARD = GuardConfig.model_validate({"bulkhead": {"max_concurrent_calls": 256}})
+
+# Failures of the serving machinery, which the ladder may step around.
+LADDER_ERRORS: tuple[type[BaseException], ...] = (ResilienceError, ModelError, FeatureError, NotReady, StorageError)
 
 
 class PredictRequest(msgspec.Struct):
@@ -60,51 +87,81 @@ class _Plan:
     names: tuple[str, ...]
 
 
+@dataclass(slots=True)
+class Prediction:
+    """A deployment's answer, and how it was reached."""
+
+    body: dict[str, Any]
+    degraded: Degradation | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Runtime:
+    """A deployment's validated policies and live state."""
+
+    deployment: Deployment
+    model_spec: ChainSpec
+    fallback_spec: ChainSpec | None
+    fallback: tuple[str, int | None] | None
+    shedder: LoadShedder
+    last_good_seconds: float | None
+    default_prediction: dict[str, Any] | None
+
+
 class DeploymentService:
     """The project's deployments, served by the model repository's pipelines."""
 
-    def __init__(self, project: Project, repository: ModelRepository, pool: DatabasePool) -> None:
+    def __init__(
+        self,
+        project: Project,
+        repository: ModelRepository,
+        pool: DatabasePool,
+        chains: Chains,
+        metrics: ResilienceMetrics,
+    ) -> None:
         self.project = project
         self.repository = repository
         self.pool = pool
+        self.chains = chains
+        self.metrics = metrics
+        self.last_good = LastGoodStore()
         self._readers: dict[str, SourceReader] = {}
-        self._plans: dict[tuple[str, int], _Plan] = {}
-        self._failures: dict[tuple[str, int], tuple[float, str]] = {}
+        self._plans: dict[tuple[str, str, int], _Plan] = {}
+        self._failures: dict[tuple[str, str, int], tuple[float, str]] = {}
+        self._runtimes = {name: _runtime(d) for name, d in project.deployments.items()}
 
     def deployments(self) -> list[Deployment]:
         return list(self.project.deployments.values())
 
-    async def predict(self, name: str, body: bytes, request_id: str) -> dict[str, Any]:
-        deployment = self.project.deployment(name)
-        request = _decode(body)
-        loaded = await self.repository.get(deployment.model_name, deployment.model_version)
-        plan = await self._plan(deployment, loaded.version)
-        start = time.perf_counter()
-        resolved = await plan.features.resolve(request.entities, request.values)
-        features_ms = (time.perf_counter() - start) * 1000
-        inputs = _model_inputs(plan, resolved.columns, loaded.version.signature)
-        exchange = Exchange(
-            request_id=request_id,
-            inputs=inputs,
-            rows=resolved.rows,
-            outputs=tuple(loaded.version.signature.output_names),
-            model=loaded.version.name,
-            version=loaded.version.version,
-        )
-        exchange.timings["features_ms"] = features_ms
-        await loaded.pipeline(exchange)
-        results = exchange.results or {}
-        body_out: dict[str, Any] = {
-            "request_id": request_id,
-            "deployment": name,
-            "model": {"name": loaded.version.name, "version": loaded.version.version},
-            "predictions": _rows_of(results, resolved.rows),
-        }
-        if request.id is not None:
-            body_out["id"] = request.id
-        if request.return_features:
-            body_out["features"] = _rows_of(resolved.columns, resolved.rows)
-        return body_out
+    def runtime(self, name: str) -> _Runtime:
+        self.project.deployment(name)  # DeploymentNotFound for a name the project lacks
+        return self._runtimes[name]
+
+    async def predict(
+        self, name: str, body: bytes, request_id: str, *, deadline: float | None = None, priority: Priority = Priority.NORMAL
+    ) -> Prediction:
+        runtime = self.runtime(name)
+        try:
+            admission = runtime.shedder.admit(priority)
+        except ResilienceError:
+            self.metrics.shed.labels(name, priority.name.lower()).inc()
+            raise
+        with admission:
+            request = _decode(body)
+            keys = _entity_keys(request.entities)
+            deployment = runtime.deployment
+            try:
+                prediction = await self._serve(
+                    runtime, runtime.model_spec, deployment.model_name, deployment.model_version,
+                    request, request_id, deadline, admission.start,
+                )
+            except LADDER_ERRORS as exc:
+                return await self._step_down(runtime, request, keys, request_id, deadline, exc, admission.start)
+            if runtime.last_good_seconds is not None and keys is not None:
+                model = prediction.body["model"]
+                self.last_good.remember(name, keys, [{"model": model, "prediction": p} for p in prediction.body["predictions"]])
+            return prediction
 
     async def describe(self, name: str) -> dict[str, Any]:
         deployment = self.project.deployment(name)
@@ -121,11 +178,114 @@ class DeploymentService:
             features=[_feature_info(ref) for ref in plan.features.refs],
             entity_keys=plan.features.entity_keys,
             request_values={f.name: f.type for f in plan.features.request_fields},
+            ladder={
+                "fallback": deployment.fallback,
+                "last_good": deployment.last_good,
+                "default_prediction": deployment.default_prediction is not None,
+            },
         )
         return info
 
+    def health(self, name: str) -> dict[str, Any]:
+        """Every guard of the deployment and its shedder, as they are now."""
+        runtime = self.runtime(name)
+        guards = [g.snapshot().as_dict() for g in self.chains.guards(f"deployment/{name}/")]
+        return {
+            "name": name,
+            "guards": guards,
+            "shedding": runtime.shedder.snapshot().as_dict(),
+            "status": "degraded" if any(_breaker_open(g) for g in guards) else "ok",
+        }
+
+    async def _serve(
+        self,
+        runtime: _Runtime,
+        spec: ChainSpec,
+        model: str,
+        version: int | None,
+        request: PredictRequest,
+        request_id: str,
+        deadline: float | None,
+        on_start: Any,
+    ) -> Prediction:
+        loaded = await self.repository.get(model, version)
+        plan = await self._plan(runtime.deployment, loaded.version)
+        start = time.perf_counter()
+        resolved = await plan.features.resolve(request.entities, request.values)
+        features_ms = (time.perf_counter() - start) * 1000
+        signature = loaded.version.signature
+        exchange = Exchange(
+            request_id=request_id,
+            inputs=_model_inputs(plan, resolved.columns, signature),
+            rows=resolved.rows,
+            outputs=tuple(signature.output_names),
+            model=loaded.version.name,
+            version=loaded.version.version,
+            deadline=deadline,
+            on_service_start=on_start,
+        )
+        exchange.timings["features_ms"] = features_ms
+        chain = await self.chains.get(spec, loaded)
+        try:
+            await chain(exchange)
+        finally:
+            notes = dict(exchange.notes)
+            notes["timings"] = dict(exchange.timings)
+        body: dict[str, Any] = {
+            "request_id": request_id,
+            "deployment": runtime.deployment.name,
+            "model": {"name": loaded.version.name, "version": loaded.version.version},
+            "predictions": _rows_of(exchange.results or {}, resolved.rows),
+        }
+        if request.id is not None:
+            body["id"] = request.id
+        if request.return_features:
+            body["features"] = _rows_of(resolved.columns, resolved.rows)
+        if "validation_response" in exchange.notes:
+            body["validation"] = exchange.notes["validation_response"]
+        steps = [Degradation(d["level"], d.get("reason", ""), d.get("source", "")) for d in getattr(resolved, "degraded", [])]
+        return Prediction(body, worst(steps), notes)
+
+    async def _step_down(
+        self,
+        runtime: _Runtime,
+        request: PredictRequest,
+        keys: list[tuple[Any, ...]] | None,
+        request_id: str,
+        deadline: float | None,
+        failure: BaseException,
+        on_start: Any,
+    ) -> Prediction:
+        """The rest of the ladder, after the primary failed with ``failure``."""
+        name = runtime.deployment.name
+        reason = type(failure).__name__
+        detail = getattr(failure, "message", str(failure))
+        if runtime.fallback is not None and runtime.fallback_spec is not None:
+            try:
+                prediction = await self._serve(
+                    runtime, runtime.fallback_spec, *runtime.fallback, request, request_id, deadline, on_start
+                )
+            except LADDER_ERRORS as exc:
+                detail = f"{detail}; the fallback failed too: {getattr(exc, 'message', exc)}"
+            else:
+                step = Degradation("fallback_model", reason, detail)
+                prediction.degraded = worst([step, *([prediction.degraded] if prediction.degraded else [])])
+                return prediction
+        base: dict[str, Any] = {"request_id": request_id, "deployment": name}
+        if request.id is not None:
+            base["id"] = request.id
+        if runtime.last_good_seconds is not None and keys is not None:
+            recalled = self.last_good.recall(name, keys, runtime.last_good_seconds)
+            if recalled is not None:
+                body = {**base, "model": recalled[0]["model"], "predictions": [r["prediction"] for r in recalled]}
+                return Prediction(body, Degradation("last_good", reason, detail))
+        if runtime.default_prediction is not None:
+            body = {**base, "model": None, "predictions": [dict(runtime.default_prediction) for _ in request.entities]}
+            return Prediction(body, Degradation("default", reason, detail))
+        raise failure
+
     async def _plan(self, deployment: Deployment, mv: ModelVersion) -> _Plan:
-        key = (deployment.name, mv.version)
+        key = (deployment.name, mv.name, mv.version)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
@@ -145,6 +305,10 @@ class DeploymentService:
         return plan
 
     def _build_plan(self, deployment: Deployment, mv: ModelVersion) -> _Plan:
+        if mv.name != deployment.model_name and (mv.training or {}).get("features"):
+            # A fallback trained on a training set gets its own features; one without
+            # training metadata shares the deployment's declared list.
+            deployment = _without_features(deployment)
         refs = self.project.features_for(deployment, mv.ref, mv.training)
         readers = {}
         for ref in refs:
@@ -158,19 +322,52 @@ class DeploymentService:
         if signature.is_columnar:
             if sorted(signature.input_names) != sorted(names):
                 raise ConfigError(
-                    f"deployment '{deployment.name}': model {mv.ref} takes inputs {signature.input_names} "
-                    f"but its features are {list(names)}"
+                    f"model {mv.ref} takes inputs {signature.input_names} but its features are {list(names)}"
                 )
             layout = "columns"
         else:
             width = signature.inputs[0].shape[1]
             if width not in (-1, len(names)):
-                raise ConfigError(
-                    f"deployment '{deployment.name}': model {mv.ref} takes {width} columns but "
-                    f"has {len(names)} features"
-                )
+                raise ConfigError(f"model {mv.ref} takes {width} columns but has {len(names)} features")
             layout = "matrix"
         return _Plan(mv, OnlineFeatures(refs, readers), layout, names)
+
+
+def _runtime(deployment: Deployment) -> _Runtime:
+    """Validate a deployment's policies once, naming the deployment and field of a mistake."""
+    where = f"deployment '{deployment.name}'"
+    guard = _validated(GuardConfig, deployment.guard, f"{where} guard") if deployment.guard is not None else DEFAULT_MODEL_GUARD
+    shedding = _validated(ShedderConfig, deployment.shedding, f"{where} shedding") if deployment.shedding is not None else ShedderConfig()
+    validation = PolicyOverrides.parse(deployment.validation, source=f"{where} validation") if deployment.validation else None
+    last_good: float | None = None
+    if deployment.last_good is not None:
+        seconds = parse_seconds(deployment.last_good)
+        if not isinstance(seconds, int | float) or seconds <= 0:
+            raise ConfigError(f"{where} last_good: {deployment.last_good!r} is not a duration like '10m'")
+        last_good = float(seconds)
+    fallback = parse_model_ref(deployment.fallback, f"{where} fallback") if deployment.fallback else None
+    return _Runtime(
+        deployment=deployment,
+        model_spec=ChainSpec(f"deployment/{deployment.name}/primary", deployment.name, guard, validation),
+        fallback_spec=ChainSpec(f"deployment/{deployment.name}/fallback", deployment.name, guard, validation) if fallback else None,
+        fallback=fallback,
+        shedder=LoadShedder(deployment.name, shedding),
+        last_good_seconds=last_good,
+        default_prediction=dict(deployment.default_prediction) if deployment.default_prediction is not None else None,
+    )
+
+
+def _validated(model: type[BaseModel], data: Mapping[str, Any], where: str) -> Any:
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+def _without_features(deployment: Deployment) -> Deployment:
+    """The deployment as its fallback sees it: the fallback model's own training features."""
+    return Deployment(deployment.name, deployment.fallback or deployment.model)
 
 
 def _decode(body: bytes) -> PredictRequest:
@@ -184,6 +381,13 @@ def _decode(body: bytes) -> PredictRequest:
         raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
 
 
+def _entity_keys(entities: list[Any]) -> list[tuple[Any, ...]] | None:
+    """Each entity's key values in a hashable form (for the last-good store)."""
+    if not all(isinstance(e, Mapping) for e in entities):
+        return None
+    return [tuple(sorted((str(k), v) for k, v in e.items() if isinstance(v, int | str))) for e in entities]
+
+
 def _model_inputs(plan: _Plan, columns: dict[str, np.ndarray[Any, Any]], signature: Signature) -> dict[str, np.ndarray[Any, Any]]:
     if plan.layout == "matrix":
         spec = signature.inputs[0]
@@ -195,7 +399,7 @@ def _model_inputs(plan: _Plan, columns: dict[str, np.ndarray[Any, Any]], signatu
     return {spec.name: np.asarray(columns[spec.name], dtype=spec.dtype) for spec in signature.inputs}
 
 
-def _rows_of(columns: dict[str, np.ndarray[Any, Any]], n: int) -> list[dict[str, Any]]:
+def _rows_of(columns: Mapping[str, np.ndarray[Any, Any]], n: int) -> list[dict[str, Any]]:
     listed = {name: _jsonable(col) for name, col in columns.items()}
     return [{name: values[i] for name, values in listed.items()} for i in range(n)]
 
@@ -204,8 +408,12 @@ def _jsonable(column: np.ndarray[Any, Any]) -> list[Any]:
     values = column.tolist()
     if column.dtype.kind == "f":
         # JSON has no NaN: a missing feature value travels as null.
-        return [None if isinstance(v, float) and v != v else v for v in values]
+        return _nan_to_none(values)
     return list(values)
+
+
+def _nan_to_none(values: list[Any]) -> list[Any]:
+    return [_nan_to_none(v) if isinstance(v, list) else (None if isinstance(v, float) and v != v else v) for v in values]
 
 
 def _feature_info(ref: FeatureRef | RequestField) -> dict[str, Any]:
@@ -214,32 +422,6 @@ def _feature_info(ref: FeatureRef | RequestField) -> dict[str, Any]:
     return {"name": ref.name, "set": ref.feature_set.name, "version": ref.feature_set.version}
 
 
-def deployment_routes(service: DeploymentService) -> list[Route]:
-    async def list_deployments(request: Request) -> Response:
-        request_info(request.scope).endpoint = "/v1/deployments"
-        return json_response({"deployments": [await service.describe(d.name) for d in service.deployments()]})
-
-    async def get_deployment(request: Request) -> Response:
-        request_info(request.scope).endpoint = "/v1/deployments/{name}"
-        return json_response(await service.describe(request.path_params["name"]))
-
-    async def predict(request: Request) -> Response:
-        info = request_info(request.scope)
-        info.endpoint = "/v1/deployments/{name}/predict"
-        name = request.path_params["name"]
-        deployment = service.project.deployment(name)
-        body = await request.body()
-        if not service.repository.ready:
-            raise NotReady("the server is still loading its models; retry shortly")
-        info.model = deployment.model_name
-        result = await service.predict(name, body, info.request_id)
-        info.version = str(result["model"]["version"])
-        info.fields["deployment"] = name
-        info.fields["rows"] = len(result["predictions"])
-        return json_response(result)
-
-    return [
-        Route("/v1/deployments", list_deployments, methods=["GET"]),
-        Route("/v1/deployments/{name}", get_deployment, methods=["GET"]),
-        Route("/v1/deployments/{name}/predict", predict, methods=["POST"]),
-    ]
+def _breaker_open(guard: Mapping[str, Any]) -> bool:
+    breaker = guard.get("breaker") or {}
+    return breaker.get("state") in ("open", "forced_open", "half_open")

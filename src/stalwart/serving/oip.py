@@ -15,10 +15,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stalwart import __version__
-from stalwart.errors import NotReady
+from stalwart.errors import NotReady, ResilienceError, ValidationFailed
+from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Exchange
 from stalwart.registry import ModelVersion
+from stalwart.resilience import GuardConfig, LoadShedder, ShedderConfig
+from stalwart.serving.chains import Chains, ChainSpec
 from stalwart.serving.codec import check_request, decode_request, encode_response
+from stalwart.serving.headers import deadline_of, priority_of
 from stalwart.serving.middleware import request_info
 from stalwart.serving.repository import ModelRepository, version_or_not_found
 from stalwart.serving.responses import json_response
@@ -28,8 +32,8 @@ __all__ = ["oip_routes"]
 EXTENSIONS = ["model_repository_metadata", "prometheus_metrics", "stalwart_deployments"]
 
 
-def oip_routes(repository: ModelRepository) -> list[Route]:
-    endpoints = _Endpoints(repository)
+def oip_routes(repository: ModelRepository, chains: Chains, guard: GuardConfig | None, metrics: ResilienceMetrics) -> list[Route]:
+    endpoints = _Endpoints(repository, chains, guard, metrics)
     return [
         Route("/v2", endpoints.server_metadata, methods=["GET"]),
         Route("/v2/health/live", endpoints.live, methods=["GET"]),
@@ -44,8 +48,12 @@ def oip_routes(repository: ModelRepository) -> list[Route]:
 
 
 class _Endpoints:
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, chains: Chains, guard: GuardConfig | None, metrics: ResilienceMetrics) -> None:
         self.repository = repository
+        self.chains = chains
+        self.guard = guard
+        self.metrics = metrics
+        self.shedders: dict[str, LoadShedder] = {}
 
     async def server_metadata(self, request: Request) -> Response:
         request_info(request.scope).endpoint = "/v2"
@@ -88,30 +96,52 @@ class _Endpoints:
         info = request_info(request.scope)
         info.endpoint = "/v2/models/{model}/infer"
         name, version = _target(request)
+        deadline = deadline_of(request)
+        priority = priority_of(request)
         body = await request.body()
         if not self.repository.ready:
             raise NotReady("the server is still loading its models; retry shortly")
         loaded = await self.repository.get(name, version)
         mv = loaded.version
         info.model, info.version = name, str(mv.version)
-        decode_start = time.perf_counter()
-        inference = decode_request(body)
-        arrays, rows, outputs = check_request(inference, mv.signature)
-        exchange = Exchange(
-            request_id=info.request_id,
-            inputs=arrays,
-            rows=rows,
-            outputs=outputs,
-            model=name,
-            version=mv.version,
-        )
-        exchange.timings["decode_ms"] = (time.perf_counter() - decode_start) * 1000
-        await loaded.pipeline(exchange)
-        if exchange.results is None:  # pragma: no cover - every pipeline ends in ModelCall
+        shedder = self.shedders.get(name)
+        if shedder is None:
+            shedder = self.shedders[name] = LoadShedder(f"model:{name}", ShedderConfig())
+        try:
+            admission = shedder.admit(priority)
+        except ResilienceError:
+            self.metrics.shed.labels(f"model:{name}", priority.name.lower()).inc()
+            raise
+        with admission:
+            decode_start = time.perf_counter()
+            inference = decode_request(body)
+            arrays, rows, outputs = check_request(inference, mv.signature)
+            exchange = Exchange(
+                request_id=info.request_id,
+                inputs=arrays,
+                rows=rows,
+                outputs=outputs,
+                model=name,
+                version=mv.version,
+                deadline=deadline,
+                on_service_start=admission.start,
+            )
+            exchange.timings["decode_ms"] = (time.perf_counter() - decode_start) * 1000
+            chain = await self.chains.get(ChainSpec("/v2", f"model:{name}", self.guard), loaded)
+            try:
+                await chain(exchange)
+            except ValidationFailed as exc:
+                info.fields["validation"] = {"violations": len(exc.violations), "rejected": True}
+                raise
+        if exchange.results is None:  # pragma: no cover - every pipeline ends in a model call
             raise NotReady(f"model {mv.ref} produced no result")
         info.fields["rows"] = rows
         for stage, ms in exchange.timings.items():
             info.fields[stage] = round(ms, 3)
+        parameters = None
+        if "validation" in exchange.notes:
+            info.fields["validation"] = exchange.notes["validation"]
+            parameters = {"stalwart_validation": exchange.notes["validation_response"]}
         return Response(
             encode_response(
                 model_name=name,
@@ -119,6 +149,7 @@ class _Endpoints:
                 request_id=inference.id,
                 outputs={k: exchange.results[k] for k in outputs},
                 signature=mv.signature,
+                parameters=parameters,
             ),
             media_type="application/json",
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from stalwart.errors import ModelNotFound, StalwartError, VersionNotFound
@@ -52,7 +52,9 @@ class ModelRepository:
         *,
         poll_seconds: float = 2.0,
         preload: bool = True,
+        on_poll: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._on_poll = on_poll
         self._registry = registry
         self._factory = pipeline_factory
         self._metrics = metrics
@@ -184,6 +186,8 @@ class ModelRepository:
             for name, version in self._registered.items():
                 if self._serving.get(name, 0) < version and (name, version) not in self._failed:
                     await self._load_quietly(name, version)
+            if self._on_poll is not None:
+                await self._on_poll()
 
 
 def version_or_not_found(raw: str, name: str) -> int:

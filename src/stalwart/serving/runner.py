@@ -57,6 +57,8 @@ class ModelCall:
         self._runner = runner
 
     async def __call__(self, exchange: Exchange) -> None:
+        if exchange.on_service_start is not None:
+            exchange.on_service_start()
         start = time.perf_counter()
         exchange.results = await self._runner.run(exchange.inputs, exchange.rows, exchange.outputs)
         exchange.timings["model_ms"] = (time.perf_counter() - start) * 1000
