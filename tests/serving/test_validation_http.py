@@ -30,10 +30,6 @@ FRAME = pd.DataFrame({
 TXN = RequestSource("txn", fields={"age": "float", "income": "float"})
 
 
-class _Model:
-    pass
-
-
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A model on two numeric features whose schema rejects age, clips income; a
@@ -77,7 +73,7 @@ def test_v2_rejects_with_every_violation_listed(shop: Any) -> None:
 
 def test_v2_clips_and_reports_what_it_changed(shop: Any) -> None:
     """A clip-policy violation is fixed, served, and the response says which value."""
-    server, _registry, _mv, schema = shop
+    server = shop[0]
     response = server.post("/v2/models/shop/infer", json=_v2([30.0, 40.0], [20000.0, 1e12]))
     assert response.status_code == 200, response.text
     report = response.json()["parameters"]["stalwart_validation"]
