@@ -11,7 +11,13 @@ import pytest
 from sqlalchemy import text
 
 from stalwart.config import Settings
-from stalwart.errors import ArtifactIntegrityError, ConfigError, ModelNotFound, SchemaVersionError, VersionNotFound
+from stalwart.errors import (
+    ArtifactIntegrityError,
+    ConfigError,
+    ModelNotFound,
+    SchemaVersionError,
+    VersionNotFound,
+)
 from stalwart.registry import Registry
 from stalwart.storage import Database
 from stalwart.storage.migrations import SCHEMA_VERSION

@@ -138,7 +138,7 @@ def _train(x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> list[_Traine
 
 def _tour(base: str, x_test: Any, y_test: Any, feature_count: int, np: Any) -> bool:
     rows = x_test[:3]
-    body = {
+    body: dict[str, Any] = {
         "id": "demo-1",
         "inputs": [{"name": "input-0", "shape": [3, feature_count], "datatype": "FP64", "data": rows.ravel().tolist()}],
         "outputs": [{"name": "predict"}, {"name": "predict_proba"}],

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from stalwart.cli.models import models_app
-from stalwart.cli.output import console, fail
+from stalwart.cli.output import console, print_error
 
 app = typer.Typer(
     name="stalwart",
@@ -83,7 +83,10 @@ def main() -> None:
     try:
         app()
     except StalwartError as exc:
-        fail(exc.message)
+        # Outside the command, so typer.Exit (what fail raises) would reach the user as a
+        # traceback: print the message and exit directly.
+        print_error(exc.message)
+        raise SystemExit(1) from None
 
 
 __all__ = ["app", "console", "main"]

@@ -71,14 +71,22 @@ class ModelRepository:
         return self._ready
 
     async def start(self) -> None:
-        """Load the latest version of every model, then keep watching the registry."""
+        """Read the registry, then load the latest version of every model in the background
+        and keep watching the registry.
+
+        Loading runs after start returns, so the server is listening while it loads: liveness
+        answers 200 and readiness 503 until every model has loaded (or failed to).
+        """
         await self._refresh()
+        self._poller = asyncio.create_task(self._preload_then_poll(), name="stalwart-registry-poll")
+
+    async def _preload_then_poll(self) -> None:
         if self._preload:
             await asyncio.gather(
                 *(self._load_quietly(name, version) for name, version in self._registered.items())
             )
         self._ready = True
-        self._poller = asyncio.create_task(self._poll(), name="stalwart-registry-poll")
+        await self._poll()
 
     async def stop(self) -> None:
         if self._poller is not None:
