@@ -69,7 +69,7 @@ _NUMBER_KINDS = frozenset("iuf")
 def decode_request(body: bytes) -> InferenceRequest:
     """Parse and type-check the JSON body (not yet against a model)."""
     if not body:
-        raise RequestError("the request body is empty; send an inference request as JSON", field="body")
+        raise RequestError("body: the request body is empty; send an inference request as JSON", field="body")
     try:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
