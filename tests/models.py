@@ -6,6 +6,7 @@ a class by its import path: the server, and other processes, import it from here
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,3 +88,15 @@ class AddOne(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform(self, x: Any) -> Any:
         return np.asarray(x) + 1.0
+
+
+# Set by a test to let Blocking.predict return: lets a test hold a request in flight.
+RELEASE = threading.Event()
+
+
+class Blocking:
+    """Waits for :data:`RELEASE` before answering (at most 30 s)."""
+
+    def predict(self, x: Any) -> Any:
+        RELEASE.wait(timeout=30)
+        return np.asarray(x).sum(axis=1)
