@@ -62,12 +62,13 @@ def test_requests_are_counted_and_timed_by_model_version_endpoint_status(metrics
     assert metrics_server.post("/v2/models/lin/versions/1/infer", json=_body()).status_code == 200
     assert metrics_server.post("/v2/models/lin/infer", json={"inputs": []}).status_code == 400
     assert metrics_server.post("/v2/models/made-up/infer", json=_body()).status_code == 404
+    assert metrics_server.post("/v2/models/made-up-too/versions/1/infer", json=_body()).status_code == 404
     samples = _samples(metrics_server)
     labels = {"model": "lin", "version": "2", "endpoint": INFER, "status": "200"}
     assert _value(samples, "stalwart_requests_total", **labels) == 3
     assert _value(samples, "stalwart_requests_total", **{**labels, "version": "1"}) == 1
     assert _value(samples, "stalwart_requests_total", **{**labels, "status": "400"}) == 1
-    assert _value(samples, "stalwart_requests_total", model="", version="", endpoint=INFER, status="404") == 1
+    assert _value(samples, "stalwart_requests_total", model="", version="", endpoint=INFER, status="404") == 2
     assert _value(samples, "stalwart_request_duration_seconds_count", **labels) == 3
     total = _value(samples, "stalwart_request_duration_seconds_sum", **labels)
     assert total is not None

@@ -154,6 +154,10 @@ class ModelRepository:
             # they never queue behind model calls.
             mv = await asyncio.to_thread(self._registry.get, name, version)
             predictor = await asyncio.to_thread(self._registry.load, mv)
+        except (ModelNotFound, VersionNotFound):
+            # Nothing to load is not a failed load: the name is the client's, so it must not
+            # become a metric label, a remembered failure or an error line.
+            raise
         except StalwartError as exc:
             self._failed[(name, version)] = exc.message
             self._metrics.model_load_failures.labels(name, str(version)).inc()
