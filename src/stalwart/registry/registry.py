@@ -106,7 +106,15 @@ class Registry:
         options.update(trust_pickle=trust_pickle, trusted_types=list(trusted_types or []))
         saved = chosen.serialize(model, sample=sample, options=options)
         if signature is None:
-            sig = chosen.signature(model, sample, saved.options)
+            try:
+                sig = chosen.signature(model, sample, saved.options)
+            except (KeyError, ValueError, TypeError) as exc:
+                # Inferring outputs calls the model on the sample; a sample that does not
+                # fit is the user's to fix, said as such rather than as a library traceback.
+                raise FlavorError(
+                    f"the model cannot predict on the sample, so its signature cannot be "
+                    f"inferred: {exc}; pass a sample shaped like the training data, or signature="
+                ) from exc
         elif isinstance(signature, Signature):
             sig = signature
         else:
