@@ -125,3 +125,20 @@ def test_concurrent_processes_agree_on_one_token(tmp_path: Path) -> None:
         p.join(timeout=30)
         assert p.exitcode == 0
     assert tokens == {(tmp_path / "home" / "admin_token").read_text()}
+
+
+def test_the_server_reads_the_same_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """create_app() without settings reads STALWART_* too, and a bad value is the same
+    ConfigError naming the variable."""
+    from stalwart.serving.app import create_app
+
+    monkeypatch.setenv("STALWART_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STALWART_MAX_BODY_BYTES", "2048")
+    app = create_app()
+    try:
+        assert app.state.settings.max_body_bytes == 2048
+    finally:
+        app.state.registry.db.dispose()
+    monkeypatch.setenv("STALWART_MAX_BODY_BYTES", "lots")
+    with pytest.raises(ConfigError, match="STALWART_MAX_BODY_BYTES"):
+        create_app()

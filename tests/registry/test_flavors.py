@@ -261,6 +261,26 @@ def test_xgboost_classifier_answers_labels_and_probabilities(registry: Registry,
     np.testing.assert_allclose(got["predict_proba"], model.predict_proba(x32), rtol=1e-6)
 
 
+@pytest.mark.parametrize("library", ["lightgbm", "xgboost"])
+def test_multiclass_booster_signature_has_one_column_per_class(registry: Registry, xy: Any, library: str) -> None:
+    """A bare multiclass Booster scores one column per class; its signature says so, with or
+    without a sample, and matches what it answers."""
+    x, _ = xy
+    y3 = np.digitize(x[:, 0], [-0.5, 0.5])
+    if library == "lightgbm":
+        import lightgbm as lgb
+
+        booster: Any = lgb.train({"objective": "multiclass", "num_class": 3, "verbose": -1, "num_threads": 1}, lgb.Dataset(x, y3), num_boost_round=5)
+    else:
+        import xgboost as xgb
+
+        booster = xgb.train({"objective": "multi:softprob", "num_class": 3, "nthread": 1}, xgb.DMatrix(x, y3), num_boost_round=5)
+    for sample in (None, x[:3]):
+        mv = registry.register(f"multi-{library}", booster, sample=sample)
+        assert _specs(mv)[1] == [("predict", "FP64", [-1, 3])]
+        assert _load(registry, mv).predict({"input-0": x[:4]}, ["predict"])["predict"].shape == (4, 3)
+
+
 # --- a plain Python class -----------------------------------------------------------------
 
 

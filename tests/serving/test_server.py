@@ -356,6 +356,19 @@ def test_a_model_registered_after_start_is_served_on_first_request(settings: Set
         assert response.json()["outputs"][0]["data"] == [5.0]
 
 
+def test_an_old_version_asked_for_first_does_not_become_the_latest(settings: Settings, registry: Registry) -> None:
+    """Versions registered after start, before the next poll: asking for version 1 by number
+    first must not make it what unversioned requests get; they get version 2."""
+    slow_poll = settings.model_copy(update={"registry_poll_seconds": 300.0})
+    body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 2], "data": [1, 1]}]}
+    with start_server(slow_poll, registry) as server:
+        registry.register("lin", Linear(np.ones(2), 1.0), sample=np.ones((2, 2)))
+        registry.register("lin", Linear(np.ones(2), 2.0), sample=np.ones((2, 2)))
+        assert server.post("/v2/models/lin/versions/1/infer", json=body).json()["model_version"] == "1"
+        assert server.post("/v2/models/lin/infer", json=body).json()["model_version"] == "2"
+        assert server.get("/v2/models/lin").json()["versions"] == ["2"]
+
+
 def test_concurrent_first_requests_load_a_version_once(settings: Settings, registry: Registry) -> None:
     """Many requests for a version that is not loaded yet share one load."""
     registry.register("lin", Linear(np.ones(2), 0.0), sample=np.ones((2, 2)))

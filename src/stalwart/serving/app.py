@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stalwart.config import Settings
+from stalwart.config import Settings, load_settings
 from stalwart.monitoring.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from stalwart.pipeline import Stage
 from stalwart.registry import ModelVersion, Registry
@@ -36,7 +36,7 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> Starlette:
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted)."""
-    settings = settings or Settings()
+    settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
     registry = registry or Registry.open(settings)
     metrics = ServingMetrics()
     executor = ThreadPoolExecutor(

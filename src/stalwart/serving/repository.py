@@ -169,7 +169,11 @@ class ModelRepository:
         self._failed.pop((name, version), None)
         self._metrics.model_load.labels(name, str(version)).observe(elapsed)
         self._metrics.models_loaded.set(len(self._loaded))
-        if version >= self._registered.get(name, 0) and version >= self._serving.get(name, 0):
+        # Only what is known to be the latest becomes what unversioned requests get: a model
+        # this server has not yet seen in the registry may have newer versions than the one
+        # a client asked for by number.
+        latest = self._registered.get(name)
+        if latest is not None and version >= latest and version >= self._serving.get(name, 0):
             self._serving[name] = version
         if mv.trust == "pickle":
             _log.warning("loaded a pickled model the registering user trusted", model=name, version=version)
