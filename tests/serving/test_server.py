@@ -316,21 +316,23 @@ def test_readiness_of_an_unloaded_version_warms_it(settings: Settings, registry:
         assert 'stalwart_model_load_seconds_count{model="lin",version="1"} 1.0' in server.get("/metrics").text
 
 
-def test_a_version_registered_elsewhere_becomes_the_latest(settings: Settings, registry: Registry) -> None:
-    """Another process registers version 2 while the server runs: the server notices (it
-    polls the registry), loads it, and unversioned requests move to it; version 1 still
-    answers when asked for by number."""
-    registry.register("lin", Linear(np.ones(2), 1.0), sample=np.ones((2, 2)))
+def test_a_version_registered_elsewhere_becomes_the_latest(any_db_settings: Settings, any_registry: Registry) -> None:
+    """Another process registers version 2 while the server runs (on SQLite and on
+    PostgreSQL): the server notices (it polls the registry), loads it, and unversioned
+    requests move to it; version 1 still answers when asked for by number."""
+    any_registry.register("lin", Linear(np.ones(2), 1.0), sample=np.ones((2, 2)))
     body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 2], "data": [1, 1]}]}
-    with start_server(settings, registry) as server:
+    with start_server(any_db_settings, any_registry) as server:
         assert server.post("/v2/models/lin/infer", json=body).json()["model_version"] == "1"
+        assert server.get("/v2/models/a%00b").status_code == 404  # PostgreSQL refuses NUL bytes
         script = (
             "import numpy as np\n"
             "from pathlib import Path\n"
             "from stalwart.config import Settings\n"
             "from stalwart.registry import Registry\n"
             "from tests.models import Linear\n"
-            f"Registry.open(Settings(home=Path({str(settings.home)!r}))).register('lin', Linear(np.ones(2), 10.0), sample=np.ones((2, 2)))\n"
+            f"settings = Settings(home=Path({str(any_db_settings.home)!r}), db_url={any_db_settings.resolved_db_url()!r})\n"
+            "Registry.open(settings).register('lin', Linear(np.ones(2), 10.0), sample=np.ones((2, 2)))\n"
         )
         env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
         subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
