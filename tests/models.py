@@ -100,3 +100,13 @@ class Blocking:
     def predict(self, x: Any) -> Any:
         RELEASE.wait(timeout=30)
         return np.asarray(x).sum(axis=1)
+
+
+class Unencodable:
+    """Answers a string JSON cannot carry (a lone surrogate): a bug in the model's output
+    that only shows when the response is encoded."""
+
+    def predict(self, x: Any) -> Any:
+        out = np.empty(len(x), dtype=object)
+        out[:] = ["\ud800"] * len(x)
+        return out

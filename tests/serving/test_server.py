@@ -19,7 +19,7 @@ import pytest
 
 from stalwart.config import Settings
 from stalwart.registry import Registry
-from tests.models import ALL_DATATYPES, Echo, Exploding, Linear, Mixed
+from tests.models import ALL_DATATYPES, Echo, Exploding, Linear, Mixed, Unencodable
 from tests.servers import LiveServer, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,6 +170,20 @@ def test_a_model_that_raises_is_a_500_naming_the_model(echo_server: LiveServer) 
     assert response.json() == {"error": "model exploding:1 raised ZeroDivisionError: the model divided by zero"}
 
 
+def test_an_unexpected_crash_is_a_json_500_pointing_at_the_log(settings: Settings, registry: Registry) -> None:
+    """Anything that escapes every handler (here: model output JSON cannot carry) becomes a
+    JSON 500 giving the request id to look for in the log, never a traceback."""
+    registry.register("unencodable", Unencodable(), signature={
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1]}],
+        "outputs": [{"name": "predict", "datatype": "BYTES", "shape": [-1]}],
+    })
+    with start_server(settings, registry) as server:
+        response = server.post("/v2/models/unencodable/infer", json={"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}]}, headers={"X-Request-ID": "crash-1"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "crash-1"
+    assert response.json() == {"error": "internal error; find request crash-1 in the server log"}
+
+
 def test_unknown_routes_and_methods_are_json(echo_server: LiveServer) -> None:
     """A path that is not a route is a JSON 404; a method a route does not take is a JSON
     405 with Allow; both carry a request id."""
@@ -215,6 +229,7 @@ def test_413_for_a_body_over_the_default_limit(echo_server: LiveServer) -> None:
     response = echo_server.post("/v2/models/echo/infer", content=b" " * (8 * 1024 * 1024 + 1), headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert response.json()["field"] == "body"
+    assert response.headers["x-request-id"]
 
 
 # --- readiness ----------------------------------------------------------------------------
