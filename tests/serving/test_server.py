@@ -362,6 +362,37 @@ def test_a_version_registered_elsewhere_becomes_the_latest(any_db_settings: Sett
         assert server.get("/v2/models/lin").json()["versions"] == ["2"]
 
 
+@pytest.mark.postgres
+def test_serving_survives_the_registry_database_going_away(pg_url: str, home: Path) -> None:
+    """While PostgreSQL refuses connections, loaded models keep answering and the registry
+    poll keeps trying; when it is back, a new version is picked up as usual."""
+    import psycopg
+
+    settings = Settings(home=home, db_url=pg_url, registry_poll_seconds=0.1)  # type: ignore[arg-type]
+    registry = Registry.open(settings)
+    registry.register("lin", Linear(np.ones(2), 1.0), sample=np.ones((2, 2)))
+    registry.db.dispose()
+    database = pg_url.rsplit("/", 1)[1]
+    admin_url = pg_url.rsplit("/", 1)[0] + "/postgres"
+    body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 2], "data": [1, 1]}]}
+    with start_server(settings) as server, psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+        try:
+            time.sleep(0.5)  # several polls fail meanwhile
+            during = server.post("/v2/models/lin/infer", json=body)
+            assert during.status_code == 200
+            assert during.json()["outputs"][0]["data"] == [3.0]
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        registry = Registry.open(settings)
+        try:
+            registry.register("lin", Linear(np.ones(2), 5.0), sample=np.ones((2, 2)))
+        finally:
+            registry.db.dispose()
+        _wait_for(lambda: server.post("/v2/models/lin/infer", json=body).json()["model_version"] == "2")
+
+
 def test_a_model_registered_after_start_is_served_on_first_request(settings: Settings, registry: Registry) -> None:
     """A model the server has never heard of is looked up in the registry on its first
     request, without waiting for the poll."""
