@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted)."""
     settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
+    owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
     metrics = ServingMetrics()
     executor = ThreadPoolExecutor(
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         finally:
             await repository.stop()
             executor.shutdown(wait=False, cancel_futures=True)
+            if owns_registry:
+                registry.db.dispose()
 
     async def metrics_endpoint(request: Request) -> Response:
         request_info(request.scope).endpoint = "/metrics"
