@@ -282,8 +282,9 @@ def test_not_ready_while_models_load(settings: Settings, registry: Registry, tmp
 
 
 def test_a_model_that_cannot_load_is_503_with_its_error(settings: Settings, registry: Registry, logistic: Any, boosted: Any, cancer: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tampered artifact, a missing one, or a class that no longer imports: the server
-    still becomes ready, and that model answers 503 with the reason on infer and /ready."""
+    """A tampered artifact, a missing one, a class that no longer imports, a module that
+    raises on import: the server still becomes ready, the other models serve, and each broken
+    one answers 503 with the reason on infer and /ready."""
     import importlib
 
     tampered = registry.register("tampered", logistic, sample=cancer["x_train"][:5])
@@ -298,12 +299,22 @@ def test_a_model_that_cannot_load_is_503_with_its_error(settings: Settings, regi
     registry.register("gone", importlib.import_module(module).Gated(), sample=np.ones((2, 2)))
     (tmp_path / f"{module}.py").unlink()
     monkeypatch.delitem(sys.modules, module)
+    broken = _gated_module(tmp_path, gate)
+    registry.register("broken", importlib.import_module(broken).Gated(), sample=np.ones((2, 2)))
+    (tmp_path / f"{broken}.py").write_text("raise RuntimeError('this module is broken')\n")
+    monkeypatch.delitem(sys.modules, broken)
     registry.register("fine", Linear(np.ones(2), 0.0), sample=np.ones((2, 2)))
 
     x = cancer["x_test"][:1]
     body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 30], "data": x.ravel().tolist()}]}
     with start_server(settings, registry) as server:
-        for name, reason in (("tampered", tampered.sha256), ("missing", "is missing"), ("gone", "cannot import the model's class")):
+        failures = (
+            ("tampered", tampered.sha256),
+            ("missing", "is missing"),
+            ("gone", "cannot import the model's class"),
+            ("broken", "loading model broken:1 raised RuntimeError: this module is broken"),
+        )
+        for name, reason in failures:
             infer = server.post(f"/v2/models/{name}/infer", json=body)
             assert infer.status_code == 503, (name, infer.text)
             assert reason in infer.json()["error"], name

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stalwart.errors import ModelNotFound, StalwartError, VersionNotFound
+from stalwart.errors import FlavorError, ModelNotFound, StalwartError, VersionNotFound
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.metrics import ServingMetrics
 from stalwart.pipeline import Stage
@@ -159,10 +159,12 @@ class ModelRepository:
             # become a metric label, a remembered failure or an error line.
             raise
         except StalwartError as exc:
-            self._failed[(name, version)] = exc.message
-            self._metrics.model_load_failures.labels(name, str(version)).inc()
-            _log.error("model load failed", model=name, version=version, error=exc.message)
+            self._load_failed(name, version, exc.message)
             raise
+        except Exception as exc:  # a model's own module can raise anything on import; one broken model must not stop the others loading or the registry poll
+            error = FlavorError(f"loading model {name}:{version} raised {type(exc).__name__}: {exc}")
+            self._load_failed(name, version, error.message)
+            raise error from exc
         elapsed = time.perf_counter() - start
         loaded = LoadedModel(mv, predictor, self._factory(mv, predictor), time.time())
         self._loaded[(name, version)] = loaded
@@ -179,6 +181,11 @@ class ModelRepository:
             _log.warning("loaded a pickled model the registering user trusted", model=name, version=version)
         _log.info("model loaded", model=name, version=version, flavor=mv.flavor, load_ms=round(elapsed * 1000, 1))
         return loaded
+
+    def _load_failed(self, name: str, version: int, message: str) -> None:
+        self._failed[(name, version)] = message
+        self._metrics.model_load_failures.labels(name, str(version)).inc()
+        _log.error("model load failed", model=name, version=version, error=message)
 
     async def _load_quietly(self, name: str, version: int) -> None:
         # A broken version must not stop the others loading; its error is kept and shown
