@@ -161,7 +161,9 @@ class ModelRepository:
         except StalwartError as exc:
             self._load_failed(name, version, exc.message)
             raise
-        except Exception as exc:  # a model's own module can raise anything on import; one broken model must not stop the others loading or the registry poll
+        except Exception as exc:
+            # A model's own module can raise anything on import; one broken model must not
+            # stop the others loading, or the registry poll.
             error = FlavorError(f"loading model {name}:{version} raised {type(exc).__name__}: {exc}")
             self._load_failed(name, version, error.message)
             raise error from exc
