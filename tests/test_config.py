@@ -93,6 +93,7 @@ def test_admin_token_is_generated_once_private_and_reused(tmp_path: Path) -> Non
 
 
 def test_a_configured_admin_token_wins_and_writes_no_file(tmp_path: Path) -> None:
+    """STALWART_ADMIN_TOKEN, when set, is the token, and no file is generated."""
     settings = Settings(home=tmp_path / "home", admin_token="given")  # type: ignore[arg-type]  # noqa: S106 - a test value
     assert settings.resolved_admin_token() == "given"
     assert not settings.admin_token_file().exists()

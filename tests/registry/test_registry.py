@@ -143,6 +143,7 @@ def test_artifacts_live_under_home_addressed_by_their_sha256(registry: Registry,
 
 
 def test_loading_a_missing_artifact_says_where_it_should_be(registry: Registry, logistic: Any, cancer: dict[str, Any]) -> None:
+    """A deleted artifact file is reported with its path and what to do about it."""
     from stalwart.errors import RegistryError
 
     mv = registry.register("cancer", logistic, sample=cancer["x_train"][:5])
@@ -218,6 +219,7 @@ def test_a_later_release_migrates_an_existing_database(any_db_settings: Settings
     ],
 )
 def test_bad_database_urls_are_config_errors(url: str, message: str) -> None:
+    """A URL that is not one, or names another database, is refused before connecting."""
     with pytest.raises(ConfigError, match=message):
         Database(url)
 
