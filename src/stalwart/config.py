@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -86,9 +87,11 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write a private temp file, then link it into place: link fails if another process
-        # got there first, and then its token (complete, never half-written) is the token.
-        tmp = path.with_name(f".{_TOKEN_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # or thread got there first, and then its token (complete, never half-written) is the
+        # token. The temp name is unique per call (mkstemp, mode 0600), not per process, so
+        # two threads never write or remove each other's file.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{_TOKEN_FILE}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
         try:
             os.write(fd, secrets.token_urlsafe(32).encode())
         finally:

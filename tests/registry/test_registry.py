@@ -108,3 +108,142 @@ def test_migrations_record_the_schema_version_and_refuse_a_newer_database(any_db
     with pytest.raises(SchemaVersionError, match="upgrade stalwart"):
         db.migrate()
     db.dispose()
+
+
+def test_names_that_cannot_be_registered_are_simply_not_found(any_registry: Registry) -> None:
+    """Looking up a name no model could have (a NUL byte, a slash) is ModelNotFound on both
+    backends; PostgreSQL is never asked (it rejects NUL bytes with an error of its own)."""
+    for name in ("a\x00b", "a/b", "", "x" * 300):
+        with pytest.raises(ModelNotFound):
+            any_registry.get(name)
+        with pytest.raises(ModelNotFound):
+            any_registry.versions(name)
+
+
+def test_artifacts_live_under_home_addressed_by_their_sha256(registry: Registry, settings: Settings, logistic: Any, cancer: dict[str, Any]) -> None:
+    """The artifact is a file under STALWART_HOME whose sha256 is the recorded one; the
+    same bytes registered twice are stored once."""
+    import hashlib
+
+    from tests.models import Linear
+
+    sklearn_version = registry.register("cancer", logistic, sample=cancer["x_train"][:5])
+    sklearn_path = registry.artifacts.path_of(sklearn_version.artifact_file)
+    assert hashlib.sha256(sklearn_path.read_bytes()).hexdigest() == sklearn_version.sha256
+    # skops archives are not byte-for-byte reproducible; the python flavor's JSON is.
+    model = Linear(np.ones(3), 0.0)
+    first = registry.register("linear", model, sample=np.ones((2, 3)))
+    second = registry.register("linear", model, sample=np.ones((2, 3)))
+    path = registry.artifacts.path_of(first.artifact_file)
+    assert path.is_relative_to(settings.home.resolve() / "artifacts")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == first.sha256
+    assert path.stat().st_size == first.artifact_size
+    assert (second.sha256, second.artifact_file) == (first.sha256, first.artifact_file)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
+
+
+def test_loading_a_missing_artifact_says_where_it_should_be(registry: Registry, logistic: Any, cancer: dict[str, Any]) -> None:
+    """A deleted artifact file is reported with its path and what to do about it."""
+    from stalwart.errors import RegistryError
+
+    mv = registry.register("cancer", logistic, sample=cancer["x_train"][:5])
+    registry.artifacts.path_of(mv.artifact_file).unlink()
+    with pytest.raises(RegistryError, match="is missing; restore it, or point STALWART_HOME"):
+        registry.load(mv)
+
+
+def test_a_refused_registration_takes_no_version(any_registry: Registry, logistic: Any, cancer: dict[str, Any]) -> None:
+    """A model that cannot be served (its sample does not fit) is refused before anything is
+    written, so the next good registration is still version 1; every registration is audited."""
+    from stalwart.errors import FlavorError
+
+    with pytest.raises(FlavorError, match=r"cannot predict on the sample.*expecting 30 features"):
+        any_registry.register("cancer", logistic, sample=cancer["x_train"][:5, :10])
+    with pytest.raises(ConfigError, match="metrics must be finite"):
+        any_registry.register("cancer", logistic, sample=cancer["x_train"][:5], metrics={"auc": float("nan")})
+    with pytest.raises(ModelNotFound):
+        any_registry.get("cancer")
+    mv = any_registry.register("cancer", logistic, sample=cancer["x_train"][:5])
+    assert mv.version == 1
+    (event,) = any_registry.events("cancer:1")
+    assert (event["action"], event["detail"]["sha256"], event["detail"]["flavor"]) == ("register", mv.sha256, "sklearn")
+
+
+def test_both_backends_have_one_schema(any_db_settings: Settings) -> None:
+    """SQLite and PostgreSQL get the same tables and columns from the same migrations."""
+    from sqlalchemy import inspect
+
+    db = Database(any_db_settings.resolved_db_url())
+    try:
+        inspector = inspect(db.engine)
+        tables = {name: sorted(c["name"] for c in inspector.get_columns(name)) for name in inspector.get_table_names()}
+    finally:
+        db.dispose()
+    from stalwart.storage import tables as t
+
+    assert tables == {table.name: sorted(c.name for c in table.columns) for table in t.metadata.sorted_tables}
+
+
+def test_a_later_release_migrates_an_existing_database(any_db_settings: Settings, logistic: Any, cancer: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database written by this release is upgraded in place by a release that appends a
+    migration: applied once, recorded, existing versions kept."""
+    from stalwart.storage import migrations
+
+    registry = Registry.open(any_db_settings)
+    mv = registry.register("cancer", logistic, sample=cancer["x_train"][:5])
+    registry.db.dispose()
+
+    def add_column(conn: Any) -> None:
+        conn.execute(text("ALTER TABLE models ADD COLUMN owner VARCHAR(100)"))
+
+    later = (*migrations.MIGRATIONS, migrations.Migration(SCHEMA_VERSION + 1, "model owners", add_column))
+    monkeypatch.setattr(migrations, "MIGRATIONS", later)
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    db = Database(any_db_settings.resolved_db_url(), auto_migrate=False)
+    try:
+        assert db.migrate() == [SCHEMA_VERSION + 1]
+        assert db.migrate() == []
+        with db.read() as conn:
+            assert conn.execute(text("SELECT value FROM stalwart_meta WHERE key = 'schema_version'")).scalar_one() == str(SCHEMA_VERSION + 1)
+            assert conn.execute(text("SELECT name, owner FROM models")).all() == [("cancer", None)]
+        assert Registry(db, registry.artifacts).get("cancer", 1).sha256 == mv.sha256
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "STALWART_DB_URL is not a database URL"),
+        ("mysql://u@h/db", "unsupported database 'mysql'"),
+    ],
+)
+def test_bad_database_urls_are_config_errors(url: str, message: str) -> None:
+    """A URL that is not one, or names another database, is refused before connecting."""
+    with pytest.raises(ConfigError, match=message):
+        Database(url)
+
+
+@pytest.mark.postgres
+def test_an_unreachable_database_is_a_storage_error_without_the_password() -> None:
+    """A server that does not answer is a StorageError that says what to check and never
+    prints the password."""
+    from stalwart.errors import StorageError
+    from tests.servers import free_port
+
+    with pytest.raises(StorageError, match="STALWART_DB_URL") as info:
+        Database(f"postgresql://app:hunter2@127.0.0.1:{free_port()}/none?connect_timeout=2")
+    assert "hunter2" not in info.value.message
+
+
+def test_the_python_api_uses_the_environment(home: Path, monkeypatch: pytest.MonkeyPatch, logistic: Any, cancer: dict[str, Any]) -> None:
+    """stalwart.register_model and get_model work from a training script with only
+    STALWART_HOME set: signature inferred from the sample, metrics and tags recorded."""
+    import stalwart
+
+    monkeypatch.setenv("STALWART_HOME", str(home))
+    mv = stalwart.register_model("cancer", logistic, sample=cancer["x_train"][:10], metrics={"auc": 0.99}, tags={"by": "ci"})
+    assert (mv.version, mv.flavor, mv.metrics, mv.tags) == (1, "sklearn", {"auc": 0.99}, {"by": "ci"})
+    assert isinstance(mv.signature, stalwart.Signature)
+    assert stalwart.get_model("cancer") == mv
+    assert (home / "registry.db").exists()

@@ -13,7 +13,7 @@ import typer
 
 from stalwart.cli.features import features_app
 from stalwart.cli.models import models_app
-from stalwart.cli.output import err_console
+from stalwart.cli.output import print_error
 from stalwart.cli.schemas import schema_app
 from stalwart.cli.validate import validate_command
 
@@ -89,8 +89,9 @@ def main() -> None:
     try:
         app()
     except StalwartError as exc:
-        # Outside Typer's own context here: print, then exit like any failed command.
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # Outside the command, so typer.Exit (what fail raises) would reach the user as a
+        # traceback: print the message and exit directly.
+        print_error(exc.message)
         raise SystemExit(1) from None
 
 

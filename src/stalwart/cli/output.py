@@ -7,13 +7,18 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
-__all__ = ["console", "err_console", "fail"]
+__all__ = ["console", "err_console", "fail", "print_error"]
 
 console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print ``message`` as an error and exit with ``code``."""
+def print_error(message: str) -> None:
+    """Print ``message`` to stderr as an error."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``message`` as an error and exit with ``code`` (inside a command)."""
+    print_error(message)
     raise typer.Exit(code)

@@ -126,7 +126,15 @@ class Registry:
         options.update(trust_pickle=trust_pickle, trusted_types=list(trusted_types or []))
         saved = chosen.serialize(model, sample=sample, options=options)
         if signature is None:
-            sig = chosen.signature(model, sample, saved.options)
+            try:
+                sig = chosen.signature(model, sample, saved.options)
+            except (KeyError, ValueError, TypeError) as exc:
+                # Inferring outputs calls the model on the sample; a sample that does not
+                # fit is the user's to fix, said as such rather than as a library traceback.
+                raise FlavorError(
+                    f"the model cannot predict on the sample, so its signature cannot be "
+                    f"inferred: {exc}; pass a sample shaped like the training data, or signature="
+                ) from exc
         elif isinstance(signature, Signature):
             sig = signature
         else:
@@ -177,6 +185,9 @@ class Registry:
         options: dict[str, Any] = {"trusted_types": list(trusted_types or [])}
         trust = "pickle" if trust_pickle else None
         model = chosen.deserialize(data, options, trust=trust)
+        if chosen.name == "onnx":
+            # An onnxruntime session cannot give its graph back; the file's bytes are the model.
+            model = data
         # Saved again through the flavor, which records what the file alone may not state
         # (a tree model's objective, the types skops was told to trust).
         return self.register(
@@ -186,6 +197,10 @@ class Registry:
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:
         """A version of ``name``; the latest when ``version`` is None."""
+        if not _valid_name(name):
+            # Nothing by that name can be registered; PostgreSQL would also refuse some such
+            # names (a NUL byte) with an error of its own rather than "not found".
+            raise ModelNotFound(name)
         with self.db.read() as conn:
             if version is None:
                 latest = conn.execute(
@@ -210,6 +225,8 @@ class Registry:
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, oldest first."""
+        if not _valid_name(name):
+            raise ModelNotFound(name)
         with self.db.read() as conn:
             rows = conn.execute(
                 select(t.model_versions)
@@ -332,8 +349,12 @@ def _training_sample(model: object, training_set: Any) -> object:
         return head
 
 
+def _valid_name(name: str) -> bool:
+    return bool(name) and len(name) <= 200 and set(name) <= _NAME_CHARS and name[0] not in "-."
+
+
 def _check_name(name: str) -> None:
-    if not name or len(name) > 200 or not set(name) <= _NAME_CHARS or name[0] in "-.":
+    if not _valid_name(name):
         raise ConfigError(
             f"model name {name!r} is not allowed; use letters, digits, '-', '_' and '.', "
             f"starting with a letter or digit, at most 200 characters"

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stalwart.config import Settings
+from stalwart.config import Settings, load_settings
 from stalwart.features.project import Project, load_project
 from stalwart.monitoring.metrics import (
     CONTENT_TYPE_LATEST,
@@ -56,7 +56,8 @@ def create_app(
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted). ``project`` (or ``settings.project``, a file)
     declares the features and deployments served under ``/v1/deployments``."""
-    settings = settings or Settings()
+    settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
+    owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
     if project is None and settings.project is not None:
         project = load_project(settings.project)
@@ -108,6 +109,8 @@ def create_app(
             await asyncio.gather(*(batcher.close() for batcher in batchers))
             executor.shutdown(wait=False, cancel_futures=True)
             pool.dispose()
+            if owns_registry:
+                registry.db.dispose()
 
     async def metrics_endpoint(request: Request) -> Response:
         request_info(request.scope).endpoint = "/metrics"

@@ -69,7 +69,7 @@ _NUMBER_KINDS = frozenset("iuf")
 def decode_request(body: bytes) -> InferenceRequest:
     """Parse and type-check the JSON body (not yet against a model)."""
     if not body:
-        raise RequestError("the request body is empty; send an inference request as JSON", field="body")
+        raise RequestError("body: the request body is empty; send an inference request as JSON", field="body")
     try:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -143,7 +143,15 @@ def decode_tensor(tensor: RequestInput, where: str = "input") -> np.ndarray[Any,
             f"{where}.data: has {array.size} values but shape {tensor.shape} needs {expected}",
             field=f"{where}.data",
         )
-    return array.reshape(tensor.shape)
+    try:
+        return array.reshape(tensor.shape)
+    except (ValueError, OverflowError):
+        # Only an empty tensor gets here with an absurd shape ([0, 2**64 - 1], 65 dims).
+        raise RequestError(
+            f"{where}.shape: {tensor.shape} is not a shape numpy can hold (at most 64 "
+            f"dimensions, each below 2**63)",
+            field=f"{where}.shape",
+        ) from None
 
 
 def encode_tensor(name: str, array: np.ndarray[Any, Any], spec: TensorSpec | None) -> dict[str, Any]:
@@ -226,10 +234,7 @@ def _numeric_array(data: list[Any], datatype: str, dtype: np.dtype[Any], where: 
     try:
         raw = np.array(data)
     except (ValueError, OverflowError):
-        raise RequestError(
-            f"{where}.data: nested lists have uneven lengths; send flat data or a regular nested array",
-            field=f"{where}.data",
-        ) from None
+        raise _irregular(where) from None
     kind = raw.dtype.kind
     if raw.size == 0:
         return raw.astype(dtype)
@@ -237,42 +242,62 @@ def _numeric_array(data: list[Any], datatype: str, dtype: np.dtype[Any], where: 
         if kind != "b":
             raise _wrong_values(where, datatype, "true or false")
         return raw
+    if kind == "O" or (kind == "f" and dtype.kind in _INT_KINDS):
+        # numpy falls back to object, or to float64 (rounding them), when the integers do not
+        # share one numpy int type ([2**64], [1, 2**63]): decide on the exact Python ints.
+        exact = raw if kind == "O" else np.array(data, dtype=object)
+        if _all_ints(exact):
+            return _exact_ints(exact, datatype, dtype, where)
     if kind == "b" or kind not in _NUMBER_KINDS:
-        if kind == "O" and _all_ints(raw):
-            raise RequestError(
-                f"{where}.data: a value is out of range for {datatype}", field=f"{where}.data"
-            )
         raise _wrong_values(where, datatype, "numbers")
     if dtype.kind in _INT_KINDS:
         if kind not in _INT_KINDS:
             raise _wrong_values(where, datatype, "whole numbers")
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
-            raise RequestError(
-                f"{where}.data: a value is out of range for {datatype} ({info.min} to {info.max})",
-                field=f"{where}.data",
-            )
+            raise _out_of_range(where, datatype, info)
         return raw.astype(dtype)
-    converted = raw.astype(dtype)
+    return _finite(raw, datatype, dtype, where)
+
+
+def _exact_ints(exact: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any], where: str) -> np.ndarray[Any, Any]:
+    """Python ints (in an object array) as ``dtype``, refusing any that do not fit."""
+    if dtype.kind in _INT_KINDS:
+        info = np.iinfo(dtype)
+        values = exact.ravel().tolist()
+        if min(values) < info.min or max(values) > info.max:
+            raise _out_of_range(where, datatype, info)
+        return exact.astype(dtype)
+    try:
+        as_float = exact.astype(np.float64)
+    except OverflowError:
+        raise _too_large(where, datatype) from None
+    return _finite(as_float, datatype, dtype, where)
+
+
+def _finite(raw: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any], where: str) -> np.ndarray[Any, Any]:
+    # A value beyond the float type's range becomes inf; that is the client's mistake to
+    # report, not a RuntimeWarning for the server's log.
+    with np.errstate(over="ignore"):
+        converted = raw.astype(dtype)
     if not np.isfinite(converted).all():
-        raise RequestError(
-            f"{where}.data: a value is too large for {datatype}", field=f"{where}.data"
-        )
+        raise _too_large(where, datatype)
     return converted
 
 
 def _bytes_array(data: list[Any], where: str) -> np.ndarray[Any, Any]:
-    flat: list[Any] = []
-    stack: list[Any] = [data]
-    # Flatten nested lists depth-first, keeping row-major order.
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        elif isinstance(item, str):
-            flat.append(item)
-        else:
-            raise _wrong_values(where, "BYTES", "strings")
+    flat: list[Any] = data
+    if any(isinstance(item, list) for item in data):
+        # Nested: numpy lays out a regular nesting row-major; a ragged one leaves lists
+        # among the values, which are refused below.
+        try:
+            flat = np.array(data, dtype=object).ravel().tolist()
+        except ValueError:
+            raise _irregular(where) from None
+        if any(isinstance(item, list) for item in flat):
+            raise _irregular(where)
+    if not all(isinstance(item, str) for item in flat):
+        raise _wrong_values(where, "BYTES", "strings")
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array
@@ -284,6 +309,25 @@ def _all_ints(raw: np.ndarray[Any, Any]) -> bool:
 
 def _wrong_values(where: str, datatype: str, expected: str) -> RequestError:
     return RequestError(f"{where}.data: {datatype} data must be {expected}", field=f"{where}.data")
+
+
+def _out_of_range(where: str, datatype: str, info: np.iinfo[Any]) -> RequestError:
+    return RequestError(
+        f"{where}.data: a value is out of range for {datatype} ({info.min} to {info.max})",
+        field=f"{where}.data",
+    )
+
+
+def _too_large(where: str, datatype: str) -> RequestError:
+    return RequestError(f"{where}.data: a value is too large for {datatype}", field=f"{where}.data")
+
+
+def _irregular(where: str) -> RequestError:
+    return RequestError(
+        f"{where}.data: nested lists are not a regular array (uneven lengths, or nested more "
+        f"than 64 deep); send flat data or a regular nested array",
+        field=f"{where}.data",
+    )
 
 
 def _text(value: Any) -> str:

@@ -41,6 +41,11 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.CallTimeout, 504),
     (e.ArtifactIntegrityError, 503),
     (e.UntrustedArtifactError, 503),
+    # The rest of a failed load: the artifact file is missing (RegistryError), the flavor
+    # cannot deserialise it, or its library is not installed. The model is not ready.
+    (e.RegistryError, 503),
+    (e.FlavorError, 503),
+    (e.MissingExtraError, 503),
     (e.ConfigError, 400),
     (e.ModelError, 500),
     (e.FeatureError, 502),

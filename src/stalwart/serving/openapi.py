@@ -18,8 +18,22 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+# Every response carries the request's id (the client's when sane, else a generated one).
+_RESPONSE_HEADERS: dict[str, Any] = {
+    "X-Request-ID": {
+        "description": "the request's id: the client's X-Request-ID when given, else generated",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+    }
+}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+    return {
+        "description": description,
+        "headers": _RESPONSE_HEADERS,
+        "content": {"application/json": {"schema": schema}},
+    }
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -106,7 +120,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"type": "string"},
+            "datatype": ref("Datatype"),
             "parameters": {"type": "object"},
             "data": {"type": "array", "description": "flat or nested, row-major"},
         },
@@ -178,10 +192,7 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     ready = _json(ref("Ready"), "ready")
-    model_ready = {
-        "description": "ready",
-        "content": {"application/json": {"schema": ref("Ready")}},
-    }
+    model_ready = _json(ref("Ready"), "ready")
     not_ready = _json(ref("Ready"), "not ready (yet): loading, or failed to load")
     model_meta = _json(ref("ModelMetadata"), "the model's inputs and outputs")
     return {
@@ -219,7 +230,11 @@ def _paths() -> dict[str, Any]:
                 "summary": "Prometheus metrics",
                 "parameters": [_REQUEST_ID],
                 "responses": {
-                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    "200": {
+                        "description": "metrics",
+                        "headers": _RESPONSE_HEADERS,
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
                 },
             }
         },

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from stalwart.errors import ModelNotFound, StalwartError, VersionNotFound
+from stalwart.errors import FlavorError, ModelNotFound, StalwartError, VersionNotFound
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.metrics import ServingMetrics
 from stalwart.pipeline import Stage
@@ -73,14 +73,22 @@ class ModelRepository:
         return self._ready
 
     async def start(self) -> None:
-        """Load the latest version of every model, then keep watching the registry."""
+        """Read the registry, then load the latest version of every model in the background
+        and keep watching the registry.
+
+        Loading runs after start returns, so the server is listening while it loads: liveness
+        answers 200 and readiness 503 until every model has loaded (or failed to).
+        """
         await self._refresh()
+        self._poller = asyncio.create_task(self._preload_then_poll(), name="stalwart-registry-poll")
+
+    async def _preload_then_poll(self) -> None:
         if self._preload:
             await asyncio.gather(
                 *(self._load_quietly(name, version) for name, version in self._registered.items())
             )
         self._ready = True
-        self._poller = asyncio.create_task(self._poll(), name="stalwart-registry-poll")
+        await self._poll()
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -148,23 +156,40 @@ class ModelRepository:
             # they never queue behind model calls.
             mv = await asyncio.to_thread(self._registry.get, name, version)
             predictor = await asyncio.to_thread(self._registry.load, mv)
-        except StalwartError as exc:
-            self._failed[(name, version)] = exc.message
-            self._metrics.model_load_failures.labels(name, str(version)).inc()
-            _log.error("model load failed", model=name, version=version, error=exc.message)
+        except (ModelNotFound, VersionNotFound):
+            # Nothing to load is not a failed load: the name is the client's, so it must not
+            # become a metric label, a remembered failure or an error line.
             raise
+        except StalwartError as exc:
+            self._load_failed(name, version, exc.message)
+            raise
+        except Exception as exc:
+            # A model's own module can raise anything on import; one broken model must not
+            # stop the others loading, or the registry poll.
+            error = FlavorError(f"loading model {name}:{version} raised {type(exc).__name__}: {exc}")
+            self._load_failed(name, version, error.message)
+            raise error from exc
         elapsed = time.perf_counter() - start
         loaded = LoadedModel(mv, predictor, self._factory(mv, predictor), time.time())
         self._loaded[(name, version)] = loaded
         self._failed.pop((name, version), None)
         self._metrics.model_load.labels(name, str(version)).observe(elapsed)
         self._metrics.models_loaded.set(len(self._loaded))
-        if version >= self._registered.get(name, 0) and version >= self._serving.get(name, 0):
+        # Only what is known to be the latest becomes what unversioned requests get: a model
+        # this server has not yet seen in the registry may have newer versions than the one
+        # a client asked for by number.
+        latest = self._registered.get(name)
+        if latest is not None and version >= latest and version >= self._serving.get(name, 0):
             self._serving[name] = version
         if mv.trust == "pickle":
             _log.warning("loaded a pickled model the registering user trusted", model=name, version=version)
         _log.info("model loaded", model=name, version=version, flavor=mv.flavor, load_ms=round(elapsed * 1000, 1))
         return loaded
+
+    def _load_failed(self, name: str, version: int, message: str) -> None:
+        self._failed[(name, version)] = message
+        self._metrics.model_load_failures.labels(name, str(version)).inc()
+        _log.error("model load failed", model=name, version=version, error=message)
 
     async def _load_quietly(self, name: str, version: int) -> None:
         # A broken version must not stop the others loading; its error is kept and shown

@@ -63,9 +63,15 @@ class PythonFlavor:
             state = document["state"]
         except (msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
             raise FlavorError(f"not a python-flavor artifact: {exc}") from exc
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise FlavorError(
+                f"cannot import the model's class {module_name}:{qualname} ({exc}); install "
+                f"the code that defines it where the server runs"
+            ) from exc
         instance = target.__new__(target)
         instance.__dict__.update({k: _decode_value(v) for k, v in state.items()})
         return instance

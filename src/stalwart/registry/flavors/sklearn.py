@@ -9,8 +9,10 @@ trusted list is recorded on the version and is the only list used at load time.
 
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,11 +68,23 @@ class SklearnFlavor:
     def deserialize(self, data: bytes, options: Mapping[str, Any], *, trust: str | None) -> object:
         if trust == "pickle":
             # Reached only for versions the user registered with trust_pickle=True, and only
-            # after the registry has verified the artifact's sha256.
-            return pickle.loads(data)  # noqa: S301 - explicit user trust, hash verified
+            # after the registry has verified the artifact's sha256. joblib reads both its
+            # own files and plain pickles (it ships with scikit-learn).
+            joblib = require("joblib", extra="sklearn", purpose="loading trusted pickles")
+            try:
+                return joblib.load(io.BytesIO(data))
+            except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+                raise FlavorError(f"not a pickle or joblib file: {exc}") from exc
         sio = require("skops.io", extra="sklearn", purpose="loading scikit-learn models")
         trusted = list(options.get("trusted_types") or [])
-        untrusted = set(sio.get_untrusted_types(data=data)) - set(trusted)
+        try:
+            found = sio.get_untrusted_types(data=data)
+        except zipfile.BadZipFile as exc:
+            raise UntrustedArtifactError(
+                "this is not a skops file; if it is a pickle or joblib file you trust, "
+                "register it with trust_pickle=True (--trust-pickle on the command line)"
+            ) from exc
+        untrusted = set(found) - set(trusted)
         if untrusted:
             raise UntrustedArtifactError(
                 f"the artifact contains types that were not trusted at registration: "

@@ -59,7 +59,10 @@ class _TreeFlavor:
                 TensorSpec("predict_proba", "FP64", [-1, len(classes)]),
             ]
         else:
-            outputs = [TensorSpec("predict", "FP64", [-1])]
+            # A bare Booster answers one score per row, or one per class for a multiclass
+            # objective: learn which by scoring one row of zeros.
+            scored = self._score(booster, np.zeros((1, self._n_features(booster))))
+            outputs = [TensorSpec("predict", "FP64", [-1, *scored.shape[1:]])]
         return Signature(inputs=inputs, outputs=outputs)
 
     def predictor(self, model: object, signature: Signature, options: Mapping[str, Any]) -> Predictor:
