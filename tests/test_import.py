@@ -34,15 +34,29 @@ HEAVY = [
 ]
 
 EXPECTED_ALL = [
+    "CallableSource",
+    "Deployment",
+    "Entity",
+    "FeatureSet",
+    "FileSource",
+    "Latest",
     "ModelVersion",
+    "Project",
     "Registry",
+    "RequestSource",
     "Settings",
     "Signature",
+    "SqlSource",
     "StalwartError",
     "TensorSpec",
+    "TrainingSet",
+    "Transform",
+    "Window",
     "__version__",
+    "build_training_set",
     "create_app",
     "get_model",
+    "load_project",
     "register_model",
 ]
 

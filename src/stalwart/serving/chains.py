@@ -23,6 +23,7 @@ from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Stage
 from stalwart.registry import Registry
+from stalwart.registry.schemas import SchemaRevision
 from stalwart.resilience import (
     BreakerEvent,
     BreakerState,
@@ -59,23 +60,17 @@ class Chains:
         self._registry = registry
         self._validation_metrics = validation_metrics
         self._resilience_metrics = resilience_metrics
-        self._chains: dict[tuple[str, str, int], tuple[int | None, Stage]] = {}
+        self._chains: dict[tuple[str, str, int], Stage] = {}
         self._guards: dict[tuple[str, str, int], Guard] = {}
-        self._revisions: dict[tuple[str, int], int] = {}
-        self._building: dict[tuple[str, str, int], asyncio.Task[Stage]] = {}
+        self._revisions: dict[tuple[str, int], int] | None = None
+        self._schemas: dict[tuple[str, int], SchemaRevision | None] = {}  # newer than at load
 
-    async def get(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
-        mv = loaded.version
-        key = (spec.entry, mv.name, mv.version)
-        cached = self._chains.get(key)
+    def get(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
+        """The chain for this entrypoint and loaded version (built on first use; no I/O)."""
+        cached = self._chains.get((spec.entry, loaded.version.name, loaded.version.version))
         if cached is not None:
-            return cached[1]
-        task = self._building.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._build(spec, loaded))
-            self._building[key] = task
-            task.add_done_callback(lambda _t: self._building.pop(key, None))
-        return await asyncio.shield(task)
+            return cached
+        return self._build(spec, loaded)
 
     def guards(self, entry_prefix: str) -> list[Guard]:
         """The guards of every chain whose entry starts with ``entry_prefix``."""
@@ -88,16 +83,21 @@ class Chains:
         except StalwartError as exc:
             _log.warning("schema poll failed", error=exc.message)
             return
-        changed = {k for k in set(revisions) | set(self._revisions) if revisions.get(k) != self._revisions.get(k)}
-        self._revisions = revisions
-        if not changed:
-            return
-        for key, (revision, _stage) in list(self._chains.items()):
-            if (key[1], key[2]) in changed and revisions.get((key[1], key[2])) != revision:
+        previous, self._revisions = self._revisions, revisions
+        if previous is None:
+            return  # the first poll only learns where things stand
+        changed = {k for k in set(revisions) | set(previous) if revisions.get(k) != previous.get(k)}
+        for model, version in changed:
+            try:
+                self._schemas[(model, version)] = await asyncio.to_thread(self._registry.schemas.active, model, version)
+            except StalwartError as exc:
+                _log.warning("schema read failed", model=model, version=version, error=exc.message)
+                continue
+            for key in [k for k in self._chains if (k[1], k[2]) == (model, version)]:
                 del self._chains[key]
-                _log.info("schema changed; rebuilding validation", model=key[1], version=key[2], entry=key[0])
+                _log.info("schema changed; rebuilding validation", model=model, version=version, entry=key[0])
 
-    async def _build(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
+    def _build(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
         mv = loaded.version
         key = (spec.entry, mv.name, mv.version)
         stage: Stage = loaded.pipeline
@@ -107,7 +107,7 @@ class Chains:
                 guard = make_guard(f"{spec.entry}/{mv.ref}", spec.guard, self._resilience_metrics)
                 self._guards[key] = guard
             stage = GuardStage(guard, stage)
-        revision = await asyncio.to_thread(self._registry.schemas.active, mv.name, mv.version)
+        revision = self._schemas.get((mv.name, mv.version), loaded.schema)
         if revision is not None:
             validator = Validator(
                 revision.schema,
@@ -116,7 +116,7 @@ class Chains:
                 subject=f"model {mv.ref}'s input schema (revision {revision.revision})",
             )
             stage = ValidationStage(validator, stage, deployment=spec.label, metrics=self._validation_metrics)
-        self._chains[key] = (revision.revision if revision is not None else None, stage)
+        self._chains[key] = stage
         return stage
 
 

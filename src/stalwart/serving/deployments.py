@@ -225,7 +225,7 @@ class DeploymentService:
             on_service_start=on_start,
         )
         exchange.timings["features_ms"] = features_ms
-        chain = await self.chains.get(spec, loaded)
+        chain = self.chains.get(spec, loaded)
         try:
             await chain(exchange)
         finally:

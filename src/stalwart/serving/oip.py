@@ -127,7 +127,7 @@ class _Endpoints:
                 on_service_start=admission.start,
             )
             exchange.timings["decode_ms"] = (time.perf_counter() - decode_start) * 1000
-            chain = await self.chains.get(ChainSpec("/v2", f"model:{name}", self.guard), loaded)
+            chain = self.chains.get(ChainSpec("/v2", f"model:{name}", self.guard), loaded)
             try:
                 await chain(exchange)
             except ValidationFailed as exc:

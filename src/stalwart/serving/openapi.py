@@ -57,7 +57,87 @@ _REQUEST_ID = {
     "description": "echoed back; generated when absent",
 }
 
+_TIMEOUT = {
+    "name": "X-Request-Timeout",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "milliseconds the client will wait (1 to 600000); every stage respects it",
+}
+_PRIORITY = {
+    "name": "X-Stalwart-Priority",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "low, normal (default) or high; load shedding turns lower priorities away first",
+}
+_DEPLOYMENT = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
 _SCHEMAS: dict[str, Any] = {
+    "Degraded": {
+        "type": "object",
+        "required": ["level", "reason"],
+        "properties": {
+            "level": {"type": "string", "enum": ["stale_features", "feature_defaults", "fallback_model", "last_good", "default"]},
+            "reason": {"type": "string"},
+            "detail": {"type": "string"},
+        },
+    },
+    "PredictRequest": {
+        "type": "object",
+        "required": ["entities"],
+        "properties": {
+            "entities": {"type": "array", "items": {"type": "object"}, "description": "entity keys, one object per row"},
+            "values": {"type": "array", "items": {"type": "object"}, "description": "request-time values, one object per entity"},
+            "return_features": {"type": "boolean"},
+            "id": {"type": "string"},
+        },
+    },
+    "PredictResponse": {
+        "type": "object",
+        "required": ["request_id", "deployment", "predictions"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "id": {"type": "string"},
+            "deployment": {"type": "string"},
+            "model": {"type": ["object", "null"], "properties": {"name": {"type": "string"}, "version": {"type": "integer"}}},
+            "predictions": {"type": "array", "items": {"type": "object"}},
+            "features": {"type": "array", "items": {"type": "object"}},
+            "validation": {"type": "object", "description": "values imputed, clipped or flagged, by feature: row numbers"},
+            "degraded": {"$ref": "#/components/schemas/Degraded"},
+        },
+    },
+    "DeploymentInfo": {
+        "type": "object",
+        "required": ["name", "model", "ready"],
+        "properties": {
+            "name": {"type": "string"},
+            "model": {"type": "string"},
+            "description": {"type": "string"},
+            "ready": {"type": "boolean"},
+            "error": {"type": "string"},
+            "serving": {"type": "object"},
+            "features": {"type": "array", "items": {"type": "object"}},
+            "entity_keys": {"type": "array", "items": {"type": "string"}},
+            "request_values": {"type": "object"},
+            "ladder": {"type": "object"},
+        },
+    },
+    "DeploymentList": {
+        "type": "object",
+        "required": ["deployments"],
+        "properties": {"deployments": {"type": "array", "items": {"$ref": "#/components/schemas/DeploymentInfo"}}},
+    },
+    "DeploymentHealth": {
+        "type": "object",
+        "required": ["name", "guards", "shedding", "status"],
+        "properties": {
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": ["ok", "degraded"]},
+            "guards": {"type": "array", "items": {"type": "object"}},
+            "shedding": {"type": "object"},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -174,7 +254,7 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "post": {
             "summary": "Run inference",
-            "parameters": [*params, _REQUEST_ID],
+            "parameters": [*params, _REQUEST_ID, _TIMEOUT, _PRIORITY],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": ref("InferenceRequest")}},
@@ -187,6 +267,40 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
                 "504": _error("the call ran past its deadline"),
             },
         }
+    }
+
+
+def _v1_paths() -> dict[str, Any]:
+    degraded_header = {
+        "X-Stalwart-Degraded": {"description": "level; reason=... when a step of the ladder answered", "schema": {"type": "string"}}
+    }
+    answered = _json(ref("PredictResponse"), "predictions, with the model version and how they were reached")
+    answered = {**answered, "headers": {**answered["headers"], **degraded_header}}
+    return {
+        "/v1/deployments": _get("Every deployment", _json(ref("DeploymentList"), "deployments"), params=[], errors=()),
+        "/v1/deployments/{name}": _get(
+            "A deployment: its model, features and ladder", _json(ref("DeploymentInfo"), "the deployment"),
+            params=[_DEPLOYMENT], errors=("404",),
+        ),
+        "/v1/deployments/{name}/health": _get(
+            "Every guard's state and the shedder's load", _json(ref("DeploymentHealth"), "health"),
+            params=[_DEPLOYMENT], errors=("404",),
+        ),
+        "/v1/deployments/{name}/predict": {
+            "post": {
+                "summary": "Predict for entities: features computed online, then the model",
+                "parameters": [_DEPLOYMENT, _REQUEST_ID, _TIMEOUT, _PRIORITY],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("PredictRequest")}}},
+                "responses": {
+                    "200": answered,
+                    **{code: ERROR_RESPONSES[code] for code in ("400", "404", "413", "503")},
+                    "422": _error("a value broke the model's schema (reject policy)"),
+                    "500": _error("the model raised and the ladder had no answer"),
+                    "502": _error("a feature source failed and the ladder had no answer"),
+                    "504": _error("the call ran past its deadline and the ladder had no answer"),
+                },
+            }
+        },
     }
 
 
@@ -257,7 +371,7 @@ def openapi_document(extra_paths: dict[str, Any] | None = None, extra_schemas: d
             "version": __version__,
             "description": "Open Inference Protocol (KServe v2) data plane and Stalwart's control plane.",
         },
-        "paths": _paths() | (extra_paths or {}),
+        "paths": _paths() | _v1_paths() | (extra_paths or {}),
         "components": {
             "schemas": _SCHEMAS | (extra_schemas or {}),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

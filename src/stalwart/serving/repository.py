@@ -22,6 +22,7 @@ from stalwart.monitoring.metrics import ServingMetrics
 from stalwart.pipeline import Stage
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.flavors import Predictor
+from stalwart.registry.schemas import SchemaRevision
 
 __all__ = ["LoadedModel", "ModelRepository", "PipelineFactory", "version_or_not_found"]
 
@@ -36,6 +37,7 @@ class LoadedModel:
     predictor: Predictor
     pipeline: Stage
     loaded_at: float
+    schema: SchemaRevision | None = None  # the input schema active when it loaded
 
 
 PipelineFactory = Callable[[ModelVersion, Predictor], Stage]
@@ -156,6 +158,8 @@ class ModelRepository:
             # they never queue behind model calls.
             mv = await asyncio.to_thread(self._registry.get, name, version)
             predictor = await asyncio.to_thread(self._registry.load, mv)
+            # Read now, while loading, so serving never needs the database per request.
+            schema = await asyncio.to_thread(self._registry.schemas.active, name, version)
         except (ModelNotFound, VersionNotFound):
             # Nothing to load is not a failed load: the name is the client's, so it must not
             # become a metric label, a remembered failure or an error line.
@@ -170,7 +174,7 @@ class ModelRepository:
             self._load_failed(name, version, error.message)
             raise error from exc
         elapsed = time.perf_counter() - start
-        loaded = LoadedModel(mv, predictor, self._factory(mv, predictor), time.time())
+        loaded = LoadedModel(mv, predictor, self._factory(mv, predictor), time.time(), schema)
         self._loaded[(name, version)] = loaded
         self._failed.pop((name, version), None)
         self._metrics.model_load.labels(name, str(version)).observe(elapsed)
