@@ -62,7 +62,7 @@ class Chains:
         self._resilience_metrics = resilience_metrics
         self._chains: dict[tuple[str, str, int], Stage] = {}
         self._guards: dict[tuple[str, str, int], Guard] = {}
-        self._revisions: dict[tuple[str, int], int] | None = None
+        self._in_use: dict[tuple[str, int], int | None] = {}  # schema revision each version's chains use
         self._schemas: dict[tuple[str, int], SchemaRevision | None] = {}  # newer than at load
 
     def get(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
@@ -83,10 +83,9 @@ class Chains:
         except StalwartError as exc:
             _log.warning("schema poll failed", error=exc.message)
             return
-        previous, self._revisions = self._revisions, revisions
-        if previous is None:
-            return  # the first poll only learns where things stand
-        changed = {k for k in set(revisions) | set(previous) if revisions.get(k) != previous.get(k)}
+        # Compare with what the built chains use, not with the previous poll: a schema
+        # attached between a version's load and the first poll must be noticed too.
+        changed = [k for k, used in self._in_use.items() if revisions.get(k) != used]
         for model, version in changed:
             try:
                 self._schemas[(model, version)] = await asyncio.to_thread(self._registry.schemas.active, model, version)
@@ -108,6 +107,7 @@ class Chains:
                 self._guards[key] = guard
             stage = GuardStage(guard, stage)
         revision = self._schemas.get((mv.name, mv.version), loaded.schema)
+        self._in_use[(mv.name, mv.version)] = revision.revision if revision is not None else None
         if revision is not None:
             validator = Validator(
                 revision.schema,
