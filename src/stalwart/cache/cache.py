@@ -56,11 +56,36 @@ if TYPE_CHECKING:
 
     from stalwart.config import Settings
 
-__all__ = ["DEFAULT_STALE_ON", "CachePolicy", "CacheResult", "FeatureCache", "FeatureSetCache", "Loader"]
+__all__ = [
+    "DEFAULT_STALE_ON",
+    "CachePolicy",
+    "CacheResult",
+    "Expiring",
+    "FeatureCache",
+    "FeatureSetCache",
+    "Loader",
+]
 
-Loader = Callable[[list[EntityKey]], Awaitable[Mapping[EntityKey, Row | None]]]
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    """A loaded row (or None: no row) that stops being right at ``until`` (wall-clock
+    seconds, on the cache's clock) even if nothing is written: a window aggregate whose
+    oldest event leaves the window then, a latest value that grows too old.
+
+    A loader returns it in place of a bare row; the entry is then fresh until the earlier
+    of its TTL and ``until``. XFetch does not refresh such an entry early when ``until``
+    decides: a reload before then would compute the same value.
+    """
+
+    row: Row | None
+    until: float
+
+
+Loader = Callable[[list[EntityKey]], Awaitable[Mapping[EntityKey, Row | Expiring | None]]]
 """Loads the rows of many entities in one source call; a key missing from the result, or
-mapped to None, has no row (cached as such for the policy's ``negative_ttl``)."""
+mapped to None, has no row (cached as such for the policy's ``negative_ttl``). A value may
+be an :class:`Expiring` to bound its freshness."""
 
 DEFAULT_STALE_ON: tuple[type[BaseException], ...] = (FeatureError, ResilienceError, OSError)
 """Loader errors that allow stale-if-error: source failures, an open breaker
@@ -109,8 +134,9 @@ class CacheResult:
 
     ``rows`` maps each requested entity to its row, or None when the source has none. Rows
     are shared with the cache: treat them as read-only. ``stale`` lists entities served
-    past their TTL because the source failed (mark the response degraded); ``failed`` (only
-    with ``allow_partial=True``) those that could be served neither fresh nor stale.
+    past their TTL because the source failed (mark the response degraded), and
+    ``stale_errors`` the failure behind each; ``failed`` (only with ``allow_partial=True``)
+    those that could be served neither fresh nor stale, with the error.
     """
 
     rows: dict[EntityKey, Row | None]
@@ -120,6 +146,7 @@ class CacheResult:
     redis_hits: int = 0
     loaded: int = 0
     coalesced: int = 0
+    stale_errors: dict[EntityKey, BaseException] = field(default_factory=dict)
 
     @property
     def degraded(self) -> bool:
@@ -399,15 +426,15 @@ class FeatureSetCache:
         # other requests may be waiting on the same loads.
         await asyncio.wait([flight.future for _, _, flight in waiting])
         now = cache.clock()
-        stale: set[EntityKey] = set()
+        stale: dict[EntityKey, BaseException] = {}
         failed: dict[EntityKey, BaseException] = {}
         redis_hits = loaded = 0
         source_called = False
         for key, part, flight in waiting:
             outcome = flight.future.result()
             entry = outcome.entry
+            error = outcome.error
             if entry is None:
-                error = outcome.error
                 own_fallback = fallback.get(part)
                 if (
                     own_fallback is not None
@@ -421,7 +448,7 @@ class FeatureSetCache:
             rows[key] = entry.row
             origin = outcome.origin
             if origin != _REDIS and origin != _SOURCE and entry.fresh_until <= now:
-                stale.add(key)
+                stale[key] = error or FeatureError("the source failed")
             if origin == _REDIS:
                 redis_hits += 1
             elif origin == _SOURCE:
@@ -434,9 +461,7 @@ class FeatureSetCache:
             self._counters.source_calls_saved.inc()
         if failed and not allow_partial:
             raise next(iter(failed.values()))
-        return CacheResult(
-            rows, frozenset(stale), failed, hits, redis_hits, loaded, coalesced
-        )
+        return CacheResult(rows, frozenset(stale), failed, hits, redis_hits, loaded, coalesced, stale)
 
     async def _fetch(
         self,
@@ -522,7 +547,7 @@ class FeatureSetCache:
             for part in todo:
                 held = fallback.get(part)
                 if usable and held is not None and held.usable_until > now:
-                    flights[part].future.set_result(_Outcome(_FALLBACK, held))
+                    flights[part].future.set_result(_Outcome(_FALLBACK, held, exc))
                 else:
                     flights[part].future.set_result(_Outcome(_ERROR, error=exc))
             return
@@ -532,6 +557,10 @@ class FeatureSetCache:
 
     def _entry(self, row: Any, now: float, delta: float) -> Entry:
         policy = self.policy
+        until = None
+        if type(row) is Expiring:
+            until = row.until
+            row = row.row
         if row is not None and type(row) is not dict:
             row = dict(row)
         ttl = policy.ttl if row is not None else policy.negative_ttl
@@ -541,6 +570,10 @@ class FeatureSetCache:
         step = policy.window_step
         if step is not None:
             fresh = min(fresh, (math.floor(now / step) + 1) * step)
+        if until is not None and until < fresh:
+            # The value itself changes at `until`: an early reload would compute the same
+            # one, so XFetch (which scales with delta) stays off for this entry.
+            fresh, delta = until, 0.0
         return Entry(row, now, fresh, fresh + policy.max_staleness, delta)
 
     async def _write_back(
