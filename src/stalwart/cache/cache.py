@@ -166,6 +166,10 @@ class _Outcome:
         self.error = error
 
 
+def _fresh(outcome: _Outcome, now: float) -> bool:
+    return outcome.entry is not None and outcome.entry.fresh_until > now
+
+
 class _Flight:
     """One entity being fetched; requests for the same key wait on its future."""
 
@@ -408,9 +412,14 @@ class FeatureSetCache:
         mine: dict[str, _Flight] = {}
         coalesced = 0
         loop = asyncio.get_running_loop()
+        start = cache.clock()
         for part, key in todo.items():
             full = prefix + part
             flight = flights.get(full)
+            if flight is not None and flight.future.done() and not _fresh(flight.future.result(), start):
+                # That load is over (only its write-back is pending) and its value has
+                # expired since: joining it would serve an expired value as a fresh one.
+                flight = None
             if flight is None:
                 flight = flights[full] = _Flight(full, self.name, part, loop.create_future())
                 mine[part] = flight

@@ -257,7 +257,9 @@ class SqlReader:
     def stored_time(self, value: Any) -> Any:
         """A timestamp (datetime, ISO 8601 string or epoch seconds) as the table's
         timestamp column stores it. Raises ConfigError when it is none of those."""
-        ns = int(to_ns([value])[0])
+        one = np.empty(1, dtype=object)
+        one[0] = value
+        ns = int(to_ns(one)[0])
         if self._ts_kind == "epoch" and isinstance(self.table.c[self.source.timestamp].type, Integer):
             return ns // NS
         return self._bind_time(ns)
