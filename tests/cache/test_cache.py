@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from stalwart.cache import CacheMetrics, CachePolicy, Expiring, FeatureCache, MemoryTier
+from stalwart.cache.keys import EntityKey
+from stalwart.cache.tiers import Row
 from stalwart.errors import CallNotPermitted, CallTimeout, FeatureError
 from tests.cache.conftest import CacheFactory, Clock, Source
 
@@ -371,9 +373,9 @@ async def test_a_loader_can_end_an_entry_s_freshness_before_its_ttl() -> None:
     window) is fresh until then, not for the whole TTL; and XFetch does not reload it
     early, since a reload before that instant would compute the same value."""
     clock = Clock()
-    calls: list[list[tuple[int]]] = []
+    calls: list[list[EntityKey]] = []
 
-    async def load(keys: list[tuple[int]]) -> dict[tuple[int], Expiring | dict[str, float] | None]:
+    async def load(keys: list[EntityKey]) -> dict[EntityKey, Expiring | Row | None]:
         calls.append(keys)
         return {(1,): Expiring({"n": 1.0}, clock.now + 5), (2,): {"n": 2.0}, (3,): Expiring(None, clock.now + 500)}
 
@@ -400,7 +402,7 @@ async def test_a_request_never_joins_a_finished_load_whose_value_has_expired(mak
     cache = await make_cache(clock=clock)
     calls: list[int] = []
 
-    async def load(keys: list[tuple[int]]) -> dict[tuple[int], Expiring]:
+    async def load(keys: list[EntityKey]) -> dict[EntityKey, Expiring | Row | None]:
         calls.append(len(calls))
         return {k: Expiring({"n": float(len(calls))}, clock.now + 1) for k in keys}
 

@@ -176,7 +176,7 @@ def _base_set(windows: list[int], max_age: int) -> FeatureSet:
     features: list[Any] = []
     for w in sorted(set(windows)):
         features.append(Window(f"n_{w}", agg="count", window=w))
-        features.extend(Window(f"{agg}_{w}", agg=agg, column="amount", window=w) for agg in ("sum", "mean", "min", "max"))  # type: ignore[arg-type]
+        features.extend(Window(f"{agg}_{w}", agg=agg, column="amount", window=w) for agg in ("sum", "mean", "min", "max"))
     features += [
         Latest("last_seq", column="seq"),
         Latest("aged_seq", column="seq", max_age=max_age),

@@ -16,6 +16,7 @@ from stalwart.cache import CacheMetrics, FeatureCache, RedisTier
 from stalwart.errors import ConfigError
 from stalwart.features import FeatureSet, OnlineFeatures, Window
 from stalwart.features.caching import bind_caches, cache_policy
+from stalwart.features.definitions import FeatureRef, RequestField
 from stalwart.features.online import Resolved
 from stalwart.features.readers import make_reader
 from stalwart.storage import DatabasePool
@@ -73,7 +74,7 @@ async def test_cached_features_equal_uncached_ones_as_windows_slide(
     clock = FakeClock(T0 + dt.timedelta(days=1))
     cache = FeatureCache(clock=clock.seconds) if tier == "memory" else redis_cache(namespace, clock)
     caches.append(cache)
-    refs = [*(fs[n] for n in fs.feature_names), TXN.amount]
+    refs: list[FeatureRef | RequestField] = [*(fs[n] for n in fs.feature_names), TXN.amount]
     plain = OnlineFeatures(refs, {"tx": reader}, clock=clock.ns)
     cached = OnlineFeatures(refs, {"tx": counting}, caches=bind_caches([fs], cache), clock=clock.ns)
     rng = np.random.default_rng(1)

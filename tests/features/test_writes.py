@@ -46,6 +46,12 @@ def count_rows(pool: DatabasePool) -> int:
         return int(conn.execute(text("SELECT count(*) FROM tx")).scalar_one())
 
 
+def sql(fs: FeatureSet) -> SqlSource:
+    source = fs.source
+    assert isinstance(source, SqlSource)
+    return source
+
+
 def new_row(card: int, amount: float = 5.0) -> dict[str, Any]:
     return {"card_id": card, "ts": dt.datetime.now(tz=dt.UTC) - dt.timedelta(minutes=1), "amount": amount, "category": "tech"}
 
@@ -79,7 +85,7 @@ async def test_source_write_invalidates_every_replica_so_the_next_resolve_sees_t
     before = [await server.resolve([{"card_id": 4}]) for server in servers]
     assert [len(c.calls) for c in counting] == [1, 0]  # the second replica read Redis
     writer = Settings(home=settings.home, redis_url=REDIS_URL, cache_namespace=namespace)
-    result = await asyncio.to_thread(fs.source.write, [new_row(4, 7.5), new_row(4, 2.5), new_row(5)], settings=writer)
+    result = await asyncio.to_thread(sql(fs).write, [new_row(4, 7.5), new_row(4, 2.5), new_row(5)], settings=writer)
     assert result.as_dict() == {"rows": 3, "entities": 2, "feature_sets": ["card"], "invalidated": True}
     await until(lambda: all(c.metrics.registry.get_sample_value("stalwart_cache_invalidations_received_total", {"scope": "entities"}) for c in replicas))
     want = await plain.resolve([{"card_id": 4}])
@@ -101,7 +107,7 @@ async def test_a_write_through_the_server_s_cache_is_seen_by_its_next_request(sq
     online = OnlineFeatures([fs["n_1h"]], {"tx": counting}, caches=bind_caches([fs], cache))
     first = await online.resolve([{"card_id": 1}, {"card_id": 2}])
     other = FeatureSet("elsewhere", entity=CARD, source=SqlSource("other", table="other", entity=CARD, timestamp="ts"), features=[Window("n", agg="count", window="1h")])
-    result = await write_rows(fs.source, [new_row(1)], reader=reader, cache=cache, feature_sets=[fs, other])
+    result = await write_rows(sql(fs), [new_row(1)], reader=reader, cache=cache, feature_sets=[fs, other])
     assert (result.rows, result.entities, result.feature_sets, result.invalidated) == (1, 1, ("card",), True)
     second = await online.resolve([{"card_id": 1}, {"card_id": 2}])
     assert second.columns["n_1h"].tolist() == [first.columns["n_1h"][0] + 1, first.columns["n_1h"][1]]
@@ -126,12 +132,12 @@ async def test_rows_are_checked_before_anything_is_written(sqlite_pool: Database
     before = count_rows(sqlite_pool)
     for bad, message, field in cases:
         with pytest.raises(RequestError, match=message) as caught:
-            await write_rows(fs.source, [good, bad], reader=reader, cache=None, feature_sets=[fs])  # type: ignore[list-item]
+            await write_rows(sql(fs), [good, bad], reader=reader, cache=None, feature_sets=[fs])  # type: ignore[list-item]
         assert caught.value.field == field
     with pytest.raises(RequestError, match="rows: send a list"):
-        await write_rows(fs.source, {"card_id": 1}, reader=reader, cache=None, feature_sets=[fs])  # type: ignore[arg-type]
+        await write_rows(sql(fs), {"card_id": 1}, reader=reader, cache=None, feature_sets=[fs])  # type: ignore[arg-type]
     assert count_rows(sqlite_pool) == before
-    result = await write_rows(fs.source, [good, {**good, "ts": 1767348000.5}], reader=reader, cache=None, feature_sets=[fs])
+    result = await write_rows(sql(fs), [good, {**good, "ts": 1767348000.5}], reader=reader, cache=None, feature_sets=[fs])
     assert (result.rows, result.invalidated) == (2, False)  # no cache to tell: said so
     assert count_rows(sqlite_pool) == before + 2
 
@@ -140,7 +146,7 @@ async def test_the_sync_write_refuses_to_run_inside_an_event_loop(settings: Sett
     """``source.write`` is for scripts; async code is told to await ``awrite``."""
     fs = card_features()
     with pytest.raises(ConfigError, match=r"use 'await tx.awrite\(rows\)'"):
-        fs.source.write([new_row(1)], settings=settings)
+        sql(fs).write([new_row(1)], settings=settings)
 
 
 async def test_invalidate_takes_entity_objects_key_tuples_or_everything() -> None:
@@ -181,7 +187,7 @@ def test_notify_needs_postgresql(settings: Settings) -> None:
     without PostgreSQL sources needs no listener."""
     fs = card_features(cache=LONG)
     with pytest.raises(ConfigError, match=r"source 'tx' is not on PostgreSQL.*source.write\(\)"):
-        install_source_trigger(fs.source, settings)
+        install_source_trigger(sql(fs), settings)
     assert pg_listeners([fs], FeatureCache(), settings) == []
 
 
@@ -193,7 +199,7 @@ async def test_plain_sql_writes_to_a_postgres_source_invalidate_through_notify(p
     load_table(db, make_transactions())
     db.dispose()
     fs = card_features(cache=LONG, url=pg_url)
-    install_source_trigger(fs.source)
+    install_source_trigger(sql(fs))
     pool = DatabasePool(Settings(db_url=pg_url))
     cache = FeatureCache()
     (listener,) = pg_listeners([fs], cache)

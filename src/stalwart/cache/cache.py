@@ -50,6 +50,7 @@ from stalwart.cache.metrics import CacheMetrics, SetCounters
 from stalwart.cache.tiers import Entry, MemoryTier, RedisTier, Row, Snapshot
 from stalwart.errors import CacheUnavailable, ConfigError, FeatureError, ResilienceError
 from stalwart.monitoring.logs import get_logger
+from stalwart.resilience.duration import Seconds
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -99,6 +100,8 @@ _log = get_logger("stalwart.cache")
 class CachePolicy(BaseModel):
     """How one FeatureSet is cached; validated once, when the FeatureSet is bound.
 
+    Durations are seconds, or strings such as ``"30s"``, ``"10m"``, ``"1h"``.
+
     ``max_staleness`` is the declared bound of stale-if-error: 0 (the default) never serves
     a value past its TTL. ``xfetch_beta`` scales XFetch early refresh (0 turns it off, 1 is
     the paper's optimum, higher refreshes earlier); ``ttl_jitter`` shortens each TTL by a
@@ -108,18 +111,18 @@ class CachePolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    ttl: float = Field(default=60.0, gt=0, description="seconds a value is served fresh")
-    negative_ttl: float = Field(
+    ttl: Seconds = Field(default=60.0, gt=0, description="seconds a value is served fresh")
+    negative_ttl: Seconds = Field(
         default=10.0, ge=0, description="seconds 'the source has no row' is cached (0: never)"
     )
-    max_staleness: float = Field(
+    max_staleness: Seconds = Field(
         default=0.0, ge=0, description="seconds past the TTL a value may serve while the source fails"
     )
     memory: bool = Field(default=True, description="use the in-process tier")
     redis: bool = Field(default=True, description="use the Redis tier (when Redis is configured)")
     xfetch_beta: float = Field(default=1.0, ge=0)
     ttl_jitter: float = Field(default=0.0, ge=0, lt=1)
-    window_step: float | None = Field(default=None, gt=0)
+    window_step: Seconds | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _bounded(self) -> CachePolicy:

@@ -123,9 +123,10 @@ class OnlineFeatures:
 
     ``readers`` maps each source's name to its reader; ``guards`` (by source name) wraps
     a source's fetches in its breaker, bulkhead and time limit; ``caches`` (by FeatureSet
-    name, see :func:`stalwart.features.caching.bind_caches`) caches a set's values per
-    entity. Both are optional and decided here, once. ``clock`` gives "now" in ns, on the
-    same wall clock as the caches' (``time.time``).
+    name, see :func:`stalwart.features.caching.bind_caches`; entries for sets these
+    features do not use are ignored) caches a set's values per entity. Both are optional
+    and decided here, once. ``clock`` gives "now" in ns, on the same wall clock as the
+    caches' (``time.time``).
     """
 
     def __init__(
@@ -144,10 +145,7 @@ class OnlineFeatures:
         self._used = {name: names_in(fs, self.refs) for name, fs in sets.items()}
         self._request_fields = request_fields_of(self.refs)
         self._entity_keys = list(dict.fromkeys(k for s in sets.values() for k in s.entity.keys))
-        caches = caches or {}
-        unknown = sorted(set(caches) - set(sets))
-        if unknown:
-            raise ConfigError(f"caches given for {', '.join(unknown)}, which these features do not use")
+        caches = caches or {}  # caches of sets these features do not use are ignored
         by_source: dict[str, list[FeatureSet]] = {}
         for feature_set in sets.values():
             by_source.setdefault(feature_set.source.name, []).append(feature_set)
