@@ -176,6 +176,7 @@ async def test_the_source_breaker_opens_and_then_spares_the_source(sqlite_pool: 
     reader.error = FeatureError("source 'tx': query failed: too many connections")
     guard = Guard("tx", GuardConfig.model_validate({"breaker": {"minimum_number_of_calls": 2, "sliding_window_size": 2}}))
     online = OnlineFeatures([fs["n_1d"], fs["ratio"]], {"tx": reader}, guards={"tx": guard})
+    assert online.sources == ["tx"]
     reasons = [(await online.resolve([{"card_id": 1}], [{"amount": 2.0}])).degraded[0]["reason"] for _ in range(4)]
     assert reasons == ["FeatureError", "FeatureError", "CallNotPermitted", "CallNotPermitted"]
     assert len(reader.calls) == 2

@@ -152,7 +152,7 @@ class CachedSet:
             require_defaults(feature_set, self.used, cause, len(failed))
             request.degraded.append(degradation("feature_defaults", feature_set, cause, len(failed)))
         if result.stale:
-            cause = next(iter(result.stale_errors.values()))
+            cause = next(iter(result.stale_errors.values()), FeatureError("the source failed"))
             request.degraded.append(degradation("stale_features", feature_set, cause, len(result.stale)))
         rows = result.rows
         default = self.default_row

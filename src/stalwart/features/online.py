@@ -10,6 +10,9 @@ parallel):
   per entity from the cache, one round trip for the entities it lacks, then transforms
   per request over those values and the request's values. Same engine, same numbers.
 
+A source behind several cached sets is read once per set that misses (each set's cache
+coalesces its own loads); its uncached sets share one read.
+
 Every fetch goes through the source's guard (breaker, bulkhead, time limit) when there is
 one. When a source fails, the request carries on: entities with a cached value at most
 ``max_staleness`` past its freshness get it, the others their features' declared defaults
@@ -168,6 +171,11 @@ class OnlineFeatures:
         used = [f for s in group for f in s.closure(self._used[s.name])]
         lookback = max((f.window_ns for f in used if isinstance(f, Window)), default=0)
         return _Direct(tuple(group), columns, lookback, needs_older(used, lookback))
+
+    @property
+    def sources(self) -> list[str]:
+        """The names of the sources these features read (what ``guards`` is keyed by)."""
+        return [plan.reader.name for plan in self._plans]
 
     @property
     def entity_keys(self) -> list[str]:
