@@ -15,6 +15,7 @@ EXPECTED = {
     "CacheTier",
     "EntityKey",
     "Entry",
+    "Expiring",
     "FeatureCache",
     "FeatureSetCache",
     "Invalidation",

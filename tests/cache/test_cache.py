@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
-from stalwart.cache import CacheMetrics, CachePolicy, FeatureCache, MemoryTier
+from stalwart.cache import CacheMetrics, CachePolicy, Expiring, FeatureCache, MemoryTier
+from stalwart.cache.keys import EntityKey
+from stalwart.cache.tiers import Row
 from stalwart.errors import CallNotPermitted, CallTimeout, FeatureError
 from tests.cache.conftest import CacheFactory, Clock, Source
 
@@ -185,6 +187,7 @@ async def test_stale_if_error_serves_within_the_bound_and_marks_it(error: Except
     result = await fraud.get_many([(1,), (2,)], source.load)
     assert result.rows == {(1,): ROWS[(1,)], (2,): ROWS[(2,)]}
     assert result.stale == {(1,), (2,)}
+    assert result.stale_errors == {(1,): error, (2,): error}
     assert result.degraded
     assert sample(cache.metrics, "stalwart_cache_stale_serves_total", feature_set="fraud") == 2
 
@@ -363,3 +366,49 @@ async def test_an_empty_lookup_costs_nothing() -> None:
     source = Source(ROWS)
     assert (await FeatureCache().bind("fraud", "v1").get_many([], source.load)).rows == {}
     assert source.calls == []
+
+
+async def test_a_loader_can_end_an_entry_s_freshness_before_its_ttl() -> None:
+    """A loaded value that stops being right at a known instant (an event leaving a
+    window) is fresh until then, not for the whole TTL; and XFetch does not reload it
+    early, since a reload before that instant would compute the same value."""
+    clock = Clock()
+    calls: list[list[EntityKey]] = []
+
+    async def load(keys: list[EntityKey]) -> dict[EntityKey, Expiring | Row | None]:
+        calls.append(keys)
+        return {(1,): Expiring({"n": 1.0}, clock.now + 5), (2,): {"n": 2.0}, (3,): Expiring(None, clock.now + 500)}
+
+    cache = FeatureCache(clock=clock, rand=lambda: 1.0 - 2.0**-53)  # XFetch as eager as it gets
+    fraud = cache.bind("fraud", "v1", CachePolicy(ttl=60, negative_ttl=10))
+    first = await fraud.get_many([(1,), (2,), (3,)], load)
+    assert first.rows == {(1,): {"n": 1.0}, (2,): {"n": 2.0}, (3,): None}
+    clock.advance(4.999)
+    await fraud.get_many([(1,)], load)
+    assert len(calls) == 1
+    clock.advance(0.002)
+    await fraud.get_many([(1,)], load)
+    assert calls[1:] == [[(1,)]]
+    clock.advance(9)  # the TTL, shorter than the row's own limit, still decides for (3,)
+    await fraud.get_many([(3,)], load)
+    assert calls[2:] == [[(3,)]]
+
+
+@pytest.mark.redis
+async def test_a_request_never_joins_a_finished_load_whose_value_has_expired(make_cache: CacheFactory) -> None:
+    """A load that is over but still writing back to Redis is joined only while its value
+    is fresh: a request arriving after that value expired gets a new load."""
+    clock = Clock()
+    cache = await make_cache(clock=clock)
+    calls: list[int] = []
+
+    async def load(keys: list[EntityKey]) -> dict[EntityKey, Expiring | Row | None]:
+        calls.append(len(calls))
+        return {k: Expiring({"n": float(len(calls))}, clock.now + 1) for k in keys}
+
+    fraud = cache.bind("fraud", "v1", CachePolicy(ttl=60, memory=False))
+    first = await fraud.get_many([(1,)], load)  # returns before the write-back to Redis ends
+    clock.advance(2)
+    second = await fraud.get_many([(1,)], load)
+    assert (first.rows[(1,)], second.rows[(1,)]) == ({"n": 1.0}, {"n": 2.0})
+    assert second.coalesced == 0

@@ -1,9 +1,13 @@
-"""A small transactions table, in the registry's database (SQLite or PostgreSQL)."""
+"""A small transactions table, in the registry's database (SQLite or PostgreSQL); a fake
+clock; a reader that counts its fetches and can be told to fail or hang."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +24,12 @@ from stalwart.features import (
     Transform,
     Window,
 )
+from stalwart.features.engine import SourceRows
+from stalwart.features.readers import SourceReader
+from stalwart.features.timecodec import NS
 from stalwart.storage import Database, DatabasePool
+from tests.cache.conftest import cleanup_namespace
+from tests.conftest import REDIS_URL
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -58,10 +67,10 @@ CARD = Entity("card", keys=["card_id"])
 TXN = RequestSource("txn", fields={"amount": "float"})
 
 
-def card_features(table: str = "tx") -> FeatureSet:
-    source = SqlSource("tx", table=table, entity=CARD, timestamp="ts")
+def card_features(table: str = "tx", *, cache: Mapping[str, Any] | bool | None = None, url: str | None = None) -> FeatureSet:
+    source = SqlSource("tx", table=table, entity=CARD, timestamp="ts", url=url)
     return FeatureSet(
-        "card", entity=CARD, source=source,
+        "card", entity=CARD, source=source, cache=cache,
         features=[
             Window("n_1h", agg="count", window="1h"),
             Window("n_1d", agg="count", window="1d"),
@@ -109,3 +118,70 @@ def events_for(transactions: pd.DataFrame, n: int = 60, seed: int = 5) -> pd.Dat
         "label": rng.integers(0, 2, size=n),
     })
 
+
+
+class FakeClock:
+    """One wall clock for the features (int ns) and the cache (float seconds), moved by hand."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.now_ns = int(start.timestamp()) * NS
+
+    def ns(self) -> int:
+        return self.now_ns
+
+    def seconds(self) -> float:
+        return self.now_ns / NS
+
+    def advance(self, seconds: float) -> None:
+        self.now_ns += round(seconds * NS)
+
+
+class CountingReader:
+    """A real reader, wrapped: it counts fetches (and the keys asked), and a test can make
+    it fail or hang like a sick database."""
+
+    def __init__(self, inner: SourceReader, delay: float = 0.0) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.calls: list[list[tuple[Any, ...]]] = []
+        self.error: BaseException | None = None
+        self.gate: asyncio.Event | None = None
+
+    def read_all(self, columns: Sequence[str]) -> SourceRows:
+        return self.inner.read_all(columns)
+
+    async def fetch(
+        self,
+        keys: Sequence[tuple[Any, ...]],
+        as_of_ns: int,
+        lookback_ns: int,
+        columns: Sequence[str],
+        *,
+        older: bool = True,
+        newer: bool = False,
+    ) -> SourceRows:
+        self.calls.append(list(keys))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return await self.inner.fetch(keys, as_of_ns, lookback_ns, columns, older=older, newer=newer)
+
+
+@pytest.fixture
+def sqlite_pool(settings: Settings, transactions: pd.DataFrame) -> Iterator[DatabasePool]:
+    """The transactions table in the test's SQLite database."""
+    opened = DatabasePool(settings)
+    load_table(opened(None), transactions)
+    yield opened
+    opened.dispose()
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    """A key namespace of the shared Redis that only this test uses, removed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    yield name
+    cleanup_namespace(REDIS_URL, name)

@@ -19,7 +19,14 @@ from stalwart.features.definitions import (
     Transform,
     Window,
 )
-from stalwart.features.engine import Queries, SourceRows, compute
+from stalwart.features.engine import (
+    NEVER,
+    Queries,
+    SourceRows,
+    apply_transforms,
+    compute,
+    compute_base,
+)
 from stalwart.features.timecodec import NS
 
 CARD = Entity("card", keys=["card_id"])
@@ -163,3 +170,85 @@ def test_engine_matches_a_brute_force_reference(rows: list[tuple[int, int, float
             expected_last = math.nan
         got_last = float(out["last"][i])
         assert (math.isnan(expected_last) and math.isnan(got_last)) or got_last == expected_last, (card, t)
+
+
+def _base_set(windows: list[int], max_age: int) -> FeatureSet:
+    features: list[Any] = []
+    for w in sorted(set(windows)):
+        features.append(Window(f"n_{w}", agg="count", window=w))
+        features.extend(Window(f"{agg}_{w}", agg=agg, column="amount", window=w) for agg in ("sum", "mean", "min", "max"))
+    features += [
+        Latest("last_seq", column="seq"),
+        Latest("aged_seq", column="seq", max_age=max_age),
+        Latest("aged_amount", column="amount", max_age=max_age, default=-1.0),
+        Transform("double", inputs=["last_seq"], fn=lambda s: s * 2),
+    ]
+    return _set(*features)
+
+
+def _rows_with_seq(rows: list[tuple[int, int, float]]) -> SourceRows:
+    source = _rows([r[0] for r in rows], [float(r[1]) for r in rows], [r[2] for r in rows])
+    source.columns["seq"] = np.arange(len(rows), dtype=np.float64)
+    return source
+
+
+def _equal(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
+    return bool(np.array_equal(a, b, equal_nan=True))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    rows=st.lists(_row, max_size=30),
+    queries=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 70)), min_size=1, max_size=6),
+    windows=st.lists(st.integers(1, 30), min_size=1, max_size=2),
+    max_age=st.integers(1, 30),
+)
+def test_values_hold_exactly_until_valid_until(rows: list[tuple[int, int, float]], queries: list[tuple[int, int]], windows: list[int], max_age: int) -> None:
+    """A cached value is fresh until ``valid_until_ns``: recomputing at any instant from
+    the query time up to it (every instant where anything could change is tried) gives the
+    same base values, bit for bit; at ``valid_until_ns`` itself some value changes."""
+    fs = _base_set(windows, max_age)
+    source = _rows_with_seq(rows)
+    asked = _ask([q[0] for q in queries], [float(q[1]) for q in queries])
+    base = compute_base(fs, asked, source)
+    assert "double" not in base.columns
+    widths = [w * NS for w in set(windows)]
+    marks = {int(ts) + d for ts in source.ts for d in (0, *widths, max_age * NS + 1)}
+    for i, (card, _) in enumerate(queries):
+        t = int(asked.ts[i])
+        until = int(base.valid_until_ns[i])
+        assert until > t
+        if until != NEVER:
+            assert until in marks
+        points = sorted({t, *(p for p in marks if t <= p < until), *([until - 1] if until != NEVER else [])})
+        again = compute_base(fs, _ask([card] * len(points), [p / NS for p in points]), source)
+        for name, column in base.columns.items():
+            expected = np.repeat(column[i : i + 1], len(points))
+            assert _equal(again.columns[name], expected), (name, t, until, points)
+        if until != NEVER:
+            after = compute_base(fs, Queries(keys=[np.asarray([card])], ts=np.asarray([until], dtype=np.int64)), source)
+            changed = [n for n, c in base.columns.items() if not _equal(after.columns[n], c[i : i + 1])]
+            assert changed, (t, until)
+
+
+def test_compute_is_compute_base_then_apply_transforms() -> None:
+    """Training sets (compute) and the cached online path (base, then transforms per
+    request) are one code path: the same columns either way."""
+    fs = _set(
+        Window("avg", agg="mean", column="amount", window="1d", default=0.0),
+        Latest("last", column="amount", max_age="1h"),
+        Transform("ratio", inputs=[TXN.amount, "avg"], fn=lambda a, m: a / np.maximum(m, 1.0)),
+    )
+    rows = _rows([1, 1, 2], [10.0, 20.0, 5.0], [10.0, 30.0, 7.0])
+    asked = _ask([1, 2, 3], [30.0, 30.0, 30.0])
+    request = {("txn", "amount"): np.asarray([40.0, 5.0, 1.0])}
+    whole = compute(fs, asked, rows, request, ["ratio", "last"])
+    base = compute_base(fs, asked, rows, ["ratio", "last"])
+    split = apply_transforms(fs, base.columns, request, 3, ["ratio", "last"])
+    assert split.keys() == whole.columns.keys() == {"avg", "last", "ratio"}
+    for name in split:
+        assert _equal(split[name], whole.columns[name])
+    assert base.found.tolist() == [True, True, False]
+    # Card 1: the row at 10 s leaves the 1-day window first, at 10 s + 1 d; the latest
+    # (20 s) expires at 20 s + 1 h + 1 ns. Card 3 has no rows: nothing changes.
+    assert base.valid_until_ns.tolist() == [20 * NS + 3600 * NS + 1, 5 * NS + 3600 * NS + 1, NEVER]

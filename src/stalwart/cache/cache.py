@@ -50,17 +50,43 @@ from stalwart.cache.metrics import CacheMetrics, SetCounters
 from stalwart.cache.tiers import Entry, MemoryTier, RedisTier, Row, Snapshot
 from stalwart.errors import CacheUnavailable, ConfigError, FeatureError, ResilienceError
 from stalwart.monitoring.logs import get_logger
+from stalwart.resilience.duration import Seconds
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from stalwart.config import Settings
 
-__all__ = ["DEFAULT_STALE_ON", "CachePolicy", "CacheResult", "FeatureCache", "FeatureSetCache", "Loader"]
+__all__ = [
+    "DEFAULT_STALE_ON",
+    "CachePolicy",
+    "CacheResult",
+    "Expiring",
+    "FeatureCache",
+    "FeatureSetCache",
+    "Loader",
+]
 
-Loader = Callable[[list[EntityKey]], Awaitable[Mapping[EntityKey, Row | None]]]
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    """A loaded row (or None: no row) that stops being right at ``until`` (wall-clock
+    seconds, on the cache's clock) even if nothing is written: a window aggregate whose
+    oldest event leaves the window then, a latest value that grows too old.
+
+    A loader returns it in place of a bare row; the entry is then fresh until the earlier
+    of its TTL and ``until``. XFetch does not refresh such an entry early when ``until``
+    decides: a reload before then would compute the same value.
+    """
+
+    row: Row | None
+    until: float
+
+
+Loader = Callable[[list[EntityKey]], Awaitable[Mapping[EntityKey, Row | Expiring | None]]]
 """Loads the rows of many entities in one source call; a key missing from the result, or
-mapped to None, has no row (cached as such for the policy's ``negative_ttl``)."""
+mapped to None, has no row (cached as such for the policy's ``negative_ttl``). A value may
+be an :class:`Expiring` to bound its freshness."""
 
 DEFAULT_STALE_ON: tuple[type[BaseException], ...] = (FeatureError, ResilienceError, OSError)
 """Loader errors that allow stale-if-error: source failures, an open breaker
@@ -74,6 +100,8 @@ _log = get_logger("stalwart.cache")
 class CachePolicy(BaseModel):
     """How one FeatureSet is cached; validated once, when the FeatureSet is bound.
 
+    Durations are seconds, or strings such as ``"30s"``, ``"10m"``, ``"1h"``.
+
     ``max_staleness`` is the declared bound of stale-if-error: 0 (the default) never serves
     a value past its TTL. ``xfetch_beta`` scales XFetch early refresh (0 turns it off, 1 is
     the paper's optimum, higher refreshes earlier); ``ttl_jitter`` shortens each TTL by a
@@ -83,18 +111,18 @@ class CachePolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    ttl: float = Field(default=60.0, gt=0, description="seconds a value is served fresh")
-    negative_ttl: float = Field(
+    ttl: Seconds = Field(default=60.0, gt=0, description="seconds a value is served fresh")
+    negative_ttl: Seconds = Field(
         default=10.0, ge=0, description="seconds 'the source has no row' is cached (0: never)"
     )
-    max_staleness: float = Field(
+    max_staleness: Seconds = Field(
         default=0.0, ge=0, description="seconds past the TTL a value may serve while the source fails"
     )
     memory: bool = Field(default=True, description="use the in-process tier")
     redis: bool = Field(default=True, description="use the Redis tier (when Redis is configured)")
     xfetch_beta: float = Field(default=1.0, ge=0)
     ttl_jitter: float = Field(default=0.0, ge=0, lt=1)
-    window_step: float | None = Field(default=None, gt=0)
+    window_step: Seconds | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _bounded(self) -> CachePolicy:
@@ -109,8 +137,9 @@ class CacheResult:
 
     ``rows`` maps each requested entity to its row, or None when the source has none. Rows
     are shared with the cache: treat them as read-only. ``stale`` lists entities served
-    past their TTL because the source failed (mark the response degraded); ``failed`` (only
-    with ``allow_partial=True``) those that could be served neither fresh nor stale.
+    past their TTL because the source failed (mark the response degraded), and
+    ``stale_errors`` the failure behind each; ``failed`` (only with ``allow_partial=True``)
+    those that could be served neither fresh nor stale, with the error.
     """
 
     rows: dict[EntityKey, Row | None]
@@ -120,6 +149,7 @@ class CacheResult:
     redis_hits: int = 0
     loaded: int = 0
     coalesced: int = 0
+    stale_errors: dict[EntityKey, BaseException] = field(default_factory=dict)
 
     @property
     def degraded(self) -> bool:
@@ -137,6 +167,10 @@ class _Outcome:
         self.origin = origin
         self.entry = entry
         self.error = error
+
+
+def _fresh(outcome: _Outcome, now: float) -> bool:
+    return outcome.entry is not None and outcome.entry.fresh_until > now
 
 
 class _Flight:
@@ -381,9 +415,14 @@ class FeatureSetCache:
         mine: dict[str, _Flight] = {}
         coalesced = 0
         loop = asyncio.get_running_loop()
+        start = cache.clock()
         for part, key in todo.items():
             full = prefix + part
             flight = flights.get(full)
+            if flight is not None and flight.future.done() and not _fresh(flight.future.result(), start):
+                # That load is over (only its write-back is pending) and its value has
+                # expired since: joining it would serve an expired value as a fresh one.
+                flight = None
             if flight is None:
                 flight = flights[full] = _Flight(full, self.name, part, loop.create_future())
                 mine[part] = flight
@@ -399,15 +438,15 @@ class FeatureSetCache:
         # other requests may be waiting on the same loads.
         await asyncio.wait([flight.future for _, _, flight in waiting])
         now = cache.clock()
-        stale: set[EntityKey] = set()
+        stale: dict[EntityKey, BaseException] = {}
         failed: dict[EntityKey, BaseException] = {}
         redis_hits = loaded = 0
         source_called = False
         for key, part, flight in waiting:
             outcome = flight.future.result()
             entry = outcome.entry
+            error = outcome.error
             if entry is None:
-                error = outcome.error
                 own_fallback = fallback.get(part)
                 if (
                     own_fallback is not None
@@ -421,7 +460,7 @@ class FeatureSetCache:
             rows[key] = entry.row
             origin = outcome.origin
             if origin != _REDIS and origin != _SOURCE and entry.fresh_until <= now:
-                stale.add(key)
+                stale[key] = error or FeatureError("the source failed")
             if origin == _REDIS:
                 redis_hits += 1
             elif origin == _SOURCE:
@@ -434,9 +473,7 @@ class FeatureSetCache:
             self._counters.source_calls_saved.inc()
         if failed and not allow_partial:
             raise next(iter(failed.values()))
-        return CacheResult(
-            rows, frozenset(stale), failed, hits, redis_hits, loaded, coalesced
-        )
+        return CacheResult(rows, frozenset(stale), failed, hits, redis_hits, loaded, coalesced, stale)
 
     async def _fetch(
         self,
@@ -522,7 +559,7 @@ class FeatureSetCache:
             for part in todo:
                 held = fallback.get(part)
                 if usable and held is not None and held.usable_until > now:
-                    flights[part].future.set_result(_Outcome(_FALLBACK, held))
+                    flights[part].future.set_result(_Outcome(_FALLBACK, held, exc))
                 else:
                     flights[part].future.set_result(_Outcome(_ERROR, error=exc))
             return
@@ -532,6 +569,10 @@ class FeatureSetCache:
 
     def _entry(self, row: Any, now: float, delta: float) -> Entry:
         policy = self.policy
+        until = None
+        if type(row) is Expiring:
+            until = row.until
+            row = row.row
         if row is not None and type(row) is not dict:
             row = dict(row)
         ttl = policy.ttl if row is not None else policy.negative_ttl
@@ -541,6 +582,10 @@ class FeatureSetCache:
         step = policy.window_step
         if step is not None:
             fresh = min(fresh, (math.floor(now / step) + 1) * step)
+        if until is not None and until < fresh:
+            # The value itself changes at `until`: an early reload would compute the same
+            # one, so XFetch (which scales with delta) stays off for this entry.
+            fresh, delta = until, 0.0
         return Entry(row, now, fresh, fresh + policy.max_staleness, delta)
 
     async def _write_back(

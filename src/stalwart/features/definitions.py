@@ -26,15 +26,21 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from stalwart.errors import ConfigError
 from stalwart.features.timecodec import Duration, duration_ns, format_duration
+
+if TYPE_CHECKING:
+    from stalwart.cache.cache import FeatureCache
+    from stalwart.config import Settings
+    from stalwart.features.writes import WriteResult
 
 __all__ = [
     "AGGREGATIONS",
@@ -91,6 +97,11 @@ class Entity:
             _check_identifier(f"entity '{self.name}' key", key)
 
 
+# Source -> the FeatureSets declared over it in this process (weakly: a set that is no
+# longer referenced anywhere has no cached values worth invalidating).
+_SETS_BY_SOURCE: weakref.WeakKeyDictionary[Source, weakref.WeakSet[FeatureSet]] = weakref.WeakKeyDictionary()
+
+
 class Source:
     """Where raw rows live. Each row carries the entity key(s) and an event timestamp."""
 
@@ -101,6 +112,12 @@ class Source:
     def describe(self) -> dict[str, Any]:
         """What identifies the source's data, for FeatureSet versions."""
         raise NotImplementedError
+
+    def feature_sets(self) -> list[FeatureSet]:
+        """The FeatureSets declared over this source object in this process, by name: the
+        ones whose cached values a write to it invalidates."""
+        held = _SETS_BY_SOURCE.get(self)
+        return sorted(held or (), key=lambda fs: fs.name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,6 +142,33 @@ class SqlSource(Source):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "sql", "table": self.table, "timestamp": self.timestamp, "order_by": self.order_by}
+
+    def write(self, rows: Sequence[Mapping[str, Any]], *, settings: Settings | None = None) -> WriteResult:
+        """Insert ``rows`` (dicts of column values) and invalidate the cached features of
+        the entities they belong to, in every FeatureSet declared over this source.
+
+        For scripts and jobs (it runs its own event loop; in async code await
+        :meth:`awrite`). Invalidation reaches every serving replica through Redis when
+        ``STALWART_REDIS_URL`` is set. Only FeatureSets defined in this process are known:
+        import the project's definitions before writing. Raises ``RequestError`` naming the
+        row and column of a malformed row, before anything is written.
+        """
+        from stalwart.features.writes import write_sync
+
+        return write_sync(self, rows, settings=settings)
+
+    async def awrite(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        settings: Settings | None = None,
+        cache: FeatureCache | None = None,
+    ) -> WriteResult:
+        """:meth:`write` for async code; ``cache`` is the process's own FeatureCache if it
+        has one (a server), otherwise one is built from the settings for the invalidation."""
+        from stalwart.features.writes import write_source
+
+        return await write_source(self, rows, settings=settings, cache=cache)
 
 
 @dataclass(frozen=True, eq=False)
@@ -309,13 +353,20 @@ class Transform(Feature):
 
 @dataclass(frozen=True, eq=False)
 class FeatureSet:
-    """Features of one entity computed from one source."""
+    """Features of one entity computed from one source.
+
+    ``cache`` is how online values are cached: None for the defaults, False for no cache,
+    or a mapping of :class:`stalwart.cache.CachePolicy` fields (``ttl``, ``negative_ttl``,
+    ``max_staleness``, ...), checked when the server binds the set to its cache. It is
+    not part of the definition: changing it does not change ``version``.
+    """
 
     name: str
     entity: Entity
     source: Source
     features: Sequence[Feature]
     description: str = ""
+    cache: Mapping[str, Any] | bool | None = None
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -344,7 +395,13 @@ class FeatureSet:
                             f"not a feature defined before it in the set (nor a request field)"
                         )
             seen.add(feature.name)
+        if self.cache is not None and not isinstance(self.cache, bool | Mapping):
+            raise ConfigError(
+                f"feature set '{self.name}': cache must be None, False or a mapping of cache "
+                f"policy fields such as {{'ttl': 30, 'max_staleness': 600}}"
+            )
         object.__setattr__(self, "version", self._hash())
+        _SETS_BY_SOURCE.setdefault(self.source, weakref.WeakSet()).add(self)
 
     def __getitem__(self, name: str) -> FeatureRef:
         if name not in self.feature_names:

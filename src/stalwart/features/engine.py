@@ -13,6 +13,14 @@ Training sets call it with a million events and the whole source; online resolut
 it with a request's entities, ``t = now`` and the rows one query fetched. Same code, same
 answers: this is what makes the two paths agree.
 
+:func:`compute` is two steps, which the online cache uses apart: :func:`compute_base`
+(``Latest`` and ``Window``, what depends on source rows, cacheable per entity) and
+:func:`apply_transforms` (per request, over those columns and the request's values).
+``compute_base`` also says, per query, until when its values hold with no new write
+(``valid_until_ns``): the first of a window's oldest row leaving it, a latest value
+passing its ``max_age``, and a row already stored with a later time coming into view.
+A cached value is fresh until then at the latest, so windows slide exactly.
+
 How it stays vectorised: entity keys become integer codes, times become ranks among every
 time involved, and ``code * (ranks + 1) + rank`` orders rows by entity then time in one
 int64. A ``searchsorted`` then finds each window's row range, and ``ufunc.reduceat`` over
@@ -29,11 +37,30 @@ from typing import Any
 import numpy as np
 
 from stalwart.errors import ConfigError, FeatureError
-from stalwart.features.definitions import FeatureSet, Latest, RequestField, Transform, Window
+from stalwart.features.definitions import (
+    Feature,
+    FeatureSet,
+    Latest,
+    RequestField,
+    Transform,
+    Window,
+)
 
-__all__ = ["Computed", "Queries", "SourceRows", "compute", "empty_rows"]
+__all__ = [
+    "NEVER",
+    "Base",
+    "Computed",
+    "Queries",
+    "SourceRows",
+    "apply_transforms",
+    "compute",
+    "compute_base",
+    "empty_rows",
+]
 
 Column = np.ndarray[Any, Any]
+NEVER = int(np.iinfo(np.int64).max)
+"""``valid_until_ns`` of a value that no passage of time alone can change."""
 
 
 @dataclass(slots=True)
@@ -58,6 +85,17 @@ class Queries:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+
+@dataclass(slots=True)
+class Base:
+    """A feature set's row-dependent columns for the queries, in query order; which
+    entities had any row at or before their time; and, per query, the first instant
+    (int64 ns) at which a value may change without a new write (``NEVER`` if none)."""
+
+    columns: dict[str, Column]
+    found: np.ndarray[Any, np.dtype[np.bool_]]
+    valid_until_ns: np.ndarray[Any, np.dtype[np.int64]]
 
 
 @dataclass(slots=True)
@@ -86,8 +124,23 @@ def compute(
     names: Sequence[str] | None = None,
 ) -> Computed:
     """The features ``names`` of ``feature_set`` (all when None, plus what their transforms
-    read) for every query, using only rows at or before it."""
-    features = feature_set.closure(names)
+    read) for every query, using only rows at or before it: :func:`compute_base`, then
+    :func:`apply_transforms`."""
+    base = compute_base(feature_set, queries, rows, names)
+    columns = apply_transforms(feature_set, base.columns, request, len(queries), names)
+    return Computed(columns=columns, found=base.found)
+
+
+def compute_base(
+    feature_set: FeatureSet,
+    queries: Queries,
+    rows: SourceRows,
+    names: Sequence[str] | None = None,
+) -> Base:
+    """The ``Latest`` and ``Window`` features among ``names`` and what their transforms
+    read (every one when None): what depends on source rows. Each query also gets the
+    instant its values stop holding without a new write (:attr:`Base.valid_until_ns`)."""
+    features = [f for f in feature_set.closure(names) if isinstance(f, Latest | Window)]
     m = len(queries)
     q_codes, r_codes = _joint_codes(queries.keys, rows.keys)
     windows = sorted({f.window_ns for f in features if isinstance(f, Window)})
@@ -123,18 +176,68 @@ def compute(
     for feature in features:
         if isinstance(feature, Latest):
             sorted_columns[feature.name] = _latest(feature, values_of(feature.column), r_ts, q_ts_s, hi, found_s)
-        elif isinstance(feature, Window):
+        else:
             lo = bounds[feature.window_ns]
             window_values = None if feature.column is None else values_of(feature.column)
             sorted_columns[feature.name] = _window(feature, window_values, lo, hi, feature_set, counts)
 
+    end = np.searchsorted(r_key, (q_codes_s + 1) * radix, side="left")
+    until_s = _valid_until(features, r_ts, q_ts_s, hi, end, found_s, bounds)
     unsort = np.empty(m, dtype=np.int64)
     unsort[qperm] = np.arange(m, dtype=np.int64)
     columns = {name: col[unsort] for name, col in sorted_columns.items()}
-    for feature in features:
+    return Base(columns=columns, found=found_s[unsort], valid_until_ns=until_s[unsort])
+
+
+def apply_transforms(
+    feature_set: FeatureSet,
+    columns: Mapping[str, Column],
+    request: Mapping[tuple[str, str], Column] | None,
+    m: int,
+    names: Sequence[str] | None = None,
+) -> dict[str, Column]:
+    """``columns`` (from :func:`compute_base`, ``m`` rows) plus the transforms among
+    ``names`` and what they read, over those columns and the request-time values."""
+    out = dict(columns)
+    for feature in feature_set.closure(names):
         if isinstance(feature, Transform):
-            columns[feature.name] = _transform(feature, columns, request or {}, m, feature_set)
-    return Computed(columns=columns, found=found_s[unsort])
+            out[feature.name] = _transform(feature, out, request or {}, m, feature_set)
+    return out
+
+
+def _valid_until(
+    features: Sequence[Feature],
+    r_ts: Column,
+    q_ts: Column,
+    hi: Column,
+    end: Column,
+    found: Column,
+    bounds: Mapping[int, Column],
+) -> Column:
+    """Per (sorted) query, the first instant a value may differ with no new row written:
+    a window's oldest row leaving it, a latest value growing older than ``max_age``, or a
+    row already stored with a later time coming into view. ``NEVER`` when none applies."""
+    m = len(q_ts)
+    until = np.full(m, NEVER, dtype=np.int64)
+    if m == 0 or len(r_ts) == 0:
+        return until
+    last = len(r_ts) - 1
+    # The entity's first row after the query time: it enters every window and becomes
+    # the latest value.
+    ahead = hi < end
+    until = np.where(ahead, r_ts[np.minimum(hi, last)], until)
+    for w, lo in bounds.items():
+        inside = hi > lo
+        until = np.where(inside, np.minimum(until, r_ts[np.minimum(lo, last)] + w), until)
+    ages = {f.max_age_ns for f in features if isinstance(f, Latest) and f.max_age_ns is not None}
+    if ages:
+        newest = r_ts[np.maximum(hi - 1, 0)]
+        for age in ages:
+            # Valid while t - ts <= age: it stops one nanosecond after ts + age.
+            expires = newest + age + 1
+            live = found & (expires > q_ts)
+            until = np.where(live, np.minimum(until, expires), until)
+    return until
 
 
 def _joint_codes(q_keys: list[Column], r_keys: list[Column]) -> tuple[Column, Column]:

@@ -1,23 +1,40 @@
 """Online features: the same definitions, computed for a request's entities as of now.
 
 :class:`OnlineFeatures` is built once per deployment and model version from the model's
-feature list. ``resolve`` checks the request's entities and values, makes one round trip
-per source (all entities of the request at once, sources in parallel), runs the engine
-with ``t = now`` and returns numpy columns in the model's feature order. No pandas on this
-path.
+feature list. ``resolve`` checks the request's entities and values, then per source (in
+parallel):
+
+- FeatureSets without a cache: one round trip for all the request's entities, the engine
+  with ``t = now``, transforms;
+- FeatureSets with a cache (:mod:`stalwart.features.caching`): their row-dependent values
+  per entity from the cache, one round trip for the entities it lacks, then transforms
+  per request over those values and the request's values. Same engine, same numbers.
+
+A source behind several cached sets is read once per set that misses (each set's cache
+coalesces its own loads); its uncached sets share one read.
+
+Every fetch goes through the source's guard (breaker, bulkhead, time limit) when there is
+one. When a source fails, the request carries on: entities with a cached value at most
+``max_staleness`` past its freshness get it, the others their features' declared defaults
+(``count`` and ``sum``: 0), and :attr:`Resolved.degraded` says so; only when a feature
+involved has no default does ``resolve`` raise :class:`~stalwart.errors.FeatureError`.
+
+An explicit ``as_of_ns`` (the parity check, back-tests) reads the sources directly, never
+the cache, and a source failure then raises: a point-in-time answer is exact or nothing.
+No pandas on this path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stalwart.errors import ConfigError, RequestError, UnknownEntity
+from stalwart.errors import ConfigError, FeatureError, RequestError, ResilienceError, UnknownEntity
 from stalwart.features.definitions import (
     Feature,
     FeatureRef,
@@ -29,43 +46,109 @@ from stalwart.features.definitions import (
     names_in,
     request_fields_of,
 )
-from stalwart.features.engine import Queries, compute
-from stalwart.features.readers import SourceReader
+from stalwart.features.engine import Queries, apply_transforms, compute_base
+from stalwart.features.readers import GuardedReader, SourceReader, rows_from_records
 from stalwart.features.timecodec import now_ns
 
-__all__ = ["OnlineFeatures", "Resolved"]
+if TYPE_CHECKING:
+    from stalwart.cache.cache import FeatureSetCache
+    from stalwart.features.caching import CachedSet
+    from stalwart.resilience.guard import Guard
 
+__all__ = ["SOURCE_FAILURES", "OnlineFeatures", "Resolved"]
+
+Column = np.ndarray[Any, Any]
 _CONVERTERS = {"float": float, "int": int, "str": str, "bool": bool}
+
+SOURCE_FAILURES: tuple[type[BaseException], ...] = (FeatureError, ResilienceError, OSError)
+"""What counts as a source failing (stale values or defaults, not an error): the guard
+refusing or giving up, the source raising, a lost connection. Anything else is a bug or a
+bad request and is raised as is."""
 
 
 @dataclass(slots=True)
 class Resolved:
-    """A request's features: columns in feature order, and the time they are as of."""
+    """A request's features: columns in feature order, and the time they are as of.
 
-    columns: dict[str, np.ndarray[Any, Any]]
+    ``degraded`` has one entry per FeatureSet whose source failed for some entities:
+    ``{"level": "stale_features" | "feature_defaults", "source", "feature_set", "reason",
+    "entities"}`` (``reason`` is the failure's class name, ``entities`` how many distinct
+    entities). ``cache`` counts, per cached FeatureSet, where the entities' values came
+    from (``memory``, ``redis``, ``loaded``, ``coalesced``, ``stale``, ``defaults``).
+    """
+
+    columns: dict[str, Column]
     rows: int
     as_of_ns: int
+    degraded: list[dict[str, Any]] = field(default_factory=list)
+    cache: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
-class _SourcePlan:
-    reader: SourceReader
+class _Direct:
+    """Uncached FeatureSets of one source: one fetch, then the engine."""
+
     sets: tuple[FeatureSet, ...]
     columns: tuple[str, ...]
     lookback_ns: int
     older: bool  # whether rows before the lookback can change an answer
 
 
-class OnlineFeatures:
-    """Computes a fixed list of features for live requests."""
+@dataclass(frozen=True, slots=True)
+class _SourcePlan:
+    reader: GuardedReader
+    everything: _Direct  # every set of the source, read directly (an explicit as_of)
+    uncached: _Direct | None  # the sets without a cache, as of now
+    cached: tuple[CachedSet, ...]
 
-    def __init__(self, refs: Sequence[FeatureRef | RequestField], readers: Mapping[str, SourceReader]) -> None:
+
+@dataclass(slots=True)
+class Request:
+    """One resolution's inputs, checked: what the per-source steps share."""
+
+    entities: Sequence[Mapping[str, Any]]
+    keys: dict[str, Column]
+    values: dict[tuple[str, str], Column]
+    n: int
+    as_of_ns: int
+    deadline: float | None
+    columns: dict[str, Column] = field(default_factory=dict)
+    degraded: list[dict[str, Any]] = field(default_factory=list)
+    cache: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def entity_keys(self, feature_set: FeatureSet) -> list[tuple[Any, ...]]:
+        """Each entity's key tuple for ``feature_set``, in request order."""
+        return list(zip(*(self.keys[k].tolist() for k in feature_set.entity.keys), strict=True))
+
+
+class OnlineFeatures:
+    """Computes a fixed list of features for live requests.
+
+    ``readers`` maps each source's name to its reader; ``guards`` (by source name) wraps
+    a source's fetches in its breaker, bulkhead and time limit; ``caches`` (by FeatureSet
+    name, see :func:`stalwart.features.caching.bind_caches`; entries for sets these
+    features do not use are ignored) caches a set's values per entity. Both are optional
+    and decided here, once. ``clock`` gives "now" in ns, on the same wall clock as the
+    caches' (``time.time``).
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[FeatureRef | RequestField],
+        readers: Mapping[str, SourceReader],
+        *,
+        guards: Mapping[str, Guard] | None = None,
+        caches: Mapping[str, FeatureSetCache] | None = None,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
         self.refs = list(refs)
         self.names = [ref.name for ref in self.refs]
+        self._clock = clock
         sets = {s.name: s for s in feature_sets_of(self.refs)}
         self._used = {name: names_in(fs, self.refs) for name, fs in sets.items()}
         self._request_fields = request_fields_of(self.refs)
         self._entity_keys = list(dict.fromkeys(k for s in sets.values() for k in s.entity.keys))
+        caches = caches or {}  # caches of sets these features do not use are ignored
         by_source: dict[str, list[FeatureSet]] = {}
         for feature_set in sets.values():
             by_source.setdefault(feature_set.source.name, []).append(feature_set)
@@ -73,11 +156,26 @@ class OnlineFeatures:
         for source_name, group in by_source.items():
             if source_name not in readers:
                 raise ConfigError(f"no reader for source '{source_name}'")
-            columns = tuple(dict.fromkeys(c for s in group for c in s.source_columns(self._used[s.name])))
-            used = [f for s in group for f in s.closure(self._used[s.name])]
-            lookback = max((f.window_ns for f in used if isinstance(f, Window)), default=0)
-            plans.append(_SourcePlan(readers[source_name], tuple(group), columns, lookback, _needs_older(used, lookback)))
+            reader = GuardedReader(source_name, readers[source_name], (guards or {}).get(source_name))
+            direct = [s for s in group if s.name not in caches]
+            cached: list[CachedSet] = []
+            if len(direct) < len(group):
+                from stalwart.features.caching import CachedSet
+
+                cached = [CachedSet(s, caches[s.name], self._used[s.name], reader, clock) for s in group if s.name in caches]
+            plans.append(_SourcePlan(reader, self._direct(group), self._direct(direct) if direct else None, tuple(cached)))
         self._plans = plans
+
+    def _direct(self, group: Sequence[FeatureSet]) -> _Direct:
+        columns = tuple(dict.fromkeys(c for s in group for c in s.source_columns(self._used[s.name])))
+        used = [f for s in group for f in s.closure(self._used[s.name])]
+        lookback = max((f.window_ns for f in used if isinstance(f, Window)), default=0)
+        return _Direct(tuple(group), columns, lookback, needs_older(used, lookback))
+
+    @property
+    def sources(self) -> list[str]:
+        """The names of the sources these features read (what ``guards`` is keyed by)."""
+        return [plan.reader.name for plan in self._plans]
 
     @property
     def entity_keys(self) -> list[str]:
@@ -93,71 +191,131 @@ class OnlineFeatures:
         values: Sequence[Mapping[str, Any]] | None = None,
         *,
         as_of_ns: int | None = None,
+        deadline: float | None = None,
     ) -> Resolved:
-        """The features of each entity (with its request values) as of ``as_of_ns`` (now)."""
+        """The features of each entity (with its request values) as of ``as_of_ns`` (now).
+
+        ``deadline`` (a ``time.monotonic()`` instant) bounds every source fetch. Raises
+        RequestError for malformed entities or values, UnknownEntity for an entity without
+        data whose feature declares no default, FeatureError when a source failed and a
+        feature involved declares no default (or, with ``as_of_ns``, whenever one fails).
+        """
         n = len(entities)
         if n == 0:
             raise RequestError("entities: send at least one entity", field="entities")
-        as_of = now_ns() if as_of_ns is None else as_of_ns
-        key_columns = _entity_columns(entities, self._entity_keys)
-        request = _request_columns(values, self._request_fields, n)
-        results = await asyncio.gather(*(self._fetch(plan, key_columns, as_of) for plan in self._plans))
-        columns: dict[str, np.ndarray[Any, Any]] = {}
-        ts = np.full(n, as_of, dtype=np.int64)
-        for plan, rows in zip(self._plans, results, strict=True):
-            for feature_set in plan.sets:
-                queries = Queries(keys=[key_columns[k] for k in feature_set.entity.keys], ts=ts)
-                computed = compute(feature_set, queries, rows, request, self._used[feature_set.name])
-                self._check_known(feature_set, computed.found, computed.columns, entities)
-                columns.update(computed.columns)
+        live = as_of_ns is None
+        request = Request(
+            entities=entities,
+            keys=_entity_columns(entities, self._entity_keys),
+            values=_request_columns(values, self._request_fields, n),
+            n=n,
+            as_of_ns=self._clock() if as_of_ns is None else as_of_ns,
+            deadline=deadline,
+        )
+        steps = []
+        for plan in self._plans:
+            if not live:
+                steps.append(self._read(plan.reader, plan.everything, request, degrade=False))
+                continue
+            if plan.uncached is not None:
+                steps.append(self._read(plan.reader, plan.uncached, request, degrade=True))
+            steps.extend(cached.resolve(request) for cached in plan.cached)
+        if len(steps) == 1:
+            await steps[0]
+        else:
+            await asyncio.gather(*steps)
+        columns = request.columns
         out = {
-            ref.name: request[(ref.source, ref.name)] if isinstance(ref, RequestField) else columns[ref.name]
+            ref.name: request.values[(ref.source, ref.name)] if isinstance(ref, RequestField) else columns[ref.name]
             for ref in self.refs
         }
-        return Resolved(columns=out, rows=n, as_of_ns=as_of)
+        return Resolved(columns=out, rows=n, as_of_ns=request.as_of_ns, degraded=request.degraded, cache=request.cache)
 
-    async def _fetch(self, plan: _SourcePlan, key_columns: Mapping[str, np.ndarray[Any, Any]], as_of: int) -> Any:
-        keys_of = plan.sets[0].entity.keys
-        unique = list(dict.fromkeys(zip(*(key_columns[k].tolist() for k in keys_of), strict=True)))
-        return await plan.reader.fetch(unique, as_of, plan.lookback_ns, plan.columns, older=plan.older)
+    async def _read(self, reader: GuardedReader, direct: _Direct, request: Request, *, degrade: bool) -> None:
+        keys_of = direct.sets[0].entity.keys
+        unique = list(dict.fromkeys(zip(*(request.keys[k].tolist() for k in keys_of), strict=True)))
+        failure: BaseException | None = None
+        try:
+            rows = await reader.fetch(
+                unique, request.as_of_ns, direct.lookback_ns, direct.columns,
+                older=direct.older, newer=False, deadline=request.deadline,
+            )
+        except SOURCE_FAILURES as exc:
+            if not degrade:
+                raise
+            failure = exc
+            rows = rows_from_records([], len(keys_of), direct.columns)
+        ts = np.full(request.n, request.as_of_ns, dtype=np.int64)
+        for feature_set in direct.sets:
+            used = self._used[feature_set.name]
+            queries = Queries(keys=[request.keys[k] for k in feature_set.entity.keys], ts=ts)
+            if failure is not None:
+                require_defaults(feature_set, used, failure, len(unique))
+                request.degraded.append(degradation("feature_defaults", feature_set, failure, len(unique)))
+            base = compute_base(feature_set, queries, rows, used)
+            if failure is None and not base.found.all():
+                check_known(feature_set, used, base.found, request.entities)
+            request.columns.update(apply_transforms(feature_set, base.columns, request.values, request.n, used))
 
-    def _check_known(
-        self,
-        feature_set: FeatureSet,
-        found: np.ndarray[Any, Any],
-        columns: Mapping[str, np.ndarray[Any, Any]],
-        entities: Sequence[Mapping[str, Any]],
-    ) -> None:
-        """An entity with no rows at all gets declared defaults; a feature without one
-        makes it an unknown entity (4xx), never a silent NaN."""
-        if found.all():
-            return
-        for name in self._used[feature_set.name]:
-            feature = feature_set.feature(name)
-            if _needs_default(feature) and getattr(feature, "default", None) is None:
-                row = int(np.flatnonzero(~found)[0])
-                key = {k: entities[row].get(k) for k in feature_set.entity.keys}
-                raise UnknownEntity(
-                    f"entities[{row}]: {feature_set.entity.name} {key} has no data in source "
-                    f"'{feature_set.source.name}', and feature '{name}' declares no default",
-                    field=f"entities[{row}]",
-                )
 
-
-def _needs_default(feature: Feature) -> bool:
+def needs_default(feature: Feature) -> bool:
     """Whether an entity without rows has no value for this feature unless it declares one."""
     return isinstance(feature, Latest) or (isinstance(feature, Window) and feature.agg in ("mean", "min", "max"))
 
 
-def _needs_older(features: Sequence[Feature], lookback_ns: int) -> bool:
+def without_default(feature_set: FeatureSet, names: Sequence[str] | None) -> list[Feature]:
+    """The features ``names`` need that have no value without rows: no declared default."""
+    return [f for f in feature_set.closure(names) if needs_default(f) and getattr(f, "default", None) is None]
+
+
+def needs_older(features: Sequence[Feature], lookback_ns: int) -> bool:
     """Rows older than the lookback matter to a ``Latest`` that may reach past it, and to
     telling an unknown entity (4xx) from a known one when a feature has no default."""
     for feature in features:
         if isinstance(feature, Latest) and (feature.max_age_ns is None or feature.max_age_ns > lookback_ns):
             return True
-        if _needs_default(feature) and getattr(feature, "default", None) is None:
+        if needs_default(feature) and getattr(feature, "default", None) is None:
             return True
     return False
+
+
+def check_known(feature_set: FeatureSet, used: Sequence[str], found: Column, entities: Sequence[Mapping[str, Any]]) -> None:
+    """An entity with no rows at all gets declared defaults; a feature without one makes
+    it an unknown entity (4xx), never a silent NaN."""
+    missing = without_default(feature_set, used)
+    if not missing:
+        return
+    row = int(np.flatnonzero(~found)[0])
+    key = {k: entities[row].get(k) for k in feature_set.entity.keys}
+    raise UnknownEntity(
+        f"entities[{row}]: {feature_set.entity.name} {key} has no data in source "
+        f"'{feature_set.source.name}', and feature '{missing[0].name}' declares no default",
+        field=f"entities[{row}]",
+    )
+
+
+def require_defaults(feature_set: FeatureSet, used: Sequence[str], failure: BaseException, entities: int) -> None:
+    """Raise FeatureError when the source failed and a feature involved has no default
+    to serve instead (the caller's degradation ladder takes over from there)."""
+    missing = without_default(feature_set, used)
+    if missing:
+        raise FeatureError(
+            f"source '{feature_set.source.name}' failed ({type(failure).__name__}: {failure}) for "
+            f"{entities} entit{'y' if entities == 1 else 'ies'}, and feature '{missing[0].name}' of "
+            f"'{feature_set.name}' declares no default to serve instead; declare default= on it, "
+            f"or give the set a cache with max_staleness"
+        ) from failure
+
+
+def degradation(level: str, feature_set: FeatureSet, failure: BaseException, entities: int) -> dict[str, Any]:
+    """One entry of :attr:`Resolved.degraded`."""
+    return {
+        "level": level,
+        "source": feature_set.source.name,
+        "feature_set": feature_set.name,
+        "reason": type(failure).__name__,
+        "entities": entities,
+    }
 
 
 def _entity_columns(entities: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
@@ -175,10 +333,10 @@ def _entity_columns(entities: Sequence[Mapping[str, Any]], keys: Sequence[str]) 
                     field=f"entities[{index}].{key}",
                 )
             columns[key].append(value)
-    return {k: _key_array(v) for k, v in columns.items()}
+    return {k: key_array(v) for k, v in columns.items()}
 
 
-def _key_array(values: list[Any]) -> np.ndarray[Any, Any]:
+def key_array(values: list[Any]) -> np.ndarray[Any, Any]:
     if all(type(v) is int for v in values):
         try:
             return np.asarray(values, dtype=np.int64)

@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import (
@@ -42,11 +42,16 @@ from stalwart.errors import ConfigError, FeatureError
 from stalwart.features.definitions import CallableSource, FileSource, Source, SqlSource
 from stalwart.features.engine import SourceRows
 from stalwart.features.timecodec import NS, to_ns
+from stalwart.resilience.timeout import call_with_timeout
 from stalwart.storage import Database
+
+if TYPE_CHECKING:
+    from stalwart.resilience.guard import Guard
 
 __all__ = [
     "CallableReader",
     "FileReader",
+    "GuardedReader",
     "SourceReader",
     "SqlReader",
     "frame_column",
@@ -66,12 +71,21 @@ class SourceReader(Protocol):
         ...
 
     async def fetch(
-        self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], *, older: bool = True
+        self,
+        keys: Sequence[EntityKey],
+        as_of_ns: int,
+        lookback_ns: int,
+        columns: Sequence[str],
+        *,
+        older: bool = True,
+        newer: bool = False,
     ) -> SourceRows:
         """The rows any feature of these entities can use as of ``as_of_ns`` (online):
         those in ``(as_of - lookback, as_of]`` and, when ``older``, each entity's last row
         before that (for ``Latest`` values older than the lookback, and to tell a known
-        entity from an unknown one)."""
+        entity from an unknown one). When ``newer``, also each entity's first row after
+        ``as_of``, if any: the cache needs it to know when a value stops holding. Rows a
+        little past ``as_of`` may come back too; the engine ignores them except for that."""
         ...
 
 
@@ -144,12 +158,27 @@ class SqlReader:
         return rows_from_records(records, len(self._key_cols), columns)
 
     async def fetch(
-        self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], *, older: bool = True
+        self,
+        keys: Sequence[EntityKey],
+        as_of_ns: int,
+        lookback_ns: int,
+        columns: Sequence[str],
+        *,
+        older: bool = True,
+        newer: bool = False,
     ) -> SourceRows:
-        return await asyncio.to_thread(self.fetch_sync, keys, as_of_ns, lookback_ns, columns, older)
+        return await asyncio.to_thread(self.fetch_sync, keys, as_of_ns, lookback_ns, columns, older, newer)
 
-    def fetch_sync(self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], older: bool = True) -> SourceRows:
-        statement = self.statement(columns, older=older)
+    def fetch_sync(
+        self,
+        keys: Sequence[EntityKey],
+        as_of_ns: int,
+        lookback_ns: int,
+        columns: Sequence[str],
+        older: bool = True,
+        newer: bool = False,
+    ) -> SourceRows:
+        statement = self.statement(columns, older=older, newer=newer)
         # The database compares in its own type (float seconds, microsecond datetimes),
         # which can put a row stamped exactly at a bound on the wrong side of it. Fetch a
         # little wider and let the engine apply the exact bounds in nanoseconds, as the
@@ -166,15 +195,17 @@ class SqlReader:
             raise FeatureError(f"source '{self.source.name}': query failed: {exc}") from exc
         return rows_from_records(records, len(self._key_cols), columns)
 
-    def statement(self, columns: Sequence[str], *, older: bool = True) -> Any:
+    def statement(self, columns: Sequence[str], *, older: bool = True, newer: bool = False) -> Any:
         """The single statement behind :meth:`fetch` (also what the benchmark times bare).
 
-        Part one: rows in ``(start, as_of]``. Part two: for each entity, its last row at or
-        before ``start`` (by time, then order), for ``Latest`` features and to tell a
-        known entity from an unknown one. The parts are disjoint, so no row counts twice.
+        Part one: rows in ``(start, as_of]``. Part two (``older``): for each entity, its
+        last row at or before ``start`` (by time, then order), for ``Latest`` features and
+        to tell a known entity from an unknown one. Part three (``newer``): each entity's
+        first row after ``as_of``, which says when a cached value stops holding. The parts
+        are disjoint, so no row counts twice.
         """
         cache = self.__dict__.setdefault("_statements", {})
-        key = (tuple(columns), older)
+        key = (tuple(columns), older, newer)
         if key in cache:
             return cache[key]
         t = self.table
@@ -182,29 +213,30 @@ class SqlReader:
         entity = self._key_cols[0] if len(self._key_cols) == 1 else tuple_(*self._key_cols)
         in_keys = entity.in_(bindparam("keys", expanding=True))
         selected = [*self._key_cols, ts, self._order.label("stalwart_order"), *self._values(columns)]
-        recent = select(*selected).where(in_keys, ts > bindparam("start"), ts <= bindparam("as_of"))
-        if not older:
-            cache[key] = recent
-            return recent
-        ranked = (
-            select(
-                *selected,
-                func.row_number()
-                .over(partition_by=self._key_cols, order_by=[ts.desc(), self._order.desc()])
-                .label("stalwart_rank"),
-            )
-            .where(in_keys, ts <= bindparam("start"))
-            .subquery("older")
-        )
-        last_before = select(*[ranked.c[c.name] for c in [*self._key_cols, ts]], ranked.c.stalwart_order, *[ranked.c[c] for c in columns]).where(
-            ranked.c.stalwart_rank == 1
-        )
-        statement = union_all(recent, last_before)
+        parts = [select(*selected).where(in_keys, ts > bindparam("start"), ts <= bindparam("as_of"))]
+        if older:
+            parts.append(self._first(selected, columns, [in_keys, ts <= bindparam("start")], [ts.desc(), self._order.desc()], "older"))
+        if newer:
+            parts.append(self._first(selected, columns, [in_keys, ts > bindparam("as_of")], [ts.asc(), self._order.asc()], "newer"))
+        statement = parts[0] if len(parts) == 1 else union_all(*parts)
         cache[key] = statement
         return statement
 
+    def _first(self, selected: list[Any], columns: Sequence[str], where: list[Any], order: list[Any], name: str) -> Any:
+        """Each entity's first row by ``order`` among those matching ``where``."""
+        ts = self.table.c[self.source.timestamp]
+        ranked = (
+            select(*selected, func.row_number().over(partition_by=self._key_cols, order_by=order).label("stalwart_rank"))
+            .where(*where)
+            .subquery(name)
+        )
+        return select(
+            *[ranked.c[c.name] for c in [*self._key_cols, ts]], ranked.c.stalwart_order, *[ranked.c[c] for c in columns]
+        ).where(ranked.c.stalwart_rank == 1)
+
     def write(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert rows; returns how many. (Cache invalidation hooks in here.)"""
+        """Insert rows as they are, in one transaction; returns how many. Checking rows
+        and invalidating cached features is :func:`stalwart.features.writes.write_rows`'s job."""
         if not rows:
             return 0
         with self.db.write() as conn:
@@ -216,6 +248,21 @@ class SqlReader:
         if missing:
             raise ConfigError(f"source '{self.source.name}': table '{self.source.table}' has no column {', '.join(missing)}")
         return [self.table.c[c] for c in columns]
+
+    @property
+    def column_names(self) -> list[str]:
+        """Every column of the table."""
+        return [c.name for c in self.table.c]
+
+    def stored_time(self, value: Any) -> Any:
+        """A timestamp (datetime, ISO 8601 string or epoch seconds) as the table's
+        timestamp column stores it. Raises ConfigError when it is none of those."""
+        one = np.empty(1, dtype=object)
+        one[0] = value
+        ns = int(to_ns(one)[0])
+        if self._ts_kind == "epoch" and isinstance(self.table.c[self.source.timestamp].type, Integer):
+            return ns // NS
+        return self._bind_time(ns)
 
     def _bind_time(self, ns: int) -> Any:
         if self._ts_kind == "epoch":
@@ -292,8 +339,16 @@ class FileReader:
         return SourceRows(rows.keys, rows.ts, rows.order, {c: rows.columns[c] for c in columns if c in rows.columns})
 
     async def fetch(
-        self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], *, older: bool = True
+        self,
+        keys: Sequence[EntityKey],
+        as_of_ns: int,
+        lookback_ns: int,
+        columns: Sequence[str],
+        *,
+        older: bool = True,
+        newer: bool = False,
     ) -> SourceRows:
+        # Every row of the entities, later ones included: the file is in memory already.
         rows = self._load()
         if self._index is None:
             index: dict[EntityKey, list[int]] = {}
@@ -330,8 +385,16 @@ class CallableReader:
         return self.offline.read_all(columns)
 
     async def fetch(
-        self, keys: Sequence[EntityKey], as_of_ns: int, lookback_ns: int, columns: Sequence[str], *, older: bool = True
+        self,
+        keys: Sequence[EntityKey],
+        as_of_ns: int,
+        lookback_ns: int,
+        columns: Sequence[str],
+        *,
+        older: bool = True,
+        newer: bool = False,
     ) -> SourceRows:
+        # Current values only: nothing is known about later ones (the cache's TTL bounds them).
         wanted = [tuple(k) for k in keys]
         try:
             result = self.source.fn(wanted)
@@ -341,6 +404,48 @@ class CallableReader:
             raise FeatureError(f"source '{self.source.name}': lookup raised {type(exc).__name__}: {exc}") from exc
         records = [(*key, as_of_ns / NS, i, *(result[key].get(c) for c in columns)) for i, key in enumerate(wanted) if key in result]
         return rows_from_records(records, len(self.source.entity.keys), columns)
+
+
+class GuardedReader:
+    """A source's reader behind its guard (breaker, bulkhead, time limit), or, without
+    one, behind the request's deadline alone. Online resolution reads only through it.
+
+    A SQL fetch runs on a worker thread, which a timeout cannot stop: it finishes in the
+    background, and the guard's bulkhead keeps counting it until it does.
+    """
+
+    __slots__ = ("guard", "name", "reader")
+
+    def __init__(self, name: str, reader: SourceReader, guard: Guard | None = None) -> None:
+        self.name = name
+        self.reader = reader
+        self.guard = guard
+
+    async def fetch(
+        self,
+        keys: Sequence[EntityKey],
+        as_of_ns: int,
+        lookback_ns: int,
+        columns: Sequence[str],
+        *,
+        older: bool,
+        newer: bool,
+        deadline: float | None,
+    ) -> SourceRows:
+        """:meth:`SourceReader.fetch` under the guard; ``deadline`` is a
+        ``time.monotonic()`` instant. Raises what the guard raises when it refuses or gives
+        up (``CallNotPermitted``, ``BulkheadFull``, ``CallTimeout``), else what the reader
+        raises."""
+        reader = self.reader
+
+        async def run() -> SourceRows:
+            return await reader.fetch(keys, as_of_ns, lookback_ns, columns, older=older, newer=newer)
+
+        if self.guard is not None:
+            return await self.guard.call(run, deadline=deadline)
+        if deadline is not None:
+            return await call_with_timeout(run, deadline=deadline, name=f"source '{self.name}'")
+        return await run()
 
 
 def make_reader(source: Source, db_for: Any, root: Path | None = None) -> SourceReader:

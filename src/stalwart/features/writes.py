@@ -1,0 +1,276 @@
+"""Writing rows to a SQL source, and dropping the cached features they change.
+
+A write changes the features of the entities it touches, in every FeatureSet computed
+from the source. :func:`write_rows` checks the rows (every one, before anything is
+written), inserts them in one transaction, then invalidates those entities in each such
+FeatureSet: in the process's cache and, through Redis, in every replica's
+(:meth:`stalwart.cache.FeatureCache.invalidate`). Invalidating *after* the commit is what
+makes it safe: a load that read the old rows either finishes before the invalidation
+(and its value is dropped) or is marked dirty by it (and is not cached).
+
+``source.write(rows)`` (:meth:`~stalwart.features.definitions.SqlSource.write`) is the
+Python API over it. It only knows the FeatureSets defined in its own process (each one
+registers with its source when constructed): a writer script must import the project's
+definitions, not just name the table.
+
+Tables that other systems write to, on PostgreSQL: :func:`install_source_trigger` makes
+every committed write NOTIFY its entity keys, and :func:`pg_listeners` builds the
+listeners a server runs to turn them into invalidations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Integral
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import make_url
+
+from stalwart.config import Settings, load_settings
+from stalwart.errors import ConfigError, RequestError
+from stalwart.features.definitions import FeatureSet, SqlSource
+from stalwart.features.readers import SqlReader
+from stalwart.monitoring.logs import get_logger
+from stalwart.storage import DatabasePool
+
+if TYPE_CHECKING:
+    from stalwart.cache.cache import FeatureCache
+    from stalwart.cache.keys import EntityKey
+    from stalwart.cache.pg_notify import PgInvalidationListener
+
+__all__ = [
+    "WriteResult",
+    "check_rows",
+    "install_source_trigger",
+    "invalidate",
+    "pg_listeners",
+    "write_rows",
+    "write_source",
+    "write_sync",
+]
+
+_log = get_logger("stalwart.features")
+_NOTIFY_CHANNEL = "stalwart_cache"  # stalwart.cache.pg_notify.DEFAULT_CHANNEL, without importing psycopg
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did: rows inserted, distinct entities touched, the FeatureSets whose
+    cached values for them were dropped, and whether every replica was told (False: Redis
+    could not take the invalidation, or there is no Redis and no cache in this process to
+    tell; replicas then serve the old values until their TTL)."""
+
+    rows: int
+    entities: int
+    feature_sets: tuple[str, ...]
+    invalidated: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "entities": self.entities,
+            "feature_sets": list(self.feature_sets),
+            "invalidated": self.invalidated,
+        }
+
+
+def check_rows(
+    source: SqlSource, rows: Sequence[Mapping[str, Any]], reader: SqlReader
+) -> tuple[list[dict[str, Any]], list[EntityKey]]:
+    """Rows ready to insert (timestamps as the table stores them) and the distinct entity
+    keys they touch. Raises RequestError naming the first bad row and field."""
+    if isinstance(rows, Mapping | str | bytes) or not isinstance(rows, Sequence):
+        raise RequestError("rows: send a list of objects, one per row", field="rows")
+    known = set(reader.column_names)
+    keys = source.entity.keys
+    ts = source.timestamp
+    prepared: list[dict[str, Any]] = []
+    touched: dict[EntityKey, None] = {}
+    for index, row in enumerate(rows):
+        where = f"rows[{index}]"
+        if not isinstance(row, Mapping):
+            raise RequestError(f"{where}: must be an object of column values", field=where)
+        for column in (*keys, ts):
+            if row.get(column) is None:
+                raise RequestError(f"{where}: missing '{column}' (entity keys and '{ts}' are required)", field=f"{where}.{column}")
+        unknown = [c for c in row if c not in known]
+        if unknown:
+            raise RequestError(
+                f"{where}.{unknown[0]}: table '{source.table}' has no column '{unknown[0]}'; its "
+                f"columns are {', '.join(sorted(known))}",
+                field=f"{where}.{unknown[0]}",
+            )
+        key = tuple(_key_part(row[k], f"{where}.{k}") for k in keys)
+        try:
+            stamp = reader.stored_time(row[ts])
+        except ConfigError as exc:
+            raise RequestError(f"{where}.{ts}: {exc.message}", field=f"{where}.{ts}") from None
+        prepared.append({**row, **dict(zip(keys, key, strict=True)), ts: stamp})
+        touched[key] = None
+    return prepared, list(touched)
+
+
+def _key_part(value: Any, where: str) -> int | str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)
+    raise RequestError(f"{where}: an entity key must be an integer or a string, got {type(value).__name__}", field=where)
+
+
+async def write_rows(
+    source: SqlSource,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    reader: SqlReader,
+    cache: FeatureCache | None,
+    feature_sets: Iterable[FeatureSet],
+) -> WriteResult:
+    """Check and insert ``rows`` into ``source`` through ``reader``, then invalidate the
+    entities they touch in every set of ``feature_sets`` computed from ``source`` (sets
+    over other sources are skipped), in ``cache`` (None: no cache to tell)."""
+    prepared, keys = check_rows(source, rows, reader)
+    targets = sorted({fs.name for fs in feature_sets if fs.source.name == source.name})
+    if not prepared:
+        return WriteResult(0, 0, tuple(targets), True)
+    written = await asyncio.to_thread(reader.write, prepared)
+    told = True
+    for name in targets:
+        told = await invalidate(name, keys, cache) and told
+    if cache is None and targets:
+        told = False
+    if not told:
+        _log.warning(
+            "feature_invalidation_incomplete",
+            source=source.name,
+            feature_sets=targets,
+            entities=len(keys),
+            reason="no cache to tell" if cache is None else "Redis unavailable; published when it returns",
+        )
+    return WriteResult(written, len(keys), tuple(targets), told)
+
+
+async def invalidate(
+    feature_set: FeatureSet | str,
+    keys: Sequence[EntityKey | Mapping[str, Any]] | None,
+    cache: FeatureCache | None,
+) -> bool:
+    """Drop cached values of ``keys`` (entity key tuples, or entity objects like
+    ``{"card_id": 17}`` when given a FeatureSet) or, with None, of the whole set, in every
+    version, here and in every replica. Returns False when Redis could not take it now (it
+    is published when Redis returns)."""
+    if cache is None:
+        return True
+    if isinstance(feature_set, str):
+        name, entity_keys = feature_set, None
+    else:
+        name, entity_keys = feature_set.name, tuple(feature_set.entity.keys)
+    if keys is None:
+        return await cache.invalidate(name)
+    return await cache.invalidate(name, [_entity_key(key, entity_keys, f"entities[{i}]") for i, key in enumerate(keys)])
+
+
+def _entity_key(key: EntityKey | Mapping[str, Any], names: tuple[str, ...] | None, where: str) -> EntityKey:
+    if isinstance(key, Mapping):
+        if names is None:
+            raise RequestError(f"{where}: give entity key tuples when naming the feature set only", field=where)
+        missing = [k for k in names if k not in key]
+        if missing:
+            raise RequestError(f"{where}: missing key '{missing[0]}'", field=f"{where}.{missing[0]}")
+        return tuple(_key_part(key[k], f"{where}.{k}") for k in names)
+    parts = (key,) if isinstance(key, str | Integral) else tuple(key)
+    if names is not None and len(parts) != len(names):
+        raise RequestError(f"{where}: an entity key has {len(names)} part(s) ({', '.join(names)})", field=where)
+    return tuple(_key_part(p, where) for p in parts)
+
+
+async def write_source(
+    source: SqlSource,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    settings: Settings | None = None,
+    cache: FeatureCache | None = None,
+) -> WriteResult:
+    """:func:`write_rows` for a process that has only its definitions: the database from
+    ``source.url`` or the settings, the FeatureSets registered with ``source``, and, unless
+    ``cache`` is given, a FeatureCache built from the settings (Redis when configured) for
+    the time of the invalidation."""
+    settings = settings or load_settings()
+    pool = DatabasePool(settings)
+    own: FeatureCache | None = None
+    try:
+        reader = await asyncio.to_thread(SqlReader, source, pool(source.url))
+        if cache is None and settings.redis_url is not None:
+            from stalwart.cache.cache import FeatureCache
+
+            cache = own = FeatureCache.from_settings(settings)
+        return await write_rows(source, rows, reader=reader, cache=cache, feature_sets=source.feature_sets())
+    finally:
+        if own is not None:
+            await own.aclose()
+        pool.dispose()
+
+
+def write_sync(source: SqlSource, rows: Sequence[Mapping[str, Any]], *, settings: Settings | None = None) -> WriteResult:
+    """:func:`write_source` from synchronous code (``SqlSource.write``)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(write_source(source, rows, settings=settings))
+    raise ConfigError(
+        f"source '{source.name}'.write() runs its own event loop and cannot be called from async "
+        f"code; use 'await {source.name}.awrite(rows)' there"
+    )
+
+
+def _postgres_dsn(source: SqlSource, settings: Settings | None) -> str | None:
+    url = make_url(source.url or (settings or load_settings()).resolved_db_url())
+    if url.get_backend_name() != "postgresql":
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def install_source_trigger(
+    source: SqlSource, settings: Settings | None = None, *, channel: str = _NOTIFY_CHANNEL, max_keys: int = 10_000
+) -> None:
+    """Make every committed write to ``source``'s table (by anyone, in plain SQL) announce
+    its entity keys, for :func:`pg_listeners` to invalidate. PostgreSQL only; idempotent."""
+    dsn = _postgres_dsn(source, settings)
+    if dsn is None:
+        raise ConfigError(
+            f"source '{source.name}' is not on PostgreSQL, so it cannot notify writes; write "
+            f"through source.write() (or POST its rows to the server) so the cache hears of them"
+        )
+    from stalwart.cache.pg_notify import install_notify_trigger
+
+    install_notify_trigger(dsn, source.table, list(source.entity.keys), source=source.name, channel=channel, max_keys=max_keys)
+
+
+def pg_listeners(
+    feature_sets: Iterable[FeatureSet],
+    cache: FeatureCache,
+    settings: Settings | None = None,
+    *,
+    channel: str = _NOTIFY_CHANNEL,
+) -> list[PgInvalidationListener]:
+    """One NOTIFY listener per PostgreSQL database holding a SQL source of these cached
+    FeatureSets, each mapping its sources to their sets. Start them in the server's
+    lifespan (``await listener.start()``) and stop them on shutdown (``await
+    listener.stop()``); without PostgreSQL sources the list is empty."""
+    from stalwart.features.caching import cache_policy
+
+    targets: dict[str, dict[str, list[str]]] = {}
+    for feature_set in feature_sets:
+        source = feature_set.source
+        if not isinstance(source, SqlSource) or cache_policy(feature_set) is None:
+            continue
+        dsn = _postgres_dsn(source, settings)
+        if dsn is not None:
+            targets.setdefault(dsn, {}).setdefault(source.name, []).append(feature_set.name)
+    if not targets:
+        return []
+    from stalwart.cache.pg_notify import PgInvalidationListener
+
+    return [PgInvalidationListener(dsn, cache, sources, channel=channel) for dsn, sources in targets.items()]
