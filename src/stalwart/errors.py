@@ -23,6 +23,7 @@ says what went wrong *and* what to do next.
     │   ├── PayloadTooLarge         the body is over the configured limit
     │   ├── UnknownEntity           an entity key has no features and no default
     │   └── ValidationFailed        request values broke the model's schema (reject policy)
+    ├── NotFound                    a source or feature set the request names is not in the project
     ├── AuthError                   a control-plane call without a valid bearer token
     ├── NotReady                    the server or a model is still loading
     ├── FeatureError                a feature source or transform failed
@@ -56,6 +57,7 @@ __all__ = [
     "MissingExtraError",
     "ModelError",
     "ModelNotFound",
+    "NotFound",
     "NotReady",
     "Overloaded",
     "PayloadTooLarge",
@@ -202,6 +204,10 @@ class ValidationFailed(RequestError):
     def __init__(self, message: str, violations: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.violations = violations
+
+
+class NotFound(StalwartError):
+    """A source or feature set named in the request's path is not in the project."""
 
 
 class AuthError(StalwartError):

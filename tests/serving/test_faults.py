@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ def models(registry: Registry) -> Registry:
     return registry
 
 
+@contextmanager
 def _serve(settings: Settings, registry: Registry, *deployments: Deployment) -> Iterator[LiveServer]:
     from stalwart.serving.app import create_app
 
@@ -57,7 +59,7 @@ def test_a_slow_model_opens_the_breaker_on_slow_calls_and_recovers(settings: Set
             "permitted_number_of_calls_in_half_open_state": 1,
         },
     }
-    for server in _serve(settings, models, Deployment("slow", model="primary", features=[TXN.x], guard=guard, fallback="backup")):
+    with _serve(settings, models, Deployment("slow", model="primary", features=[TXN.x], guard=guard, fallback="backup")) as server:
         set_mode("primary", "slow", seconds=0.15)
         for _ in range(4):
             response = server.post("/v1/deployments/slow/predict", json=_body())
@@ -78,7 +80,7 @@ def test_a_burst_at_twice_capacity_is_shed_at_once_with_retry_after(settings: Se
     """Capacity 4, 8 requests at once on a slow model: 4 are served, 4 are turned away at
     once (503 with Retry-After), none waits behind the others."""
     shedding = {"max_in_flight": 4, "max_queue_wait": None, "priority_shares": {"normal": 1.0}}
-    for server in _serve(settings, models, Deployment("busy", model="primary", features=[TXN.x], shedding=shedding, guard={"timeout": {"timeout_duration": "5s"}})):
+    with _serve(settings, models, Deployment("busy", model="primary", features=[TXN.x], shedding=shedding, guard={"timeout": {"timeout_duration": "5s"}})) as server:
         set_mode("primary", "slow", seconds=0.4)
 
         def call(_: int) -> tuple[int, float, dict[str, str]]:
@@ -103,7 +105,7 @@ def test_a_burst_at_twice_capacity_is_shed_at_once_with_retry_after(settings: Se
 def test_high_priority_traffic_keeps_its_reserved_share(settings: Settings, models: Registry) -> None:
     """With normal traffic filling its share, a high-priority request still gets in."""
     shedding = {"max_in_flight": 4, "max_queue_wait": None, "priority_shares": {"low": 0.5, "normal": 0.75, "high": 1.0}}
-    for server in _serve(settings, models, Deployment("vip", model="primary", features=[TXN.x], shedding=shedding, guard={"timeout": {"timeout_duration": "5s"}})):
+    with _serve(settings, models, Deployment("vip", model="primary", features=[TXN.x], shedding=shedding, guard={"timeout": {"timeout_duration": "5s"}})) as server:
         set_mode("primary", "slow", seconds=0.5)
 
         def call(priority: str) -> int:
@@ -122,7 +124,7 @@ def test_high_priority_traffic_keeps_its_reserved_share(settings: Settings, mode
 
 def test_request_deadline_is_respected(settings: Settings, models: Registry) -> None:
     """X-Request-Timeout cuts a slow call short and the ladder answers within it."""
-    for server in _serve(settings, models, Deployment("tight", model="primary", features=[TXN.x], fallback="backup", guard={"timeout": {"timeout_duration": "5s"}})):
+    with _serve(settings, models, Deployment("tight", model="primary", features=[TXN.x], fallback="backup", guard={"timeout": {"timeout_duration": "5s"}})) as server:
         set_mode("primary", "slow", seconds=1.0)
         start = time.monotonic()
         response = server.post("/v1/deployments/tight/predict", json=_body(), headers={"X-Request-Timeout": "200"})

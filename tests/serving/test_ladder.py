@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -43,6 +44,7 @@ def models(settings: Settings, registry: Registry) -> Registry:
     return registry
 
 
+@contextmanager
 def _serve(settings: Settings, registry: Registry, project: Project) -> Iterator[LiveServer]:
     from stalwart.serving.app import create_app
 
@@ -55,7 +57,7 @@ def _predict(server: LiveServer, x: float, entity: int = 1) -> Any:
 
 
 def test_healthy_primary_answers_undegraded(settings: Settings, models: Registry) -> None:
-    for server in _serve(settings, models, _project(fallback="backup")):
+    with _serve(settings, models, _project(fallback="backup")) as server:
         response = _predict(server, 2.0)
         assert response.status_code == 200, response.text
         assert response.json()["predictions"] == [{"predict": 2.0}]
@@ -65,7 +67,7 @@ def test_healthy_primary_answers_undegraded(settings: Settings, models: Registry
 
 def test_a_failing_primary_steps_down_to_the_fallback_model(settings: Settings, models: Registry) -> None:
     """A model that raises: the fallback answers, and the response says how and why."""
-    for server in _serve(settings, models, _project(fallback="backup")):
+    with _serve(settings, models, _project(fallback="backup")) as server:
         set_mode("primary", "raise")
         response = _predict(server, 2.0)
         assert response.status_code == 200, response.text
@@ -81,7 +83,7 @@ def test_a_failing_primary_steps_down_to_the_fallback_model(settings: Settings, 
 
 def test_a_hanging_primary_answers_on_time_from_the_fallback(settings: Settings, models: Registry) -> None:
     """A model that hangs: the guard's timeout returns on time and the fallback answers."""
-    for server in _serve(settings, models, _project(fallback="backup")):
+    with _serve(settings, models, _project(fallback="backup")) as server:
         set_mode("primary", "hang")
         try:
             start = time.monotonic()
@@ -98,7 +100,7 @@ def test_last_good_then_default_when_no_model_answers(settings: Settings, models
     """With both models down, an entity seen before gets its last good prediction; a new
     one gets the declared default; without a default the error comes through as 5xx."""
     project = _project(fallback="backup", last_good="1h", default_prediction={"predict": -1.0})
-    for server in _serve(settings, models, project):
+    with _serve(settings, models, project) as server:
         assert _predict(server, 4.0, entity=7).json()["predictions"] == [{"predict": 4.0}]
         set_mode("primary", "raise")
         set_mode("backup", "raise")
@@ -110,7 +112,7 @@ def test_last_good_then_default_when_no_model_answers(settings: Settings, models
         assert unknown["predictions"] == [{"predict": -1.0}]
         assert unknown["degraded"]["level"] == "default"
         assert unknown["model"] is None
-    for server in _serve(settings, models, _project()):
+    with _serve(settings, models, _project()) as server:
         failing = _predict(server, 1.0)
         assert failing.status_code == 500
         assert "primary:1 raised RuntimeError" in failing.json()["error"]
@@ -119,7 +121,7 @@ def test_last_good_then_default_when_no_model_answers(settings: Settings, models
 def test_breaker_opens_serves_the_ladder_then_recovers(settings: Settings, models: Registry) -> None:
     """Failures open the breaker (calls stop reaching the model), the ladder answers every
     request, and once the fault clears the breaker goes HALF_OPEN then CLOSED."""
-    for server in _serve(settings, models, _project(fallback="backup")):
+    with _serve(settings, models, _project(fallback="backup")) as server:
         set_mode("primary", "raise")
         for _ in range(4):
             assert _predict(server, 1.0).json()["degraded"]["reason"] == "ModelError"

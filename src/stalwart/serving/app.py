@@ -18,8 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stalwart.cache import FeatureCache
 from stalwart.config import Settings, load_settings
+from stalwart.features.caching import bind_caches
 from stalwart.features.project import Project, load_project
+from stalwart.features.writes import pg_listeners
 from stalwart.monitoring.metrics import (
     CONTENT_TYPE_LATEST,
     BatchMetrics,
@@ -30,6 +33,7 @@ from stalwart.pipeline import Stage
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.flavors import Predictor
 from stalwart.resilience import GuardConfig
+from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall, BatchingPolicy
 from stalwart.serving.chains import Chains
 from stalwart.serving.deployments import DeploymentService
@@ -40,7 +44,7 @@ from stalwart.serving.openapi import openapi_document
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall
-from stalwart.serving.v1 import v1_routes
+from stalwart.serving.v1 import control_routes, v1_routes
 from stalwart.storage import DatabasePool
 from stalwart.validation.stage import ValidationMetrics
 
@@ -59,10 +63,14 @@ def create_app(
     settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
     owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
-    if project is None and settings.project is not None:
-        project = load_project(settings.project)
+    if project is None:
+        project = load_project(settings.project) if settings.project is not None else Project()
     pool = DatabasePool(settings)
     metrics = ServingMetrics()
+    # The feature cache: in-process always, Redis too when STALWART_REDIS_URL is set.
+    cache = FeatureCache.from_settings(settings, registry=metrics.registry)
+    caches = bind_caches(project.feature_sets.values(), cache)
+    listeners = pg_listeners([project.feature_sets[name] for name in caches], cache, settings)
     executor = ThreadPoolExecutor(
         max_workers=min(8, (os.cpu_count() or 1) + 2), thread_name_prefix="stalwart-model"
     )
@@ -100,11 +108,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await cache.start()
+        for listener in listeners:
+            await listener.start()
         await repository.start()
         try:
             yield
         finally:
             await repository.stop()
+            for listener in listeners:
+                await listener.stop()
+            await cache.aclose()
             # Callers still queued get a clear error; nothing waits on a batch forever.
             await asyncio.gather(*(batcher.close() for batcher in batchers))
             executor.shutdown(wait=False, cancel_futures=True)
@@ -122,11 +136,13 @@ def create_app(
         request_info(request.scope).endpoint = "/openapi.json"
         return json_response(document)
 
-    deployments = DeploymentService(project or Project(), repository, pool, chains, resilience_metrics)
+    deployments = DeploymentService(project, repository, pool, chains, resilience_metrics, caches)
+    auth = BearerAuth(settings.resolved_admin_token())
     v2_guard = GuardConfig.model_validate({"bulkhead": None, "timeout": {"timeout_duration": settings.model_timeout_seconds}})
     routes = [
         *oip_routes(repository, chains, v2_guard, resilience_metrics),
         *v1_routes(deployments, resilience_metrics),
+        *control_routes(deployments, auth, cache),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
@@ -144,4 +160,5 @@ def create_app(
     app.state.repository = repository
     app.state.metrics = metrics
     app.state.deployments = deployments
+    app.state.cache = cache
     return app

@@ -20,6 +20,7 @@ built once per model version and deployment, never per request.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from stalwart.cache import FeatureSetCache
 from stalwart.deployment import Deployment, parse_model_ref
 from stalwart.errors import (
     ConfigError,
@@ -40,16 +42,16 @@ from stalwart.errors import (
     StalwartError,
     StorageError,
 )
-from stalwart.features.definitions import FeatureRef, RequestField
+from stalwart.features.definitions import FeatureRef, RequestField, Source
 from stalwart.features.online import OnlineFeatures
 from stalwart.features.project import Project
 from stalwart.features.readers import SourceReader, make_reader
 from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Exchange
 from stalwart.registry import ModelVersion, Signature
-from stalwart.resilience import GuardConfig, LoadShedder, Priority, ShedderConfig
+from stalwart.resilience import Guard, GuardConfig, LoadShedder, Priority, ShedderConfig
 from stalwart.resilience.duration import parse_seconds
-from stalwart.serving.chains import Chains, ChainSpec
+from stalwart.serving.chains import Chains, ChainSpec, make_guard
 from stalwart.serving.degradation import Degradation, LastGoodStore, worst
 from stalwart.serving.repository import ModelRepository
 from stalwart.storage import DatabasePool
@@ -61,6 +63,10 @@ __all__ = ["DEFAULT_MODEL_GUARD", "DeploymentService", "Prediction"]
 # defaults of stalwart.resilience, a one-second time limit, and a bulkhead sized for
 # batching (requests waiting for batch mates count as calls in flight).
 DEFAULT_MODEL_GUARD = GuardConfig.model_validate({"bulkhead": {"max_concurrent_calls": 256}})
+
+# Each online feature source's guard unless the deployment declares one: a source that
+# does not answer in 500 ms is treated as failing (cached values or defaults serve).
+DEFAULT_SOURCE_GUARD = GuardConfig.model_validate({"timeout": {"timeout_duration": 0.5}, "bulkhead": {"max_concurrent_calls": 64}})
 
 # Failures of the serving machinery, which the ladder may step around.
 LADDER_ERRORS: tuple[type[BaseException], ...] = (ResilienceError, ModelError, FeatureError, NotReady, StorageError)
@@ -87,6 +93,17 @@ class _Plan:
     names: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """A plan's parts that need I/O (reflecting tables), made off the event loop."""
+
+    version: ModelVersion
+    refs: list[FeatureRef | RequestField]
+    readers: dict[str, SourceReader]
+    layout: str
+    names: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class Prediction:
     """A deployment's answer, and how it was reached."""
@@ -107,6 +124,7 @@ class _Runtime:
     shedder: LoadShedder
     last_good_seconds: float | None
     default_prediction: dict[str, Any] | None
+    source_guard: GuardConfig | None
 
 
 class DeploymentService:
@@ -119,17 +137,22 @@ class DeploymentService:
         pool: DatabasePool,
         chains: Chains,
         metrics: ResilienceMetrics,
+        caches: Mapping[str, FeatureSetCache] | None = None,
     ) -> None:
         self.project = project
+        self.caches = dict(caches or {})
         self.repository = repository
         self.pool = pool
         self.chains = chains
         self.metrics = metrics
         self.last_good = LastGoodStore()
         self._readers: dict[str, SourceReader] = {}
+        self._readers_lock = threading.Lock()
         self._plans: dict[tuple[str, str, int], _Plan] = {}
         self._failures: dict[tuple[str, str, int], tuple[float, str]] = {}
         self._runtimes = {name: _runtime(d) for name, d in project.deployments.items()}
+        # One guard per deployment and source, shared by every model version it serves.
+        self._source_guards: dict[tuple[str, str], Guard] = {}
 
     def deployments(self) -> list[Deployment]:
         return list(self.project.deployments.values())
@@ -158,7 +181,8 @@ class DeploymentService:
                 )
             except LADDER_ERRORS as exc:
                 return await self._step_down(runtime, request, keys, request_id, deadline, exc, admission.start)
-            if runtime.last_good_seconds is not None and keys is not None:
+            if runtime.last_good_seconds is not None and keys is not None and prediction.degraded is None:
+                # Only undegraded answers are "good": one made on default features is not.
                 model = prediction.body["model"]
                 self.last_good.remember(name, keys, [{"model": model, "prediction": p} for p in prediction.body["predictions"]])
             return prediction
@@ -190,6 +214,7 @@ class DeploymentService:
         """Every guard of the deployment and its shedder, as they are now."""
         runtime = self.runtime(name)
         guards = [g.snapshot().as_dict() for g in self.chains.guards(f"deployment/{name}/")]
+        guards += [g.snapshot().as_dict() for (d, _), g in sorted(self._source_guards.items()) if d == name]
         return {
             "name": name,
             "guards": guards,
@@ -211,7 +236,7 @@ class DeploymentService:
         loaded = await self.repository.get(model, version)
         plan = await self._plan(runtime.deployment, loaded.version)
         start = time.perf_counter()
-        resolved = await plan.features.resolve(request.entities, request.values)
+        resolved = await plan.features.resolve(request.entities, request.values, deadline=deadline)
         features_ms = (time.perf_counter() - start) * 1000
         signature = loaded.version.signature
         exchange = Exchange(
@@ -243,7 +268,14 @@ class DeploymentService:
             body["features"] = _rows_of(resolved.columns, resolved.rows)
         if "validation_response" in exchange.notes:
             body["validation"] = exchange.notes["validation_response"]
-        steps = [Degradation(d["level"], d.get("reason", ""), d.get("source", "")) for d in getattr(resolved, "degraded", [])]
+        steps = [
+            Degradation(d["level"], d.get("reason", ""), f"source {d.get('source')}, feature set {d.get('feature_set')}, {d.get('entities')} entities")
+            for d in resolved.degraded
+        ]
+        if resolved.degraded:
+            notes["features_degraded"] = resolved.degraded
+        if resolved.cache:
+            notes["feature_cache"] = resolved.cache
         return Prediction(body, worst(steps), notes)
 
     async def _step_down(
@@ -293,7 +325,8 @@ class DeploymentService:
         if failed is not None and time.monotonic() - failed[0] < _RETRY_PLAN_SECONDS:
             raise NotReady(failed[1])
         try:
-            plan = await asyncio.to_thread(self._build_plan, deployment, mv)
+            draft = await asyncio.to_thread(self._draft_plan, deployment, mv)
+            plan = self._finish_plan(deployment, draft)
         except ConfigError as exc:
             # The deployment cannot serve this version as configured: that is the server's
             # state, not the client's mistake, so it is a 503 with the reason.
@@ -304,7 +337,31 @@ class DeploymentService:
         self._failures.pop(key, None)
         return plan
 
-    def _build_plan(self, deployment: Deployment, mv: ModelVersion) -> _Plan:
+    def reader(self, source: Source) -> SourceReader:
+        """The one reader of a source, shared by plans and writes (reflects the table on
+        first use: call it off the event loop)."""
+        with self._readers_lock:
+            reader = self._readers.get(source.name)
+            if reader is None:
+                reader = self._readers[source.name] = make_reader(source, self.pool, self.project.root)
+            return reader
+
+    def _finish_plan(self, deployment: Deployment, draft: _Draft) -> _Plan:
+        """The plan's live parts, on the event loop: source guards and caches."""
+        runtime = self._runtimes[deployment.name]
+        guards: dict[str, Guard] = {}
+        if runtime.source_guard is not None:
+            for source in draft.readers:
+                key = (deployment.name, source)
+                guard = self._source_guards.get(key)
+                if guard is None:
+                    guard = make_guard(f"deployment/{deployment.name}/source/{source}", runtime.source_guard, self.metrics)
+                    self._source_guards[key] = guard
+                guards[source] = guard
+        features = OnlineFeatures(draft.refs, draft.readers, guards=guards, caches=self.caches)
+        return _Plan(draft.version, features, draft.layout, draft.names)
+
+    def _draft_plan(self, deployment: Deployment, mv: ModelVersion) -> _Draft:
         if mv.name != deployment.model_name and (mv.training or {}).get("features"):
             # A fallback trained on a training set gets its own features; one without
             # training metadata shares the deployment's declared list.
@@ -314,9 +371,7 @@ class DeploymentService:
         for ref in refs:
             if isinstance(ref, FeatureRef):
                 source = ref.feature_set.source
-                if source.name not in self._readers:
-                    self._readers[source.name] = make_reader(source, self.pool, self.project.root)
-                readers[source.name] = self._readers[source.name]
+                readers[source.name] = self.reader(source)
         names = tuple(ref.name for ref in refs)
         signature = mv.signature
         if signature.is_columnar:
@@ -330,7 +385,7 @@ class DeploymentService:
             if width not in (-1, len(names)):
                 raise ConfigError(f"model {mv.ref} takes {width} columns but has {len(names)} features")
             layout = "matrix"
-        return _Plan(mv, OnlineFeatures(refs, readers), layout, names)
+        return _Draft(mv, refs, readers, layout, names)
 
 
 def _runtime(deployment: Deployment) -> _Runtime:
@@ -346,6 +401,11 @@ def _runtime(deployment: Deployment) -> _Runtime:
             raise ConfigError(f"{where} last_good: {deployment.last_good!r} is not a duration like '10m'")
         last_good = float(seconds)
     fallback = parse_model_ref(deployment.fallback, f"{where} fallback") if deployment.fallback else None
+    source_guard = (
+        _validated(GuardConfig, deployment.source_guard, f"{where} source_guard")
+        if deployment.source_guard is not None
+        else DEFAULT_SOURCE_GUARD
+    )
     return _Runtime(
         deployment=deployment,
         model_spec=ChainSpec(f"deployment/{deployment.name}/primary", deployment.name, guard, validation),
@@ -354,6 +414,7 @@ def _runtime(deployment: Deployment) -> _Runtime:
         shedder=LoadShedder(deployment.name, shedding),
         last_good_seconds=last_good,
         default_prediction=dict(deployment.default_prediction) if deployment.default_prediction is not None else None,
+        source_guard=source_guard,
     )
 
 

@@ -32,6 +32,7 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.VersionNotFound, 404),
     (e.DeploymentNotFound, 404),
     (e.SchemaNotFound, 404),
+    (e.NotFound, 404),
     (e.AuthError, 401),
     (e.IllegalStateTransition, 409),
     (e.NotReady, 503),

@@ -107,6 +107,34 @@ _SCHEMAS: dict[str, Any] = {
             "degraded": {"$ref": "#/components/schemas/Degraded"},
         },
     },
+    "RowsRequest": {
+        "type": "object",
+        "required": ["rows"],
+        "properties": {"rows": {"type": "array", "items": {"type": "object"}}},
+    },
+    "WriteResult": {
+        "type": "object",
+        "required": ["rows", "entities", "feature_sets", "invalidated"],
+        "properties": {
+            "rows": {"type": "integer"},
+            "entities": {"type": "integer"},
+            "feature_sets": {"type": "array", "items": {"type": "string"}},
+            "invalidated": {"type": "boolean"},
+        },
+    },
+    "InvalidateRequest": {
+        "type": "object",
+        "properties": {"entities": {"type": ["array", "null"], "items": {"type": "object"}}},
+    },
+    "InvalidateResult": {
+        "type": "object",
+        "required": ["feature_set", "invalidated"],
+        "properties": {
+            "feature_set": {"type": "string"},
+            "entities": {"type": ["integer", "null"]},
+            "invalidated": {"type": "boolean"},
+        },
+    },
     "DeploymentInfo": {
         "type": "object",
         "required": ["name", "model", "ready"],
@@ -274,9 +302,44 @@ def _v1_paths() -> dict[str, Any]:
     degraded_header = {
         "X-Stalwart-Degraded": {"description": "level; reason=... when a step of the ladder answered", "schema": {"type": "string"}}
     }
+    unauthorised = _error("no bearer token, or not the admin token")
+    named = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    control = {
+        "/v1/sources/{name}/rows": {
+            "post": {
+                "summary": "Write rows to a SQL source; the entities they touch are invalidated in every replica",
+                "security": [{"bearer": []}],
+                "parameters": [named, _REQUEST_ID],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("RowsRequest")}}},
+                "responses": {
+                    "200": _json(ref("WriteResult"), "rows written, caches told"),
+                    "400": ERROR_RESPONSES["400"],
+                    "401": unauthorised,
+                    "404": _error("no SQL source of that name"),
+                    "413": ERROR_RESPONSES["413"],
+                    "503": ERROR_RESPONSES["503"],
+                },
+            }
+        },
+        "/v1/features/{name}/invalidate": {
+            "post": {
+                "summary": "Drop a feature set's cached values: listed entities, or all",
+                "security": [{"bearer": []}],
+                "parameters": [named, _REQUEST_ID],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": ref("InvalidateRequest")}}},
+                "responses": {
+                    "200": _json(ref("InvalidateResult"), "invalidated"),
+                    "400": ERROR_RESPONSES["400"],
+                    "401": unauthorised,
+                    "404": _error("no feature set of that name"),
+                    "413": ERROR_RESPONSES["413"],
+                },
+            }
+        },
+    }
     answered = _json(ref("PredictResponse"), "predictions, with the model version and how they were reached")
     answered = {**answered, "headers": {**answered["headers"], **degraded_header}}
-    return {
+    return control | {
         "/v1/deployments": _get("Every deployment", _json(ref("DeploymentList"), "deployments"), params=[], errors=()),
         "/v1/deployments/{name}": _get(
             "A deployment: its model, features and ladder", _json(ref("DeploymentInfo"), "the deployment"),

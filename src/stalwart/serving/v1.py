@@ -1,19 +1,30 @@
-"""Stalwart's own HTTP API under ``/v1``: deployments (predict, describe, health)."""
+"""Stalwart's own HTTP API under ``/v1``: deployments (predict, describe, health) and the
+control plane (source rows, cache invalidation)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stalwart.errors import NotReady, ValidationFailed
+from stalwart.cache import FeatureCache
+from stalwart.errors import NotFound, NotReady, RequestError, ValidationFailed
+from stalwart.features.definitions import SqlSource
+from stalwart.features.readers import SqlReader
+from stalwart.features.writes import invalidate as invalidate_cached
+from stalwart.features.writes import write_rows as write_rows_into
 from stalwart.monitoring.metrics import ResilienceMetrics
+from stalwart.serving.auth import BearerAuth
 from stalwart.serving.deployments import DeploymentService
 from stalwart.serving.headers import deadline_of, priority_of
 from stalwart.serving.middleware import request_info
 from stalwart.serving.responses import json_response
 
-__all__ = ["v1_routes"]
+__all__ = ["control_routes", "v1_routes"]
 
 
 def v1_routes(service: DeploymentService, metrics: ResilienceMetrics) -> list[Route]:
@@ -52,8 +63,9 @@ def v1_routes(service: DeploymentService, metrics: ResilienceMetrics) -> list[Ro
         info.fields["rows"] = len(prediction.body["predictions"])
         for stage, ms in prediction.notes.get("timings", {}).items():
             info.fields[stage] = round(ms, 3)
-        if "validation" in prediction.notes:
-            info.fields["validation"] = prediction.notes["validation"]
+        for note in ("validation", "features_degraded", "feature_cache"):
+            if note in prediction.notes:
+                info.fields[note] = prediction.notes[note]
         headers: dict[str, str] = {}
         if prediction.degraded is not None:
             step = prediction.degraded
@@ -70,3 +82,70 @@ def v1_routes(service: DeploymentService, metrics: ResilienceMetrics) -> list[Ro
         Route("/v1/deployments/{name}/health", health, methods=["GET"]),
         Route("/v1/deployments/{name}/predict", predict, methods=["POST"]),
     ]
+
+
+def control_routes(service: DeploymentService, auth: BearerAuth, cache: FeatureCache | None) -> list[Route]:
+    """Mutating calls: writing source rows and invalidating cached features (bearer token)."""
+    project = service.project
+
+    async def write_rows(request: Request) -> Response:
+        info = request_info(request.scope)
+        info.endpoint = "/v1/sources/{name}/rows"
+        auth.require(request)
+        name = request.path_params["name"]
+        source = project.sources.get(name)
+        if not isinstance(source, SqlSource):
+            raise NotFound(f"source '{name}' is not a SQL source of this project; rows can be written to {', '.join(sorted(n for n, s in project.sources.items() if isinstance(s, SqlSource))) or 'none'}")
+        rows = _rows_body(await request.body())
+        reader = await asyncio.to_thread(service.reader, source)
+        if not isinstance(reader, SqlReader):  # pragma: no cover - a SqlSource always gets a SqlReader
+            raise NotFound(f"source '{name}' cannot be written")
+        result = await write_rows_into(source, rows, reader=reader, cache=cache, feature_sets=project.feature_sets.values())
+        info.fields["rows"] = result.rows
+        return json_response(result.as_dict())
+
+    async def invalidate_features(request: Request) -> Response:
+        info = request_info(request.scope)
+        info.endpoint = "/v1/features/{name}/invalidate"
+        auth.require(request)
+        name = request.path_params["name"]
+        feature_set = project.feature_sets.get(name)
+        if feature_set is None:
+            raise NotFound(f"feature set '{name}' is not in this project; it has {', '.join(sorted(project.feature_sets)) or 'none'}")
+        body = await request.body()
+        entities = _invalidate_body(body)
+        published = await invalidate_cached(feature_set, entities, cache)
+        return json_response({"feature_set": name, "entities": None if entities is None else len(entities), "invalidated": published})
+
+    return [
+        Route("/v1/sources/{name}/rows", write_rows, methods=["POST"]),
+        Route("/v1/features/{name}/invalidate", invalidate_features, methods=["POST"]),
+    ]
+
+
+class _RowsBody(msgspec.Struct):
+    rows: list[dict[str, Any]]
+
+
+class _InvalidateBody(msgspec.Struct):
+    entities: list[dict[str, Any]] | None = None
+
+
+def _rows_body(body: bytes) -> list[dict[str, Any]]:
+    try:
+        return msgspec.json.decode(body, type=_RowsBody).rows
+    except msgspec.ValidationError as exc:
+        raise RequestError(f'body: {exc}; send {{"rows": [{{...}}, ...]}}', field="rows") from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+
+
+def _invalidate_body(body: bytes) -> list[dict[str, Any]] | None:
+    if not body.strip():
+        return None
+    try:
+        return msgspec.json.decode(body, type=_InvalidateBody).entities
+    except msgspec.ValidationError as exc:
+        raise RequestError(f'body: {exc}; send {{"entities": [{{...}}]}}, or nothing for the whole set', field="entities") from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
