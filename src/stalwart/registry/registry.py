@@ -119,6 +119,8 @@ class Registry:
         _check_name(name)
         if training_set is not None:
             training = training_set.metadata()
+            if training_profile is None and schema is None:
+                training_profile = training_set.profile
             if sample is None:
                 sample = _training_sample(model, training_set)
         chosen = get_flavor(flavor) if flavor else detect_flavor(model)
