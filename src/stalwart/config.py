@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     access_log: bool = True
     registry_poll_seconds: float = Field(default=2.0, gt=0)
     preload: bool = Field(default=True, description="load the latest version of every model at start")
+    gc_freeze: bool = Field(
+        default=True, description="keep objects loaded at start out of the garbage collector's scans"
+    )
     batching: bool = Field(default=True, description="batch concurrent requests per model version")
     max_batch_size: int = Field(default=64, ge=1, le=1_000_000, description="rows per batched model call")
     max_batch_wait_ms: float = Field(

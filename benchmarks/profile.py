@@ -1,0 +1,133 @@
+"""A py-spy profile of a server under wrk load, summarised by thread and by function.
+
+py-spy samples the server process from outside (no code in the server changes), with
+``--idle`` so the share of time a thread spends waiting shows up, and ``--threads`` so the
+event loop and the model thread are told apart. The summary gives, per thread, how busy it
+was and the functions where its busy samples sit (self time and total time).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.harness import Target, WrkResult, wrk
+
+# Innermost frames where a thread is waiting rather than working.
+_IDLE_LEAVES = ("select (", "poll (", "wait (threading", "_worker (concurrent", "_worker (thread.py", "acquire (")
+# uvloop runs in C under asyncio's Runner.run: polling sockets, parsing HTTP, scheduling.
+_LOOP_LEAF = "Runner.run ("
+
+
+@dataclass(frozen=True)
+class Profile:
+    samples: int
+    load: WrkResult
+    text: str
+
+
+def py_spy() -> str:
+    return str(Path(sys.executable).with_name("py-spy"))
+
+
+def profile_under_load(target: Target, *, connections: int, seconds: float, workdir: Path) -> Profile:
+    """Sample ``target``'s server with py-spy while wrk drives it."""
+    raw = workdir / "profile.txt"
+    argv = [
+        py_spy(), "record", "--pid", str(target.server.process.pid), "--duration", str(int(seconds) + 1),
+        "--rate", "250", "--idle", "--threads", "--format", "raw", "--output", str(raw), "--nonblocking",
+    ]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603 - fixed tool
+    holder: dict[str, WrkResult] = {}
+    driver = threading.Thread(
+        target=lambda: holder.setdefault(
+            "load", wrk(target.server.url + target.path, target.script, connections=connections, seconds=seconds)
+        )
+    )
+    driver.start()
+    driver.join(timeout=seconds + 40)
+    try:
+        _, err = spy.communicate(timeout=seconds + 40)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        _, err = spy.communicate()
+    if not raw.exists():
+        raise RuntimeError(f"py-spy wrote no profile: {err.decode(errors='replace')}")
+    summary, samples = summarise(raw.read_text())
+    return Profile(samples, holder["load"], summary)
+
+
+def _function(frame: str) -> str:
+    # "name (path/to/module.py:123)" -> "name (module.py)"
+    name, _, where = frame.partition(" (")
+    file = where.rsplit(":", 1)[0].rsplit("/", 1)[-1]
+    return f"{name} ({file})" if file else name
+
+
+def summarise(raw: str, top: int = 14) -> tuple[str, int]:
+    """Per thread: busy share, then the top functions by self and by total busy samples."""
+    threads: dict[str, Counter[str]] = {}
+    leaves: dict[str, Counter[str]] = {}
+    totals: Counter[str] = Counter()
+    busy: Counter[str] = Counter()
+    in_loop: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = frames[0]
+        if thread.startswith("thread (") or thread.startswith("process "):
+            frames = frames[1:]
+        name = _thread_name(thread)
+        totals[name] += count
+        leaf = frames[-1] if frames else ""
+        if any(marker in leaf for marker in _IDLE_LEAVES):
+            continue
+        if leaf.startswith(_LOOP_LEAF):
+            in_loop[name] += count
+            continue
+        busy[name] += count
+        seen = set()
+        per = threads.setdefault(name, Counter())
+        for frame in frames:
+            fn = _function(frame)
+            if fn not in seen:
+                per[fn] += count
+                seen.add(fn)
+        leaves.setdefault(name, Counter())[_function(leaf)] += count
+    lines = []
+    for name, total in totals.most_common():
+        share = busy[name] / total if total else 0.0
+        loop_share = in_loop[name] / total if total else 0.0
+        rest = 1 - share - loop_share
+        lines.append(
+            f"### thread {name}: Python {share:.0%}, uvloop C {loop_share:.0%}, waiting {rest:.0%} "
+            f"of {total} samples"
+        )
+        if not busy[name]:
+            continue
+        lines.append("")
+        lines.append("| self % | function (self) | total % | function (total) |")
+        lines.append("|---|---|---|---|")
+        by_self = leaves[name].most_common(top)
+        by_total = [(f, c) for f, c in threads[name].most_common(top + 8) if c < busy[name] * 0.999][:top]
+        for i in range(max(len(by_self), len(by_total))):
+            s = by_self[i] if i < len(by_self) else ("", 0)
+            t = by_total[i] if i < len(by_total) else ("", 0)
+            lines.append(
+                f"| {s[1] / busy[name]:.0%} | {s[0]} | {t[1] / busy[name]:.0%} | {t[0]} |"
+                if s[0] or t[0] else ""
+            )
+        lines.append("")
+    return "\n".join(lines), sum(totals.values())
+
+
+def _thread_name(frame: str) -> str:
+    # py-spy --threads labels a stack "thread (<tid>): <name>".
+    return frame.split("): ", 1)[1] if "): " in frame else frame
