@@ -55,6 +55,10 @@ __all__ = ["AdaptiveBatcher", "BatchCall", "Batched", "BatchingPolicy"]
 
 _log = get_logger("stalwart.batching")
 
+# The share of the last batch's requests a new batch waits for (within max_wait_ms) when
+# arrivals pause: most of them come back, a few clients stop or slow down.
+_EXPECTED_SHARE = 0.75
+
 
 class BatchingPolicy(BaseModel):
     """How a model version's requests are batched; validated once, when it is built.
@@ -147,6 +151,7 @@ class AdaptiveBatcher:
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._arrivals = 0
+        self._expected = 0.0  # requests worth waiting for: a share of the last batch's
         self._signal: asyncio.Future[None] | None = None
         self._signal_rows = 0  # queued rows at which submit() resolves _signal
         self._worker: asyncio.Task[None] | None = None
@@ -271,13 +276,21 @@ class AdaptiveBatcher:
                 await self._wait_for(loop, self._max_rows, remaining)
             return
         # Requests decoded in the same turn of the event loop queue together; one more turn
-        # shows whether others are still arriving. When a turn brings none, nobody else is
-        # coming right now (a lone request stops here), so the batch goes.
+        # shows whether others are still arriving. When a turn brings none, the batch goes,
+        # unless fewer requests are queued than the last batch answered: those callers are
+        # likely on their way back (a client that waits for its answer before it sends
+        # again), so the batch waits for them, within max_wait_ms. A lone request has a
+        # lone request before it, so it goes after one turn.
         while self._queued_rows < self._max_rows:
             before = self._arrivals
             await asyncio.sleep(0)
-            if self._arrivals == before or time.perf_counter() >= deadline:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
                 return
+            if self._arrivals == before:
+                if len(self._queue) >= self._expected:
+                    return
+                await self._wait_for(loop, self._queued_rows + 1, remaining)
 
     def _take(self) -> _Batch | None:
         """The oldest queued rows that fit in one call and can be joined."""
@@ -305,6 +318,7 @@ class AdaptiveBatcher:
                 if name not in outputs:
                     outputs.append(name)
         self._queued_rows -= rows
+        self._expected = len(items) * _EXPECTED_SHARE
         return _Batch(items, rows, tuple(outputs))
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
