@@ -20,7 +20,8 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     ),
     "batching": lambda a: batching.run(
         batching.Options(
-            seconds=a.seconds, repeats=a.repeats, models=tuple(a.models), profile=a.profile
+            seconds=a.seconds, repeats=a.repeats, models=tuple(a.models), profile=a.profile,
+            outputs=tuple(a.outputs) if a.outputs else None,
         )
     ),
 }
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-profile", dest="profile", action="store_false",
         help="skip the py-spy profile of the batching server under load",
+    )
+    parser.add_argument(
+        "--outputs", nargs="*", default=None, choices=["predict", "predict_proba"],
+        help="outputs the batching suite's requests name (default: none, so both)",
     )
     args = parser.parse_args(argv)
     if not wrk_available():

@@ -67,12 +67,16 @@ def in_process(model: Any, x: Any, seconds: float) -> InProcess:
 class Arena:
     """The demo models in a temporary home and the servers started on it."""
 
-    def __init__(self, models: Sequence[DemoModel] = DEMO_MODELS) -> None:
+    def __init__(
+        self,
+        models: Sequence[DemoModel] = DEMO_MODELS,
+        outputs: tuple[str, ...] | None = ("predict_proba",),
+    ) -> None:
         self.models = list(models)
         self.workdir = Path(tempfile.mkdtemp(prefix="stalwart-bench-"))
         self.home = self.workdir / "home"
         self.x_test = prepare_home(self.home)
-        self.body = infer_body(self.x_test[0])
+        self.body = infer_body(self.x_test[0], outputs)
         self.script = lua_script(self.workdir, self.body)
         self.servers: dict[str, Server] = {}
 

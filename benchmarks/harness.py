@@ -217,9 +217,16 @@ class Series:
 
     runs: list[WrkResult] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # server CPU per request, all threads
 
     def add(self, result: WrkResult) -> None:
         self.runs.append(result)
+
+    @property
+    def cpu(self) -> float:
+        """Median server CPU time per request, microseconds (steadier than req/s when the
+        machine is shared: it does not count time spent waiting for a core)."""
+        return statistics.median(self.cpu_us) if self.cpu_us else float("nan")
 
     @property
     def probe(self) -> float | None:
@@ -336,12 +343,16 @@ def run_matrix(
         for connections in concurrencies:
             for (contestant, model), target in targets.items():
                 before = probe(target) if probe else (0.0, 0.0)
+                cpu_before = process_cpu(target.server.process.pid)
                 result = wrk(
                     target.server.url + target.path, target.script,
                     connections=connections, seconds=seconds,
                 )
+                cpu = process_cpu(target.server.process.pid) - cpu_before
                 series = results.setdefault((contestant, model, connections), Series())
                 series.add(result)
+                if result.requests:
+                    series.cpu_us.append(cpu / result.requests * 1e6)
                 if probe is not None:
                     after = probe(target)
                     if after[1] > before[1]:
@@ -367,3 +378,12 @@ def metric_sums(server: Server, names: Sequence[str], labels: str) -> list[float
             if line.startswith(f"{name}{{{labels}}} "):
                 values[name] = float(line.rsplit(" ", 1)[1])
     return [values[n] for n in names]
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS

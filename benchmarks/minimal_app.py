@@ -1,6 +1,7 @@
 """The yardstick: the smallest honest Starlette endpoint that serves the same model.
 
-``async def`` parses the JSON with the standard library, calls ``predict_proba`` inline on
+``async def`` parses the JSON with the standard library, calls the requested methods
+(``predict`` and ``predict_proba`` when the body names none, as Stalwart does) inline on
 the event loop (no thread hop, no middleware, no logging, no metrics) and answers JSON. It
 answers the same path and body as Stalwart's ``/v2`` endpoint so one wrk script drives
 both. ``/no-model/...`` does the same without calling the model: the ceiling that HTTP and
@@ -23,6 +24,9 @@ from starlette.routing import Route
 
 from benchmarks.models import DEMO_MODELS, MODEL, load_estimator
 
+# What Stalwart computes when a request names no outputs: every output of the signature.
+DEFAULT_OUTPUTS = ({"name": "predict"}, {"name": "predict_proba"})
+
 
 def create_app() -> Starlette:
     home = Path(os.environ["BENCH_HOME"])
@@ -33,20 +37,20 @@ def create_app() -> Starlette:
         body = await request.json()
         tensor = body["inputs"][0]
         x = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
-        proba = model.predict_proba(x)
+        names = [o["name"] for o in body.get("outputs") or DEFAULT_OUTPUTS]
+        outputs = []
+        for name in names:
+            result = np.asarray(getattr(model, name)(x))
+            outputs.append(
+                {
+                    "name": name,
+                    "datatype": "FP64" if result.dtype.kind == "f" else "INT64",
+                    "shape": list(result.shape),
+                    "data": result.ravel().tolist(),
+                }
+            )
         return JSONResponse(
-            {
-                "model_name": MODEL,
-                "model_version": request.path_params["version"],
-                "outputs": [
-                    {
-                        "name": "predict_proba",
-                        "datatype": "FP64",
-                        "shape": list(proba.shape),
-                        "data": proba.ravel().tolist(),
-                    }
-                ],
-            }
+            {"model_name": MODEL, "model_version": request.path_params["version"], "outputs": outputs}
         )
 
     async def no_model(request: Request) -> JSONResponse:

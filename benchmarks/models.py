@@ -81,18 +81,16 @@ def load_estimator(home: Path, version: int) -> Any:
         registry.db.dispose()
 
 
-def infer_body(row: Any) -> bytes:
-    """One row as an OIP request asking for ``predict_proba`` only (what the in-process
-    and minimal contestants compute)."""
+def infer_body(row: Any, outputs: tuple[str, ...] | None = ("predict_proba",)) -> bytes:
+    """One row as an OIP request for ``outputs`` (None: no selection, so every output of
+    the model, as the demo's curl example sends it)."""
     values = [float(v) for v in row]
-    return json.dumps(
-        {
-            "inputs": [
-                {"name": "input-0", "shape": [1, len(values)], "datatype": "FP64", "data": values}
-            ],
-            "outputs": [{"name": "predict_proba"}],
-        }
-    ).encode()
+    body: dict[str, Any] = {
+        "inputs": [{"name": "input-0", "shape": [1, len(values)], "datatype": "FP64", "data": values}]
+    }
+    if outputs is not None:
+        body["outputs"] = [{"name": name} for name in outputs]
+    return json.dumps(body).encode()
 
 
 def infer_path(version: int) -> str:

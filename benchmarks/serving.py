@@ -64,21 +64,25 @@ def run(options: Options) -> str:
             rows = []
             for c in CONCURRENCIES:
                 minimal = results[(MINIMAL, model.key, c)]
-                row = [str(c), fmt_rps(minimal.rps), fmt_ms(minimal.p50), fmt_ms(minimal.p99)]
+                row = [str(c), _cell(minimal)]
+                for name in (STALWART, STALWART_BATCHED):
+                    row.append(_cell(results[(name, model.key, c)]))
                 for name in (STALWART, STALWART_BATCHED):
                     ours = results[(name, model.key, c)]
-                    row += [
-                        fmt_rps(ours.rps), fmt_ms(ours.p50), fmt_ms(ours.p99),
-                        f"{ours.rps / minimal.rps:.2f}x", f"{ours.p50 - minimal.p50:+.2f}",
-                    ]
+                    row += [f"{ours.rps / minimal.rps:.2f}x", f"{ours.p50 - minimal.p50:+.2f}"]
                 errors = sum(results[(n, model.key, c)].errors for n in (MINIMAL, STALWART, STALWART_BATCHED))
                 row.append(str(errors))
                 rows.append(row)
-            header = ["c", "minimal req/s", "p50 ms", "p99 ms"]
-            for name in ("ours", "ours+batching"):
-                header += [f"{name} req/s", "p50 ms", "p99 ms", "req/s vs minimal", "p50 Δ ms"]
-            header.append("errors")
-            lines += [markdown_table(header, rows), ""]
+            header = [
+                "c", MINIMAL, f"{STALWART} (batching off)", STALWART_BATCHED,
+                "off: req/s vs minimal", "off: p50 Δ ms", "batching: req/s vs minimal",
+                "batching: p50 Δ ms", "errors",
+            ]
+            lines += [
+                "Each cell: requests/s, (p50 / p99 ms), server CPU per request in µs (all "
+                "threads). Medians of the runs.", "",
+                markdown_table(header, rows), "",
+            ]
             lines += _verdict(results, model.key)
     return "\n".join(lines) + "\n"
 
@@ -98,3 +102,7 @@ def _verdict(results: dict[tuple[str, str, int], Series], model: str) -> list[st
             f"(target ≥ 90%: {'met' if ratio >= 0.9 else 'MISSED'})"
         )
     return [*out, ""]
+
+
+def _cell(series: Series) -> str:
+    return f"{fmt_rps(series.rps)} ({fmt_ms(series.p50)} / {fmt_ms(series.p99)}) {series.cpu:.0f} µs"

@@ -205,6 +205,20 @@ async def test_a_lone_request_does_not_wait_for_company(executor: ThreadPoolExec
     assert waited >= 0.29
 
 
+async def test_after_a_burst_a_lone_request_waits_at_most_max_wait(executor: ThreadPoolExecutor) -> None:
+    """After a burst the batcher expects the burst's callers back and may hold the next
+    request for them, but never longer than max_wait_ms; then it stops expecting them."""
+    batcher = _batcher(RowWise(MATRIX), executor, BatchingPolicy(max_wait_ms=150))
+    try:
+        await asyncio.gather(*(batcher.run(_rows(MATRIX, 1, i), 1, ("total",)) for i in range(8)))
+        first = await batcher.infer(_rows(MATRIX, 1, 0), 1, ("total",))
+        second = await batcher.infer(_rows(MATRIX, 1, 1), 1, ("total",))
+    finally:
+        await batcher.close()
+    assert first.queue_wait < 0.15 + 0.05
+    assert second.queue_wait < 0.05
+
+
 async def test_a_model_exception_fails_only_its_batch(executor: ThreadPoolExecutor) -> None:
     """When the model raises, the requests of that call get a ModelError naming the model;
     requests in other calls are answered, and the batcher keeps serving."""
