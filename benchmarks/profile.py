@@ -68,23 +68,35 @@ def _function(frame: str) -> str:
     return f"{name} ({file})" if file else name
 
 
-def summarise(raw: str, top: int = 14) -> tuple[str, int]:
-    """Per thread: busy share, then the top functions by self and by total busy samples."""
-    threads: dict[str, Counter[str]] = {}
-    leaves: dict[str, Counter[str]] = {}
+def _component(frame: str) -> str:
+    """Which library a frame belongs to: the first part of its module path."""
+    where = frame.rpartition(" (")[2].rsplit(":", 1)[0]
+    if "/" in where:
+        return where.split("/", 1)[0]
+    if where in _OUR_FILES:
+        return "stalwart"
+    return "python stdlib" if where.endswith(".py") else where
+
+
+_OUR_FILES = {p.name for p in (Path(__file__).resolve().parent.parent / "src" / "stalwart").rglob("*.py")}
+
+
+def summarise(raw: str, top: int = 12) -> tuple[str, int]:
+    """Per thread: where its samples went (Python, uvloop's C code, waiting), its Python
+    time by library, and the functions with the most self time."""
     totals: Counter[str] = Counter()
     busy: Counter[str] = Counter()
     in_loop: Counter[str] = Counter()
+    by_component: dict[str, Counter[str]] = {}
+    by_function: dict[str, Counter[str]] = {}
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = stack.split(";")
-        thread = frames[0]
-        if thread.startswith("thread (") or thread.startswith("process "):
-            frames = frames[1:]
-        name = _thread_name(thread)
+        name = _thread_name(frames[0])
+        frames = frames[1:]
         totals[name] += count
         leaf = frames[-1] if frames else ""
         if any(marker in leaf for marker in _IDLE_LEAVES):
@@ -93,37 +105,26 @@ def summarise(raw: str, top: int = 14) -> tuple[str, int]:
             in_loop[name] += count
             continue
         busy[name] += count
-        seen = set()
-        per = threads.setdefault(name, Counter())
-        for frame in frames:
-            fn = _function(frame)
-            if fn not in seen:
-                per[fn] += count
-                seen.add(fn)
-        leaves.setdefault(name, Counter())[_function(leaf)] += count
+        by_component.setdefault(name, Counter())[_component(leaf)] += count
+        by_function.setdefault(name, Counter())[_function(leaf)] += count
     lines = []
     for name, total in totals.most_common():
-        share = busy[name] / total if total else 0.0
-        loop_share = in_loop[name] / total if total else 0.0
-        rest = 1 - share - loop_share
+        python = busy[name] / total if total else 0.0
+        loop = in_loop[name] / total if total else 0.0
         lines.append(
-            f"### thread {name}: Python {share:.0%}, uvloop C {loop_share:.0%}, waiting {rest:.0%} "
-            f"of {total} samples"
+            f"### thread {name}: Python {python:.0%}, uvloop C {loop:.0%}, waiting "
+            f"{max(0.0, 1 - python - loop):.0%} of {total} samples"
         )
         if not busy[name]:
             continue
-        lines.append("")
-        lines.append("| self % | function (self) | total % | function (total) |")
-        lines.append("|---|---|---|---|")
-        by_self = leaves[name].most_common(top)
-        by_total = [(f, c) for f, c in threads[name].most_common(top + 8) if c < busy[name] * 0.999][:top]
-        for i in range(max(len(by_self), len(by_total))):
-            s = by_self[i] if i < len(by_self) else ("", 0)
-            t = by_total[i] if i < len(by_total) else ("", 0)
-            lines.append(
-                f"| {s[1] / busy[name]:.0%} | {s[0]} | {t[1] / busy[name]:.0%} | {t[0]} |"
-                if s[0] or t[0] else ""
-            )
+        components = ", ".join(
+            f"{component} {n / busy[name]:.0%}" for component, n in by_component[name].most_common(8)
+        )
+        lines += ["", f"Python self time by library: {components}", ""]
+        lines += ["| self % of Python | function |", "|---|---|"]
+        lines += [
+            f"| {n / busy[name]:.0%} | {function} |" for function, n in by_function[name].most_common(top)
+        ]
         lines.append("")
     return "\n".join(lines), sum(totals.values())
 

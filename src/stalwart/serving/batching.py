@@ -9,10 +9,13 @@ How a batch forms (one batch computes at a time per model version; the next one 
 in the queue meanwhile):
 
 - ``adaptive`` (the default): when the model is free, the batcher lets the event loop
-  turn once more and keeps doing so while requests keep arriving, then calls at once.
-  A lone request pays one loop turn (microseconds), never ``max_wait_ms``; under load the
-  queue fills while the previous batch computes, so batches grow by themselves.
-  ``max_wait_ms`` bounds how long a stream of arrivals can hold the oldest request back.
+  turn once more and keeps doing so while requests keep arriving; when a turn brings
+  none, the batch goes, unless fewer requests are queued than most of the last batch's
+  (those callers are probably on their way back), in which case it waits for them. A
+  lone request after a lone request pays one loop turn (microseconds), never
+  ``max_wait_ms``; under load the queue fills while the previous batch computes, so
+  batches grow by themselves. ``max_wait_ms`` bounds how long the oldest queued request
+  is held back for company (once, after load drops suddenly).
 - fixed (``adaptive=False``): the first queued request starts a ``max_wait_ms`` timer; the
   batch goes when the timer fires or ``max_batch_size`` rows are queued.
 
@@ -26,7 +29,10 @@ LightGBM, XGBoost and onnxruntime release the GIL in their compute loops, and a 
 shares the loaded model and the arrays without copying or pickling. Code that holds the
 GIL (a plain Python ``predict``, or scikit-learn's own per-call validation) still runs
 correctly on the thread; it competes with the event loop for the GIL while it runs,
-which is the very cost batching divides by the batch size.
+which is the very cost batching divides by the batch size. A process pool would take
+that contention away but pays for pickling every batch both ways and for a copy of the
+model per process; it only pays off for a model whose own Python work is heavy
+(milliseconds per batch), which the tabular flavors are not.
 """
 
 from __future__ import annotations
