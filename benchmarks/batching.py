@@ -71,12 +71,16 @@ def run(options: Options) -> str:
                 probe=lambda t: _batch_probe(t) if t.server.name in (ADAPTIVE, FIXED) else (0.0, 0.0),
             )
             profiles = []
+            profile_error = ""
             if options.profile:
-                for model in arena.models:
-                    target = targets[(ADAPTIVE, model.key)]
-                    profiles.append(
-                        (model, profile_under_load(target, connections=64, seconds=5, workdir=arena.workdir))
-                    )
+                try:
+                    for model in arena.models:
+                        target = targets[(ADAPTIVE, model.key)]
+                        profiles.append(
+                            (model, profile_under_load(target, connections=64, seconds=5, workdir=arena.workdir))
+                        )
+                except (RuntimeError, OSError) as exc:
+                    profile_error = f"py-spy could not profile the server: {exc}"
         lines += [
             environment_notes(options.seconds, options.repeats),
             "- stalwart defaults: STALWART_MAX_BATCH_SIZE=64, STALWART_MAX_BATCH_WAIT_MS=2; "
@@ -116,14 +120,17 @@ def run(options: Options) -> str:
                 markdown_table(header, rows), "",
             ]
             lines += _verdict(results, model.key)
+        if profile_error:
+            lines += [profile_error, ""]
         for model, profile in profiles:
             lines += [
                 f"## Profile: adaptive batching, breast-cancer v{model.version}, c=64",
                 "",
                 f"py-spy (250 Hz, idle included) during wrk: {fmt_rps(profile.load.requests_per_s)} "
                 f"req/s, p50 {profile.load.p50_ms:.2f} ms, p99 {profile.load.p99_ms:.2f} ms. "
-                "'busy' counts samples whose innermost frame is not a wait; uvloop's own C "
-                "code (polling, parsing) shows as its caller `Runner.run`.",
+                "A sample is 'waiting' when its innermost frame is a wait (a lock, a queue, "
+                "a poll); uvloop's own C code (polling sockets, parsing HTTP, scheduling) "
+                "shows as its caller `Runner.run`.",
                 "",
                 profile.text,
                 "",

@@ -31,7 +31,10 @@ class Profile:
 
 
 def py_spy() -> str:
-    return str(Path(sys.executable).with_name("py-spy"))
+    path = Path(sys.executable).with_name("py-spy")
+    if not path.exists():
+        raise RuntimeError("py-spy is not installed; pip install py-spy (in the dev extra)")
+    return str(path)
 
 
 def profile_under_load(target: Target, *, connections: int, seconds: float, workdir: Path) -> Profile:
