@@ -29,7 +29,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("suites", nargs="*", choices=[*SUITES, []], help="suites to run (default: all)")
+    parser.add_argument("suites", nargs="*", metavar="suite", help=f"one of {', '.join(SUITES)} (default: all)")
     parser.add_argument("--seconds", type=float, default=3.0, help="wrk duration per point (default 3)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per point; medians are reported (default 3)")
     parser.add_argument(
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         help="outputs the batching suite's requests name (default: none, so both)",
     )
     args = parser.parse_args(argv)
+    unknown = [name for name in args.suites if name not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     if not wrk_available():
         print(f"wrk is not installed at {WRK}; run 'make bench' (it installs wrk)", file=sys.stderr)
         return 2
