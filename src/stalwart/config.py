@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     model_timeout_seconds: float = Field(
         default=30.0, gt=0, description="time limit of a /v2 model call (deployments set their own)"
     )
+    gc_freeze: bool = Field(
+        default=True, description="keep objects loaded at start out of the garbage collector's scans"
+    )
     batching: bool = Field(default=True, description="batch concurrent requests per model version")
     max_batch_size: int = Field(default=64, ge=1, le=1_000_000, description="rows per batched model call")
     max_batch_wait_ms: float = Field(

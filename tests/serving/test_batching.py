@@ -49,14 +49,17 @@ class RowWise:
     """A user's model whose every output row depends on its own input row only, with
     outputs of four kinds (1-D and 2-D floats, strings, integers)."""
 
-    def __init__(self, signature: Signature, gate: threading.Event | None = None) -> None:
+    def __init__(self, signature: Signature, gate: threading.Event | None = None, seconds: float = 0.0) -> None:
         self.signature = signature
         self.calls: list[int] = []
         self.gate = gate
+        self.seconds = seconds
 
     def predict(self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str]) -> Arrays:
         if self.gate is not None:
             self.gate.wait(timeout=30)
+        if self.seconds:
+            time.sleep(self.seconds)  # a slower model: requests arrive while it computes
         if "x" in inputs:
             x = inputs["x"]
             names = [f"w{x.shape[1]}"] * len(x)
@@ -102,7 +105,7 @@ requests_strategy = st.lists(
     st.tuples(
         st.integers(1, 20),  # rows
         st.permutations(OUTPUTS).flatmap(lambda p: st.integers(1, len(p)).map(lambda n: tuple(p[:n]))),
-        st.integers(0, 3),  # event-loop turns before the request arrives
+        st.integers(0, 6),  # event-loop turns before the request arrives
         st.integers(0, 2**31),  # data seed
         st.sampled_from([2, 3]),  # width, for the ragged signature
     ),
@@ -122,14 +125,19 @@ policies = st.builds(
     signature=st.sampled_from([MATRIX, COLUMNS, RAGGED]),
     policy=policies,
     requests=requests_strategy,
+    model_seconds=st.sampled_from([0.0, 0.001]),
 )
 def test_batched_answers_equal_unbatched_answers(
-    executor: ThreadPoolExecutor, signature: Signature, policy: BatchingPolicy, requests: list[tuple[int, tuple[str, ...], int, int, int]]
+    executor: ThreadPoolExecutor,
+    signature: Signature,
+    policy: BatchingPolicy,
+    requests: list[tuple[int, tuple[str, ...], int, int, int]],
+    model_seconds: float,
 ) -> None:
     """Whatever the mix of sizes, output selections, datatypes and arrival order, each caller
     gets exactly what calling the model on its request alone returns, and no model call is
     ever larger than max_batch_size rows."""
-    model = RowWise(signature)
+    model = RowWise(signature, seconds=model_seconds)
     reference = RowWise(signature)
 
     async def scenario() -> list[Arrays]:
@@ -203,6 +211,20 @@ async def test_a_lone_request_does_not_wait_for_company(executor: ThreadPoolExec
     assert lone < 0.2
     assert done.queue_wait < 0.05
     assert waited >= 0.29
+
+
+async def test_after_a_burst_a_lone_request_waits_at_most_max_wait(executor: ThreadPoolExecutor) -> None:
+    """After a burst the batcher expects the burst's callers back and may hold the next
+    request for them, but never longer than max_wait_ms; then it stops expecting them."""
+    batcher = _batcher(RowWise(MATRIX), executor, BatchingPolicy(max_wait_ms=150))
+    try:
+        await asyncio.gather(*(batcher.run(_rows(MATRIX, 1, i), 1, ("total",)) for i in range(8)))
+        first = await batcher.infer(_rows(MATRIX, 1, 0), 1, ("total",))
+        second = await batcher.infer(_rows(MATRIX, 1, 1), 1, ("total",))
+    finally:
+        await batcher.close()
+    assert first.queue_wait < 0.15 + 0.05
+    assert second.queue_wait < 0.05
 
 
 async def test_a_model_exception_fails_only_its_batch(executor: ThreadPoolExecutor) -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -104,6 +105,7 @@ def create_app(
         poll_seconds=settings.registry_poll_seconds,
         preload=settings.preload,
         on_poll=chains.refresh,
+        on_loaded=_freeze_garbage if settings.gc_freeze else None,
     )
 
     @asynccontextmanager
@@ -112,9 +114,13 @@ def create_app(
         for listener in listeners:
             await listener.start()
         await repository.start()
+        if settings.gc_freeze:
+            _freeze_garbage()
         try:
             yield
         finally:
+            if settings.gc_freeze:
+                gc.unfreeze()  # the process may go on (tests, an embedding app): collect as usual
             await repository.stop()
             for listener in listeners:
                 await listener.stop()
@@ -162,3 +168,12 @@ def create_app(
     app.state.deployments = deployments
     app.state.cache = cache
     return app
+
+
+def _freeze_garbage() -> None:
+    """Move everything alive now (libraries, loaded models: objects that live as long as
+    the process) out of the garbage collector's scans. A full collection under load then
+    takes milliseconds instead of a tenth of a second over a few hundred thousand objects.
+    Called at start and after each model version loads."""
+    gc.collect()
+    gc.freeze()

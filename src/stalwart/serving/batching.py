@@ -9,10 +9,13 @@ How a batch forms (one batch computes at a time per model version; the next one 
 in the queue meanwhile):
 
 - ``adaptive`` (the default): when the model is free, the batcher lets the event loop
-  turn once more and keeps doing so while requests keep arriving, then calls at once.
-  A lone request pays one loop turn (microseconds), never ``max_wait_ms``; under load the
-  queue fills while the previous batch computes, so batches grow by themselves.
-  ``max_wait_ms`` bounds how long a stream of arrivals can hold the oldest request back.
+  turn once more and keeps doing so while requests keep arriving; when a turn brings
+  none, the batch goes, unless fewer requests are queued than most of the last batch's
+  (those callers are probably on their way back), in which case it waits for them. A
+  lone request after a lone request pays one loop turn (microseconds), never
+  ``max_wait_ms``; under load the queue fills while the previous batch computes, so
+  batches grow by themselves. ``max_wait_ms`` bounds how long the oldest queued request
+  is held back for company (once, after load drops suddenly).
 - fixed (``adaptive=False``): the first queued request starts a ``max_wait_ms`` timer; the
   batch goes when the timer fires or ``max_batch_size`` rows are queued.
 
@@ -26,7 +29,10 @@ LightGBM, XGBoost and onnxruntime release the GIL in their compute loops, and a 
 shares the loaded model and the arrays without copying or pickling. Code that holds the
 GIL (a plain Python ``predict``, or scikit-learn's own per-call validation) still runs
 correctly on the thread; it competes with the event loop for the GIL while it runs,
-which is the very cost batching divides by the batch size.
+which is the very cost batching divides by the batch size. A process pool would take
+that contention away but pays for pickling every batch both ways and for a copy of the
+model per process; it only pays off for a model whose own Python work is heavy
+(milliseconds per batch), which the tabular flavors are not.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ from stalwart.serving.runner import call_model
 __all__ = ["AdaptiveBatcher", "BatchCall", "Batched", "BatchingPolicy"]
 
 _log = get_logger("stalwart.batching")
+
+# The share of the last batch's requests a new batch waits for (within max_wait_ms) when
+# arrivals pause: most of them come back, a few clients stop or slow down.
+_EXPECTED_SHARE = 0.75
 
 
 class BatchingPolicy(BaseModel):
@@ -148,6 +158,7 @@ class AdaptiveBatcher:
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._arrivals = 0
+        self._expected = 0.0  # requests worth waiting for: a share of the last batch's
         self._signal: asyncio.Future[None] | None = None
         self._signal_rows = 0  # queued rows at which submit() resolves _signal
         self._worker: asyncio.Task[None] | None = None
@@ -278,13 +289,21 @@ class AdaptiveBatcher:
                 await self._wait_for(loop, self._max_rows, remaining)
             return
         # Requests decoded in the same turn of the event loop queue together; one more turn
-        # shows whether others are still arriving. When a turn brings none, nobody else is
-        # coming right now (a lone request stops here), so the batch goes.
+        # shows whether others are still arriving. When a turn brings none, the batch goes,
+        # unless fewer requests are queued than the last batch answered: those callers are
+        # likely on their way back (a client that waits for its answer before it sends
+        # again), so the batch waits for them, within max_wait_ms. A lone request has a
+        # lone request before it, so it goes after one turn.
         while self._queued_rows < self._max_rows:
             before = self._arrivals
             await asyncio.sleep(0)
-            if self._arrivals == before or time.perf_counter() >= deadline:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
                 return
+            if self._arrivals == before:
+                if len(self._queue) >= self._expected:
+                    return
+                await self._wait_for(loop, self._queued_rows + 1, remaining)
 
     def _take(self) -> _Batch | None:
         """The oldest queued rows that fit in one call and can be joined."""
@@ -312,6 +331,7 @@ class AdaptiveBatcher:
                 if name not in outputs:
                     outputs.append(name)
         self._queued_rows -= rows
+        self._expected = len(items) * _EXPECTED_SHARE
         return _Batch(items, rows, tuple(outputs))
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:

@@ -34,16 +34,18 @@ EXTENSIONS = ["model_repository_metadata", "prometheus_metrics", "stalwart_deplo
 
 def oip_routes(repository: ModelRepository, chains: Chains, guard: GuardConfig | None, metrics: ResilienceMetrics) -> list[Route]:
     endpoints = _Endpoints(repository, chains, guard, metrics)
+    # The router tries routes in order and no two of these overlap: the inference routes,
+    # which take nearly all the traffic, go first so they match on the first try.
     return [
+        Route("/v2/models/{model}/infer", endpoints.infer, methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", endpoints.infer, methods=["POST"]),
         Route("/v2", endpoints.server_metadata, methods=["GET"]),
         Route("/v2/health/live", endpoints.live, methods=["GET"]),
         Route("/v2/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v2/models/{model}", endpoints.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/ready", endpoints.model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/infer", endpoints.infer, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}", endpoints.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", endpoints.model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/versions/{version}/infer", endpoints.infer, methods=["POST"]),
     ]
 
 

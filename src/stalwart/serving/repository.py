@@ -55,8 +55,10 @@ class ModelRepository:
         poll_seconds: float = 2.0,
         preload: bool = True,
         on_poll: Callable[[], Awaitable[None]] | None = None,
+        on_loaded: Callable[[], None] | None = None,
     ) -> None:
         self._on_poll = on_poll
+        self._on_loaded = on_loaded
         self._registry = registry
         self._factory = pipeline_factory
         self._metrics = metrics
@@ -176,6 +178,8 @@ class ModelRepository:
         elapsed = time.perf_counter() - start
         loaded = LoadedModel(mv, predictor, self._factory(mv, predictor), time.time(), schema)
         self._loaded[(name, version)] = loaded
+        if self._on_loaded is not None:
+            self._on_loaded()
         self._failed.pop((name, version), None)
         self._metrics.model_load.labels(name, str(version)).observe(elapsed)
         self._metrics.models_loaded.set(len(self._loaded))

@@ -1,0 +1,64 @@
+"""``python -m benchmarks [suite ...]``: run the benchmark suites and write their reports.
+
+Suites: ``serving`` (issue 2: the endpoint's overhead) and ``batching`` (issue 5: adaptive
+batching on and off). With no suite named, all run. Each report is printed and written to
+``benchmarks/results/<suite>-<time>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from benchmarks import batching, serving
+from benchmarks.harness import WRK, write_results, wrk_available
+
+SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
+    "serving": lambda a: serving.run(
+        serving.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
+    ),
+    "batching": lambda a: batching.run(
+        batching.Options(
+            seconds=a.seconds, repeats=a.repeats, models=tuple(a.models), profile=a.profile,
+            outputs=tuple(a.outputs) if a.outputs else None,
+        )
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("suites", nargs="*", metavar="suite", help=f"one of {', '.join(SUITES)} (default: all)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="wrk duration per point (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per point; medians are reported (default 3)")
+    parser.add_argument(
+        "--models", nargs="+", default=["logistic", "gbm"], choices=["logistic", "gbm"],
+        help="demo models to serve (default: both)",
+    )
+    parser.add_argument(
+        "--no-profile", dest="profile", action="store_false",
+        help="skip the py-spy profile of the batching server under load",
+    )
+    parser.add_argument(
+        "--outputs", nargs="*", default=None, choices=["predict", "predict_proba"],
+        help="outputs the batching suite's requests name (default: none, so both)",
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.suites if name not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    if not wrk_available():
+        print(f"wrk is not installed at {WRK}; run 'make bench' (it installs wrk)", file=sys.stderr)
+        return 2
+    for name in args.suites or list(SUITES):
+        print(f"running the {name} suite…", file=sys.stderr, flush=True)
+        report = SUITES[name](args)
+        path = write_results(name, report)
+        print(report)
+        print(f"(written to {path})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

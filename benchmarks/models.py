@@ -1,0 +1,97 @@
+"""The demo's two models, trained and registered the way ``stalwart demo`` does it.
+
+``prepare_home`` builds a ``STALWART_HOME`` with ``breast-cancer`` version 1 (a scaled
+logistic regression pipeline) and version 2 (a gradient-boosted classifier), the recipes
+of :mod:`stalwart.cli.demo`, so the benchmarks measure the models a newcomer first serves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL = "breast-cancer"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One registered demo model version and a request row for it."""
+
+    key: str  # short name used on the command line and in tables
+    label: str
+    version: int
+
+
+DEMO_MODELS = (
+    DemoModel("logistic", "logistic regression pipeline", 1),
+    DemoModel("gbm", "gradient boosting (100 trees)", 2),
+)
+
+
+def _data() -> tuple[Any, Any, Any, Any]:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, random_state=7, stratify=y
+    )
+    return x_train, x_test, y_train, y_test
+
+
+def prepare_home(home: Path) -> Any:
+    """Train and register the demo models under ``home``; returns the test rows."""
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from stalwart.config import Settings
+    from stalwart.registry import Registry
+
+    x_train, x_test, y_train, _ = _data()
+    registry = Registry.open(Settings(home=home))
+    try:
+        for model in (
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+            GradientBoostingClassifier(random_state=7),
+        ):
+            model.fit(x_train, y_train)
+            registry.register(MODEL, model, sample=x_train[:50])
+    finally:
+        registry.db.dispose()
+    return x_test
+
+
+def load_estimator(home: Path, version: int) -> Any:
+    """The scikit-learn estimator a server loads for ``version``, read through the registry
+    (sha256-verified, skops), so every contestant calls the very same object."""
+    from stalwart.config import Settings
+    from stalwart.registry import Registry
+    from stalwart.registry.flavors import get_flavor
+
+    registry = Registry.open(Settings(home=home))
+    try:
+        mv = registry.get(MODEL, version)
+        data = registry.artifacts.read_verified(mv.artifact_file, mv.sha256)
+        return get_flavor(mv.flavor).deserialize(data, mv.flavor_options, trust=mv.trust)
+    finally:
+        registry.db.dispose()
+
+
+def infer_body(row: Any, outputs: tuple[str, ...] | None = ("predict_proba",)) -> bytes:
+    """One row as an OIP request for ``outputs`` (None: no selection, so every output of
+    the model, as the demo's curl example sends it)."""
+    values = [float(v) for v in row]
+    body: dict[str, Any] = {
+        "inputs": [{"name": "input-0", "shape": [1, len(values)], "datatype": "FP64", "data": values}]
+    }
+    if outputs is not None:
+        body["outputs"] = [{"name": name} for name in outputs]
+    return json.dumps(body).encode()
+
+
+def infer_path(version: int) -> str:
+    return f"/v2/models/{MODEL}/versions/{version}/infer"

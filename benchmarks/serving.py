@@ -1,0 +1,108 @@
+"""Issue 2: the cost of Stalwart's ``/v2`` endpoint over the model call and over the
+smallest Starlette endpoint that serves the same model.
+
+One row per request, at concurrency 1, 8 and 64, side by side in one run: the model's own
+``predict_proba`` in process (the floor), a minimal Starlette endpoint, and ``stalwart
+serve`` with batching off (the endpoint's own overhead) and as shipped (batching on).
+
+Targets: at concurrency 1 our p50 within 0.5 ms of the minimal endpoint; at 64, our
+throughput at least 90% of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmarks.contest import MINIMAL, Arena, in_process
+from benchmarks.harness import (
+    Series,
+    environment_notes,
+    fmt_ms,
+    fmt_rps,
+    markdown_table,
+    run_matrix,
+)
+
+CONCURRENCIES = (1, 8, 64)
+STALWART = "stalwart"  # batching off: the endpoint's own cost
+STALWART_BATCHED = "stalwart (batching)"
+
+
+@dataclass(frozen=True)
+class Options:
+    seconds: float = 4.0
+    repeats: int = 3
+    models: tuple[str, ...] = ("logistic", "gbm")
+
+
+def run(options: Options) -> str:
+    """Run the suite; returns the markdown report."""
+    lines = ["# Serving overhead (issue 2)", ""]
+    with Arena() as arena:
+        arena.models = [m for m in arena.models if m.key in options.models]
+        floor = {
+            m.key: in_process(arena.estimator(m), arena.x_test[:1], min(options.seconds, 3.0))
+            for m in arena.models
+        }
+        arena.add_minimal()
+        arena.add_stalwart(STALWART, {"STALWART_BATCHING": "false"})
+        arena.add_stalwart(STALWART_BATCHED, {"STALWART_BATCHING": "true"})
+        with arena.start():
+            results = run_matrix(
+                arena.targets(), CONCURRENCIES, seconds=options.seconds, repeats=options.repeats
+            )
+        lines += [environment_notes(options.seconds, options.repeats), ""]
+        for model in arena.models:
+            f = floor[model.key]
+            lines += [
+                f"## breast-cancer v{model.version}: {model.label}",
+                "",
+                f"in-process `predict_proba` on one row: {fmt_rps(f.calls_per_s)} calls/s, "
+                f"p50 {f.p50_ms:.3f} ms, p99 {f.p99_ms:.3f} ms",
+                "",
+            ]
+            rows = []
+            for c in CONCURRENCIES:
+                minimal = results[(MINIMAL, model.key, c)]
+                row = [str(c), _cell(minimal)]
+                for name in (STALWART, STALWART_BATCHED):
+                    row.append(_cell(results[(name, model.key, c)]))
+                for name in (STALWART, STALWART_BATCHED):
+                    ours = results[(name, model.key, c)]
+                    row += [f"{ours.rps / minimal.rps:.2f}x", f"{ours.p50 - minimal.p50:+.2f}"]
+                errors = sum(results[(n, model.key, c)].errors for n in (MINIMAL, STALWART, STALWART_BATCHED))
+                row.append(str(errors))
+                rows.append(row)
+            header = [
+                "c", MINIMAL, f"{STALWART} (batching off)", STALWART_BATCHED,
+                "off: req/s vs minimal", "off: p50 Δ ms", "batching: req/s vs minimal",
+                "batching: p50 Δ ms", "errors",
+            ]
+            lines += [
+                "Each cell: requests/s, (p50 / p99 ms), server CPU per request in µs (all "
+                "threads). Medians of the runs.", "",
+                markdown_table(header, rows), "",
+            ]
+            lines += _verdict(results, model.key)
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(results: dict[tuple[str, str, int], Series], model: str) -> list[str]:
+    out = []
+    for name in (STALWART, STALWART_BATCHED):
+        one = results[(name, model, 1)]
+        base1 = results[(MINIMAL, model, 1)]
+        many = results[(name, model, 64)]
+        base64 = results[(MINIMAL, model, 64)]
+        delta = one.p50 - base1.p50
+        ratio = many.rps / base64.rps
+        out.append(
+            f"- {name}: c=1 p50 {delta:+.2f} ms vs minimal (target ≤ +0.5: "
+            f"{'met' if delta <= 0.5 else 'MISSED'}); c=64 throughput {ratio:.0%} of minimal "
+            f"(target ≥ 90%: {'met' if ratio >= 0.9 else 'MISSED'})"
+        )
+    return [*out, ""]
+
+
+def _cell(series: Series) -> str:
+    return f"{fmt_rps(series.rps)} ({fmt_ms(series.p50)} / {fmt_ms(series.p99)}) {series.cpu:.0f} µs"
