@@ -22,6 +22,7 @@ Parts set to None in :class:`GuardConfig` are not built and cost nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
@@ -165,7 +166,14 @@ class Guard:
         limiter = self._limiter
         if limiter is None:
             try:
-                result = await fn(*args)
+                if deadline is None:
+                    result = await fn(*args)
+                else:
+                    result = await _within(fn(*args), deadline, self._name)
+            except CallTimeout as exc:
+                if permit is not None:
+                    self._settle_timeout(permit, exc)
+                raise
             except BaseException as exc:
                 if permit is not None:
                     permit.on_error(exc)
@@ -236,6 +244,22 @@ class GuardStage:
         child = _fork(exchange)
         await self._guard.call(self._next, child, deadline=exchange.deadline)
         _join(exchange, child)
+
+
+async def _within(call: Awaitable[T], deadline: float, name: str) -> T:
+    """Await ``call`` until the request's deadline, for a guard without a time limit of its
+    own. Cancelling is enough here: the awaitable is the caller's own coroutine (a batcher
+    queue entry, an executor future), which stops waiting at once when cancelled."""
+    remaining = deadline - time.monotonic()
+    try:
+        return await asyncio.wait_for(call, remaining)
+    except TimeoutError:
+        raise CallTimeout(
+            f"'{name}' ran past the request's deadline ({max(remaining, 0.0) * 1000:.0f} ms left when it "
+            f"started); send a longer X-Request-Timeout",
+            by_deadline=True,
+            limit=max(remaining, 0.0),
+        ) from None
 
 
 def _fork(exchange: Exchange) -> Exchange:

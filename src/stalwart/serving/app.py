@@ -144,7 +144,10 @@ def create_app(
 
     deployments = DeploymentService(project, repository, pool, chains, resilience_metrics, caches)
     auth = BearerAuth(settings.resolved_admin_token())
-    v2_guard = GuardConfig.model_validate({"bulkhead": None, "timeout": {"timeout_duration": settings.model_timeout_seconds}})
+    # /v2 calls get a breaker; a time limit only if configured (the request's own deadline
+    # applies either way); no bulkhead: load shedding bounds the backlog.
+    timeout = {"timeout_duration": settings.model_timeout_seconds} if settings.model_timeout_seconds else None
+    v2_guard = GuardConfig.model_validate({"bulkhead": None, "timeout": timeout})
     routes = [
         *oip_routes(repository, chains, v2_guard, resilience_metrics),
         *v1_routes(deployments, resilience_metrics),
