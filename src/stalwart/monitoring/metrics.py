@@ -39,9 +39,12 @@ class ServingMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # A plain count the event loop updates (no lock per request), read at scrape time.
+        self.in_flight_count = 0
         self.in_flight = Gauge(
             "stalwart_requests_in_flight", "Requests being served now", registry=r
         )
+        self.in_flight.set_function(lambda: self.in_flight_count)
         self.model_load = Histogram(
             "stalwart_model_load_seconds",
             "Time to verify, deserialise and prepare a model version",

@@ -100,7 +100,7 @@ class ShedderConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_in_flight: int | None = Field(256, ge=1)
+    max_in_flight: int | None = Field(1024, ge=1)
     max_queue_wait: Seconds | None = Field(0.5, gt=0)
     queue_wait_interval: Seconds = Field(0.1, gt=0)
     priority_shares: dict[Priority, float] = Field(default_factory=lambda: dict(_DEFAULT_SHARES))

@@ -278,8 +278,11 @@ def _exact_ints(exact: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any]
 def _finite(raw: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any], where: str) -> np.ndarray[Any, Any]:
     # A value beyond the float type's range becomes inf; that is the client's mistake to
     # report, not a RuntimeWarning for the server's log.
-    with np.errstate(over="ignore"):
-        converted = raw.astype(dtype)
+    if raw.dtype == dtype:
+        converted = raw  # nothing to convert, nothing to overflow
+    else:
+        with np.errstate(over="ignore"):
+            converted = raw.astype(dtype)
     if not np.isfinite(converted).all():
         raise _too_large(where, datatype)
     return converted

@@ -14,13 +14,12 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stalwart.errors import PayloadTooLarge
-from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.logs import get_logger, log_request
 from stalwart.monitoring.metrics import ServingMetrics
 from stalwart.serving.errors import error_response
 
 __all__ = ["BodyLimit", "Observe", "RequestInfo"]
 
-_access = get_logger("stalwart.access")
 _log = get_logger("stalwart.serving")
 _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_REQUEST_ID = 128
@@ -72,7 +71,7 @@ class Observe:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight_count += 1
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:  # noqa: BLE001 - the last resort: whatever escaped every handler
@@ -80,22 +79,21 @@ class Observe:
             if not started:
                 await error_response(exc, request_id)(scope, receive, send_with_id)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight_count -= 1
             elapsed = time.perf_counter() - start
             self.metrics.observe_request(info.model, info.version, info.endpoint, status, elapsed)
             if self.access_log:
-                _access.info(
-                    "request",
-                    request_id=request_id,
-                    method=scope["method"],
-                    path=scope["path"],
-                    endpoint=info.endpoint,
-                    model=info.model or None,
-                    version=info.version or None,
-                    status=status,
-                    latency_ms=round(elapsed * 1000, 3),
+                log_request({
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "endpoint": info.endpoint,
+                    "model": info.model or None,
+                    "version": info.version or None,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 3),
                     **info.fields,
-                )
+                })
 
 
 class BodyLimit:
