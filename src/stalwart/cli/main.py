@@ -66,6 +66,9 @@ def serve(
         log_config=None,
         access_log=False,
         server_header=False,
+        # On SIGTERM, in-flight requests get this long; then the lifespan closes the
+        # batchers, so a hung model call cannot keep the process from stopping.
+        timeout_graceful_shutdown=10,
     )
 
 

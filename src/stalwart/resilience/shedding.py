@@ -90,8 +90,8 @@ _DEFAULT_SHARES = {Priority.LOW: 0.5, Priority.NORMAL: 0.9, Priority.HIGH: 1.0}
 class ShedderConfig(BaseModel):
     """Capacity of one deployment. None switches a signal off.
 
-    Defaults: 256 requests in flight (far more than a few cores can serve concurrently, but
-    a bound on the backlog) and 0.5 s of standing queue (half the default 1 s guard
+    Defaults: 1024 requests in flight (far more than a few cores can serve concurrently, even
+    with batching, but a bound on the backlog) and 0.5 s of standing queue (half the default 1 s guard
     timeout: a request that has queued that long will probably not make it). Normal
     traffic may use 90% of the capacity and low-priority traffic half of it; the last 10%
     is kept for high-priority requests. Set ``priority_shares={"normal": 1.0}`` when no

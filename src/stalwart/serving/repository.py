@@ -99,8 +99,11 @@ class ModelRepository:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        for task in list(self._loading.values()):
+        loading = list(self._loading.values())
+        for task in loading:
             task.cancel()
+        # Wait for them to finish cancelling, whatever they raise: nothing may outlive stop().
+        await asyncio.gather(*loading, return_exceptions=True)
 
     def not_ready_reason(self) -> str | None:
         return None if self._ready else "the server is still loading its models"
