@@ -88,6 +88,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         ok = _tour(base, x_test, y_test, feature_count, np)
         if fraud is not None:
             ok &= _fraud_tour(base, fraud)
+        console.print("\n[green]demo OK[/]" if ok else "\n[red]demo FAILED: see the responses above[/]")
     finally:
         if once:
             server.should_exit = True
@@ -245,7 +246,7 @@ def _tour(base: str, x_test: Any, y_test: Any, feature_count: int, np: Any) -> b
     counted = [line for line in metrics.splitlines() if line.startswith("stalwart_requests_total{")]
     console.print("\n[bold]GET /metrics[/] (request counters):")
     for line in counted:
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
     example = json.dumps({"inputs": [{"name": "input-0", "shape": [1, feature_count], "datatype": "FP64",
                                       "data": [round(v, 4) for v in x_test[0].tolist()]}]})
     console.print("\n[bold]try it yourself[/]:")
@@ -255,7 +256,6 @@ def _tour(base: str, x_test: Any, y_test: Any, feature_count: int, np: Any) -> b
         f"curl -s {base}/metrics | grep stalwart_",
     ):
         console.print(command, highlight=False, soft_wrap=True)
-    console.print("[green]demo OK[/]" if ok else "[red]demo FAILED: see the responses above[/]")
     return ok
 
 
