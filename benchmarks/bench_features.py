@@ -88,7 +88,7 @@ def bench_online(db_url: str, frame: Any, batch: int, repeats: int) -> dict[str,
     rng = np.random.default_rng(1)
     cards = frame["card_id"].unique()
     # The statement our plan sends (whether it needs each entity's older last row).
-    statement = reader.statement(tuple(fs.source_columns()), older=online._plans[0].older)
+    statement = reader.statement(tuple(fs.source_columns()), older=online._plans[0].everything.older)
     engine = pool(db_url).engine
 
     async def ours(entities: list[dict[str, Any]], values: list[dict[str, Any]]) -> float:

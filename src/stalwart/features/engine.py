@@ -145,7 +145,7 @@ def compute_base(
     q_codes, r_codes = _joint_codes(queries.keys, rows.keys)
     windows = sorted({f.window_ns for f in features if isinstance(f, Window)})
     times = [rows.ts, queries.ts, *(queries.ts - w for w in windows)]
-    table = np.unique(np.concatenate(times)) if m or len(rows) else np.empty(0, dtype=np.int64)
+    table = _sorted_unique(np.concatenate(times)) if m or len(rows) else np.empty(0, dtype=np.int64)
     radix = np.int64(len(table) + 1)
 
     def composite(codes: Column, ts: Column) -> Column:
@@ -238,6 +238,18 @@ def _valid_until(
             live = found & (expires > q_ts)
             until = np.where(live, np.minimum(until, expires), until)
     return until
+
+
+def _sorted_unique(values: Column) -> Column:
+    """np.unique by sorting: for millions of distinct int64 times, numpy's hash-based
+    unique is several times slower than one sort."""
+    ordered = np.sort(values)
+    if len(ordered) == 0:
+        return ordered
+    keep = np.empty(len(ordered), dtype=np.bool_)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
 def _joint_codes(q_keys: list[Column], r_keys: list[Column]) -> tuple[Column, Column]:
