@@ -405,7 +405,7 @@ def _transform(
     try:
         with np.errstate(all="ignore"):
             result = np.asarray(feature.fn(*args))
-    except Exception as exc:
+    except Exception as exc:  # the user's transform can raise anything: name it and say why
         raise FeatureError(
             f"transform '{feature.name}' of feature set '{feature_set.name}' raised "
             f"{type(exc).__name__}: {exc}"

@@ -400,7 +400,7 @@ class CallableReader:
             result = self.source.fn(wanted)
             if inspect.isawaitable(result):
                 result = await result
-        except Exception as exc:
+        except Exception as exc:  # the user's lookup can raise anything: a source failure to guard
             raise FeatureError(f"source '{self.source.name}': lookup raised {type(exc).__name__}: {exc}") from exc
         records = [(*key, as_of_ns / NS, i, *(result[key].get(c) for c in columns)) for i, key in enumerate(wanted) if key in result]
         return rows_from_records(records, len(self.source.entity.keys), columns)
