@@ -37,7 +37,7 @@ def _online(tmp_path: Path, clock: Any, guard: Guard | None = None) -> OnlineFea
 
 def _late_instants(n: int) -> list[int]:
     """Instants (ns) that float seconds round to a later instant."""
-    found = []
+    found: list[int] = []
     candidate = 1_764_000_000_123_456_789
     while len(found) < n:
         if int(to_ns(np.asarray([candidate / NS]))[0]) > candidate:
