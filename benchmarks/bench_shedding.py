@@ -8,7 +8,7 @@ shedding policy differs:
 
 - ``off``: shedding off (max_in_flight 1 000 000, no queue-wait budget);
 - ``default``: ``ShedderConfig()`` (256 in flight, 0.5 s queue-wait budget);
-- ``in-flight 4``: at most 4 requests in flight;
+- ``in-flight 4`` and ``in-flight 2``: at most that many requests in flight;
 - ``queue 50ms``: a 50 ms queue-wait budget alone.
 
 Steps: the unloaded latency (one request at a time), the capacity (closed loop, 8
@@ -47,6 +47,7 @@ POLICIES: dict[str, dict[str, Any] | None] = {
     "off": {"max_in_flight": 1_000_000, "max_queue_wait": None},
     "default": None,
     "in-flight 4": {"max_in_flight": 4, "max_queue_wait": None, "priority_shares": {"normal": 1.0}},
+    "in-flight 2": {"max_in_flight": 2, "max_queue_wait": None, "priority_shares": {"normal": 1.0}},
     "queue 50ms": {"max_in_flight": None, "max_queue_wait": "50ms", "priority_shares": {"normal": 1.0}},
 }
 PROJECT = """
@@ -91,10 +92,11 @@ def summarize(outcomes: list[Outcome], seconds: float, slo: float) -> dict[str, 
     first = min(o.due for o in outcomes)
     last = max(o.due + o.latency for o in ok) if ok else first + seconds
     latencies = [o.latency for o in ok]
+    span = max(last - first, seconds)  # until the last answer: a queue drains after the arrivals
     return {
         "offered": len(outcomes) / seconds,
-        "goodput": len(ok) / max(last - first, seconds),
-        "in_slo": sum(1 for o in ok if o.latency <= slo) / seconds,
+        "goodput": len(ok) / span,
+        "in_slo": sum(1 for o in ok if o.latency <= slo) / span,
         "shed": len(shed) / len(outcomes),
         "failed": sum(1 for o in outcomes if o.status not in (200, 503)) / len(outcomes),
         "p50": percentile(latencies, 50) * 1000,
