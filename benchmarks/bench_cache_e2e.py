@@ -235,11 +235,11 @@ def main() -> None:
         key: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for key, runs in results.items()
     }
     for name in VARIANTS:
-        row = f"{name:<12}"
+        line = f"{name:<12}"
         for c in (1, 8):
             m = med[(name, c)]
-            row += f"{m['rps']:>12.0f}{m['p50']:>8.2f}{m['p99']:>8.2f}{m['failed'] * 100:>5.1f}%"
-        print(row)
+            line += f"{m['rps']:>12.0f}{m['p50']:>8.2f}{m['p99']:>8.2f}{m['failed'] * 100:>5.1f}%"
+        print(line)
     for name in ("in-process", "Redis only"):
         ratios = "  ".join(
             f"c={c}: {med[(name, c)]['rps'] / med[('no cache', c)]['rps']:.2f}x req/s, "
