@@ -247,7 +247,7 @@ def test_a_hundred_concurrent_misses_on_one_key_make_one_source_call(fraud_home:
         def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
             if "FROM transactions" in statement:
                 queries.append(statement)
-                time.sleep(0.3)  # a slow database: the other 99 arrive while this runs
+                time.sleep(0.2)  # a slow database: the other 99 arrive while this runs
 
         before = _metrics(server)
         event.listen(engine, "before_cursor_execute", on_execute)

@@ -190,7 +190,7 @@ def test_a_hanging_source_times_out_on_time_and_the_request_carries_on(
             _HANG.clear()
         # While lookups hung, the server answered everything else at once.
         assert live
-        assert max(live) < 0.25, live
+        assert max(live) < 0.4, live
         _, after = predict(8)
         assert after["features"] == [{"risk_score": 8.0}]
         assert "degraded" not in after
