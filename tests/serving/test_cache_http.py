@@ -272,3 +272,24 @@ def test_a_hundred_concurrent_misses_on_one_key_make_one_source_call(fraud_home:
     hits = metric(after, "stalwart_cache_hits_total", tier="memory", feature_set=SET) - metric(before, "stalwart_cache_hits_total", tier="memory", feature_set=SET)
     assert coalesced >= 1
     assert coalesced + hits == 99
+
+
+def test_redis_keeps_caching_after_entries_expire(fraud_copy: FraudCopy, redis_namespace: str, tmp_path: Path) -> None:
+    """An entry past its TTL stays in Redis (for stale-if-error); the reload that follows
+    replaces it there, so another replica then finds the new entry instead of calling the
+    source (and the cache does not go dark until max_staleness runs out)."""
+    project = load_project(fraud_copy.project(tmp_path / "project", ('cache={"ttl": "1m", "max_staleness": "10m"}', 'cache={"ttl": "1s", "max_staleness": "10m", "xfetch_beta": 0}')))
+    settings = fraud_copy.settings.model_copy(update={"redis_url": SecretStr(REDIS_URL), "cache_namespace": redis_namespace})
+    card = recent_card(fraud_copy.frame)
+    with _serve(settings, project) as first:
+        _features(first, card)
+        time.sleep(1.2)  # past the TTL
+        _features(first, card)
+        text = _metrics(first)
+        assert metric(text, "stalwart_cache_source_calls_total", feature_set=SET) == 2
+        assert metric(text, "stalwart_cache_writes_refused_total", feature_set=SET) == 0
+        with _serve(settings, project) as second:
+            _features(second, card)
+            text = _metrics(second)
+    assert metric(text, "stalwart_cache_hits_total", tier="redis", feature_set=SET) == 1
+    assert metric(text, "stalwart_cache_source_calls_total", feature_set=SET) == 0
