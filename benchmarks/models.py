@@ -1,4 +1,5 @@
-"""The demo's two models, trained and registered the way ``stalwart demo`` does it.
+"""The demo's two models, trained and registered the way ``stalwart demo`` does it, and
+the test model of the shedding benchmark.
 
 ``prepare_home`` builds a ``STALWART_HOME`` with ``breast-cancer`` version 1 (a scaled
 logistic regression pipeline) and version 2 (a gradient-boosted classifier), the recipes
@@ -8,6 +9,8 @@ of :mod:`stalwart.cli.demo`, so the benchmarks measure the models a newcomer fir
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,3 +98,27 @@ def infer_body(row: Any, outputs: tuple[str, ...] | None = ("predict_proba",)) -
 
 def infer_path(version: int) -> str:
     return f"/v2/models/{MODEL}/versions/{version}/infer"
+
+
+# One model call at a time in the process, like one accelerator or one single-threaded
+# native model: capacity is then 1 / seconds calls per second whatever the worker count.
+_DEVICE = threading.Lock()
+
+
+class Sleepy:
+    """A python-flavor model (importable by the server process, which finds this checkout
+    on its ``PYTHONPATH``) that holds the process's one "device" for ``seconds`` per call,
+    then returns ``sum(row)``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def predict(self, x: Any) -> Any:
+        import numpy as np
+
+        with _DEVICE:
+            time.sleep(self.seconds)
+        if isinstance(x, dict):
+            x = np.column_stack([np.asarray(v, dtype=np.float64) for v in x.values()])
+        matrix = np.asarray(x, dtype=np.float64)
+        return matrix.reshape(len(matrix), -1).sum(axis=1)

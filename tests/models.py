@@ -110,3 +110,15 @@ class Unencodable:
         out = np.empty(len(x), dtype=object)
         out[:] = ["\ud800"] * len(x)
         return out
+
+
+class OpenMPThreads:
+    """Answers, for each row, how many threads an OpenMP region started in the calling
+    thread would use (what scikit-learn's OpenMP estimators ask before computing)."""
+
+    def predict(self, x: Any) -> Any:
+        from threadpoolctl import ThreadpoolController
+
+        pools = ThreadpoolController().select(user_api="openmp").info()
+        threads = min(pool["num_threads"] for pool in pools) if pools else -1
+        return np.full(len(x), threads, dtype=np.int64)

@@ -412,3 +412,26 @@ async def test_a_request_never_joins_a_finished_load_whose_value_has_expired(mak
     second = await fraud.get_many([(1,)], load)
     assert (first.rows[(1,)], second.rows[(1,)]) == ({"n": 1.0}, {"n": 2.0})
     assert second.coalesced == 0
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("memory", [True, False])
+async def test_an_expired_entry_still_in_redis_is_replaced_by_its_reload(make_cache: CacheFactory, memory: bool) -> None:
+    """Past its TTL an entry stays in Redis (for stale-if-error) until max_staleness ends;
+    the reload that follows must replace it there, so the next lookups are hits again
+    rather than source calls until the stale entry expires."""
+    clock, source = Clock(), Source(ROWS)
+    policy = CachePolicy(ttl=10, max_staleness=600, xfetch_beta=0, memory=memory)
+    fraud = (await make_cache(clock=clock)).bind("fraud", "v1", policy)
+    await fraud.get_many([(1,)], source.load)
+    clock.advance(15)  # expired, still usable for stale-if-error
+    source.rows[(1,)] = {"amount": 99.0, "country": "FR"}
+    reloaded = await fraud.get_many([(1,)], source.load)
+    assert reloaded.rows == {(1,): {"amount": 99.0, "country": "FR"}}
+    assert len(source.calls) == 2
+    other = (await make_cache(clock=clock)).bind("fraud", "v1", policy)  # a replica with nothing in memory
+    again = await other.get_many([(1,)], source.load)
+    assert again.rows == {(1,): {"amount": 99.0, "country": "FR"}}
+    assert again.redis_hits == 1
+    assert len(source.calls) == 2
+    assert sample(fraud.cache.metrics, "stalwart_cache_writes_refused_total", feature_set="fraud") == 0

@@ -114,6 +114,20 @@ def test_one_short_wait_shows_the_queue_drains(clock: FakeClock) -> None:
     assert admitted(s, LOW)
 
 
+def test_work_before_queueing_is_not_a_queue_wait(clock: FakeClock) -> None:
+    """A request that spends its first 0.5 s fetching features (a hanging source, cut by
+    its time limit) and is then served at once has not queued: nothing is shed for it."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1, queue_wait_interval=1.0)
+    admission = s.admit()
+    clock.advance(0.5)  # features
+    admission.queued()
+    clock.advance(0.02)  # waiting for the model
+    admission.start()
+    admission.done()
+    assert s.snapshot().queue_wait == pytest.approx(0.02)
+    assert admitted(s, LOW)
+
+
 def test_the_queue_signal_expires_when_nothing_is_reported(clock: FakeClock) -> None:
     """Old reports age out after the interval, so a drained deployment admits again."""
     s = shedder(clock, max_in_flight=None, max_queue_wait=0.1, queue_wait_interval=0.2)

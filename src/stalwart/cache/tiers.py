@@ -337,7 +337,16 @@ return 1
 @dataclass(slots=True)
 class _Seen:
     epoch: bytes
-    observed: dict[str, str]  # entity -> sha1 hex of the bytes read, '' when absent
+    observed: dict[str, bytes | None]  # entity -> the bytes read (None: absent)
+
+
+def _fingerprint(observed: dict[str, bytes | None], entity: str) -> str:
+    """What the write script compares a key's current bytes with: their sha1, '' when the
+    key was absent, '-' (matches nothing) when the key was not read."""
+    if entity not in observed:
+        return "-"
+    raw = observed[entity]
+    return "" if raw is None else hashlib.sha1(raw).hexdigest()  # noqa: S324 - an identity check, not security
 
 
 def _new_token() -> bytes:
@@ -440,12 +449,13 @@ class RedisTier:
         current: bytes = values[0] or b""
         now = self.clock()
         entries: list[Entry | None] = []
-        observed: dict[str, str] = {}
+        # Every key's bytes, usable entries included: one past its TTL (kept for
+        # stale-if-error) or picked for an early refresh is reloaded and written back, and
+        # the write must be able to replace it. Hashed only for the keys written back.
+        observed: dict[str, bytes | None] = {}
         for entity, raw in zip(entities, values[1:], strict=True):
-            entry = self._decode(raw, current, now)
-            entries.append(entry)
-            if entry is None:
-                observed[entity] = hashlib.sha1(raw).hexdigest() if raw is not None else ""  # noqa: S324 - an identity check, not security
+            entries.append(self._decode(raw, current, now))
+            observed[entity] = raw
         return Snapshot(entries, _Seen(current, observed))
 
     def _decode(self, raw: bytes | None, epoch: bytes, now: float) -> Entry | None:
@@ -475,7 +485,7 @@ class RedisTier:
         for entity, entry in items:
             px = math.ceil((entry.usable_until - now) * 1000)
             keys.append(space.prefix + entity)
-            args.extend((token.observed.get(entity, "-"), self._encoder.encode((token.epoch, entry)), max(px, 1)))
+            args.extend((_fingerprint(token.observed, entity), self._encoder.encode((token.epoch, entry)), max(px, 1)))
         try:
             stored: list[int] = await self._write(keys=keys, args=args)
         except self._errors as exc:

@@ -396,14 +396,22 @@ class CallableReader:
     ) -> SourceRows:
         # Current values only: nothing is known about later ones (the cache's TTL bounds them).
         wanted = [tuple(k) for k in keys]
+        fn = self.source.fn
         try:
-            result = self.source.fn(wanted)
+            # A plain function may block (an HTTP client, a driver): it runs on a worker
+            # thread, so a guard's time limit can give up on it and the event loop serves
+            # other requests meanwhile. A coroutine function runs on the loop.
+            result = fn(wanted) if inspect.iscoroutinefunction(fn) else await asyncio.to_thread(fn, wanted)
             if inspect.isawaitable(result):
                 result = await result
         except Exception as exc:  # the user's lookup can raise anything: a source failure to guard
             raise FeatureError(f"source '{self.source.name}': lookup raised {type(exc).__name__}: {exc}") from exc
-        records = [(*key, as_of_ns / NS, i, *(result[key].get(c) for c in columns)) for i, key in enumerate(wanted) if key in result]
-        return rows_from_records(records, len(self.source.entity.keys), columns)
+        records = [(*key, 0, i, *(result[key].get(c) for c in columns)) for i, key in enumerate(wanted) if key in result]
+        rows = rows_from_records(records, len(self.source.entity.keys), columns)
+        # Stamped at exactly as_of, in int ns: float seconds would round half of them to an
+        # instant after as_of, where a Latest feature cannot see them.
+        rows.ts = np.full(len(records), as_of_ns, dtype=np.int64)
+        return rows
 
 
 class GuardedReader:

@@ -162,16 +162,28 @@ class ShedderSnapshot:
 class Admission:
     """One admitted request. Call :meth:`start` when its service begins (optional, feeds
     the queue-wait signal; safe from a worker thread) and :meth:`done` when it is answered
-    (or use it as a context manager). Both are idempotent."""
+    (or use it as a context manager). Both are idempotent. A request that does other work
+    before it waits for service (fetching its features) calls :meth:`queued` when that is
+    done, so that work does not count as queueing."""
 
-    __slots__ = ("_done", "_shedder", "_started", "admitted_at", "priority")
+    __slots__ = ("_done", "_shedder", "_started", "admitted_at", "priority", "queued_at")
 
     def __init__(self, shedder: LoadShedder, priority: Priority, admitted_at: float) -> None:
         self._shedder = shedder
         self.priority = priority
         self.admitted_at = admitted_at
+        self.queued_at = admitted_at
         self._started = False
         self._done = False
+
+    def queued(self) -> None:
+        """The request now waits for its service; :meth:`start` measures the wait from here.
+
+        Without it, a feature source that takes its full time limit would look like a
+        standing queue, and the shedder would turn away requests that the deployment is
+        answering on time (degraded)."""
+        if not self._started and not self._done:
+            self.queued_at = self._shedder._clock()
 
     def start(self) -> None:
         if self._started or self._done:
@@ -315,7 +327,7 @@ class LoadShedder:
 
     def _on_start(self, admission: Admission) -> None:
         now = self._clock()
-        wait = now - admission.admitted_at
+        wait = now - admission.queued_at
         with self._lock:
             waits = self._waits
             while waits and waits[-1][1] >= wait:

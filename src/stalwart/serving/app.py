@@ -44,7 +44,7 @@ from stalwart.serving.oip import oip_routes
 from stalwart.serving.openapi import openapi_document
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
-from stalwart.serving.runner import DirectRunner, ModelCall
+from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
 from stalwart.serving.v1 import control_routes, v1_routes
 from stalwart.storage import DatabasePool
 from stalwart.validation.stage import ValidationMetrics
@@ -73,7 +73,9 @@ def create_app(
     caches = bind_caches(project.feature_sets.values(), cache)
     listeners = pg_listeners([project.feature_sets[name] for name in caches], cache, settings)
     executor = ThreadPoolExecutor(
-        max_workers=min(8, (os.cpu_count() or 1) + 2), thread_name_prefix="stalwart-model"
+        max_workers=min(8, (os.cpu_count() or 1) + 2),
+        thread_name_prefix="stalwart-model",
+        initializer=one_native_thread,
     )
 
     policy = BatchingPolicy(

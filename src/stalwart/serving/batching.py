@@ -171,9 +171,11 @@ class AdaptiveBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def run(self, inputs: Arrays, rows: int, outputs: tuple[str, ...]) -> Arrays:
+    async def run(
+        self, inputs: Arrays, rows: int, outputs: tuple[str, ...], on_start: Callable[[], None] | None = None
+    ) -> Arrays:
         """The outputs for these rows (the :class:`Runner` protocol)."""
-        return (await self.infer(inputs, rows, outputs)).outputs
+        return (await self.infer(inputs, rows, outputs, on_start)).outputs
 
     async def infer(
         self, inputs: Arrays, rows: int, outputs: tuple[str, ...], on_start: Callable[[], None] | None = None

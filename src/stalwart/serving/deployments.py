@@ -49,7 +49,7 @@ from stalwart.features.readers import SourceReader, make_reader
 from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Exchange
 from stalwart.registry import ModelVersion, Signature
-from stalwart.resilience import Guard, GuardConfig, LoadShedder, Priority, ShedderConfig
+from stalwart.resilience import Admission, Guard, GuardConfig, LoadShedder, Priority, ShedderConfig
 from stalwart.resilience.duration import parse_seconds
 from stalwart.serving.chains import Chains, ChainSpec, make_guard
 from stalwart.serving.degradation import Degradation, LastGoodStore, worst
@@ -177,10 +177,10 @@ class DeploymentService:
             try:
                 prediction = await self._serve(
                     runtime, runtime.model_spec, deployment.model_name, deployment.model_version,
-                    request, request_id, deadline, admission.start,
+                    request, request_id, deadline, admission,
                 )
             except LADDER_ERRORS as exc:
-                return await self._step_down(runtime, request, keys, request_id, deadline, exc, admission.start)
+                return await self._step_down(runtime, request, keys, request_id, deadline, exc, admission)
             if runtime.last_good_seconds is not None and keys is not None and prediction.degraded is None:
                 # Only undegraded answers are "good": one made on default features is not.
                 model = prediction.body["model"]
@@ -231,13 +231,14 @@ class DeploymentService:
         request: PredictRequest,
         request_id: str,
         deadline: float | None,
-        on_start: Any,
+        admission: Admission,
     ) -> Prediction:
         loaded = await self.repository.get(model, version)
         plan = await self._plan(runtime.deployment, loaded.version)
         start = time.perf_counter()
         resolved = await plan.features.resolve(request.entities, request.values, deadline=deadline)
         features_ms = (time.perf_counter() - start) * 1000
+        admission.queued()  # waiting for the model from here; fetching features is not queueing
         signature = loaded.version.signature
         exchange = Exchange(
             request_id=request_id,
@@ -247,7 +248,7 @@ class DeploymentService:
             model=loaded.version.name,
             version=loaded.version.version,
             deadline=deadline,
-            on_service_start=on_start,
+            on_service_start=admission.start,
         )
         exchange.timings["features_ms"] = features_ms
         chain = self.chains.get(spec, loaded)
@@ -286,7 +287,7 @@ class DeploymentService:
         request_id: str,
         deadline: float | None,
         failure: BaseException,
-        on_start: Any,
+        admission: Admission,
     ) -> Prediction:
         """The rest of the ladder, after the primary failed with ``failure``."""
         name = runtime.deployment.name
@@ -295,7 +296,7 @@ class DeploymentService:
         if runtime.fallback is not None and runtime.fallback_spec is not None:
             try:
                 prediction = await self._serve(
-                    runtime, runtime.fallback_spec, *runtime.fallback, request, request_id, deadline, on_start
+                    runtime, runtime.fallback_spec, *runtime.fallback, request, request_id, deadline, admission
                 )
             except LADDER_ERRORS as exc:
                 detail = f"{detail}; the fallback failed too: {getattr(exc, 'message', exc)}"
