@@ -87,18 +87,23 @@ def test_refusal_carries_a_retry_after_from_the_completion_rate(clock: FakeClock
 
 
 def test_a_standing_queue_sheds_by_priority(clock: FakeClock) -> None:
-    """When every recent request queued longer than a priority's share of the budget, that
-    priority is shed; higher priorities still get in."""
+    """The wait a new request can expect is the queue in front of it over the recent
+    completion rate; a priority whose share of the budget that exceeds is shed, higher
+    priorities still get in."""
     s = shedder(clock, max_in_flight=None, max_queue_wait=0.5, queue_wait_interval=0.1)
-    for _ in range(3):
-        admission = s.admit(HIGH)
-        clock.advance(0.3)  # each waited 0.3 s before service
-        admission.start()
-        admission.done()
-    # Standing wait 0.3 s: low's budget is 0.25 s, normal's 0.45 s.
+    for _ in range(10):  # 10 completions in the 2 s throughput window: 5 per second
+        served = s.admit(HIGH)
+        served.start()
+        served.done()
+        clock.advance(0.1)
+    waiting = [s.admit(HIGH) for _ in range(2)]  # 2 queued / 5 per s: a 0.4 s wait
+    assert s.snapshot().queue_wait == pytest.approx(0.4)
+    # low's budget is 0.25 s, normal's 0.45 s (an admitted normal request joins the queue).
     assert not admitted(s, LOW)
     assert admitted(s, NORMAL)
-    assert s.snapshot().queue_wait == pytest.approx(0.3)
+    for admission in waiting:
+        admission.start()
+    assert s.snapshot().queue_wait == pytest.approx(0.2)  # the queue drained: the wait fell at once
 
 
 def test_one_short_wait_shows_the_queue_drains(clock: FakeClock) -> None:
@@ -116,16 +121,20 @@ def test_one_short_wait_shows_the_queue_drains(clock: FakeClock) -> None:
 
 def test_work_before_queueing_is_not_a_queue_wait(clock: FakeClock) -> None:
     """A request that spends its first 0.5 s fetching features (a hanging source, cut by
-    its time limit) and is then served at once has not queued: nothing is shed for it."""
+    its time limit) is not in the queue meanwhile: nothing is shed for it."""
     s = shedder(clock, max_in_flight=None, max_queue_wait=0.1, queue_wait_interval=1.0)
-    admission = s.admit()
+    for _ in range(4):  # a completion rate to predict from
+        done = s.admit()
+        done.start()
+        done.done()
+    fetching = [s.admit(queued=False) for _ in range(10)]
     clock.advance(0.5)  # features
-    admission.queued()
-    clock.advance(0.02)  # waiting for the model
-    admission.start()
-    admission.done()
-    assert s.snapshot().queue_wait == pytest.approx(0.02)
-    assert admitted(s, LOW)
+    assert s.snapshot().queue_wait == 0.0
+    assert admitted(s, LOW)  # and that one joins the queue: 1 at 2 per second
+    for admission in fetching:
+        admission.queued()  # now they wait for the model: 10 queued at 2 per second
+    assert s.snapshot().queue_wait == pytest.approx(5.5)
+    assert not admitted(s, HIGH)
 
 
 def test_the_queue_signal_expires_when_nothing_is_reported(clock: FakeClock) -> None:

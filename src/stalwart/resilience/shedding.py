@@ -4,12 +4,15 @@ capacity, rather than queueing them until every request is late.
 Two signals, either or both:
 
 * **In flight**: at most ``max_in_flight`` admitted requests at a time.
-* **Queue wait**: the time admitted requests spend waiting before they are served, as
-  reported by :meth:`Admission.start` at the point where service begins (the model call
-  picking the request up). The signal is the *smallest* wait reported over the last
-  ``queue_wait_interval`` (CoDel's standing-queue test): a burst that drains quickly has
-  some short waits and passes; a queue that never drains makes every wait long and trips
-  it. Without ``start()`` calls this signal stays at zero.
+* **Queue wait**: how long a request admitted now would wait before it is served. Once
+  requests have completed recently, it is predicted from the queue in front of it: the
+  requests waiting for service (admitted, queued, not yet started) divided by the recent
+  completion rate. That answers at once as the queue grows or drains; a wait measured
+  when requests leave the queue lags by the very wait it measures, and a shedder fed
+  with it swings between admitting everything and refusing everything. Before any
+  completion (a cold start), the signal is the *smallest* wait reported by
+  :meth:`Admission.start` over the last ``queue_wait_interval`` (CoDel's standing-queue
+  test). Without ``start()`` calls the queue-wait signal stays at zero.
 
 Priorities shed cheap traffic first: a request of priority ``p`` may only use
 ``priority_shares[p]`` of the capacity (of the in-flight limit and of the queue-wait
@@ -166,36 +169,42 @@ class Admission:
     before it waits for service (fetching its features) calls :meth:`queued` when that is
     done, so that work does not count as queueing."""
 
-    __slots__ = ("_done", "_shedder", "_started", "admitted_at", "priority", "queued_at")
+    __slots__ = ("_done", "_shedder", "_started", "_waiting", "admitted_at", "priority", "queued_at")
 
-    def __init__(self, shedder: LoadShedder, priority: Priority, admitted_at: float) -> None:
+    def __init__(self, shedder: LoadShedder, priority: Priority, admitted_at: float, *, queued: bool = True) -> None:
         self._shedder = shedder
         self.priority = priority
         self.admitted_at = admitted_at
         self.queued_at = admitted_at
         self._started = False
         self._done = False
+        self._waiting = queued  # counted among the requests waiting for service
 
     def queued(self) -> None:
         """The request now waits for its service; :meth:`start` measures the wait from here.
 
-        Without it, a feature source that takes its full time limit would look like a
-        standing queue, and the shedder would turn away requests that the deployment is
-        answering on time (degraded)."""
-        if not self._started and not self._done:
-            self.queued_at = self._shedder._clock()
+        A request admitted with ``queued=False`` (it has other work first, such as fetching
+        its features) calls this when that is done. Without it, a feature source that takes
+        its full time limit would look like a standing queue, and the shedder would turn
+        away requests that the deployment is answering on time (degraded)."""
+        if self._started or self._done:
+            return
+        self.queued_at = self._shedder._clock()
+        if not self._waiting:
+            self._waiting = True
+            self._shedder._on_queued()
 
     def start(self) -> None:
         if self._started or self._done:
             return
         self._started = True
-        self._shedder._on_start(self)
+        self._shedder._on_start(self, self._waiting)
 
     def done(self) -> None:
         if self._done:
             return
         self._done = True
-        self._shedder._on_done()
+        self._shedder._on_done(self._waiting and not self._started)
 
     def __enter__(self) -> Admission:
         return self
@@ -256,6 +265,7 @@ class LoadShedder:
         self._clock = clock
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._waiting = 0  # admitted, queued for service, not started
         self._admitted = 0
         self._shed = dict.fromkeys(Priority, 0)
         now = clock()
@@ -282,8 +292,10 @@ class LoadShedder:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def admit(self, priority: Priority = Priority.NORMAL) -> Admission:
-        """Admit one request, or raise :class:`Overloaded` at once."""
+    def admit(self, priority: Priority = Priority.NORMAL, *, queued: bool = True) -> Admission:
+        """Admit one request, or raise :class:`Overloaded` at once. ``queued=False``: the
+        request does other work before it waits for service, and says so with
+        :meth:`Admission.queued`."""
         now = self._clock()
         with self._lock:
             slots = self._slots[priority]
@@ -292,13 +304,15 @@ class LoadShedder:
                 raise self._refuse_in_flight(priority, slots, now)
             budget = self._budgets[priority]
             if budget is not None:
-                wait = self._standing_wait(now)
+                wait = self._queue_wait(now)
                 if wait > budget:
                     self._shed[priority] += 1
                     raise self._refuse_queue(priority, wait, budget)
             self._in_flight += 1
             self._admitted += 1
-        return Admission(self, priority, now)
+            if queued:
+                self._waiting += 1
+        return Admission(self, priority, now, queued=queued)
 
     def snapshot(self) -> ShedderSnapshot:
         now = self._clock()
@@ -308,7 +322,7 @@ class LoadShedder:
                 name=self._name,
                 in_flight=self._in_flight,
                 max_in_flight=cfg.max_in_flight,
-                queue_wait=self._standing_wait(now),
+                queue_wait=self._queue_wait(now),
                 max_queue_wait=cfg.max_queue_wait,
                 throughput=self._completions.rate(now),
                 admitted=self._admitted,
@@ -316,6 +330,13 @@ class LoadShedder:
             )
 
     # -- the machinery ------------------------------------------------------------------
+
+    def _queue_wait(self, now: float) -> float:
+        """The wait a request admitted now can expect (see the module docstring). Lock held."""
+        rate = self._completions.rate(now)
+        if rate > 0:
+            return self._waiting / rate
+        return self._standing_wait(now)
 
     def _standing_wait(self, now: float) -> float:
         """Smallest queue wait reported in the last interval (0 when none was). Lock held."""
@@ -325,19 +346,27 @@ class LoadShedder:
             waits.popleft()
         return waits[0][1] if waits else 0.0
 
-    def _on_start(self, admission: Admission) -> None:
+    def _on_queued(self) -> None:
+        with self._lock:
+            self._waiting += 1
+
+    def _on_start(self, admission: Admission, waiting: bool) -> None:
         now = self._clock()
         wait = now - admission.queued_at
         with self._lock:
+            if waiting:
+                self._waiting -= 1
             waits = self._waits
             while waits and waits[-1][1] >= wait:
                 waits.pop()
             waits.append((now, wait))
 
-    def _on_done(self) -> None:
+    def _on_done(self, waiting: bool) -> None:
         now = self._clock()
         with self._lock:
             self._in_flight -= 1
+            if waiting:
+                self._waiting -= 1
             self._completions.add(now)
 
     def _retry_after(self, seconds: float) -> float:

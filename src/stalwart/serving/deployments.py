@@ -166,7 +166,7 @@ class DeploymentService:
     ) -> Prediction:
         runtime = self.runtime(name)
         try:
-            admission = runtime.shedder.admit(priority)
+            admission = runtime.shedder.admit(priority, queued=False)
         except ResilienceError:
             self.metrics.shed.labels(name, priority.name.lower()).inc()
             raise
