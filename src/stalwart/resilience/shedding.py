@@ -94,17 +94,18 @@ class ShedderConfig(BaseModel):
     """Capacity of one deployment. None switches a signal off.
 
     Defaults: 1024 requests in flight (far more than a few cores can serve concurrently, even
-    with batching, but a bound on the backlog) and 0.5 s of standing queue (half the default 1 s guard
-    timeout: a request that has queued that long will probably not make it). Normal
-    traffic may use 90% of the capacity and low-priority traffic half of it; the last 10%
-    is kept for high-priority requests. Set ``priority_shares={"normal": 1.0}`` when no
+    with batching, but a bound on the backlog) and 100 ms of expected queue wait (a tenth of
+    the default 1 s guard timeout: accepted requests stay close to their unloaded latency,
+    which is the point of shedding; a deployment whose model takes longer per call raises
+    it). Normal traffic may use 90% of the capacity and low-priority traffic half of it;
+    the last 10% is kept for high-priority requests. Set ``priority_shares={"normal": 1.0}`` when no
     client sends priorities.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_in_flight: int | None = Field(1024, ge=1)
-    max_queue_wait: Seconds | None = Field(0.5, gt=0)
+    max_queue_wait: Seconds | None = Field(0.1, gt=0)
     queue_wait_interval: Seconds = Field(0.1, gt=0)
     priority_shares: dict[Priority, float] = Field(default_factory=lambda: dict(_DEFAULT_SHARES))
     throughput_window: Seconds = Field(2.0, gt=0)
