@@ -87,67 +87,61 @@ def test_refusal_carries_a_retry_after_from_the_completion_rate(clock: FakeClock
 
 
 def test_a_standing_queue_sheds_by_priority(clock: FakeClock) -> None:
-    """The wait a new request can expect is the queue in front of it over the recent
-    completion rate; a priority whose share of the budget that exceeds is shed, higher
-    priorities still get in."""
-    s = shedder(clock, max_in_flight=None, max_queue_wait=0.5, queue_wait_interval=0.1)
-    for _ in range(10):  # 10 completions in the 2 s throughput window: 5 per second
-        served = s.admit(HIGH)
-        served.start()
-        served.done()
-        clock.advance(0.1)
-    waiting = [s.admit(HIGH) for _ in range(2)]  # 2 queued / 5 per s: a 0.4 s wait
-    assert s.snapshot().queue_wait == pytest.approx(0.4)
-    # low's budget is 0.25 s, normal's 0.45 s (an admitted normal request joins the queue).
+    """When the request at the head of the queue has waited longer than a priority's share
+    of the budget, that priority is shed; higher priorities still get in."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.5)
+    waiting = [s.admit(HIGH) for _ in range(2)]
+    clock.advance(0.3)  # the head has waited 0.3 s: low's budget is 0.25 s, normal's 0.45 s
+    assert s.snapshot().queue_wait == pytest.approx(0.3)
     assert not admitted(s, LOW)
-    assert admitted(s, NORMAL)
+    assert admitted(s, NORMAL)  # joins the back of the queue
     for admission in waiting:
         admission.start()
-    assert s.snapshot().queue_wait == pytest.approx(0.2)  # the queue drained: the wait fell at once
+    assert s.snapshot().queue_wait == 0.0  # the new head has only just arrived
+    assert admitted(s, LOW)
 
 
-def test_one_short_wait_shows_the_queue_drains(clock: FakeClock) -> None:
-    """The signal is the smallest wait of the interval: a burst that drains is not a
-    standing queue."""
-    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1, queue_wait_interval=1.0)
+def test_the_queue_drains_the_moment_its_head_is_served(clock: FakeClock) -> None:
+    """No lag: the signal falls as soon as the long-waiting requests start."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1)
     slow = s.admit()
     clock.advance(0.5)
-    quick = s.admit()
-    slow.start()  # waited 0.5 s
     assert not admitted(s, HIGH)
-    quick.start()  # served at once: the queue is gone
+    slow.start()
     assert admitted(s, LOW)
+
+
+def test_a_burst_after_a_quiet_spell_is_admitted(clock: FakeClock) -> None:
+    """A burst arriving at once has a young head: it is admitted (the in-flight limit is
+    what bounds its size)."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1)
+    clock.advance(60)
+    assert all(admitted(s, LOW) for _ in range(500))
 
 
 def test_work_before_queueing_is_not_a_queue_wait(clock: FakeClock) -> None:
     """A request that spends its first 0.5 s fetching features (a hanging source, cut by
     its time limit) is not in the queue meanwhile: nothing is shed for it."""
-    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1, queue_wait_interval=1.0)
-    for _ in range(4):  # a completion rate to predict from
-        done = s.admit()
-        done.start()
-        done.done()
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1)
     fetching = [s.admit(queued=False) for _ in range(10)]
     clock.advance(0.5)  # features
     assert s.snapshot().queue_wait == 0.0
-    assert admitted(s, LOW)  # and that one joins the queue: 1 at 2 per second
+    assert admitted(s, LOW)
     for admission in fetching:
-        admission.queued()  # now they wait for the model: 10 queued at 2 per second
-    assert s.snapshot().queue_wait == pytest.approx(5.5)
+        admission.queued()  # now they wait for the model, from this instant
+    assert admitted(s, HIGH)
+    clock.advance(0.2)
+    assert s.snapshot().queue_wait == pytest.approx(0.2)
     assert not admitted(s, HIGH)
 
 
-def test_the_queue_signal_expires_when_nothing_is_reported(clock: FakeClock) -> None:
-    """Old reports age out after the interval, so a drained deployment admits again."""
-    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1, queue_wait_interval=0.2)
-    admission = s.admit()
-    clock.advance(1.0)
-    admission.start()
-    with pytest.raises(Overloaded) as refused:
-        s.admit(HIGH)
-    assert "queue" in refused.value.message
-    assert refused.value.retry_after == 1.0
-    clock.advance(0.21)
+def test_done_leaves_the_queue_even_without_start(clock: FakeClock) -> None:
+    """A request answered before its service began (a client error) does not hold the
+    queue's head."""
+    s = shedder(clock, max_in_flight=None, max_queue_wait=0.1)
+    with s.admit():
+        clock.advance(1.0)
+    assert s.snapshot().queue_wait == 0.0
     assert admitted(s, LOW)
 
 

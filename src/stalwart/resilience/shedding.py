@@ -4,15 +4,14 @@ capacity, rather than queueing them until every request is late.
 Two signals, either or both:
 
 * **In flight**: at most ``max_in_flight`` admitted requests at a time.
-* **Queue wait**: how long a request admitted now would wait before it is served. Once
-  requests have completed recently, it is predicted from the queue in front of it: the
-  requests waiting for service (admitted, queued, not yet started) divided by the recent
-  completion rate. That answers at once as the queue grows or drains; a wait measured
-  when requests leave the queue lags by the very wait it measures, and a shedder fed
-  with it swings between admitting everything and refusing everything. Before any
-  completion (a cold start), the signal is the *smallest* wait reported by
-  :meth:`Admission.start` over the last ``queue_wait_interval`` (CoDel's standing-queue
-  test). Without ``start()`` calls the queue-wait signal stays at zero.
+* **Queue wait**: how long the request at the head of the queue has been waiting for
+  service (admitted and queued, not yet started): a new request will wait at least that
+  long. It is read when a request arrives, so it rises as a queue stands and falls the
+  moment the queue drains; a wait measured as requests *leave* the queue lags by the very
+  wait it measures, and a shedder fed with it swings between admitting everything and
+  refusing everything. A burst after a quiet spell has a young head and is admitted (the
+  in-flight limit bounds how much of it). :meth:`Admission.start` marks where service
+  begins; without it a request counts as queued until it is done.
 
 Priorities shed cheap traffic first: a request of priority ``p`` may only use
 ``priority_shares[p]`` of the capacity (of the in-flight limit and of the queue-wait
@@ -29,7 +28,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 from types import TracebackType
@@ -106,7 +104,6 @@ class ShedderConfig(BaseModel):
 
     max_in_flight: int | None = Field(1024, ge=1)
     max_queue_wait: Seconds | None = Field(0.1, gt=0)
-    queue_wait_interval: Seconds = Field(0.1, gt=0)
     priority_shares: dict[Priority, float] = Field(default_factory=lambda: dict(_DEFAULT_SHARES))
     throughput_window: Seconds = Field(2.0, gt=0)
     min_retry_after: Seconds = Field(1.0, ge=0)
@@ -179,7 +176,7 @@ class Admission:
         self.queued_at = admitted_at
         self._started = False
         self._done = False
-        self._waiting = queued  # counted among the requests waiting for service
+        self._waiting = queued  # in the shedder's queue of requests waiting for service
 
     def queued(self) -> None:
         """The request now waits for its service; :meth:`start` measures the wait from here.
@@ -191,21 +188,20 @@ class Admission:
         if self._started or self._done:
             return
         self.queued_at = self._shedder._clock()
-        if not self._waiting:
-            self._waiting = True
-            self._shedder._on_queued()
+        self._waiting = True
+        self._shedder._on_queued(self)
 
     def start(self) -> None:
         if self._started or self._done:
             return
         self._started = True
-        self._shedder._on_start(self, self._waiting)
+        self._shedder._on_start(self)
 
     def done(self) -> None:
         if self._done:
             return
         self._done = True
-        self._shedder._on_done(self._waiting and not self._started)
+        self._shedder._on_done(self)
 
     def __enter__(self) -> Admission:
         return self
@@ -266,14 +262,12 @@ class LoadShedder:
         self._clock = clock
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._waiting = 0  # admitted, queued for service, not started
+        # Admitted requests waiting for service, oldest first: {id(admission): queued_at}.
+        self._queue: dict[int, float] = {}
         self._admitted = 0
         self._shed = dict.fromkeys(Priority, 0)
         now = clock()
         self._completions = _RateCounter(cfg.throughput_window, now)
-        # Reported queue waits of the last interval, increasing, for a sliding minimum.
-        self._waits: deque[tuple[float, float]] = deque()
-        self._interval = cfg.queue_wait_interval
         shares = cfg.priority_shares
         # Per priority: in-flight allowance (rounded up, so an idle deployment admits
         # anything) and queue-wait allowance.
@@ -311,9 +305,10 @@ class LoadShedder:
                     raise self._refuse_queue(priority, wait, budget)
             self._in_flight += 1
             self._admitted += 1
+            admission = Admission(self, priority, now, queued=queued)
             if queued:
-                self._waiting += 1
-        return Admission(self, priority, now, queued=queued)
+                self._queue[id(admission)] = now
+        return admission
 
     def snapshot(self) -> ShedderSnapshot:
         now = self._clock()
@@ -333,41 +328,25 @@ class LoadShedder:
     # -- the machinery ------------------------------------------------------------------
 
     def _queue_wait(self, now: float) -> float:
-        """The wait a request admitted now can expect (see the module docstring). Lock held."""
-        rate = self._completions.rate(now)
-        if rate > 0:
-            return self._waiting / rate
-        return self._standing_wait(now)
+        """How long the head of the queue has waited (0 with no queue). Lock held."""
+        for queued_at in self._queue.values():
+            return now - queued_at
+        return 0.0
 
-    def _standing_wait(self, now: float) -> float:
-        """Smallest queue wait reported in the last interval (0 when none was). Lock held."""
-        waits = self._waits
-        horizon = now - self._interval
-        while waits and waits[0][0] < horizon:
-            waits.popleft()
-        return waits[0][1] if waits else 0.0
-
-    def _on_queued(self) -> None:
+    def _on_queued(self, admission: Admission) -> None:
         with self._lock:
-            self._waiting += 1
+            self._queue.pop(id(admission), None)  # moves to the back: it queues from now
+            self._queue[id(admission)] = admission.queued_at
 
-    def _on_start(self, admission: Admission, waiting: bool) -> None:
-        now = self._clock()
-        wait = now - admission.queued_at
+    def _on_start(self, admission: Admission) -> None:
         with self._lock:
-            if waiting:
-                self._waiting -= 1
-            waits = self._waits
-            while waits and waits[-1][1] >= wait:
-                waits.pop()
-            waits.append((now, wait))
+            self._queue.pop(id(admission), None)
 
-    def _on_done(self, waiting: bool) -> None:
+    def _on_done(self, admission: Admission) -> None:
         now = self._clock()
         with self._lock:
             self._in_flight -= 1
-            if waiting:
-                self._waiting -= 1
+            self._queue.pop(id(admission), None)
             self._completions.add(now)
 
     def _retry_after(self, seconds: float) -> float:
