@@ -279,7 +279,9 @@ def _finite(raw: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any], wher
     # A value beyond the float type's range becomes inf; that is the client's mistake to
     # report, not a RuntimeWarning for the server's log.
     if raw.dtype == dtype:
-        converted = raw  # nothing to convert, nothing to overflow
+        # Already float64: every value came from JSON, which msgspec only decodes when it
+        # fits a double, so nothing here can be inf or NaN.
+        return raw
     else:
         with np.errstate(over="ignore"):
             converted = raw.astype(dtype)

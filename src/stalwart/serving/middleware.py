@@ -113,11 +113,14 @@ class BodyLimit:
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = 0
+                    break  # not a length: count what arrives, as for a streamed body
                 if declared > self.limit:
                     await error_response(PayloadTooLarge(self.limit))(scope, receive, send)
                     return
-                break
+                # The server reads exactly the declared length (HTTP/1.1 framing), so a body
+                # within it needs no counting: the common case costs nothing more.
+                await self.app(scope, receive, send)
+                return
         received = 0
         limit = self.limit
 
