@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stalwart._optional import require
+from stalwart.cache.background import Background
 from stalwart.cache.metrics import CacheMetrics
 from stalwart.cache.tiers import CacheTier, MemoryTier
 from stalwart.errors import CacheUnavailable
@@ -213,7 +214,7 @@ class Invalidator:
         return not self._pending
 
 
-class InvalidationBus:
+class InvalidationBus(Background):
     """One replica's subscription to its namespace's invalidation channel.
 
     Start it in the application's lifespan (:meth:`FeatureCache.start` does). It reconnects
@@ -221,6 +222,8 @@ class InvalidationBus:
     drops the in-process tier, and a silent connection (no reply to a ping within three
     heartbeats) counts as a disconnection.
     """
+
+    _task_name = "stalwart-cache-bus"
 
     def __init__(
         self,
@@ -243,29 +246,9 @@ class InvalidationBus:
         self.backoff = backoff
         self.connected = False
         self._on_up = on_up
-        self._task: asyncio.Task[None] | None = None
-        self._up = asyncio.Event()
+        super().__init__()
 
-    async def start(self) -> None:
-        """Subscribe in the background (returns at once; see :meth:`wait_connected`)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="stalwart-cache-bus")
-
-    async def wait_connected(self, timeout: float) -> bool:
-        """Wait until subscribed; False if ``timeout`` seconds pass first."""
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        """Unsubscribe and stop reconnecting."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _stopped(self) -> None:
         self._down(None)
 
     async def _run(self) -> None:

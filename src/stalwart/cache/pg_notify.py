@@ -17,7 +17,6 @@ notifications sent meanwhile are lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stalwart._optional import require
+from stalwart.cache.background import Background
 from stalwart.cache.keys import EntityKey, encode_entity
 from stalwart.errors import ConfigError, StorageError
 from stalwart.monitoring.logs import get_logger
@@ -182,12 +182,14 @@ def uninstall_notify_trigger(dsn: str, table: str, *, schema: str = "public") ->
         raise StorageError(f"cannot remove the cache NOTIFY triggers from {schema}.{table}: {exc}") from exc
 
 
-class PgInvalidationListener:
+class PgInvalidationListener(Background):
     """Turns NOTIFY messages from :func:`install_notify_trigger` into cache invalidations.
 
     ``targets`` maps a source name to the FeatureSets computed from it. Start it in the
     application's lifespan next to :meth:`FeatureCache.start`; it reconnects by itself.
     """
+
+    _task_name = "stalwart-cache-pg"
 
     def __init__(
         self,
@@ -206,29 +208,11 @@ class PgInvalidationListener:
         self.backoff = backoff
         self.connected = False
         self.received = 0
-        self._task: asyncio.Task[None] | None = None
-        self._up = asyncio.Event()
         self._decoder = msgspec.json.Decoder(_Payload)
         self._connections = 0
+        super().__init__()
 
-    async def start(self) -> None:
-        """Listen in the background (returns at once; see :meth:`wait_connected`)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="stalwart-cache-pg")
-
-    async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _stopped(self) -> None:
         self.connected = False
         self._up.clear()
 
