@@ -164,35 +164,25 @@ class Guard:
                     release()
                 raise
         limiter = self._limiter
-        if limiter is None:
-            try:
-                if deadline is None:
-                    result = await fn(*args)
-                else:
-                    result = await _within(fn(*args), deadline, self._name)
-            except CallTimeout as exc:
-                if permit is not None:
-                    self._settle_timeout(permit, exc)
-                raise
-            except BaseException as exc:
-                if permit is not None:
-                    permit.on_error(exc)
-                raise
-            finally:
-                if release is not None:
-                    release()
-        else:
-            try:
+        try:
+            if limiter is not None:
                 # From here the limiter frees the slot, when the work has really stopped.
                 result = await limiter.call(fn, *args, deadline=deadline, on_done=release)
-            except CallTimeout as exc:
-                if permit is not None:
-                    self._settle_timeout(permit, exc)
-                raise
-            except BaseException as exc:
-                if permit is not None:
-                    permit.on_error(exc)
-                raise
+            elif deadline is None:
+                result = await fn(*args)
+            else:
+                result = await _within(fn(*args), deadline, self._name)
+        except CallTimeout as exc:
+            if permit is not None:
+                self._settle_timeout(permit, exc)
+            raise
+        except BaseException as exc:
+            if permit is not None:
+                permit.on_error(exc)
+            raise
+        finally:
+            if limiter is None and release is not None:
+                release()
         if permit is not None:
             permit.on_success()
         return result

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "RequestInput",
     "RequestOutput",
     "check_request",
+    "decode_json",
     "decode_request",
     "decode_tensor",
     "encode_error",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+T = TypeVar("T")
 
 
 class RequestInput(msgspec.Struct):
@@ -74,6 +76,17 @@ def decode_request(body: bytes) -> InferenceRequest:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise RequestError(_describe_validation_error(exc), field=_path_of(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+
+
+def decode_json(body: bytes, decoder: msgspec.json.Decoder[T], *, field: str, hint: str) -> T:
+    """A /v1 JSON body of ``decoder``'s type; a mismatch names ``field`` and ends with
+    ``hint`` (what to send), malformed JSON names the body."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise RequestError(f"body: {exc}; {hint}", field=field) from None
     except msgspec.DecodeError as exc:
         raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
 

@@ -52,6 +52,7 @@ from stalwart.registry import ModelVersion, Signature
 from stalwart.resilience import Admission, Guard, GuardConfig, LoadShedder, Priority, ShedderConfig
 from stalwart.resilience.duration import parse_seconds
 from stalwart.serving.chains import Chains, ChainSpec, make_guard
+from stalwart.serving.codec import decode_json
 from stalwart.serving.degradation import Degradation, LastGoodStore, worst
 from stalwart.serving.repository import ModelRepository
 from stalwart.storage import DatabasePool
@@ -433,14 +434,10 @@ def _without_features(deployment: Deployment) -> Deployment:
 
 
 def _decode(body: bytes) -> PredictRequest:
+    hint = 'send {"entities": [{...}], "values": [{...}]}'
     if not body:
-        raise RequestError("the request body is empty; send {\"entities\": [...]}", field="body")
-    try:
-        return _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise RequestError(f"{exc}", field="body") from None
-    except msgspec.DecodeError as exc:
-        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+        raise RequestError(f"body: the request body is empty; {hint}", field="body")
+    return decode_json(body, _decoder, field="body", hint=hint)
 
 
 def _entity_keys(entities: list[Any]) -> list[tuple[Any, ...]] | None:

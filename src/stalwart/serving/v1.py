@@ -12,13 +12,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stalwart.cache import FeatureCache
-from stalwart.errors import NotFound, NotReady, RequestError, ValidationFailed
+from stalwart.errors import NotFound, NotReady, ValidationFailed
 from stalwart.features.definitions import SqlSource
 from stalwart.features.readers import SqlReader
 from stalwart.features.writes import invalidate as invalidate_cached
 from stalwart.features.writes import write_rows as write_rows_into
 from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.serving.auth import BearerAuth
+from stalwart.serving.codec import decode_json
 from stalwart.serving.deployments import DeploymentService
 from stalwart.serving.headers import deadline_of, priority_of
 from stalwart.serving.middleware import request_info
@@ -131,21 +132,16 @@ class _InvalidateBody(msgspec.Struct):
     entities: list[dict[str, Any]] | None = None
 
 
+_rows_decoder = msgspec.json.Decoder(_RowsBody)
+_invalidate_decoder = msgspec.json.Decoder(_InvalidateBody)
+
+
 def _rows_body(body: bytes) -> list[dict[str, Any]]:
-    try:
-        return msgspec.json.decode(body, type=_RowsBody).rows
-    except msgspec.ValidationError as exc:
-        raise RequestError(f'body: {exc}; send {{"rows": [{{...}}, ...]}}', field="rows") from None
-    except msgspec.DecodeError as exc:
-        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+    return decode_json(body, _rows_decoder, field="rows", hint='send {"rows": [{...}, ...]}').rows
 
 
 def _invalidate_body(body: bytes) -> list[dict[str, Any]] | None:
     if not body.strip():
         return None
-    try:
-        return msgspec.json.decode(body, type=_InvalidateBody).entities
-    except msgspec.ValidationError as exc:
-        raise RequestError(f'body: {exc}; send {{"entities": [{{...}}]}}, or nothing for the whole set', field="entities") from None
-    except msgspec.DecodeError as exc:
-        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+    hint = 'send {"entities": [{...}]}, or nothing for the whole set'
+    return decode_json(body, _invalidate_decoder, field="entities", hint=hint).entities
