@@ -1,9 +1,13 @@
 """The request pipeline's shared shapes: the :class:`Exchange` and the :class:`Stage`.
 
 A prediction travels as one mutable :class:`Exchange` through a chain of stages, each a
-small object that does one job and awaits the next (decode, route, resolve features,
-validate, guard, batch, model). A chain is built once per model version or deployment,
-so a stage that is switched off is simply absent and costs nothing per request.
+small object that does one job and awaits the next (validate, guard, batch, model). A
+chain is built once per model version and entrypoint, so a stage that is switched off is
+simply absent and costs nothing per request.
+
+What stages report back (timings, what validation did, the batch a call went through) are
+typed fields, so every reader and writer agrees on them: the data plane turns them into
+the response, the access line and (later) the prediction record.
 
 This module sits at the bottom of the layering so every layer can build stages without
 importing the serving layer.
@@ -12,24 +16,67 @@ importing the serving layer.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Arrays", "Exchange", "Next", "Stage"]
+__all__ = ["Arrays", "Exchange", "Next", "Stage", "Timings", "ValidationNote"]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
 @dataclass(slots=True)
-class Exchange:
-    """One prediction request, as it moves through the pipeline.
+class Timings:
+    """Milliseconds spent in each stage of one request; None for a stage it skipped."""
 
-    ``inputs`` are named columns or tensors with rows first; ``results`` are filled by the
-    model stage. ``notes`` gathers what later stages report back to the client and the logs
-    (validation issues, degradation, cache hits), keyed by the stage that wrote them.
+    decode_ms: float | None = None
+    features_ms: float | None = None
+    validate_ms: float | None = None
+    queue_wait_ms: float | None = None
+    model_ms: float | None = None
+
+    def items(self) -> Iterator[tuple[str, float]]:
+        """``(name, ms)`` for each stage that ran, in the order of the pipeline."""
+        for f in _TIMING_FIELDS:
+            value = getattr(self, f)
+            if value is not None:
+                yield f, value
+
+    def copy(self) -> Timings:
+        return Timings(*(getattr(self, f) for f in _TIMING_FIELDS))
+
+    def update(self, other: Timings) -> None:
+        """Take every stage ``other`` timed (keeps this object: callers may hold it)."""
+        for f in _TIMING_FIELDS:
+            value = getattr(other, f)
+            if value is not None:
+                setattr(self, f, value)
+
+
+_TIMING_FIELDS = tuple(f.name for f in fields(Timings))
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationNote:
+    """What validation found in a request that it let through or rejected.
+
+    ``summary`` is for logs and records (violation counts, the first few violations);
+    ``response`` is what the client is told (the rows imputed, clipped or flagged per
+    feature), absent when the request was rejected.
+    """
+
+    summary: dict[str, Any]
+    response: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One pass of a request through a chain.
+
+    ``inputs`` are named columns or tensors with rows first (after validation: the values
+    the model saw); ``results`` are filled by the model stage.
     """
 
     request_id: str
@@ -41,8 +88,9 @@ class Exchange:
     deadline: float | None = None  # time.monotonic() by which the answer is due
     on_service_start: Callable[[], None] | None = None  # told when the model call begins
     results: Arrays | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: dict[str, Any] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
+    validation: ValidationNote | None = None
+    batch_rows: int | None = None  # rows in the model call this request shared
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (None when the request has none)."""

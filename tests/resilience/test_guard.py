@@ -258,8 +258,8 @@ async def test_guard_stage_passes_the_next_stages_results_back(timeout: object) 
 
     async def model_stage(ex: Exchange) -> None:
         ex.results = {"y": np.ones(ex.rows)}
-        ex.timings["model_ms"] = 1.0
-        ex.notes["model"] = "v3"
+        ex.timings.model_ms = 1.0
+        ex.batch_rows = 7
         ex.version = 3
 
     ex = exchange()
@@ -268,9 +268,9 @@ async def test_guard_stage_passes_the_next_stages_results_back(timeout: object) 
     assert ex.results is not None
     assert list(ex.results["y"]) == [1.0, 1.0]
     assert ex.version == 3
-    assert ex.notes == {"model": "v3"}
+    assert ex.batch_rows == 7
     assert timings_seen_upstream is ex.timings
-    assert ex.timings["model_ms"] == 1.0
+    assert ex.timings.model_ms == 1.0
 
 
 async def test_guard_stage_never_lets_a_late_result_land(executor: ThreadPoolExecutor) -> None:
@@ -283,7 +283,7 @@ async def test_guard_stage_never_lets_a_late_result_land(executor: ThreadPoolExe
     async def stubborn_model(ex: Exchange) -> None:
         await loop.run_in_executor(executor, release.wait, 5)
         ex.results = {"y": np.full(ex.rows, 99.0)}
-        ex.notes["late"] = True
+        ex.batch_rows = 99
         wrote.set()
 
     guard = Guard("model-a", config(timeout={"timeout_duration": "30ms", "cancel_running_future": False}))
@@ -298,7 +298,7 @@ async def test_guard_stage_never_lets_a_late_result_land(executor: ThreadPoolExe
         await asyncio.sleep(0.01)
     assert wrote.is_set()
     assert list(ex.results["y"]) == [0.0, 0.0]
-    assert "late" not in ex.notes
+    assert ex.batch_rows is None
 
 
 async def test_guard_stage_uses_the_exchange_deadline() -> None:

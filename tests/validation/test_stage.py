@@ -62,8 +62,9 @@ async def test_fixed_values_reach_the_model_and_the_notes_say_which() -> None:
     ex = exchange([5.0, 250.0], ["pro", "team"], [30, 40])
     await stage(ex)
     assert recorder.seen == [{"amount": [5.0, 100.0], "plan": ["pro", "team"], "age": [30, 40]}]
-    assert ex.notes["validation_response"] == {"clipped": {"amount": [1]}, "flagged": {"plan": [1]}}
-    notes = ex.notes["validation"]
+    assert ex.validation is not None
+    assert ex.validation.response == {"clipped": {"amount": [1]}, "flagged": {"plan": [1]}}
+    notes = ex.validation.summary
     json.dumps(notes)  # JSON-ready for the log line
     assert notes["violations"] == 2
     assert notes["rejected"] == 0
@@ -71,7 +72,8 @@ async def test_fixed_values_reach_the_model_and_the_notes_say_which() -> None:
         (1, "amount", "range", "clipped"),
         (1, "plan", "category", "flagged"),
     ]
-    assert ex.timings["validate_ms"] >= 0
+    assert ex.timings.validate_ms is not None
+    assert ex.timings.validate_ms >= 0
     assert sample(registry, "stalwart_validation_violations_total", deployment="churn", feature="amount", rule="range", policy="clip") == 1
     assert sample(registry, "stalwart_validation_violations_total", deployment="churn", feature="plan", rule="category", policy="flag") == 1
     assert sample(registry, "stalwart_validation_requests_total", deployment="churn", outcome="fixed") == 1
@@ -85,7 +87,7 @@ async def test_a_clean_request_goes_through_with_no_notes() -> None:
     inputs = ex.inputs
     await stage(ex)
     assert ex.inputs is inputs
-    assert "validation" not in ex.notes
+    assert ex.validation is None
     assert sample(registry, "stalwart_validation_requests_total", deployment="churn", outcome="passed") == 1
 
 
@@ -99,7 +101,9 @@ async def test_a_rejected_request_never_reaches_the_model() -> None:
         await stage(ex)
     assert recorder.seen == []
     assert [(v["row"], v["rule"]) for v in caught.value.violations] == [(1, "range"), (2, "range")]
-    assert ex.notes["validation"]["rejected"] == 2
+    assert ex.validation is not None
+    assert ex.validation.summary["rejected"] == 2
+    assert ex.validation.response is None
     assert sample(registry, "stalwart_validation_violations_total", deployment="churn", feature="age", rule="range", policy="reject") == 2
     assert sample(registry, "stalwart_validation_requests_total", deployment="churn", outcome="rejected") == 1
 
@@ -111,4 +115,5 @@ async def test_deployment_overrides_change_what_the_stage_does() -> None:
     ex = exchange([5.0], ["pro"], [150])
     await stage(ex)
     assert recorder.seen[0]["age"] == [40]
-    assert ex.notes["validation_response"] == {"imputed": {"age": [0]}}
+    assert ex.validation is not None
+    assert ex.validation.response == {"imputed": {"age": [0]}}

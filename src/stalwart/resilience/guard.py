@@ -32,7 +32,7 @@ from typing import Any, TypeVar, TypeVarTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from stalwart.errors import CallTimeout
-from stalwart.pipeline import Exchange, Next
+from stalwart.pipeline import Exchange, Next, Timings
 from stalwart.resilience.breaker import (
     BreakerConfig,
     BreakerSnapshot,
@@ -256,7 +256,11 @@ def _fork(exchange: Exchange) -> Exchange:
     child = object.__new__(Exchange)
     for name in _FIELDS:
         value = getattr(exchange, name)
-        setattr(child, name, dict(value) if type(value) is dict else value)
+        if type(value) is dict:
+            value = dict(value)
+        elif type(value) is Timings:
+            value = value.copy()
+        setattr(child, name, value)
     return child
 
 
@@ -267,6 +271,8 @@ def _join(exchange: Exchange, child: Exchange) -> None:
         if type(value) is dict and type(mine) is dict:
             # Keep the parent's dict objects: earlier stages may hold references to them.
             mine.clear()
+            mine.update(value)
+        elif type(value) is Timings and type(mine) is Timings:
             mine.update(value)
         else:
             setattr(exchange, name, value)

@@ -33,15 +33,16 @@ from stalwart.monitoring.metrics import (
 from stalwart.pipeline import Stage
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.flavors import Predictor
-from stalwart.resilience import GuardConfig
 from stalwart.serving.auth import BearerAuth
-from stalwart.serving.batching import AdaptiveBatcher, BatchCall, BatchingPolicy
+from stalwart.serving.batching import AdaptiveBatcher, BatchCall
 from stalwart.serving.chains import Chains
-from stalwart.serving.deployments import DeploymentService
+from stalwart.serving.dataplane import DataPlane, RequestTap
+from stalwart.serving.deployments import Deployments
 from stalwart.serving.errors import exception_handlers
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
 from stalwart.serving.oip import oip_routes
 from stalwart.serving.openapi import openapi_document
+from stalwart.serving.policies import ServingPolicy
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
@@ -57,10 +58,12 @@ def create_app(
     *,
     registry: Registry | None = None,
     project: Project | None = None,
+    tap: RequestTap | None = None,
 ) -> Starlette:
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted). ``project`` (or ``settings.project``, a file)
-    declares the features and deployments served under ``/v1/deployments``."""
+    declares the features and deployments served under ``/v1/deployments``. ``tap`` sees
+    every inference request's outcome (see :class:`~stalwart.serving.dataplane.RequestTap`)."""
     settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
     owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
@@ -78,12 +81,9 @@ def create_app(
         initializer=one_native_thread,
     )
 
-    policy = BatchingPolicy(
-        enabled=settings.batching,
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_batch_wait_ms,
-        adaptive=settings.batch_adaptive,
-    )
+    # Every entrypoint policy, validated once: a mistake in a deployment fails start-up.
+    serving_policy = ServingPolicy.build(settings, project.deployments)
+    policy = serving_policy.batching
     batch_metrics = BatchMetrics(metrics.registry) if policy.enabled else None
     batchers: list[AdaptiveBatcher] = []
 
@@ -144,15 +144,12 @@ def create_app(
         request_info(request.scope).endpoint = "/openapi.json"
         return json_response(document)
 
-    deployments = DeploymentService(project, repository, pool, chains, resilience_metrics, caches)
+    deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
+    plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=tap)
     auth = BearerAuth(settings.resolved_admin_token())
-    # /v2 calls get a breaker; a time limit only if configured (the request's own deadline
-    # applies either way); no bulkhead: load shedding bounds the backlog.
-    timeout = {"timeout_duration": settings.model_timeout_seconds} if settings.model_timeout_seconds else None
-    v2_guard = GuardConfig.model_validate({"bulkhead": None, "timeout": timeout})
     routes = [
-        *oip_routes(repository, chains, v2_guard, resilience_metrics),
-        *v1_routes(deployments, resilience_metrics),
+        *oip_routes(plane),
+        *v1_routes(plane),
         *control_routes(deployments, auth, cache),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
@@ -171,6 +168,7 @@ def create_app(
     app.state.repository = repository
     app.state.metrics = metrics
     app.state.deployments = deployments
+    app.state.plane = plane
     app.state.cache = cache
     return app
 

@@ -406,9 +406,9 @@ class BatchCall:
     async def __call__(self, exchange: Exchange) -> None:
         done = await self._batcher.infer(exchange.inputs, exchange.rows, exchange.outputs, exchange.on_service_start)
         exchange.results = done.outputs
-        exchange.timings["queue_wait_ms"] = done.queue_wait * 1000
-        exchange.timings["model_ms"] = done.model_seconds * 1000
-        exchange.notes["batch_rows"] = done.batch_rows
+        exchange.timings.queue_wait_ms = done.queue_wait * 1000
+        exchange.timings.model_ms = done.model_seconds * 1000
+        exchange.batch_rows = done.batch_rows
 
 
 def _resolve(signal: asyncio.Future[None]) -> None:

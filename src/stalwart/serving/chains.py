@@ -16,7 +16,6 @@ request builds them again with the new schema.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from stalwart.errors import StalwartError
 from stalwart.monitoring.logs import get_logger
@@ -32,25 +31,15 @@ from stalwart.resilience import (
     GuardStage,
     loop_scheduler,
 )
+from stalwart.serving.policies import ChainSpec
 from stalwart.serving.repository import LoadedModel
-from stalwart.validation.policy import PolicyOverrides
 from stalwart.validation.stage import ValidationMetrics, ValidationStage
 from stalwart.validation.validator import Validator
 
-__all__ = ["ChainSpec", "Chains", "make_guard"]
+__all__ = ["Chains", "make_guard"]
 
 _log = get_logger("stalwart.resilience")
 _STATES = tuple(state.value for state in BreakerState)
-
-
-@dataclass(frozen=True, slots=True)
-class ChainSpec:
-    """What an entrypoint puts in front of a model version."""
-
-    entry: str  # "/v2" or "deployment/<name>/<variant>": the cache key and guard name prefix
-    label: str  # the metrics' deployment label: a deployment name, or "model:<name>"
-    guard: GuardConfig | None = None
-    validation: PolicyOverrides | None = None
 
 
 class Chains:

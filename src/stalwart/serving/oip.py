@@ -1,13 +1,13 @@
-"""The Open Inference Protocol (KServe v2) REST endpoints.
+"""The Open Inference Protocol (KServe v2) REST endpoints: a thin adapter over the data plane.
 
 ``GET /v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}]``, its ``/ready``
 and ``POST .../infer``. Without a version, the version the repository currently serves as
-latest answers.
+latest answers. ``infer`` reads the path and headers, hands the body to
+:meth:`DataPlane.infer <stalwart.serving.dataplane.DataPlane.infer>` and encodes the answer.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -15,13 +15,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stalwart import __version__
-from stalwart.errors import NotReady, ResilienceError, ValidationFailed
-from stalwart.monitoring.metrics import ResilienceMetrics
-from stalwart.pipeline import Exchange
 from stalwart.registry import ModelVersion
-from stalwart.resilience import GuardConfig, LoadShedder, ShedderConfig
-from stalwart.serving.chains import Chains, ChainSpec
-from stalwart.serving.codec import check_request, decode_request, encode_response
+from stalwart.serving.codec import encode_response
+from stalwart.serving.dataplane import DataPlane, InferCall
 from stalwart.serving.headers import deadline_of, priority_of
 from stalwart.serving.middleware import request_info
 from stalwart.serving.repository import ModelRepository, version_or_not_found
@@ -32,8 +28,8 @@ __all__ = ["oip_routes"]
 EXTENSIONS = ["model_repository_metadata", "prometheus_metrics", "stalwart_deployments"]
 
 
-def oip_routes(repository: ModelRepository, chains: Chains, guard: GuardConfig | None, metrics: ResilienceMetrics) -> list[Route]:
-    endpoints = _Endpoints(repository, chains, guard, metrics)
+def oip_routes(plane: DataPlane) -> list[Route]:
+    endpoints = _Endpoints(plane)
     # The router tries routes in order and no two of these overlap: the inference routes,
     # which take nearly all the traffic, go first so they match on the first try.
     return [
@@ -50,12 +46,9 @@ def oip_routes(repository: ModelRepository, chains: Chains, guard: GuardConfig |
 
 
 class _Endpoints:
-    def __init__(self, repository: ModelRepository, chains: Chains, guard: GuardConfig | None, metrics: ResilienceMetrics) -> None:
-        self.repository = repository
-        self.chains = chains
-        self.guard = guard
-        self.metrics = metrics
-        self.shedders: dict[str, LoadShedder] = {}
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.repository: ModelRepository = plane.repository
 
     async def server_metadata(self, request: Request) -> Response:
         request_info(request.scope).endpoint = "/v2"
@@ -98,60 +91,17 @@ class _Endpoints:
         info = request_info(request.scope)
         info.endpoint = "/v2/models/{model}/infer"
         name, version = _target(request)
-        deadline = deadline_of(request)
-        priority = priority_of(request)
-        body = await request.body()
-        if not self.repository.ready:
-            raise NotReady("the server is still loading its models; retry shortly")
-        loaded = await self.repository.get(name, version)
-        mv = loaded.version
-        info.model, info.version = name, str(mv.version)
-        shedder = self.shedders.get(name)
-        if shedder is None:
-            shedder = self.shedders[name] = LoadShedder(f"model:{name}", ShedderConfig())
-        try:
-            admission = shedder.admit(priority)
-        except ResilienceError:
-            self.metrics.shed.labels(f"model:{name}", priority.name.lower()).inc()
-            raise
-        with admission:
-            decode_start = time.perf_counter()
-            inference = decode_request(body)
-            arrays, rows, outputs = check_request(inference, mv.signature)
-            exchange = Exchange(
-                request_id=info.request_id,
-                inputs=arrays,
-                rows=rows,
-                outputs=outputs,
-                model=name,
-                version=mv.version,
-                deadline=deadline,
-                on_service_start=admission.start,
-            )
-            exchange.timings["decode_ms"] = (time.perf_counter() - decode_start) * 1000
-            chain = self.chains.get(ChainSpec("/v2", f"model:{name}", self.guard), loaded)
-            try:
-                await chain(exchange)
-            except ValidationFailed as exc:
-                info.fields["validation"] = {"violations": len(exc.violations), "rejected": True}
-                raise
-        if exchange.results is None:  # pragma: no cover - every pipeline ends in a model call
-            raise NotReady(f"model {mv.ref} produced no result")
-        info.fields["rows"] = rows
-        for stage, ms in exchange.timings.items():
-            info.fields[stage] = round(ms, 3)
-        parameters = None
-        if "validation" in exchange.notes:
-            info.fields["validation"] = exchange.notes["validation"]
-            parameters = {"stalwart_validation": exchange.notes["validation_response"]}
+        call = InferCall(name, version, await request.body(), info, deadline_of(request), priority_of(request))
+        inferred = await self.plane.infer(call)
+        validation = inferred.validation
         return Response(
             encode_response(
                 model_name=name,
-                model_version=mv.version,
-                request_id=inference.id,
-                outputs={k: exchange.results[k] for k in outputs},
-                signature=mv.signature,
-                parameters=parameters,
+                model_version=inferred.version.version,
+                request_id=inferred.id,
+                outputs=inferred.outputs,
+                signature=inferred.version.signature,
+                parameters={"stalwart_validation": validation.response} if validation is not None else None,
             ),
             media_type="application/json",
         )

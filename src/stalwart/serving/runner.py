@@ -93,4 +93,4 @@ class ModelCall:
     async def __call__(self, exchange: Exchange) -> None:
         start = time.perf_counter()
         exchange.results = await self._runner.run(exchange.inputs, exchange.rows, exchange.outputs, exchange.on_service_start)
-        exchange.timings["model_ms"] = (time.perf_counter() - start) * 1000
+        exchange.timings.model_ms = (time.perf_counter() - start) * 1000

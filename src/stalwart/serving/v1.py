@@ -12,15 +12,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stalwart.cache import FeatureCache
-from stalwart.errors import NotFound, NotReady, ValidationFailed
+from stalwart.errors import NotFound
 from stalwart.features.definitions import SqlSource
 from stalwart.features.readers import SqlReader
 from stalwart.features.writes import invalidate as invalidate_cached
 from stalwart.features.writes import write_rows as write_rows_into
-from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.codec import decode_json
-from stalwart.serving.deployments import DeploymentService
+from stalwart.serving.dataplane import DataPlane, PredictCall
+from stalwart.serving.deployments import Deployments
 from stalwart.serving.headers import deadline_of, priority_of
 from stalwart.serving.middleware import request_info
 from stalwart.serving.responses import json_response
@@ -28,54 +28,29 @@ from stalwart.serving.responses import json_response
 __all__ = ["control_routes", "v1_routes"]
 
 
-def v1_routes(service: DeploymentService, metrics: ResilienceMetrics) -> list[Route]:
+def v1_routes(plane: DataPlane) -> list[Route]:
+    """Deployments: list, describe, health, and predict (a thin adapter over the data plane)."""
+    deployments = plane.deployments
+
     async def list_deployments(request: Request) -> Response:
         request_info(request.scope).endpoint = "/v1/deployments"
-        return json_response({"deployments": [await service.describe(d.name) for d in service.deployments()]})
+        return json_response({"deployments": [await deployments.describe(d.name) for d in deployments.deployments()]})
 
     async def get_deployment(request: Request) -> Response:
         request_info(request.scope).endpoint = "/v1/deployments/{name}"
-        return json_response(await service.describe(request.path_params["name"]))
+        return json_response(await deployments.describe(request.path_params["name"]))
 
     async def health(request: Request) -> Response:
         request_info(request.scope).endpoint = "/v1/deployments/{name}/health"
-        return json_response(service.health(request.path_params["name"]))
+        return json_response(plane.health(request.path_params["name"]))
 
     async def predict(request: Request) -> Response:
         info = request_info(request.scope)
         info.endpoint = "/v1/deployments/{name}/predict"
-        name = request.path_params["name"]
-        deployment = service.project.deployment(name)
-        info.fields["deployment"] = name
-        deadline = deadline_of(request)
-        priority = priority_of(request)
-        body = await request.body()
-        if not service.repository.ready:
-            raise NotReady("the server is still loading its models; retry shortly")
-        info.model = deployment.model_name
-        try:
-            prediction = await service.predict(name, body, info.request_id, deadline=deadline, priority=priority)
-        except ValidationFailed as exc:
-            info.fields["validation"] = {"violations": len(exc.violations), "rejected": True}
-            raise
-        model = prediction.body.get("model")
-        if model:
-            info.model, info.version = model["name"], str(model["version"])
-        info.fields["rows"] = len(prediction.body["predictions"])
-        for stage, ms in prediction.notes.get("timings", {}).items():
-            info.fields[stage] = round(ms, 3)
-        for note in ("validation", "features_degraded", "feature_cache"):
-            if note in prediction.notes:
-                info.fields[note] = prediction.notes[note]
-        headers: dict[str, str] = {}
-        if prediction.degraded is not None:
-            step = prediction.degraded
-            prediction.body["degraded"] = step.as_dict()
-            headers["X-Stalwart-Degraded"] = step.header()
-            info.fields["degraded"] = step.level
-            info.fields["degraded_reason"] = step.reason
-            metrics.degraded.labels(name, step.level, step.reason).inc()
-        return json_response(prediction.body, headers=headers)
+        call = PredictCall(request.path_params["name"], await request.body(), info, deadline_of(request), priority_of(request))
+        prediction = await plane.predict(call)
+        headers = {"X-Stalwart-Degraded": prediction.degraded.header()} if prediction.degraded is not None else None
+        return json_response(prediction.body(), headers=headers)
 
     return [
         Route("/v1/deployments", list_deployments, methods=["GET"]),
@@ -85,9 +60,9 @@ def v1_routes(service: DeploymentService, metrics: ResilienceMetrics) -> list[Ro
     ]
 
 
-def control_routes(service: DeploymentService, auth: BearerAuth, cache: FeatureCache | None) -> list[Route]:
+def control_routes(deployments: Deployments, auth: BearerAuth, cache: FeatureCache | None) -> list[Route]:
     """Mutating calls: writing source rows and invalidating cached features (bearer token)."""
-    project = service.project
+    project = deployments.project
 
     async def write_rows(request: Request) -> Response:
         info = request_info(request.scope)
@@ -98,7 +73,7 @@ def control_routes(service: DeploymentService, auth: BearerAuth, cache: FeatureC
         if not isinstance(source, SqlSource):
             raise NotFound(f"source '{name}' is not a SQL source of this project; rows can be written to {', '.join(sorted(n for n, s in project.sources.items() if isinstance(s, SqlSource))) or 'none'}")
         rows = _rows_body(await request.body())
-        reader = await asyncio.to_thread(service.reader, source)
+        reader = await asyncio.to_thread(deployments.reader, source)
         if not isinstance(reader, SqlReader):  # pragma: no cover - a SqlSource always gets a SqlReader
             raise NotFound(f"source '{name}' cannot be written")
         result = await write_rows_into(source, rows, reader=reader, cache=cache, feature_sets=project.feature_sets.values())

@@ -1,7 +1,7 @@
 """What validation found in one request: violations, and what was done about them.
 
 A :class:`ValidationReport` is JSON-ready through :meth:`ValidationReport.to_notes` (what
-the pipeline keeps in ``exchange.notes["validation"]`` and the log line carries) and
+the pipeline keeps in ``exchange.validation`` and the log line carries) and
 :meth:`ValidationReport.response_part` (what a response tells the client). Values are made
 JSON-safe on the way in: NaN and infinities become strings, long strings are cut, objects
 of other types are named rather than echoed.
@@ -150,7 +150,7 @@ class ValidationReport:
         return {action: dict(rows) for action, rows in self.changed.items() if rows}
 
     def to_notes(self, limit: int = 20) -> dict[str, Any]:
-        """JSON-ready summary for ``exchange.notes`` and the request's log line."""
+        """JSON-ready summary for the request's log line and record."""
         if self.ok:
             return {"violations": 0}
         notes: dict[str, Any] = {"violations": self.total, "rejected": self.rejected}

@@ -4,9 +4,9 @@
 ...                         metrics=ValidationMetrics(registry))
 
 The stage checks ``exchange.inputs``, writes the fixed arrays back, records what it found
-in ``exchange.notes["validation"]`` (see :meth:`ValidationReport.to_notes`) and what the
-client should be told in ``exchange.notes["validation_response"]`` (imputed, clipped and
-flagged rows per feature), counts violations, and either awaits the next stage or raises
+in ``exchange.validation`` (a summary for logs and records, and what the client should be
+told: imputed, clipped and flagged rows per feature), counts violations, and either awaits
+the next stage or raises
 :class:`~stalwart.errors.ValidationFailed` (HTTP 422) listing every violation. A model
 without a schema simply has no validation stage.
 """
@@ -17,7 +17,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter
 
-from stalwart.pipeline import Exchange, Next
+from stalwart.pipeline import Exchange, Next, ValidationNote
 from stalwart.validation.report import ValidationReport
 from stalwart.validation.validator import Validator
 
@@ -77,7 +77,7 @@ class ValidationStage:
     """Validates the exchange's inputs, then awaits ``next`` (or raises on ``reject``).
 
     ``deployment`` labels the metrics (a deployment name, or ``model:<name>`` for a bare
-    ``/v2`` model). Timing goes to ``exchange.timings["validate_ms"]``.
+    ``/v2`` model). Timing goes to ``exchange.timings.validate_ms``.
     """
 
     def __init__(
@@ -96,13 +96,13 @@ class ValidationStage:
     async def __call__(self, exchange: Exchange) -> None:
         start = time.perf_counter()
         fixed, report = self._validator.check(exchange.inputs, exchange.rows)
-        exchange.timings["validate_ms"] = (time.perf_counter() - start) * 1000
+        exchange.timings.validate_ms = (time.perf_counter() - start) * 1000
         if self._metrics is not None:
             self._metrics.observe(self._deployment, report)
         if not report.ok:
-            exchange.notes["validation"] = report.to_notes()
             if report.rejected:
+                exchange.validation = ValidationNote(report.to_notes())
                 raise report.error(self._validator.subject)
-            exchange.notes["validation_response"] = report.response_part()
+            exchange.validation = ValidationNote(report.to_notes(), report.response_part())
             exchange.inputs = fixed
         await self._next(exchange)

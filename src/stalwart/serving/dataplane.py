@@ -1,0 +1,479 @@
+"""The one data plane under every entrypoint.
+
+``/v2`` (the Open Inference Protocol) and ``/v1/deployments`` are thin adapters: they read
+the path and headers, call :meth:`DataPlane.infer` or :meth:`DataPlane.predict`, and encode
+what comes back. Everything between is here, once, in this order::
+
+    admit (the shedder)
+      → plan (the loaded version; for a deployment: route to a variant, its features plan)
+        → features (online: cache, then sources; deployments only)
+          → decode and check the inputs against the signature
+            → the chain: validate → guard → batch → model   (``serving/chains.py``)
+              → ladder (deployments: fallback, last good, default)
+                → respond (the result; the request's log fields; the tap)
+
+Two extension points are marked in the code and in docs/architecture.md:
+
+- **Routing** (:meth:`DataPlane._route`): which variant of a deployment answers a request.
+  Today every request goes to the primary; canaries and shadows plug in there.
+- **The tap** (:class:`RequestTap`): called once per request, whatever its outcome
+  (answered, rejected, degraded, shed, failed), with an :class:`Outcome`, after the answer
+  is made. The prediction log and live profiles plug in there. It must not block: it is on
+  the event loop, so it hands the outcome to a queue and returns.
+
+Policies (shedding, guards, batching, validation overrides, time limits) come built from
+configuration (:class:`~stalwart.serving.policies.ServingPolicy`); nothing here reads a
+setting per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+
+from stalwart.errors import (
+    ConfigError,
+    FeatureError,
+    ModelError,
+    NotReady,
+    RequestError,
+    ResilienceError,
+    StorageError,
+)
+from stalwart.monitoring.metrics import ResilienceMetrics
+from stalwart.pipeline import Arrays, Exchange, ValidationNote
+from stalwart.registry import ModelVersion, Signature
+from stalwart.resilience import Admission, LoadShedder, Priority
+from stalwart.serving.chains import Chains
+from stalwart.serving.codec import check_request, decode_json, decode_request
+from stalwart.serving.degradation import Degradation, LastGoodStore, worst
+from stalwart.serving.deployments import Deployments, Plan
+from stalwart.serving.middleware import RequestInfo
+from stalwart.serving.policies import ChainSpec, DeploymentPolicy, ServingPolicy, Variant
+from stalwart.serving.repository import ModelRepository
+
+__all__ = ["DataPlane", "InferCall", "Inferred", "Outcome", "PredictCall", "Prediction", "RequestTap"]
+
+# Failures of the serving machinery, which a deployment's ladder may step around. A
+# client's mistake (a bad value, a rejected validation, an unknown entity) is its answer.
+LADDER_ERRORS: tuple[type[BaseException], ...] = (ResilienceError, ModelError, FeatureError, NotReady, StorageError)
+
+
+@dataclass(slots=True)
+class InferCall:
+    """An Open Inference Protocol request: a model (and version) and its encoded body."""
+
+    model: str
+    version: int | None
+    payload: bytes
+    info: RequestInfo
+    deadline: float | None = None
+    priority: Priority = Priority.NORMAL
+
+
+@dataclass(slots=True)
+class Inferred:
+    """The answer to an :class:`InferCall`: the outputs the client asked for."""
+
+    version: ModelVersion
+    id: str | None  # the client's own request id, echoed
+    outputs: Arrays
+    validation: ValidationNote | None
+
+
+@dataclass(slots=True)
+class PredictCall:
+    """A deployment request: entity keys and request-time values, encoded."""
+
+    deployment: str
+    payload: bytes
+    info: RequestInfo
+    deadline: float | None = None
+    priority: Priority = Priority.NORMAL
+
+
+@dataclass(slots=True)
+class Prediction:
+    """A deployment's answer, and how it was reached."""
+
+    request_id: str
+    deployment: str
+    variant: str | None  # None: no model answered now (a last good or default prediction)
+    model: tuple[str, int] | None  # None: no model answered ever (the declared default)
+    predictions: list[dict[str, Any]]
+    id: str | None = None
+    features: list[dict[str, Any]] | None = None
+    validation: ValidationNote | None = None
+    degraded: Degradation | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of ``POST /v1/deployments/{name}/predict``."""
+        body: dict[str, Any] = {
+            "request_id": self.request_id,
+            "deployment": self.deployment,
+            "variant": self.variant,
+            "model": None if self.model is None else {"name": self.model[0], "version": self.model[1]},
+            "predictions": self.predictions,
+        }
+        if self.id is not None:
+            body["id"] = self.id
+        if self.features is not None:
+            body["features"] = self.features
+        if self.validation is not None and self.validation.response is not None:
+            body["validation"] = self.validation.response
+        if self.degraded is not None:
+            body["degraded"] = self.degraded.as_dict()
+        return body
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one request, for the tap: its identity, the last pass through a
+    chain (inputs as the model saw them, outputs, timings, validation), and either the
+    answer or the error."""
+
+    entrypoint: str  # "/v2" or "/v1"
+    info: RequestInfo
+    deployment: str | None = None
+    variant: str | None = None
+    exchange: Exchange | None = None
+    inferred: Inferred | None = None
+    prediction: Prediction | None = None
+    error: BaseException | None = None
+    features: Mapping[str, Any] = field(default_factory=dict)  # cache hits, degraded sources
+
+
+class RequestTap(Protocol):
+    """Sees every request's :class:`Outcome` once it is answered. Runs on the event loop:
+    it must hand the outcome on (to a bounded queue) and return at once."""
+
+    def __call__(self, outcome: Outcome) -> None: ...
+
+
+class PredictRequest(msgspec.Struct):
+    entities: list[Any]
+    values: list[Any] | None = None
+    return_features: bool = False
+    id: str | None = None
+
+
+_predict_decoder = msgspec.json.Decoder(PredictRequest)
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelEntry:
+    """What ``/v2`` keeps per model: its shedder and the chain spec in front of it."""
+
+    shedder: LoadShedder
+    chain: ChainSpec
+
+
+class DataPlane:
+    """Serves every inference request, whatever protocol it came in by."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        chains: Chains,
+        policy: ServingPolicy,
+        deployments: Deployments,
+        metrics: ResilienceMetrics,
+        *,
+        tap: RequestTap | None = None,
+    ) -> None:
+        self.repository = repository
+        self.chains = chains
+        self.policy = policy
+        self.deployments = deployments
+        self.metrics = metrics
+        self.last_good = LastGoodStore()
+        self._tap = tap
+        self._models: dict[str, _ModelEntry] = {}
+        self._shedders = {name: LoadShedder(name, p.shedding) for name, p in policy.deployments.items()}
+
+    # --- /v2: a model, its tensors -----------------------------------------------------
+
+    async def infer(self, call: InferCall) -> Inferred:
+        """Run one Open Inference Protocol request through the model's chain."""
+        outcome = Outcome("/v2", call.info) if self._tap is not None else None
+        try:
+            inferred = await self._infer(call, outcome)
+        except BaseException as exc:
+            if outcome is not None:
+                outcome.error = exc
+                self._tap_outcome(outcome)
+            raise
+        if outcome is not None:
+            outcome.inferred = inferred
+            self._tap_outcome(outcome)
+        return inferred
+
+    async def _infer(self, call: InferCall, outcome: Outcome | None) -> Inferred:
+        info = call.info
+        self._require_ready()
+        loaded = await self.repository.get(call.model, call.version)
+        mv = loaded.version
+        info.model, info.version = mv.name, str(mv.version)
+        entry = self._model_entry(mv.name)
+        with self._admit(entry.shedder, f"model:{mv.name}", call.priority) as admission:
+            start = time.perf_counter()
+            request = decode_request(call.payload)
+            arrays, rows, outputs = check_request(request, mv.signature)
+            exchange = Exchange(
+                request_id=info.request_id,
+                inputs=arrays,
+                rows=rows,
+                outputs=outputs,
+                model=mv.name,
+                version=mv.version,
+                deadline=call.deadline,
+                on_service_start=admission.start,
+            )
+            exchange.timings.decode_ms = (time.perf_counter() - start) * 1000
+            if outcome is not None:
+                outcome.exchange = exchange
+            try:
+                await self.chains.get(entry.chain, loaded)(exchange)
+            finally:
+                _log_exchange(info, exchange)
+        if exchange.results is None:  # pragma: no cover - every chain ends in a model call
+            raise NotReady(f"model {mv.ref} produced no result")
+        return Inferred(mv, request.id, {k: exchange.results[k] for k in outputs}, exchange.validation)
+
+    def _model_entry(self, model: str) -> _ModelEntry:
+        # Only names the repository resolved get here, so the dict is bounded by the
+        # registry's models, never by what clients send.
+        entry = self._models.get(model)
+        if entry is None:
+            entry = self._models[model] = _ModelEntry(
+                LoadShedder(f"model:{model}", self.policy.model_shedding), self.policy.model_chain(model)
+            )
+        return entry
+
+    # --- /v1: a deployment, its entities ------------------------------------------------
+
+    async def predict(self, call: PredictCall) -> Prediction:
+        """Serve one deployment request, stepping down the ladder if the machinery fails."""
+        outcome = Outcome("/v1", call.info, deployment=call.deployment) if self._tap is not None else None
+        try:
+            prediction = await self._predict(call, outcome)
+        except BaseException as exc:
+            if outcome is not None:
+                outcome.error = exc
+                self._tap_outcome(outcome)
+            raise
+        if outcome is not None:
+            outcome.prediction = prediction
+            self._tap_outcome(outcome)
+        return prediction
+
+    async def _predict(self, call: PredictCall, outcome: Outcome | None) -> Prediction:
+        info = call.info
+        policy = self.deployments.policy(call.deployment)  # DeploymentNotFound
+        name = policy.deployment.name
+        info.fields["deployment"] = name
+        self._require_ready()
+        info.model = policy.primary.model
+        with self._admit(self._shedders[name], name, call.priority, queued=False) as admission:
+            request = _decode_predict(call.payload)
+            keys = _entity_keys(request.entities)
+            variant = self._route(policy, request)
+            try:
+                prediction = await self._serve(policy, variant, request, call, admission, outcome)
+            except LADDER_ERRORS as exc:
+                prediction = await self._step_down(policy, request, keys, call, exc, admission, outcome)
+            else:
+                if policy.last_good_seconds is not None and keys is not None and prediction.degraded is None:
+                    # Only undegraded answers are "good": one made on default features is not.
+                    model = {"name": prediction.model[0], "version": prediction.model[1]} if prediction.model else None
+                    self.last_good.remember(name, keys, [{"model": model, "prediction": p} for p in prediction.predictions])
+        info.fields["rows"] = len(prediction.predictions)
+        if prediction.model is not None:
+            info.model, info.version = prediction.model[0], str(prediction.model[1])
+        if prediction.degraded is not None:
+            step = prediction.degraded
+            info.fields["degraded"] = step.level
+            info.fields["degraded_reason"] = step.reason
+            self.metrics.degraded.labels(name, step.level, step.reason).inc()
+        return prediction
+
+    def _route(self, policy: DeploymentPolicy, request: PredictRequest) -> Variant:
+        """The variant that answers this request. Rollouts plug in here: a canary chosen by
+        a sticky hash of the routing key, shadows copied off the critical path."""
+        return policy.primary
+
+    async def _serve(
+        self,
+        policy: DeploymentPolicy,
+        variant: Variant,
+        request: PredictRequest,
+        call: PredictCall,
+        admission: Admission,
+        outcome: Outcome | None,
+    ) -> Prediction:
+        """One variant's answer: its plan, its features, its chain."""
+        info = call.info
+        loaded = await self.repository.get(variant.model, variant.version)
+        plan = await self.deployments.plan(policy.deployment, loaded.version)
+        start = time.perf_counter()
+        resolved = await plan.features.resolve(request.entities, request.values, deadline=call.deadline)
+        features_ms = (time.perf_counter() - start) * 1000
+        admission.queued()  # waiting for the model from here; fetching features is not queueing
+        if resolved.degraded:
+            info.fields["features_degraded"] = resolved.degraded
+        if resolved.cache:
+            info.fields["feature_cache"] = resolved.cache
+        if outcome is not None:
+            outcome.variant = variant.name
+            outcome.features = {"degraded": resolved.degraded, "cache": resolved.cache}
+        mv = loaded.version
+        exchange = Exchange(
+            request_id=info.request_id,
+            inputs=_model_inputs(plan, resolved.columns, mv.signature),
+            rows=resolved.rows,
+            outputs=tuple(mv.signature.output_names),
+            model=mv.name,
+            version=mv.version,
+            deadline=call.deadline,
+            on_service_start=admission.start,
+        )
+        exchange.timings.features_ms = features_ms
+        if outcome is not None:
+            outcome.exchange = exchange
+        try:
+            await self.chains.get(variant.chain, loaded)(exchange)
+        finally:
+            _log_exchange(info, exchange)
+        steps = [
+            Degradation(d["level"], d.get("reason", ""), f"source {d.get('source')}, feature set {d.get('feature_set')}, {d.get('entities')} entities")
+            for d in resolved.degraded
+        ]
+        return Prediction(
+            request_id=info.request_id,
+            deployment=policy.deployment.name,
+            variant=variant.name,
+            model=(mv.name, mv.version),
+            predictions=_rows_of(exchange.results or {}, resolved.rows),
+            id=request.id,
+            features=_rows_of(resolved.columns, resolved.rows) if request.return_features else None,
+            validation=exchange.validation,
+            degraded=worst(steps),
+        )
+
+    async def _step_down(
+        self,
+        policy: DeploymentPolicy,
+        request: PredictRequest,
+        keys: list[tuple[Any, ...]] | None,
+        call: PredictCall,
+        failure: BaseException,
+        admission: Admission,
+        outcome: Outcome | None,
+    ) -> Prediction:
+        """The rest of the ladder, after the primary failed with ``failure``."""
+        name = policy.deployment.name
+        reason = type(failure).__name__
+        detail = getattr(failure, "message", str(failure))
+        if policy.fallback is not None:
+            try:
+                prediction = await self._serve(policy, policy.fallback, request, call, admission, outcome)
+            except LADDER_ERRORS as exc:
+                detail = f"{detail}; the fallback failed too: {getattr(exc, 'message', exc)}"
+            else:
+                step = Degradation("fallback_model", reason, detail)
+                prediction.degraded = worst([step, *([prediction.degraded] if prediction.degraded else [])])
+                return prediction
+        request_id = call.info.request_id
+        if policy.last_good_seconds is not None and keys is not None:
+            recalled = self.last_good.recall(name, keys, policy.last_good_seconds)
+            if recalled is not None:
+                model = recalled[0]["model"]
+                return Prediction(
+                    request_id, name, None, (model["name"], model["version"]) if model else None,
+                    [r["prediction"] for r in recalled], id=request.id, degraded=Degradation("last_good", reason, detail),
+                )
+        if policy.default_prediction is not None:
+            return Prediction(
+                request_id, name, None, None, [dict(policy.default_prediction) for _ in request.entities],
+                id=request.id, degraded=Degradation("default", reason, detail),
+            )
+        raise failure
+
+    def health(self, name: str) -> dict[str, Any]:
+        """Every guard of the deployment and its shedder, as they are now."""
+        self.deployments.policy(name)  # DeploymentNotFound
+        return self.deployments.health(name, self._shedders[name].snapshot().as_dict())
+
+    # --- shared ---------------------------------------------------------------------------
+
+    def _require_ready(self) -> None:
+        if not self.repository.ready:
+            raise NotReady("the server is still loading its models; retry shortly")
+
+    def _admit(self, shedder: LoadShedder, label: str, priority: Priority, *, queued: bool = True) -> Admission:
+        try:
+            return shedder.admit(priority, queued=queued)
+        except ResilienceError:
+            self.metrics.shed.labels(label, priority.name.lower()).inc()
+            raise
+
+    def _tap_outcome(self, outcome: Outcome) -> None:
+        if self._tap is not None:
+            self._tap(outcome)
+
+
+def _log_exchange(info: RequestInfo, exchange: Exchange) -> None:
+    """What a pass through a chain adds to the request's access line."""
+    fields = info.fields
+    fields["rows"] = exchange.rows
+    for stage, ms in exchange.timings.items():
+        fields[stage] = round(ms, 3)
+    if exchange.validation is not None:
+        fields["validation"] = exchange.validation.summary
+
+
+def _decode_predict(body: bytes) -> PredictRequest:
+    hint = 'send {"entities": [{...}], "values": [{...}]}'
+    if not body:
+        raise RequestError(f"body: the request body is empty; {hint}", field="body")
+    return decode_json(body, _predict_decoder, field="body", hint=hint)
+
+
+def _entity_keys(entities: list[Any]) -> list[tuple[Any, ...]] | None:
+    """Each entity's key values in a hashable form (for the last-good store)."""
+    if not all(isinstance(e, Mapping) for e in entities):
+        return None
+    return [tuple(sorted((str(k), v) for k, v in e.items() if isinstance(v, int | str))) for e in entities]
+
+
+def _model_inputs(plan: Plan, columns: dict[str, np.ndarray[Any, Any]], signature: Signature) -> Arrays:
+    if plan.layout == "matrix":
+        spec = signature.inputs[0]
+        try:
+            matrix = np.column_stack([np.asarray(columns[n], dtype=spec.dtype) for n in plan.names])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"features of {plan.version.ref} do not fit its {spec.datatype} input: {exc}") from exc
+        return {spec.name: matrix}
+    return {spec.name: np.asarray(columns[spec.name], dtype=spec.dtype) for spec in signature.inputs}
+
+
+def _rows_of(columns: Mapping[str, np.ndarray[Any, Any]], n: int) -> list[dict[str, Any]]:
+    listed = {name: _jsonable(col) for name, col in columns.items()}
+    return [{name: values[i] for name, values in listed.items()} for i in range(n)]
+
+
+def _jsonable(column: np.ndarray[Any, Any]) -> list[Any]:
+    values = column.tolist()
+    if column.dtype.kind == "f":
+        # JSON has no NaN: a missing feature value travels as null.
+        return _nan_to_none(values)
+    return list(values)
+
+
+def _nan_to_none(values: list[Any]) -> list[Any]:
+    return [_nan_to_none(v) if isinstance(v, list) else (None if isinstance(v, float) and v != v else v) for v in values]

@@ -1,0 +1,159 @@
+"""Every entrypoint policy, built once from configuration.
+
+The data plane never reads a setting or a declaration per request: it is handed a
+:class:`ServingPolicy` made here when the app starts, which holds
+
+- for ``/v2``: the guard (breaker, time limit) and the load-shedding config each model gets;
+- the batching policy each model version's batcher gets;
+- for each deployment a :class:`DeploymentPolicy`: its variants (each a model reference and
+  the :class:`ChainSpec` put in front of it), its ladder (fallback variant, last good,
+  default prediction), its shedding and its feature sources' guard.
+
+Mistakes in a deployment's policies are :class:`~stalwart.errors.ConfigError` naming the
+deployment and the field, raised at start, never in a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from stalwart.config import Settings
+from stalwart.deployment import Deployment, parse_model_ref
+from stalwart.errors import ConfigError
+from stalwart.resilience import GuardConfig, ShedderConfig
+from stalwart.resilience.duration import parse_seconds
+from stalwart.serving.batching import BatchingPolicy
+from stalwart.validation.policy import PolicyOverrides
+
+__all__ = [
+    "DEFAULT_MODEL_GUARD",
+    "DEFAULT_SOURCE_GUARD",
+    "ChainSpec",
+    "DeploymentPolicy",
+    "ServingPolicy",
+    "Variant",
+]
+
+# A deployment's model guard unless it declares one: resilience4j's breaker with the ML
+# defaults of stalwart.resilience, a one-second time limit, and a bulkhead sized for
+# batching (requests waiting for batch mates count as calls in flight).
+DEFAULT_MODEL_GUARD = GuardConfig.model_validate({"bulkhead": {"max_concurrent_calls": 256}})
+
+# Each online feature source's guard unless the deployment declares one: a source that
+# does not answer in 500 ms is treated as failing (cached values or defaults serve).
+DEFAULT_SOURCE_GUARD = GuardConfig.model_validate({"timeout": {"timeout_duration": 0.5}, "bulkhead": {"max_concurrent_calls": 64}})
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSpec:
+    """What an entrypoint puts in front of a model version."""
+
+    entry: str  # "/v2" or "deployment/<name>/<variant>": the cache key and guard name prefix
+    label: str  # the metrics' deployment label: a deployment name, or "model:<name>"
+    guard: GuardConfig | None = None
+    validation: PolicyOverrides | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One model a deployment can answer with, and the chain in front of it."""
+
+    name: str  # "primary", "fallback" (later: a canary's or a shadow's name)
+    model: str
+    version: int | None  # None: the latest registered version
+    chain: ChainSpec
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentPolicy:
+    """A deployment's validated policies: variants, ladder, shedding, source guard."""
+
+    deployment: Deployment
+    primary: Variant
+    fallback: Variant | None
+    shedding: ShedderConfig
+    last_good_seconds: float | None
+    default_prediction: Mapping[str, Any] | None
+    source_guard: GuardConfig | None
+
+    @classmethod
+    def build(cls, deployment: Deployment) -> DeploymentPolicy:
+        """Validate a deployment's policies once, naming the deployment and field of a mistake."""
+        where = f"deployment '{deployment.name}'"
+        guard = _validated(GuardConfig, deployment.guard, f"{where} guard") if deployment.guard is not None else DEFAULT_MODEL_GUARD
+        shedding = _validated(ShedderConfig, deployment.shedding, f"{where} shedding") if deployment.shedding is not None else ShedderConfig()
+        validation = PolicyOverrides.parse(deployment.validation, source=f"{where} validation") if deployment.validation else None
+        last_good: float | None = None
+        if deployment.last_good is not None:
+            seconds = parse_seconds(deployment.last_good)
+            if not isinstance(seconds, int | float) or seconds <= 0:
+                raise ConfigError(f"{where} last_good: {deployment.last_good!r} is not a duration like '10m'")
+            last_good = float(seconds)
+        name = deployment.name
+        primary = Variant(
+            "primary", deployment.model_name, deployment.model_version,
+            ChainSpec(f"deployment/{name}/primary", name, guard, validation),
+        )
+        fallback = None
+        if deployment.fallback:
+            model, version = parse_model_ref(deployment.fallback, f"{where} fallback")
+            fallback = Variant("fallback", model, version, ChainSpec(f"deployment/{name}/fallback", name, guard, validation))
+        source_guard = (
+            _validated(GuardConfig, deployment.source_guard, f"{where} source_guard")
+            if deployment.source_guard is not None
+            else DEFAULT_SOURCE_GUARD
+        )
+        return cls(
+            deployment=deployment,
+            primary=primary,
+            fallback=fallback,
+            shedding=shedding,
+            last_good_seconds=last_good,
+            default_prediction=dict(deployment.default_prediction) if deployment.default_prediction is not None else None,
+            source_guard=source_guard,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServingPolicy:
+    """Every entrypoint's policies, from the settings and the project's deployments."""
+
+    batching: BatchingPolicy
+    model_guard: GuardConfig  # /v2: each model's chain
+    model_shedding: ShedderConfig  # /v2: each model's shedder
+    deployments: Mapping[str, DeploymentPolicy]
+
+    @classmethod
+    def build(cls, settings: Settings, deployments: Mapping[str, Deployment]) -> ServingPolicy:
+        batching = BatchingPolicy(
+            enabled=settings.batching,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_batch_wait_ms,
+            adaptive=settings.batch_adaptive,
+        )
+        # /v2 calls get a breaker; a time limit only if configured (the request's own
+        # deadline applies either way); no bulkhead: load shedding bounds the backlog.
+        timeout = {"timeout_duration": settings.model_timeout_seconds} if settings.model_timeout_seconds else None
+        model_guard = GuardConfig.model_validate({"bulkhead": None, "timeout": timeout})
+        return cls(
+            batching=batching,
+            model_guard=model_guard,
+            model_shedding=ShedderConfig(),
+            deployments={name: DeploymentPolicy.build(d) for name, d in deployments.items()},
+        )
+
+    def model_chain(self, model: str) -> ChainSpec:
+        """The chain ``/v2`` puts in front of a model's versions."""
+        return ChainSpec("/v2", f"model:{model}", self.model_guard)
+
+
+def _validated(model: type[BaseModel], data: Mapping[str, Any], where: str) -> Any:
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{where}: {problems}") from None
