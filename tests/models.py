@@ -122,3 +122,24 @@ class OpenMPThreads:
         pools = ThreadpoolController().select(user_api="openmp").info()
         threads = min(pool["num_threads"] for pool in pools) if pools else -1
         return np.full(len(x), threads, dtype=np.int64)
+
+
+class Picky:
+    """Sums each row, but refuses rows with a value over ``limit`` (as a scaler that
+    overflows does), with a message no client should see. Each call takes ``delay``
+    seconds, so concurrent requests queue up and share batches."""
+
+    def __init__(self, limit: float = 1e300, delay: float = 0.0) -> None:
+        self.limit = limit
+        self.delay = delay
+
+    def predict(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        import time
+
+        if self.delay:
+            time.sleep(self.delay)
+        matrix = np.asarray(x, dtype=np.float64)
+        if (np.abs(matrix) > self.limit).any():
+            raise ValueError("value too large; secret=/etc/shadow")
+        result: np.ndarray[Any, Any] = matrix.sum(axis=1)
+        return result

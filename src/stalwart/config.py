@@ -53,9 +53,13 @@ class Settings(BaseSettings):
     access_log: bool = True
     registry_poll_seconds: float = Field(default=2.0, gt=0)
     preload: bool = Field(default=True, description="load the latest version of every model at start")
-    model_timeout_seconds: float | None = Field(
-        default=None, gt=0,
-        description="time limit of a /v2 model call; none by default (a request's X-Request-Timeout still applies)",
+    model_timeout_seconds: float = Field(
+        default=10.0, gt=0,
+        description="time limit of a /v2 model call (504 past it); a request's X-Request-Timeout can shorten it",
+    )
+    model_timeouts: dict[str, float] = Field(
+        default_factory=dict,
+        description='per-model /v2 time limits in seconds, as JSON: {"big-model": 30}',
     )
     gc_freeze: bool = Field(
         default=True, description="keep objects loaded at start out of the garbage collector's scans"

@@ -22,7 +22,8 @@ says what went wrong *and* what to do next.
     ├── RequestError                the client sent something we cannot serve (HTTP 4xx)
     │   ├── PayloadTooLarge         the body is over the configured limit
     │   ├── UnknownEntity           an entity key has no features and no default
-    │   └── ValidationFailed        request values broke the model's schema (reject policy)
+    │   ├── ValidationFailed        request values broke the model's schema (reject policy)
+    │   └── ModelInputError         the model refused this request's rows (it scores others)
     ├── NotFound                    a source or feature set the request names is not in the project
     ├── AuthError                   a control-plane call without a valid bearer token
     ├── NotReady                    the server or a model is still loading
@@ -56,6 +57,7 @@ __all__ = [
     "IllegalStateTransition",
     "MissingExtraError",
     "ModelError",
+    "ModelInputError",
     "ModelNotFound",
     "NotFound",
     "NotReady",
@@ -231,7 +233,27 @@ class CacheUnavailable(StalwartError):
 
 
 class ModelError(StalwartError):
-    """The model raised while predicting."""
+    """The model raised while predicting.
+
+    ``message`` names the model and the exception's class, never its text: a model's
+    message can hold anything (paths, values, secrets), so it travels as ``detail``, for
+    the server log only.
+    """
+
+    def __init__(self, message: str, *, detail: str = "", error_type: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.error_type = error_type  # the class name of what the model raised
+
+
+class ModelInputError(RequestError):
+    """The model raised on this request's rows while it scores other rows fine: the
+    inputs, not the model, are at fault (HTTP 422). ``detail`` is the model's own message,
+    for the server log only."""
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message, field="inputs")
+        self.detail = detail
 
 
 class ResilienceError(StalwartError):

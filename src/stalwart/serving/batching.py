@@ -55,7 +55,7 @@ from stalwart.monitoring.metrics import BatchMetrics, BatchSeries
 from stalwart.pipeline import Arrays, Exchange
 from stalwart.registry.flavors import Predictor
 from stalwart.registry.signature import Signature
-from stalwart.serving.runner import call_model
+from stalwart.serving.runner import Blame, call_model
 
 __all__ = ["AdaptiveBatcher", "BatchCall", "Batched", "BatchingPolicy"]
 
@@ -117,7 +117,8 @@ class _Batch:
     rows: int
     outputs: tuple[str, ...]
     started: float = 0.0
-    results: list[Arrays] = field(default_factory=list)
+    # Per item: its outputs, or the error its own rows caused (found by isolating them).
+    results: list[Arrays | BaseException] = field(default_factory=list)
 
 
 class AdaptiveBatcher:
@@ -155,6 +156,7 @@ class AdaptiveBatcher:
         self._variable = [
             spec.name for spec in signature.inputs if any(d == -1 for d in spec.shape[1:])
         ]
+        self._blame = Blame(predictor, ref)
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._arrivals = 0
@@ -355,12 +357,19 @@ class AdaptiveBatcher:
             return
         elapsed = time.perf_counter() - batch.started
         series = self._series
-        for item, outputs in zip(batch.items, batch.results, strict=True):
+        failed = False
+        for item, outcome in zip(batch.items, batch.results, strict=True):
             if not item.future.done():
-                wait = batch.started - item.queued_at
-                item.future.set_result(Batched(outputs, wait, elapsed, batch.rows))
+                if isinstance(outcome, BaseException):
+                    failed = True
+                    item.future.set_exception(outcome)
+                else:
+                    wait = batch.started - item.queued_at
+                    item.future.set_result(Batched(outcome, wait, elapsed, batch.rows))
             if series is not None:
                 series.queue_wait.observe(batch.started - item.queued_at)
+        if failed and series is not None:
+            series.failures.inc()
         if series is not None:
             series.rows.observe(batch.rows)
             series.requests.observe(len(batch.items))
@@ -372,28 +381,63 @@ class AdaptiveBatcher:
         _settle(batch.items, error)
 
     def _compute(self, batch: _Batch) -> None:
-        """On the worker thread: join the rows, call the model, split its outputs."""
-        items = batch.items
+        """On the worker thread: join the rows, call the model, split its outputs.
+
+        When the model raises on a batch of several requests and still scores its probe
+        row (see :class:`Blame`), the batch is split in halves and each half tried again,
+        down to single requests: those whose own rows make the model raise get a
+        :class:`ModelInputError`, every other request its answer. One poisoned request
+        never fails its batch mates. When the probe fails too (or there is none yet), the
+        model is at fault and the whole batch gets the :class:`ModelError` at once: a
+        broken model is not bisected, however slowly it fails.
+        """
+        try:
+            self._solve(batch.items, batch.outputs, batch.results)
+        except ModelError as exc:
+            items = batch.items
+            if not self._blame.model_works():
+                batch.results[:] = [exc] * len(items)
+            elif len(items) == 1:
+                batch.results[:] = [self._blame.input_error(exc)]
+            else:
+                batch.results.clear()
+                self._isolate(items, batch.outputs, batch.results)
+
+    def _solve(self, items: Sequence[_Item], outputs: tuple[str, ...], results: list[Arrays | BaseException]) -> None:
+        """One model call for ``items``; their outputs appended to ``results``."""
+        rows = sum(it.rows for it in items)
         if len(items) == 1:
             inputs = items[0].inputs
         else:
             inputs = {name: np.concatenate([it.inputs[name] for it in items]) for name in self._names}
-        produced = call_model(self._predictor, self._ref, inputs, batch.outputs)
-        for name in batch.outputs:
+        produced = call_model(self._predictor, self._ref, inputs, outputs)
+        for name in outputs:
             array = produced.get(name)
-            if array is None or array.ndim == 0 or array.shape[0] != batch.rows:
+            if array is None or array.ndim == 0 or array.shape[0] != rows:
                 got = "nothing" if array is None else f"shape {list(array.shape)}"
                 raise ModelError(
-                    f"model {self._ref} returned {got} for output '{name}' from {batch.rows} "
+                    f"model {self._ref} returned {got} for output '{name}' from {rows} "
                     f"rows; a batched model must return one output row per input row "
                     f"(turn batching off for this model if it cannot)"
                 )
+        self._blame.scored(inputs, outputs)
         start = 0
-        results = batch.results
         for item in items:
             stop = start + item.rows
             results.append({name: produced[name][start:stop] for name in item.outputs})
             start = stop
+
+    def _isolate(self, items: Sequence[_Item], outputs: tuple[str, ...], results: list[Arrays | BaseException]) -> None:
+        """``items`` failed together: bisect to find whose rows fail, answer the rest."""
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            try:
+                self._solve(part, outputs, results)
+            except ModelError as exc:
+                if len(part) == 1:
+                    results.append(self._blame.input_error(exc))
+                else:
+                    self._isolate(part, outputs, results)
 
 
 class BatchCall:

@@ -54,7 +54,13 @@ from stalwart.serving.codec import check_request, decode_json, decode_request
 from stalwart.serving.degradation import Degradation, LastGoodStore, worst
 from stalwart.serving.deployments import Deployments, Plan
 from stalwart.serving.middleware import RequestInfo
-from stalwart.serving.policies import ChainSpec, DeploymentPolicy, ServingPolicy, Variant
+from stalwart.serving.policies import (
+    PRIMARY_SHARE_OF_DEADLINE,
+    ChainSpec,
+    DeploymentPolicy,
+    ServingPolicy,
+    Variant,
+)
 from stalwart.serving.repository import ModelRepository
 
 __all__ = ["DataPlane", "InferCall", "Inferred", "Outcome", "PredictCall", "Prediction", "RequestTap"]
@@ -283,8 +289,12 @@ class DataPlane:
             request = _decode_predict(call.payload)
             keys = _entity_keys(request.entities)
             variant = self._route(policy, request)
+            deadline = call.deadline
+            if deadline is not None and policy.fallback is not None:
+                now = time.monotonic()
+                deadline = now + max(0.0, deadline - now) * PRIMARY_SHARE_OF_DEADLINE
             try:
-                prediction = await self._serve(policy, variant, request, call, admission, outcome)
+                prediction = await self._serve(policy, variant, request, call, deadline, admission, outcome)
             except LADDER_ERRORS as exc:
                 prediction = await self._step_down(policy, request, keys, call, exc, admission, outcome)
             else:
@@ -313,15 +323,16 @@ class DataPlane:
         variant: Variant,
         request: PredictRequest,
         call: PredictCall,
+        deadline: float | None,
         admission: Admission,
         outcome: Outcome | None,
     ) -> Prediction:
-        """One variant's answer: its plan, its features, its chain."""
+        """One variant's answer, due by ``deadline``: its plan, its features, its chain."""
         info = call.info
         loaded = await self.repository.get(variant.model, variant.version)
         plan = await self.deployments.plan(policy.deployment, loaded.version)
         start = time.perf_counter()
-        resolved = await plan.features.resolve(request.entities, request.values, deadline=call.deadline)
+        resolved = await plan.features.resolve(request.entities, request.values, deadline=deadline)
         features_ms = (time.perf_counter() - start) * 1000
         admission.queued()  # waiting for the model from here; fetching features is not queueing
         if resolved.degraded:
@@ -339,7 +350,7 @@ class DataPlane:
             outputs=tuple(mv.signature.output_names),
             model=mv.name,
             version=mv.version,
-            deadline=call.deadline,
+            deadline=deadline,
             on_service_start=admission.start,
         )
         exchange.timings.features_ms = features_ms
@@ -381,7 +392,7 @@ class DataPlane:
         detail = getattr(failure, "message", str(failure))
         if policy.fallback is not None:
             try:
-                prediction = await self._serve(policy, policy.fallback, request, call, admission, outcome)
+                prediction = await self._serve(policy, policy.fallback, request, call, call.deadline, admission, outcome)
             except LADDER_ERRORS as exc:
                 detail = f"{detail}; the fallback failed too: {getattr(exc, 'message', exc)}"
             else:

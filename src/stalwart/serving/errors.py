@@ -26,6 +26,7 @@ _log = get_logger("stalwart.serving")
 STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.PayloadTooLarge, 413),
     (e.ValidationFailed, 422),
+    (e.ModelInputError, 422),
     (e.UnknownEntity, 404),
     (e.RequestError, 400),
     (e.ModelNotFound, 404),
@@ -74,6 +75,8 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
             extra["field"] = exc.field
         if isinstance(exc, e.ValidationFailed):
             extra["violations"] = exc.violations
+        if isinstance(exc, e.ModelError | e.ModelInputError) and request_id:
+            message = f"{message}; the model's own message is in the server log under request {request_id}"
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(exc, e.Overloaded | e.CallNotPermitted) and retry_after is not None:
             # Whole seconds, rounded up: an early retry would only be turned away again.
@@ -87,8 +90,13 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
 
 async def _stalwart_error(request: Request, exc: Exception) -> Response:
     request_id = request.scope.get("stalwart.request_id")
-    if status_for(exc) >= 500:
-        _log.warning("request failed", request_id=request_id, error=str(exc), error_type=type(exc).__name__)
+    status = status_for(exc)
+    # A model's own message stays in the log, with the request id the client was given.
+    detail = getattr(exc, "detail", None) or None
+    if status >= 500:
+        _log.warning("request failed", request_id=request_id, error=str(exc), error_type=type(exc).__name__, detail=detail)
+    elif detail is not None:
+        _log.info("model refused the request's inputs", request_id=request_id, error=str(exc), detail=detail)
     return error_response(exc, request_id)
 
 

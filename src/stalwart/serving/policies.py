@@ -32,6 +32,7 @@ from stalwart.validation.policy import PolicyOverrides
 __all__ = [
     "DEFAULT_MODEL_GUARD",
     "DEFAULT_SOURCE_GUARD",
+    "PRIMARY_SHARE_OF_DEADLINE",
     "ChainSpec",
     "DeploymentPolicy",
     "ServingPolicy",
@@ -66,6 +67,12 @@ class Variant:
     model: str
     version: int | None  # None: the latest registered version
     chain: ChainSpec
+
+
+# The share of a request's remaining deadline the primary may spend when a fallback model
+# could answer instead: the rest is kept for the fallback, so a hanging primary makes a
+# degraded answer, not a 504. (Last good and default answers need no time.)
+PRIMARY_SHARE_OF_DEADLINE = 0.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +130,8 @@ class ServingPolicy:
     """Every entrypoint's policies, from the settings and the project's deployments."""
 
     batching: BatchingPolicy
-    model_guard: GuardConfig  # /v2: each model's chain
+    model_guard: GuardConfig  # /v2: each model's chain, unless it has a limit of its own
+    model_guards: Mapping[str, GuardConfig]  # /v2: models with a time limit of their own
     model_shedding: ShedderConfig  # /v2: each model's shedder
     deployments: Mapping[str, DeploymentPolicy]
 
@@ -135,20 +143,23 @@ class ServingPolicy:
             max_wait_ms=settings.max_batch_wait_ms,
             adaptive=settings.batch_adaptive,
         )
-        # /v2 calls get a breaker; a time limit only if configured (the request's own
-        # deadline applies either way); no bulkhead: load shedding bounds the backlog.
-        timeout = {"timeout_duration": settings.model_timeout_seconds} if settings.model_timeout_seconds else None
-        model_guard = GuardConfig.model_validate({"bulkhead": None, "timeout": timeout})
+        # /v2 calls get a breaker and a time limit (a hung model answers 504, the request's
+        # own deadline can only shorten it); no bulkhead: load shedding bounds the backlog.
+        def guard(seconds: float, where: str) -> GuardConfig:
+            config: GuardConfig = _validated(GuardConfig, {"bulkhead": None, "timeout": {"timeout_duration": seconds}}, where)
+            return config
+
         return cls(
             batching=batching,
-            model_guard=model_guard,
+            model_guard=guard(settings.model_timeout_seconds, "STALWART_MODEL_TIMEOUT_SECONDS"),
+            model_guards={m: guard(t, f"STALWART_MODEL_TIMEOUTS[{m!r}]") for m, t in settings.model_timeouts.items()},
             model_shedding=ShedderConfig(),
             deployments={name: DeploymentPolicy.build(d) for name, d in deployments.items()},
         )
 
     def model_chain(self, model: str) -> ChainSpec:
         """The chain ``/v2`` puts in front of a model's versions."""
-        return ChainSpec("/v2", f"model:{model}", self.model_guard)
+        return ChainSpec("/v2", f"model:{model}", self.model_guards.get(model, self.model_guard))
 
 
 def _validated(model: type[BaseModel], data: Mapping[str, Any], where: str) -> Any:

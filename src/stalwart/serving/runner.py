@@ -9,16 +9,17 @@ Python ``predict``, still runs correctly there; it just cannot overlap with othe
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol
 
-from stalwart.errors import ModelError
+from stalwart.errors import ModelError, ModelInputError
 from stalwart.pipeline import Arrays, Exchange
 from stalwart.registry.flavors import Predictor
 
-__all__ = ["DirectRunner", "ModelCall", "Runner", "call_model", "one_native_thread"]
+__all__ = ["Blame", "DirectRunner", "ModelCall", "Runner", "call_model", "one_native_thread"]
 
 
 def one_native_thread() -> None:
@@ -50,11 +51,64 @@ class Runner(Protocol):
 
 
 def call_model(predictor: Predictor, ref: str, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
-    """Call the predictor, turning whatever it raises into a :class:`ModelError`."""
+    """Call the predictor, turning whatever it raises into a :class:`ModelError` (the
+    exception's text kept as ``detail``, for the log: it never reaches a client)."""
     try:
         return predictor.predict(inputs, outputs)
     except Exception as exc:  # a user's model can raise anything; the client gets a clear error
-        raise ModelError(f"model {ref} raised {type(exc).__name__}: {exc}") from exc
+        kind = type(exc).__name__
+        raise ModelError(f"model {ref} raised {kind}", detail=str(exc)[:2000], error_type=kind) from exc
+
+
+class Blame:
+    """Decides whose fault a failed model call is: the request's rows, or the model's.
+
+    It keeps one row the model has scored (a probe). When a call fails, the probe is scored
+    again: if the model still answers it, the model works and the failing rows are at fault
+    (:class:`ModelInputError`, the client's 422, which breakers ignore); if it fails too, or
+    no row has been scored yet, the model is (:class:`ModelError`: the ladder and the
+    breaker's business). A model that fails for every request therefore still opens its
+    breaker, and one bad client cannot. Only failures pay for the probe.
+    """
+
+    def __init__(self, predictor: Predictor, ref: str) -> None:
+        self._predictor = predictor
+        self._ref = ref
+        self._probe: tuple[Arrays, tuple[str, ...]] | None = None
+        self._lock = threading.Lock()
+
+    def scored(self, inputs: Arrays, outputs: tuple[str, ...]) -> None:
+        """The model answered these rows: keep the first as the probe (once; a loaded
+        version's predictor never changes, so a row it scored stays a fair test)."""
+        if self._probe is None:
+            with self._lock:
+                if self._probe is None:
+                    self._probe = ({name: array[:1].copy() for name, array in inputs.items()}, outputs)
+
+    def model_works(self) -> bool:
+        """Whether the model still scores the probe (False with no probe yet: a model
+        that never answered cannot be told apart from a broken one). On a worker thread."""
+        probe = self._probe
+        if probe is None:
+            return False
+        try:
+            call_model(self._predictor, self._ref, *probe)
+        except ModelError:
+            return False
+        return True
+
+    def verdict(self, error: ModelError) -> ModelError | ModelInputError:
+        """The error for a caller whose rows failed alone (on a worker thread)."""
+        return self.input_error(error) if self.model_works() else error
+
+    def input_error(self, error: ModelError) -> ModelInputError:
+        """``error`` as the client's fault: the model works, these rows do not."""
+        return ModelInputError(
+            f"model {self._ref} raised {error.error_type or 'an error'} on this request's rows "
+            f"while it scores others: send values like those it was trained on "
+            f"(GET /v2/models/{self._ref.partition(':')[0]} lists its inputs)",
+            detail=error.detail,
+        )
 
 
 class DirectRunner:
@@ -64,24 +118,25 @@ class DirectRunner:
         self._predictor = predictor
         self._ref = ref
         self._executor = executor
+        self._blame = Blame(predictor, ref)
 
     async def run(
         self, inputs: Arrays, rows: int, outputs: tuple[str, ...], on_start: Callable[[], None] | None = None
     ) -> Arrays:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, _started_call, on_start, self._predictor, self._ref, inputs, outputs
-        )
+        return await loop.run_in_executor(self._executor, self._call, on_start, inputs, outputs)
 
-
-def _started_call(
-    on_start: Callable[[], None] | None, predictor: Predictor, ref: str, inputs: Arrays, outputs: Sequence[str]
-) -> Arrays:
-    # Service begins when a worker picks the call up: time in the executor's queue before
-    # that is queueing, which the shedder's queue-wait signal must see.
-    if on_start is not None:
-        on_start()
-    return call_model(predictor, ref, inputs, outputs)
+    def _call(self, on_start: Callable[[], None] | None, inputs: Arrays, outputs: tuple[str, ...]) -> Arrays:
+        # Service begins when a worker picks the call up: time in the executor's queue before
+        # that is queueing, which the shedder's queue-wait signal must see.
+        if on_start is not None:
+            on_start()
+        try:
+            produced = call_model(self._predictor, self._ref, inputs, outputs)
+        except ModelError as exc:
+            raise self._blame.verdict(exc) from exc
+        self._blame.scored(inputs, outputs)
+        return produced
 
 
 class ModelCall:
