@@ -16,7 +16,7 @@ from benchmarks.harness import WRK, write_results, wrk_available
 
 SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "serving": lambda a: serving.run(
-        serving.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
+        serving.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models), baseline=a.baseline)
     ),
     "batching": lambda a: batching.run(
         batching.Options(
@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", nargs="+", default=["logistic", "gbm"], choices=["logistic", "gbm"],
         help="demo models to serve (default: both)",
+    )
+    parser.add_argument(
+        "--baseline", default=None, metavar="REF",
+        help="serving suite: also run stalwart as of this git commit, side by side",
     )
     parser.add_argument(
         "--no-profile", dest="profile", action="store_false",

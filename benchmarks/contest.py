@@ -7,6 +7,7 @@ directory) on exit, whatever happens in between.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -83,10 +84,13 @@ class Arena:
     def estimator(self, model: DemoModel) -> Any:
         return load_estimator(self.home, model.version)
 
-    def add_stalwart(self, name: str, env: Mapping[str, str] | None = None) -> Server:
-        """``stalwart serve`` on this home, with ``env`` (``STALWART_*``) on top."""
+    def add_stalwart(self, name: str, env: Mapping[str, str] | None = None, *, src: Path | None = None) -> Server:
+        """``stalwart serve`` on this home, with ``env`` (``STALWART_*``) on top; ``src``: run
+        another checkout's code (its ``src`` directory) instead of this tree's."""
         port = free_port()
         settings = {"STALWART_HOME": str(self.home), "STALWART_LOG_FORMAT": "json"}
+        if src is not None:
+            settings["PYTHONPATH"] = os.pathsep.join((str(src), str(Path(__file__).resolve().parent.parent)))
         settings.update(env or {})
         server = start_server(name, stalwart_command(port), bench_env(settings), self.workdir)
         self.servers[name] = server

@@ -7,11 +7,20 @@ serve`` with batching off (the endpoint's own overhead) and as shipped (batching
 
 Targets: at concurrency 1 our p50 within 0.5 ms of the minimal endpoint; at 64, our
 throughput at least 90% of it.
+
+``--baseline REF`` adds ``stalwart serve`` as of a git commit (checked out into a temporary
+worktree) as two more contestants, so a change is measured against its parent side by side
+in the same run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.contest import MINIMAL, Arena, in_process
 from benchmarks.harness import (
@@ -33,10 +42,17 @@ class Options:
     seconds: float = 4.0
     repeats: int = 3
     models: tuple[str, ...] = ("logistic", "gbm")
+    baseline: str | None = None  # a git commit to measure beside this tree
 
 
 def run(options: Options) -> str:
     """Run the suite; returns the markdown report."""
+    with contextlib.ExitStack() as stack:
+        baseline = stack.enter_context(_checkout(options.baseline)) if options.baseline else None
+        return _run(options, baseline)
+
+
+def _run(options: Options, baseline: Path | None) -> str:
     lines = ["# Serving overhead (issue 2)", ""]
     with Arena() as arena:
         arena.models = [m for m in arena.models if m.key in options.models]
@@ -47,6 +63,10 @@ def run(options: Options) -> str:
         arena.add_minimal()
         arena.add_stalwart(STALWART, {"STALWART_BATCHING": "false"})
         arena.add_stalwart(STALWART_BATCHED, {"STALWART_BATCHING": "true"})
+        before = (f"{STALWART}@{options.baseline}", f"{STALWART_BATCHED}@{options.baseline}")
+        if baseline is not None:
+            arena.add_stalwart(before[0], {"STALWART_BATCHING": "false"}, src=baseline / "src")
+            arena.add_stalwart(before[1], {"STALWART_BATCHING": "true"}, src=baseline / "src")
         with arena.start():
             results = run_matrix(
                 arena.targets(), CONCURRENCIES, seconds=options.seconds, repeats=options.repeats
@@ -84,7 +104,37 @@ def run(options: Options) -> str:
                 markdown_table(header, rows), "",
             ]
             lines += _verdict(results, model.key)
+            if baseline is not None:
+                lines += _against_baseline(results, model.key, before)
     return "\n".join(lines) + "\n"
+
+
+def _against_baseline(results: dict[tuple[str, str, int], Series], model: str, before: tuple[str, str]) -> list[str]:
+    rows = []
+    for c in CONCURRENCIES:
+        row = [str(c)]
+        for then, now in zip(before, (STALWART, STALWART_BATCHED), strict=True):
+            old, new = results[(then, model, c)], results[(now, model, c)]
+            row += [_cell(old), _cell(new), f"{new.rps / old.rps:.2f}x", f"{new.p50 - old.p50:+.2f}"]
+        rows.append(row)
+    header = [
+        "c", f"{before[0]} (off)", "this tree (off)", "req/s ratio", "p50 Δ ms",
+        before[1], "this tree (batching)", "req/s ratio", "p50 Δ ms",
+    ]
+    return ["Against the baseline, same run:", "", markdown_table(header, rows), ""]
+
+
+@contextlib.contextmanager
+def _checkout(ref: str) -> Iterator[Path]:
+    """A temporary git worktree of ``ref``, removed afterwards."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="stalwart-baseline-") as tmp:
+        path = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(path), ref], check=True, capture_output=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(path)], check=False, capture_output=True)
 
 
 def _verdict(results: dict[tuple[str, str, int], Series], model: str) -> list[str]:
