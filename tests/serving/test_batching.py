@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from stalwart.config import Settings
-from stalwart.errors import ModelError, NotReady
+from stalwart.errors import ModelError, ModelInputError, NotReady
 from stalwart.monitoring.metrics import BatchMetrics, ServingMetrics
 from stalwart.pipeline import Arrays, Exchange
 from stalwart.registry import Registry, Signature, TensorSpec
@@ -228,8 +228,10 @@ async def test_after_a_burst_a_lone_request_waits_at_most_max_wait(executor: Thr
 
 
 async def test_a_model_exception_fails_only_its_batch(executor: ThreadPoolExecutor) -> None:
-    """When the model raises, the requests of that call get a ModelError naming the model;
-    requests in other calls are answered, and the batcher keeps serving."""
+    """When the model raises before it has ever answered (so it cannot be told apart from a
+    broken model), the requests of that call get a ModelError naming the model and the
+    exception's class (its message kept for the log); requests in other calls are
+    answered, and the batcher keeps serving."""
     model = RowWise(MATRIX)
     batcher = _batcher(model, executor, BatchingPolicy(max_batch_size=4))
     poisoned = _rows(MATRIX, 2, 0)
@@ -246,11 +248,37 @@ async def test_a_model_exception_fails_only_its_batch(executor: ThreadPoolExecut
         await batcher.close()
     assert isinstance(results[0], ModelError)
     assert isinstance(results[1], ModelError)
-    assert "test:1 raised ValueError: a poisoned row" in results[0].message
+    assert results[0].message == "model test:1 raised ValueError"
+    assert "a poisoned row" in results[0].detail
     assert isinstance(results[2], dict)
     np.testing.assert_array_equal(results[2]["total"], _rows(MATRIX, 4, 2)["x"].sum(axis=1))
     assert after["total"].shape == (1,)
     assert model.calls[:2] == [4, 4]
+
+
+async def test_a_poisoned_request_is_found_and_fails_alone(executor: ThreadPoolExecutor) -> None:
+    """Once the model has answered, a batch it raises on is bisected: the request whose own
+    rows make it raise gets a ModelInputError (the client's 422), its batch mates their
+    answers, with a bounded number of extra calls."""
+    model = RowWise(MATRIX)
+    batcher = _batcher(model, executor, BatchingPolicy(max_batch_size=64))
+    try:
+        await batcher.run(_rows(MATRIX, 1, 9), 1, ("total",))  # the model works: a probe row
+        requests = [_rows(MATRIX, 1, i) for i in range(16)]
+        requests[5]["x"][0, 0] = POISON
+        model.calls.clear()
+        results = await asyncio.gather(*(batcher.run(r, 1, ("total",)) for r in requests), return_exceptions=True)
+    finally:
+        await batcher.close()
+    for i, result in enumerate(results):
+        if i == 5:
+            assert isinstance(result, ModelInputError)
+            assert "raised ValueError on this request's rows" in result.message
+        else:
+            assert isinstance(result, dict), result
+            np.testing.assert_array_equal(result["total"], requests[i]["x"].sum(axis=1))
+    # One batch, the probe, then halving: far fewer calls than one per request.
+    assert len(model.calls) <= 2 + 2 * 4
 
 
 async def test_a_model_that_returns_the_wrong_number_of_rows_is_a_model_error(executor: ThreadPoolExecutor) -> None:

@@ -44,7 +44,7 @@ def test_waiting_for_a_worker_thread_counts_as_queue_wait(settings: Settings, re
     txn = RequestSource("txn", fields={"x": "float"})
     set_mode("queued", "slow", seconds=0.5)
     registry.register("queued", Switchable("queued"), sample=pd.DataFrame({"x": [float(i) for i in range(20)]}))
-    shedding = {"max_in_flight": None, "max_queue_wait": "50ms", "priority_shares": {"normal": 1.0}}
+    shedding = {"max_in_flight": None, "max_queue_wait": "150ms", "priority_shares": {"normal": 1.0}}  # wide enough for a busy machine to send the first wave
     project = Project.of(Deployment("queued", model="queued", features=[txn.x], shedding=shedding, guard={"timeout": {"timeout_duration": "10s"}}), txn)
     app = create_app(settings.model_copy(update={"batching": False}), registry=registry, project=project)
     workers = min(8, (os.cpu_count() or 1) + 2)  # the server's model worker threads
