@@ -144,7 +144,9 @@ def create_app(
         request_info(request.scope).endpoint = "/openapi.json"
         return json_response(document)
 
-    deployments = DeploymentService(project, repository, pool, chains, resilience_metrics, caches)
+    deployments = DeploymentService(
+        project, repository, pool, chains, resilience_metrics, caches, max_entities=settings.max_entities
+    )
     auth = BearerAuth(settings.resolved_admin_token())
     # /v2 calls get a breaker; a time limit only if configured (the request's own deadline
     # applies either way); no bulkhead: load shedding bounds the backlog.
@@ -161,7 +163,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(Observe, metrics=metrics, access_log=settings.access_log),
-            Middleware(BodyLimit, limit=settings.max_body_bytes),
+            Middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

@@ -43,7 +43,7 @@ from stalwart.errors import (
     StorageError,
 )
 from stalwart.features.definitions import FeatureRef, RequestField, Source
-from stalwart.features.online import OnlineFeatures
+from stalwart.features.online import MAX_ENTITIES, OnlineFeatures, check_entity_count
 from stalwart.features.project import Project
 from stalwart.features.readers import SourceReader, make_reader
 from stalwart.monitoring.metrics import ResilienceMetrics
@@ -139,8 +139,11 @@ class DeploymentService:
         chains: Chains,
         metrics: ResilienceMetrics,
         caches: Mapping[str, FeatureSetCache] | None = None,
+        *,
+        max_entities: int = MAX_ENTITIES,
     ) -> None:
         self.project = project
+        self.max_entities = max_entities
         self.caches = dict(caches or {})
         self.repository = repository
         self.pool = pool
@@ -173,6 +176,7 @@ class DeploymentService:
             raise
         with admission:
             request = _decode(body)
+            check_entity_count(request.entities, self.max_entities)
             keys = _entity_keys(request.entities)
             deployment = runtime.deployment
             try:
