@@ -162,8 +162,10 @@ def test_many_inputs_and_outputs_are_refused_cheaply(served: LiveServer) -> None
 
     (inputs,) = assert_live_while(served.url, send_inputs, repeat=1)
     (outputs,) = assert_live_while(served.url, send_outputs, repeat=1)
-    assert inputs.status_code == 400 and inputs.json()["field"] == "inputs"
-    assert outputs.status_code == 400 and outputs.json()["field"] == "outputs"
+    assert inputs.status_code == 400
+    assert inputs.json()["field"] == "inputs"
+    assert outputs.status_code == 400
+    assert outputs.json()["field"] == "outputs"
 
 
 # -- /v1: entity keys and counts ------------------------------------------------------
