@@ -16,6 +16,7 @@ import uvicorn
 from stalwart.config import Settings
 from stalwart.registry import Registry
 from stalwart.serving.app import create_app
+from stalwart.serving.transport import server_config
 
 
 @dataclass
@@ -43,7 +44,8 @@ def start_server(settings: Settings, registry: Registry | None = None, app: Any 
     """Run the app under uvicorn in a thread until the block exits."""
     app = app if app is not None else create_app(settings, registry=registry)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    # The same protocol, timeouts and limits as `stalwart serve`.
+    config = server_config(app, settings, host="127.0.0.1", port=port, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

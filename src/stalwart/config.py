@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_entities: int = Field(default=10_000, ge=1, description="entities in one /v1 predict request")
+    # Connections: a socket costs a file descriptor however little it sends, so none is kept
+    # open on a client's terms.
+    keep_alive_seconds: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a request's headers must arrive within this of its first byte"
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="a request's whole body must arrive within this of its headers (else 408)"
+    )
+    max_connections: int = Field(
+        default=2048, ge=1, description="open connections (and requests in flight) beyond which requests get 503"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True

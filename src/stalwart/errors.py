@@ -21,6 +21,7 @@ says what went wrong *and* what to do next.
     ├── FlavorError                 a model cannot be saved, loaded or described by its flavor
     ├── RequestError                the client sent something we cannot serve (HTTP 4xx)
     │   ├── PayloadTooLarge         the body is over the configured limit
+    │   ├── BodyTimeout             the body did not arrive within the configured time
     │   ├── UnknownEntity           an entity key has no features and no default
     │   ├── ValidationFailed        request values broke the model's schema (reject policy)
     │   └── ModelInputError         the model refused this request's rows (it scores others)
@@ -46,6 +47,7 @@ from typing import Any
 __all__ = [
     "ArtifactIntegrityError",
     "AuthError",
+    "BodyTimeout",
     "BulkheadFull",
     "CacheUnavailable",
     "CallNotPermitted",
@@ -191,6 +193,16 @@ class PayloadTooLarge(RequestError):
             field="body",
         )
         self.limit = limit
+
+
+class BodyTimeout(RequestError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"request body did not arrive within {seconds:g} s; send it at once, or raise "
+            f"STALWART_BODY_TIMEOUT_SECONDS",
+            field="body",
+        )
+        self.seconds = seconds
 
 
 class UnknownEntity(RequestError):

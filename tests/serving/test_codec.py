@@ -217,13 +217,14 @@ def test_values_of_the_wrong_type_are_refused(datatype: str, data: list[Any], ex
 
 
 def test_unknown_datatype_and_impossible_shapes() -> None:
-    """An unknown datatype names the valid ones; a shape numpy cannot hold is a 400."""
+    """An unknown datatype names the valid ones; a shape numpy cannot hold is a 400 naming
+    the shape (or the dimension beyond the bound)."""
     error = _refused("FLOAT", [1], [1.0])
     assert error.field == "inputs[0].datatype"
     assert "FP64" in error.message
     for shape in ([0, 2**64 - 1], [0] * 65):
         error = _refused("FP64", shape, [])
-        assert error.field == "inputs[0].shape", shape
+        assert error.field.startswith("inputs[0].shape"), shape
 
 
 def test_empty_data_with_a_zero_dimension_decodes() -> None:

@@ -7,9 +7,12 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -23,6 +26,7 @@ from stalwart.registry import Registry
 from stalwart.serving.openapi import openapi_document
 from tests.models import Mixed
 from tests.servers import LiveServer, start_server
+from tests.serving.test_limits import LIVE_WITHIN, HealthProbe
 
 MODELS = ["breast-cancer", "mixed"]
 
@@ -115,3 +119,80 @@ def test_no_5xx_and_every_response_matches_the_document(case: schemathesis.Case,
     """Valid and invalid requests alike: never a 5xx; status, content type, headers and body
     always as documented."""
     case.call_and_validate(base_url=fuzz_server.url, checks=CHECKS)
+
+
+# -- edge values: raw JSON a generator of valid documents never sends ---------------------
+
+# Numbers at the edges of doubles and int64, literals JSON does not have, nulls, unicode,
+# and values no shape or key may take.
+EDGE_VALUES = [
+    "1e308", "-1e308", "1.7976931348623157e308", "5e-324", "-5e-324", "2.2250738585072014e-308",
+    "9223372036854775807", "9223372036854775808", "-9223372036854775808", "-9223372036854775809",
+    "18446744073709551616", "1180591620717411303424", "9" * 400, "1e400", "-0.0", "-0", "0",
+    "NaN", "Infinity", "-Infinity", "nan", "null", "true", "false", "[]", "{}", "[[]]",
+    '"\\u0000"', '"\\ud800"', '"é😀"', '"\\u202e"', '""', '"' + "x" * 300 + '"',
+]
+edge = st.sampled_from(EDGE_VALUES)
+shapes = st.one_of(
+    st.lists(edge, min_size=0, max_size=4),
+    st.lists(st.sampled_from(["1", "30", "2147483648", "9223372036854775807", "0"]), min_size=30, max_size=80),
+).map(lambda dims: "[" + ",".join(dims) + "]")
+datatypes = st.sampled_from(['"FP64"', '"INT64"', '"INT32"', '"UINT8"', '"FP16"', '"BOOL"', '"BYTES"', '"é"', "null", "7"])
+names = st.sampled_from(['"input-0"', '"age"', '"city"', '"income"', '"é😀"', '"\\u0000"', "null", '""'])
+
+
+@st.composite
+def raw_infer_bodies(draw: st.DrawFn) -> bytes:
+    data = "[" + ",".join(draw(st.lists(edge, max_size=8))) + "]"
+    if draw(st.booleans()):
+        data = "[" + ",".join([data] * draw(st.integers(1, 3))) + "]"
+    tensor = f'{{"name": {draw(names)}, "shape": {draw(shapes)}, "datatype": {draw(datatypes)}, "data": {data}}}'
+    extras = draw(st.sampled_from(["", ', "id": ' + draw(edge), ', "parameters": {"a": ' + draw(edge) + "}", ', "inputs": []', ', "outputs": [{"name": ' + draw(names) + "}]"]))
+    return f'{{"inputs": [{tensor}]{extras}}}'.encode()  # "inputs" may come twice: duplicate keys
+
+
+@st.composite
+def raw_predict_bodies(draw: st.DrawFn) -> bytes:
+    key = draw(edge)
+    value = draw(edge)
+    entity = draw(st.sampled_from([f'{{"card_id": {key}}}', f'{{"card_id": {key}, "card_id": 7}}', key]))
+    values = draw(st.sampled_from([f'[{{"amount": {value}, "merchant_category": {draw(edge)}}}]', "null", value]))
+    return f'{{"entities": [{entity}], "values": {values}, "return_features": {draw(edge)}}}'.encode()
+
+
+@pytest.fixture(scope="module")
+def probe(fuzz_server: LiveServer) -> Iterator[HealthProbe]:
+    with HealthProbe(fuzz_server.url) as running:
+        yield running
+
+
+def _no_5xx_and_live(response: httpx.Response, probe: HealthProbe, body: bytes) -> None:
+    assert response.status_code < 500, (body[:300], response.text[:300])
+    assert probe.slowest < LIVE_WITHIN, f"/v2/health/live took {probe.slowest * 1000:.1f} ms"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
+@given(body=raw_infer_bodies(), model=st.sampled_from(MODELS))
+def test_edge_values_on_v2_are_never_a_5xx(fuzz_server: LiveServer, probe: HealthProbe, body: bytes, model: str) -> None:
+    """Edge numbers, literals JSON lacks, nulls, unicode, duplicate keys, huge shapes and
+    ranks at /v2 infer: never a 5xx, and liveness within 50 ms throughout."""
+    response = fuzz_server.post(f"/v2/models/{model}/infer", content=body, headers={"content-type": "application/json"})
+    _no_5xx_and_live(response, probe, body)
+
+
+@pytest.fixture(scope="module")
+def fraud_probe(fraud_home: dict[str, Any]) -> Iterator[tuple[LiveServer, HealthProbe]]:
+    """The fraud example's server and a probe of its liveness, started once it is up (and
+    after the /v2 fuzz server's probe: a server starting in this process holds the GIL)."""
+    with start_server(fraud_home["settings"]) as server, HealthProbe(server.url) as running:
+        yield server, running
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
+@given(body=raw_predict_bodies())
+def test_edge_values_on_v1_are_never_a_5xx(fraud_probe: tuple[LiveServer, HealthProbe], body: bytes) -> None:
+    """The same at /v1 predict (entity keys and request values at the edges): never a
+    5xx, liveness within 50 ms."""
+    fraud_server, probe = fraud_probe
+    response = fraud_server.post("/v1/deployments/fraud/predict", content=body, headers={"content-type": "application/json"})
+    _no_5xx_and_live(response, probe, body)

@@ -45,6 +45,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
     from stalwart.monitoring.logs import configure_logging
     from stalwart.registry import Registry
     from stalwart.serving.app import create_app
+    from stalwart.serving.transport import server_config
 
     if home.exists():
         shutil.rmtree(home)
@@ -77,9 +78,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         console.print(f"port {port} is taken; using {fallback}")
         port = fallback
     app = create_app(settings, registry=registry, project=fraud.project if fraud else None)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=port, log_config=None, access_log=False)
-    )
+    server = uvicorn.Server(server_config(app, settings, port=port))
     thread = threading.Thread(target=server.run, name="stalwart-demo-server", daemon=True)
     thread.start()
     base = f"http://{settings.host}:{port}"

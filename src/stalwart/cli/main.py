@@ -42,6 +42,7 @@ def serve(
     from stalwart.config import load_settings
     from stalwart.monitoring.logs import configure_logging, get_logger
     from stalwart.serving.app import create_app
+    from stalwart.serving.transport import server_config
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -59,17 +60,11 @@ def serve(
         registry=app_.state.registry.db.describe(),
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,
     )
-    uvicorn.run(
-        app_,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        # On SIGTERM, in-flight requests get this long; then the lifespan closes the
-        # batchers, so a hung model call cannot keep the process from stopping.
-        timeout_graceful_shutdown=10,
-    )
+    # Timeouts, keep-alive and the connection limit from STALWART_* (serving/transport.py).
+    server = uvicorn.Server(server_config(app_, settings))
+    server.run()
+    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -55,10 +55,17 @@ if TYPE_CHECKING:
     from stalwart.features.caching import CachedSet
     from stalwart.resilience.guard import Guard
 
-__all__ = ["SOURCE_FAILURES", "OnlineFeatures", "Resolved"]
+__all__ = ["MAX_ENTITIES", "MAX_KEY_LENGTH", "SOURCE_FAILURES", "OnlineFeatures", "Resolved", "check_entity_count"]
 
 Column = np.ndarray[Any, Any]
 _CONVERTERS = {"float": float, "int": int, "str": str, "bool": bool}
+_INT64 = (-(2**63), 2**63 - 1)
+
+MAX_ENTITIES = 10_000
+"""Most entities in one request unless configured (``STALWART_MAX_ENTITIES``)."""
+MAX_KEY_LENGTH = 256
+"""Longest string an entity key may be: keys are identifiers, and a source is never asked
+about (nor a cache keyed by) a megabyte of one."""
 
 SOURCE_FAILURES: tuple[type[BaseException], ...] = (FeatureError, ResilienceError, OSError)
 """What counts as a source failing (stale values or defaults, not an error): the guard
@@ -327,13 +334,29 @@ def _entity_columns(entities: Sequence[Mapping[str, Any]], keys: Sequence[str]) 
             if key not in entity:
                 raise RequestError(f"entities[{index}]: missing key '{key}'", field=f"entities[{index}].{key}")
             value = entity[key]
+            where = f"entities[{index}].{key}"
             if not isinstance(value, int | str) or isinstance(value, bool):
                 raise RequestError(
-                    f"entities[{index}].{key}: an entity key must be an integer or a string, got {type(value).__name__}",
-                    field=f"entities[{index}].{key}",
+                    f"{where}: an entity key must be an integer or a string, got {type(value).__name__}",
+                    field=where,
                 )
+            # Checked here, before any source or cache sees the key: a key no source column
+            # can hold is the client's mistake (400), never a source failure for the breaker.
+            if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+                raise RequestError(f"{where}: an integer key must fit in 64 bits (-2**63 to 2**63 - 1)", field=where)
+            if isinstance(value, str) and len(value) > MAX_KEY_LENGTH:
+                raise RequestError(f"{where}: a key has at most {MAX_KEY_LENGTH} characters, got {len(value)}", field=where)
             columns[key].append(value)
     return {k: key_array(v) for k, v in columns.items()}
+
+
+def check_entity_count(entities: Sequence[Any], limit: int = MAX_ENTITIES) -> None:
+    """Refuse a request of more than ``limit`` entities before any of them is looked at."""
+    if len(entities) > limit:
+        raise RequestError(
+            f"entities: {len(entities)} in one request; send at most {limit} (STALWART_MAX_ENTITIES)",
+            field="entities",
+        )
 
 
 def key_array(values: list[Any]) -> np.ndarray[Any, Any]:
@@ -381,9 +404,22 @@ def _convert(value: Any, kind: str, convert: Any, where: str) -> Any:
         "bool": isinstance(value, bool),
     }[kind]
     if not ok:
-        raise RequestError(f"{where}: expected {kind}, got {type(value).__name__} {value!r}"[:300], field=where)
+        raise RequestError(f"{where}: expected {kind}, got {_brief(value)}", field=where)
     if kind == "float" and not math.isfinite(value):
         raise RequestError(f"{where}: must be a finite number", field=where)
     if kind == "int" and not -(2**63) <= value < 2**63:
         raise RequestError(f"{where}: out of range for a 64-bit integer", field=where)
     return convert(value)
+
+
+def _brief(value: Any) -> str:
+    """A client's value as an error message shows it, at a cost that does not grow with it:
+    the repr of a 4,000-digit int or of a megabyte of nested lists is never built."""
+    kind = type(value).__name__
+    if isinstance(value, str):
+        return f"str {value[:40]!r}{'...' if len(value) > 40 else ''}"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit int"
+    if isinstance(value, bool | int | float) or value is None:
+        return f"{kind} {value!r}"
+    return kind

@@ -158,7 +158,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(Observe, metrics=metrics, access_log=settings.access_log),
-            Middleware(BodyLimit, limit=settings.max_body_bytes),
+            Middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

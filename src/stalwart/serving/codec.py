@@ -25,6 +25,11 @@ from stalwart.errors import ModelError, RequestError
 from stalwart.registry.signature import DATATYPES, Signature, TensorSpec, datatype_of
 
 __all__ = [
+    "MAX_DIMENSION",
+    "MAX_ID_LENGTH",
+    "MAX_RANK",
+    "MAX_TENSORS",
+    "MAX_VALUES",
     "InferenceRequest",
     "RequestInput",
     "RequestOutput",
@@ -35,15 +40,30 @@ __all__ = [
     "encode_error",
     "encode_response",
     "encode_tensor",
+    "shown",
 ]
 
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 T = TypeVar("T")
+
+# Bounds on what a client chooses, checked while decoding, before any arithmetic on it: a
+# shape of 50,000 dimensions of 2**63 - 1 once took seconds of the event loop to multiply
+# out and describe. No model takes a rank beyond 32 (numpy's own limit is 64).
+MAX_RANK = 32
+MAX_DIMENSION = 2**31
+MAX_VALUES = 2**31
+"""Most values one tensor's shape may describe (the body limit bounds the data anyway)."""
+MAX_TENSORS = 4096
+"""Most inputs, or requested outputs, in one request."""
+MAX_ID_LENGTH = 256
+"""Longest request ``id``, which the response echoes."""
+_SHOWN = 64  # characters of a client's string quoted back in an error message
+
+Dimension = Annotated[int, msgspec.Meta(ge=0, le=MAX_DIMENSION)]
 
 
 class RequestInput(msgspec.Struct):
     name: str
-    shape: list[NonNegative]
+    shape: Annotated[list[Dimension], msgspec.Meta(max_length=MAX_RANK)]
     datatype: str
     data: list[Any]
     parameters: dict[str, Any] | None = None
@@ -55,10 +75,10 @@ class RequestOutput(msgspec.Struct):
 
 
 class InferenceRequest(msgspec.Struct):
-    inputs: list[RequestInput]
-    id: str | None = None
+    inputs: Annotated[list[RequestInput], msgspec.Meta(max_length=MAX_TENSORS)]
+    id: Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)] | None = None
     parameters: dict[str, Any] | None = None
-    outputs: list[RequestOutput] | None = None
+    outputs: Annotated[list[RequestOutput], msgspec.Meta(max_length=MAX_TENSORS)] | None = None
 
 
 _decoder = msgspec.json.Decoder(InferenceRequest)
@@ -78,6 +98,8 @@ def decode_request(body: bytes) -> InferenceRequest:
         raise RequestError(_describe_validation_error(exc), field=_path_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def decode_json(body: bytes, decoder: msgspec.json.Decoder[T], *, field: str, hint: str) -> T:
@@ -89,6 +111,14 @@ def decode_json(body: bytes, decoder: msgspec.json.Decoder[T], *, field: str, hi
         raise RequestError(f"body: {exc}; {hint}", field=field) from None
     except msgspec.DecodeError as exc:
         raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def shown(text: str) -> str:
+    """A client's string as quoted back in an error message: clipped, so a megabyte of name
+    costs the response nothing."""
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
 
 
 def check_request(request: InferenceRequest, signature: Signature) -> tuple[dict[str, np.ndarray[Any, Any]], int, tuple[str, ...]]:
@@ -104,15 +134,15 @@ def check_request(request: InferenceRequest, signature: Signature) -> tuple[dict
         spec = specs.get(tensor.name)
         if spec is None:
             raise RequestError(
-                f"{where}.name: the model has no input '{tensor.name}'; it takes "
+                f"{where}.name: the model has no input '{shown(tensor.name)}'; it takes "
                 f"{', '.join(specs)}",
                 field=f"{where}.name",
             )
         if tensor.name in arrays:
-            raise RequestError(f"{where}.name: input '{tensor.name}' is given twice", field=f"{where}.name")
+            raise RequestError(f"{where}.name: input '{shown(tensor.name)}' is given twice", field=f"{where}.name")
         if tensor.datatype != spec.datatype:
             raise RequestError(
-                f"{where}.datatype: input '{tensor.name}' takes {spec.datatype}, got {tensor.datatype}",
+                f"{where}.datatype: input '{spec.name}' takes {spec.datatype}, got {shown(tensor.datatype)}",
                 field=f"{where}.datatype",
             )
         array = decode_tensor(tensor, where)
@@ -121,7 +151,7 @@ def check_request(request: InferenceRequest, signature: Signature) -> tuple[dict
             rows = array.shape[0]
         elif array.shape[0] != rows:
             raise RequestError(
-                f"{where}.shape: input '{tensor.name}' has {array.shape[0]} rows but "
+                f"{where}.shape: input '{spec.name}' has {array.shape[0]} rows but "
                 f"'{request.inputs[0].name}' has {rows}; every input needs the same number of rows",
                 field=f"{where}.shape",
             )
@@ -143,10 +173,17 @@ def decode_tensor(tensor: RequestInput, where: str = "input") -> np.ndarray[Any,
     dtype = DATATYPES.get(tensor.datatype)
     if dtype is None:
         raise RequestError(
-            f"{where}.datatype: unknown datatype '{tensor.datatype}'; use one of {', '.join(DATATYPES)}",
+            f"{where}.datatype: unknown datatype '{shown(tensor.datatype)}'; use one of {', '.join(DATATYPES)}",
             field=f"{where}.datatype",
         )
+    # Decoding bounded the rank and each dimension, so this product is a few hundred bits
+    # at most: microseconds, and a number short enough to print.
     expected = math.prod(tensor.shape)
+    if expected > MAX_VALUES:
+        raise RequestError(
+            f"{where}.shape: {tensor.shape} describes {expected} values; a tensor holds at most {MAX_VALUES}",
+            field=f"{where}.shape",
+        )
     if tensor.datatype == "BYTES":
         array = _bytes_array(tensor.data, where)
     else:
@@ -161,8 +198,7 @@ def decode_tensor(tensor: RequestInput, where: str = "input") -> np.ndarray[Any,
     except (ValueError, OverflowError):
         # Only an empty tensor gets here with an absurd shape ([0, 2**64 - 1], 65 dims).
         raise RequestError(
-            f"{where}.shape: {tensor.shape} is not a shape numpy can hold (at most 64 "
-            f"dimensions, each below 2**63)",
+            f"{where}.shape: {tensor.shape} is not a shape numpy can hold",
             field=f"{where}.shape",
         ) from None
 
@@ -219,7 +255,7 @@ def _requested_outputs(requested: Sequence[RequestOutput] | None, signature: Sig
     for index, output in enumerate(requested):
         if output.name not in available:
             raise RequestError(
-                f"outputs[{index}].name: the model has no output '{output.name}'; it returns "
+                f"outputs[{index}].name: the model has no output '{shown(output.name)}'; it returns "
                 f"{', '.join(available)}",
                 field=f"outputs[{index}].name",
             )
@@ -352,6 +388,12 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def _too_deep() -> RequestError:
+    return RequestError(
+        "body: JSON nested too deeply; send flat data or a shallow nesting", field="body"
+    )
 
 
 def _path_of(exc: msgspec.ValidationError) -> str:

@@ -45,6 +45,7 @@ from stalwart.errors import (
     ResilienceError,
     StorageError,
 )
+from stalwart.features.online import check_entity_count
 from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Arrays, Exchange, ValidationNote
 from stalwart.registry import ModelVersion, Signature
@@ -287,6 +288,7 @@ class DataPlane:
         info.model = policy.primary.model
         with self._admit(self._shedders[name], name, call.priority, queued=False) as admission:
             request = _decode_predict(call.payload)
+            check_entity_count(request.entities, self.policy.max_entities)
             keys = _entity_keys(request.entities)
             variant = self._route(policy, request)
             deadline = call.deadline

@@ -25,6 +25,7 @@ _log = get_logger("stalwart.serving")
 # Most specific first: the first class the error is an instance of decides.
 STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.PayloadTooLarge, 413),
+    (e.BodyTimeout, 408),
     (e.ValidationFailed, 422),
     (e.ModelInputError, 422),
     (e.UnknownEntity, 404),
@@ -69,7 +70,12 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
     status = status_for(exc)
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
-    if isinstance(exc, e.StalwartError):
+    if isinstance(exc, e.StorageError):
+        # Its message names the database (host, port, user, name): for the log, which has
+        # it (see _stalwart_error), not for an unauthenticated client.
+        message = f"the registry database is unavailable; retry shortly (request {request_id})"
+        extra["request_id"] = request_id
+    elif isinstance(exc, e.StalwartError):
         message = exc.message
         if isinstance(exc, e.RequestError) and exc.field:
             extra["field"] = exc.field
@@ -83,6 +89,9 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
             headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         if isinstance(exc, e.AuthError):
             headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, e.BodyTimeout):
+            # The rest of the body may still trickle in: nothing more on this connection.
+            headers["Connection"] = "close"
     else:
         message = f"internal error; find request {request_id} in the server log"
     return Response(encode_error(message, **extra), status_code=status, headers=headers, media_type=JSON)

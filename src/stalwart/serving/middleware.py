@@ -6,14 +6,16 @@ stream per request, which costs more than the model call for a small tabular mod
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stalwart.errors import PayloadTooLarge
+from stalwart.errors import BodyTimeout, PayloadTooLarge
 from stalwart.monitoring.logs import get_logger, log_request
 from stalwart.monitoring.metrics import ServingMetrics
 from stalwart.serving.errors import error_response
@@ -23,6 +25,9 @@ __all__ = ["BodyLimit", "Observe", "RequestInfo"]
 _log = get_logger("stalwart.serving")
 _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_REQUEST_ID = 128
+CLIENT_CLOSED = 499
+"""The status counted and logged for a client that went away before its answer (nginx's
+499): its own doing, so never a 5xx anyone could inflate at will."""
 
 
 @dataclass(slots=True)
@@ -74,6 +79,11 @@ class Observe:
         self.metrics.in_flight_count += 1
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # Starlette raises it from request.body() when the client closes mid-body.
+            if not started:
+                status = CLIENT_CLOSED
+            _log.info("client disconnected", request_id=request_id, path=scope["path"])
         except Exception as exc:  # noqa: BLE001 - the last resort: whatever escaped every handler
             _log.error("unhandled error", request_id=request_id, exc_info=exc)
             if not started:
@@ -98,16 +108,21 @@ class Observe:
 
 class BodyLimit:
     """Refuses bodies over ``limit`` bytes with 413, before reading them when the client
-    declares the length, and as soon as the limit is crossed when it streams."""
+    declares the length, and as soon as the limit is crossed when it streams; and bodies
+    that take longer than ``timeout`` seconds to arrive with 408 (a trickling client holds
+    a connection and a task for as long as it likes otherwise)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.timeout is not None:
+            receive = _with_deadline(receive, self.timeout)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -134,6 +149,28 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def _with_deadline(receive: Receive, timeout: float) -> Receive:
+    """``receive``, raising BodyTimeout when the body is not complete ``timeout`` seconds
+    from now. Once it is, later calls (waiting for a disconnect) are not limited."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    complete = False
+
+    async def timed_receive() -> Message:
+        nonlocal complete
+        if complete:
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout(timeout) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            complete = True
+        return message
+
+    return timed_receive
 
 
 def _request_id(scope: Scope) -> str:

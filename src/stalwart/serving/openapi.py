@@ -43,6 +43,7 @@ def _error(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[str, dict[str, Any]] = {
     "400": _error("the request is malformed; `error` names the field and the problem"),
     "404": _error("unknown model or version"),
+    "408": _error("the body did not arrive in time (STALWART_BODY_TIMEOUT_SECONDS)"),
     "413": _error("the body is over the size limit"),
     "503": _error("not ready, or overloaded"),
 }
@@ -173,6 +174,7 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"type": "string"},
             "field": {"type": "string"},
             "violations": {"type": "array", "items": {"type": "object"}},
+            "request_id": {"type": "string"},
         },
     },
     "Datatype": {
@@ -289,7 +291,7 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
             },
             "responses": {
                 "200": _json(ref("InferenceResponse"), "the model's outputs"),
-                **{code: ERROR_RESPONSES[code] for code in ("400", "404", "413", "503")},
+                **{code: ERROR_RESPONSES[code] for code in ("400", "404", "408", "413", "503")},
                 "422": _error("the inputs broke the model's schema (reject policy)"),
                 "500": _error("the model raised"),
                 "504": _error("the call ran past its deadline"),
@@ -316,6 +318,7 @@ def _v1_paths() -> dict[str, Any]:
                     "400": ERROR_RESPONSES["400"],
                     "401": unauthorised,
                     "404": _error("no SQL source of that name"),
+                    "408": ERROR_RESPONSES["408"],
                     "413": ERROR_RESPONSES["413"],
                     "503": ERROR_RESPONSES["503"],
                 },
@@ -332,6 +335,7 @@ def _v1_paths() -> dict[str, Any]:
                     "400": ERROR_RESPONSES["400"],
                     "401": unauthorised,
                     "404": _error("no feature set of that name"),
+                    "408": ERROR_RESPONSES["408"],
                     "413": ERROR_RESPONSES["413"],
                 },
             }
@@ -356,7 +360,7 @@ def _v1_paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref("PredictRequest")}}},
                 "responses": {
                     "200": answered,
-                    **{code: ERROR_RESPONSES[code] for code in ("400", "404", "413", "503")},
+                    **{code: ERROR_RESPONSES[code] for code in ("400", "404", "408", "413", "503")},
                     "422": _error("a value broke the model's schema (reject policy)"),
                     "500": _error("the model raised and the ladder had no answer"),
                     "502": _error("a feature source failed and the ladder had no answer"),

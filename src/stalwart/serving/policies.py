@@ -134,6 +134,7 @@ class ServingPolicy:
     model_guards: Mapping[str, GuardConfig]  # /v2: models with a time limit of their own
     model_shedding: ShedderConfig  # /v2: each model's shedder
     deployments: Mapping[str, DeploymentPolicy]
+    max_entities: int  # /v1: entities one request may name
 
     @classmethod
     def build(cls, settings: Settings, deployments: Mapping[str, Deployment]) -> ServingPolicy:
@@ -155,6 +156,7 @@ class ServingPolicy:
             model_guards={m: guard(t, f"STALWART_MODEL_TIMEOUTS[{m!r}]") for m, t in settings.model_timeouts.items()},
             model_shedding=ShedderConfig(),
             deployments={name: DeploymentPolicy.build(d) for name, d in deployments.items()},
+            max_entities=settings.max_entities,
         )
 
     def model_chain(self, model: str) -> ChainSpec:

@@ -1,0 +1,151 @@
+"""How ``stalwart serve`` runs uvicorn: no socket is held open on a client's terms.
+
+uvicorn closes an idle keep-alive connection (``timeout_keep_alive``) and answers 503
+beyond ``limit_concurrency``, but it waits forever for a request's headers, and for a body
+the app never reads: one socket (a file descriptor) per slow or silent client, as many as
+they like. :class:`DeadlineProtocol` wraps uvicorn's own HTTP/1.1 protocol and closes a
+connection whose request headers do not arrive within ``header_timeout`` of the request's
+first byte (of the connection, for its first request), or whose body does not arrive
+within ``body_timeout`` (plus a grace: the app's :class:`~stalwart.serving.middleware.BodyLimit`
+answers 408 at ``body_timeout`` when it is reading).
+
+>>> config = server_config(app, settings)  # doctest: +SKIP
+>>> uvicorn.Server(config).run()           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import uvicorn
+
+from stalwart.config import Settings
+
+__all__ = ["DeadlineProtocol", "deadline_protocol", "server_config"]
+
+# After the app's own 408 (BodyLimit) has had its chance: the connection goes regardless.
+_BODY_GRACE_SECONDS = 1.0
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 27\r\nconnection: close\r\n\r\nrequest headers too slow.\r\n"
+)
+
+
+class DeadlineProtocol(asyncio.Protocol):
+    """uvicorn's HTTP/1.1 protocol (httptools or h11, as uvicorn picks) with deadlines for
+    a request's headers and body. Built by :func:`deadline_protocol` with its timeouts."""
+
+    header_timeout: ClassVar[float] = 10.0
+    body_timeout: ClassVar[float] = 30.0
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+        self.inner: Any = AutoHTTPProtocol(  # type: ignore[call-arg]
+            config=config, server_state=server_state, app_state=app_state, _loop=_loop
+        )
+        self.loop = _loop or asyncio.get_event_loop()
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_for = "headers"  # or "body" of self._cycle
+        self._cycle: Any = None  # the request whose body is awaited, once its headers are in
+
+    # asyncio.Protocol, forwarded to uvicorn's protocol around the deadline bookkeeping.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.inner.connection_made(transport)
+        self._arm("headers", self.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is None:
+            self._arm("headers", self.header_timeout)  # a next request's first bytes
+        self.inner.data_received(data)
+        self._advance()
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def _advance(self) -> None:
+        cycle = self.inner.cycle
+        if self._waiting_for == "headers":
+            if cycle is not None and cycle is not self._cycle:  # this request's headers are in
+                self._cycle = cycle
+                if cycle.more_body:
+                    self._arm("body", self.body_timeout + _BODY_GRACE_SECONDS)
+                else:
+                    self._disarm()
+        elif cycle is self._cycle and not cycle.more_body:
+            self._disarm()
+
+    def _arm(self, waiting_for: str, seconds: float) -> None:
+        self._disarm()
+        self._waiting_for = waiting_for
+        self._timer = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiting_for = "headers"
+
+    def _expired(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        cycle = self.inner.cycle
+        busy = cycle is not None and not cycle.response_complete
+        if self._waiting_for == "headers":
+            if busy:
+                # An earlier request is still being answered (h11 reads a pipelined one only
+                # after it): the server's time, not the client's. Look again later.
+                self._arm("headers", self.header_timeout)
+                return
+            transport.write(_TIMED_OUT)
+        transport.close()
+
+
+def deadline_protocol(header_timeout: float, body_timeout: float) -> type[DeadlineProtocol]:
+    """A :class:`DeadlineProtocol` class with these timeouts, for ``uvicorn.Config(http=...)``."""
+    return type(
+        "DeadlineProtocol", (DeadlineProtocol,), {"header_timeout": header_timeout, "body_timeout": body_timeout}
+    )
+
+
+def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` from ``settings``: address, keep-alive, header
+    and body deadlines, the connection limit; ``overrides`` (uvicorn.Config's own
+    arguments) win."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "http": deadline_protocol(settings.header_timeout_seconds, settings.body_timeout_seconds),
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        # uvicorn counts open connections and requests in flight against it; beyond, 503.
+        "limit_concurrency": settings.max_connections,
+        # On SIGTERM, in-flight requests get this long; then the lifespan closes the
+        # batchers, so a hung model call cannot keep the process from stopping.
+        "timeout_graceful_shutdown": 10,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
