@@ -1,12 +1,35 @@
 # The two commands a newcomer runs: `make demo` and `make test`. Everything else is here
 # for the developers. Python 3.11+ is required; the virtual environment lives in .venv.
+#
+# Installs are reproducible: .venv gets exactly the versions in uv.lock (every dependency,
+# all extras and the dev tools), not whatever is newest on PyPI today. The ranges in
+# pyproject.toml are for people who `pip install stalwart`; uv.lock is what we test with.
+# Why uv: one cross-platform lock covers all extras and dependency groups, `uv lock --check`
+# (and `uv sync --locked`) catch a pyproject.toml edited without re-locking, and installs
+# take seconds. `make lock` moves the pins on purpose; `make test-latest` tries the newest
+# versions the ranges allow, so an upstream break shows here before users meet it.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit services bench clean
+# uv itself is pinned too, and bootstrapped with plain pip into a small venv of its own, so
+# nothing but Python is needed on the machine and every machine uses the same resolver.
+UV_VERSION := 0.13.9
+TOOLS      := .tools
+UV         := $(TOOLS)/bin/uv
+# The stamp is named by version, so bumping UV_VERSION reinstalls uv (and re-syncs .venv).
+UV_STAMP   := $(TOOLS)/.uv-$(UV_VERSION)
+# Use the machine's Python ($(PYTHON)); never let uv fetch an interpreter of its own.
+export UV_PYTHON_DOWNLOADS := never
+
+# The newest-allowed environment for `make test-latest`, kept apart from the locked one.
+LATEST := .venv-latest
+
+LINT_PATHS := src tests benchmarks examples
+
+.PHONY: demo test test-latest lint typecheck unit services bench lock clean
 
 demo: $(STAMP)
 	$(BIN)/stalwart demo
@@ -15,7 +38,7 @@ test: $(STAMP) services lint typecheck
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check $(LINT_PATHS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -30,13 +53,42 @@ bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks
 
-$(STAMP): pyproject.toml
+$(UV_STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Stalwart needs Python 3.11 or newer; set PYTHON=python3.11"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	touch $(UV_STAMP)
+
+# Reinstall when either the declarations or the pins change. `--locked` installs exactly
+# what uv.lock says and refuses a lock that no longer matches pyproject.toml (run
+# `make lock`). uv installs the project itself editable, and removes anything not locked.
+$(STAMP): pyproject.toml uv.lock $(UV_STAMP)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --all-extras --group dev \
+		--python $(PYTHON) --quiet
 	touch $(STAMP)
 
+# Re-resolve every pin to the newest version the ranges allow. Commit the new uv.lock
+# only after `make test` passes with it.
+lock: $(UV_STAMP)
+	$(UV) lock --upgrade --python $(PYTHON)
+
+# Not part of `make test` or CI (it would make them depend on what PyPI published today):
+# install the newest versions the pyproject.toml ranges allow, ignoring uv.lock, into
+# $(LATEST), and run the same lint, typecheck and tests there. All three run even when one
+# fails, so one run reports every break.
+test-latest: $(UV_STAMP) services
+	rm -rf $(LATEST)
+	$(UV) venv --quiet --python $(PYTHON) $(LATEST)
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade --resolution highest \
+		-e '.[all]' --group dev
+	@status=0; \
+	$(LATEST)/bin/ruff check $(LINT_PATHS) || status=1; \
+	MYPY_CACHE_DIR=.mypy_cache/latest $(LATEST)/bin/mypy || status=1; \
+	$(LATEST)/bin/pytest || status=1; \
+	if [ $$status -ne 0 ]; then echo "test-latest: FAILED with the newest allowed versions"; fi; \
+	exit $$status
+
 clean:
-	rm -rf $(VENV) .stalwart .stalwart-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(TOOLS) .stalwart .stalwart-demo .pytest_cache .mypy_cache .ruff_cache

@@ -33,7 +33,7 @@ class Profile:
 def py_spy() -> str:
     path = Path(sys.executable).with_name("py-spy")
     if not path.exists():
-        raise RuntimeError("py-spy is not installed; pip install py-spy (in the dev extra)")
+        raise RuntimeError("py-spy is not installed; it is in the dev dependency group (make test installs it)")
     return str(path)
 
 
