@@ -144,3 +144,60 @@ def test_random_payloads_never_get_a_5xx(shop: Any, values: list[dict[str, Any]]
         json={"inputs": [{"name": k or "x", "shape": [1], "datatype": "FP64", "data": [v]} for k, v in values[0].items()]},
     )
     assert raw.status_code < 500, raw.text
+
+
+@pytest.fixture
+def gappy(tmp_path: Any) -> Any:
+    """The shop model and deployment on a server of their own (no other test swaps its
+    schema): age under reject, income under clip, the deployment imputing income."""
+    cfg = Settings(home=tmp_path / "home", registry_poll_seconds=0.2)
+    registry = Registry.open(cfg)
+    x = FRAME[["age", "income"]]
+    mv = registry.register("shop", LogisticRegression().fit(x, (FRAME["age"] > 50).astype(int)), sample=x)
+    schema = infer_schema(x).model_copy(update={"default_policy": "reject"})
+    features = dict(schema.features)
+    features["income"] = features["income"].model_copy(update={"policy": "clip"})
+    registry.schemas.attach("shop", mv.version, schema.model_copy(update={"features": features}), note="strict age")
+    project = Project.of(Deployment("shop", model="shop", features=[TXN.age, TXN.income], validation={"features": {"income": "impute"}}), TXN)
+    from stalwart.serving.app import create_app
+
+    with start_server(cfg, app=create_app(cfg, registry=registry, project=project)) as server:
+        yield server
+    registry.db.dispose()
+
+
+def test_v2_missing_inputs_and_nulls_follow_the_features_policy(gappy: LiveServer) -> None:
+    """A null (or a whole missing input) is the schema's to judge, as any other value: the
+    reject policy on age answers 422 naming it, income's policy fixes it and says so."""
+    server = gappy
+    nulls = server.post("/v2/models/shop/infer", json=_v2([30.0, 40.0], [20000.0, None]))
+    assert nulls.status_code == 200, nulls.text
+    assert nulls.json()["parameters"]["stalwart_validation"] == {"imputed": {"income": [1]}}
+    missing = server.post("/v2/models/shop/infer", json={"inputs": [{"name": "age", "shape": [2], "datatype": "FP64", "data": [30.0, 40.0]}]})
+    assert missing.status_code == 200, missing.text
+    assert missing.json()["parameters"]["stalwart_validation"] == {"imputed": {"income": [0, 1]}}
+    rejected = server.post("/v2/models/shop/infer", json=_v2([30.0, None], [20000.0, 20000.0]))
+    assert rejected.status_code == 422, rejected.text
+    assert [(v["row"], v["feature"]) for v in rejected.json()["violations"]] == [(1, "age")]
+
+
+def test_v1_missing_and_null_request_values_follow_the_features_policy(gappy: LiveServer) -> None:
+    """On a deployment too: a missing or null request value goes to validation (income is
+    imputed under the deployment's override), not a 400 before it."""
+    server = gappy
+    response = server.post("/v1/deployments/shop/predict", json={"entities": [{"id": 1}, {"id": 2}], "values": [{"age": 30.0}, {"age": 40.0, "income": None}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["validation"] == {"imputed": {"income": [0, 1]}}
+    rejected = server.post("/v1/deployments/shop/predict", json={"entities": [{"id": 1}], "values": [{"income": 20000.0}]})
+    assert rejected.status_code == 422, rejected.text
+    assert rejected.json()["violations"][0]["feature"] == "age"
+
+
+def test_without_a_schema_nulls_are_refused_before_the_model(served: LiveServer) -> None:
+    """A model with no input schema has nothing to decide what a null means: 400 naming the
+    field, never a NaN handed to the model."""
+    row: list[Any] = [1.0] * 30
+    row[3] = None
+    response = served.post("/v2/models/breast-cancer/infer", json={"inputs": [{"name": "input-0", "shape": [1, 30], "datatype": "FP64", "data": row}]})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "inputs[0].data"

@@ -154,6 +154,9 @@ class OnlineFeatures:
         sets = {s.name: s for s in feature_sets_of(self.refs)}
         self._used = {name: names_in(fs, self.refs) for name, fs in sets.items()}
         self._request_fields = request_fields_of(self.refs)
+        # Request values the model takes as they are: a schema's policy can judge a gap in
+        # one of these; a value that only feeds a transform has no policy of its own.
+        self._served_fields = frozenset((r.source, r.name) for r in self.refs if isinstance(r, RequestField))
         self._entity_keys = list(dict.fromkeys(k for s in sets.values() for k in s.entity.keys))
         caches = caches or {}  # caches of sets these features do not use are ignored
         by_source: dict[str, list[FeatureSet]] = {}
@@ -199,10 +202,14 @@ class OnlineFeatures:
         *,
         as_of_ns: int | None = None,
         deadline: float | None = None,
+        gaps: bool = False,
     ) -> Resolved:
         """The features of each entity (with its request values) as of ``as_of_ns`` (now).
 
-        ``deadline`` (a ``time.monotonic()`` instant) bounds every source fetch. Raises
+        ``deadline`` (a ``time.monotonic()`` instant) bounds every source fetch. ``gaps``:
+        a missing or ``null`` float or str request value that the model takes as a feature
+        is served as NaN or None (the model's input schema then rejects, imputes or flags
+        it) instead of refused. Raises
         RequestError for malformed entities or values, UnknownEntity for an entity without
         data whose feature declares no default, FeatureError when a source failed and a
         feature involved declares no default (or, with ``as_of_ns``, whenever one fails).
@@ -214,7 +221,7 @@ class OnlineFeatures:
         request = Request(
             entities=entities,
             keys=_entity_columns(entities, self._entity_keys),
-            values=_request_columns(values, self._request_fields, n),
+            values=_request_columns(values, self._request_fields, n, gaps=self._served_fields if gaps else frozenset()),
             n=n,
             as_of_ns=self._clock() if as_of_ns is None else as_of_ns,
             deadline=deadline,
@@ -371,7 +378,11 @@ def key_array(values: list[Any]) -> np.ndarray[Any, Any]:
 
 
 def _request_columns(
-    values: Sequence[Mapping[str, Any]] | None, fields: Sequence[RequestField], n: int
+    values: Sequence[Mapping[str, Any]] | None,
+    fields: Sequence[RequestField],
+    n: int,
+    *,
+    gaps: frozenset[tuple[str, str]] = frozenset(),
 ) -> dict[tuple[str, str], np.ndarray[Any, Any]]:
     if not fields:
         return {}
@@ -383,17 +394,29 @@ def _request_columns(
     out: dict[tuple[str, str], np.ndarray[Any, Any]] = {}
     for field_ in fields:
         convert = _CONVERTERS[field_.type]
+        # Only floats (NaN) and strings (None) can hold a gap for validation to judge.
+        gap = _GAPS.get(field_.type, _NO_GAP) if (field_.source, field_.name) in gaps else _NO_GAP
         column: list[Any] = []
         for index, row in enumerate(values):
             where = f"values[{index}].{field_.name}"
-            if not isinstance(row, Mapping) or field_.name not in row:
+            if not isinstance(row, Mapping):
                 raise RequestError(f"{where}: missing request value '{field_.name}' ({field_.type})", field=where)
-            column.append(_convert(row[field_.name], field_.type, convert, where))
+            value = row.get(field_.name, _NO_GAP)
+            if (value is _NO_GAP or value is None) and gap is not _NO_GAP:
+                column.append(gap)
+                continue
+            if value is _NO_GAP:
+                raise RequestError(f"{where}: missing request value '{field_.name}' ({field_.type})", field=where)
+            column.append(_convert(value, field_.type, convert, where))
         array = np.empty(n, dtype=field_.dtype) if field_.type == "str" else np.asarray(column, dtype=field_.dtype)
         if field_.type == "str":
             array[:] = column
         out[(field_.source, field_.name)] = array
     return out
+
+
+_NO_GAP: Any = object()
+_GAPS: dict[str, Any] = {"float": math.nan, "str": None}
 
 
 def _convert(value: Any, kind: str, convert: Any, where: str) -> Any:

@@ -61,6 +61,11 @@ class Chains:
             return cached
         return self._build(spec, loaded)
 
+    def validates(self, loaded: LoadedModel) -> bool:
+        """Whether this version's chains validate its inputs (it has an input schema)."""
+        mv = loaded.version
+        return self._schemas.get((mv.name, mv.version), loaded.schema) is not None
+
     def guards(self, entry_prefix: str) -> list[Guard]:
         """The guards of every chain whose entry starts with ``entry_prefix``."""
         return [g for (entry, _, _), g in self._guards.items() if entry.startswith(entry_prefix)]

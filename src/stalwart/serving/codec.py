@@ -121,10 +121,15 @@ def shown(text: str) -> str:
     return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
 
 
-def check_request(request: InferenceRequest, signature: Signature) -> tuple[dict[str, np.ndarray[Any, Any]], int, tuple[str, ...]]:
+def check_request(
+    request: InferenceRequest, signature: Signature, *, gaps: bool = False
+) -> tuple[dict[str, np.ndarray[Any, Any]], int, tuple[str, ...]]:
     """The request's tensors as numpy arrays checked against ``signature``.
 
-    Returns ``(arrays by input name, number of rows, requested output names)``.
+    Returns ``(arrays by input name, number of rows, requested output names)``. With
+    ``gaps`` (the model has an input schema, whose policies decide what a missing value
+    becomes), inputs may be left out and ``null`` values of FP and BYTES inputs are kept as
+    NaN and None; validation then rejects, imputes or flags them.
     """
     specs = {spec.name: spec for spec in signature.inputs}
     arrays: dict[str, np.ndarray[Any, Any]] = {}
@@ -145,7 +150,7 @@ def check_request(request: InferenceRequest, signature: Signature) -> tuple[dict
                 f"{where}.datatype: input '{spec.name}' takes {spec.datatype}, got {shown(tensor.datatype)}",
                 field=f"{where}.datatype",
             )
-        array = decode_tensor(tensor, where)
+        array = decode_tensor(tensor, where, nulls=gaps)
         array = _fit_shape(array, spec, where)
         if rows is None:
             rows = array.shape[0]
@@ -157,7 +162,7 @@ def check_request(request: InferenceRequest, signature: Signature) -> tuple[dict
             )
         arrays[tensor.name] = array
     missing = [name for name in specs if name not in arrays]
-    if missing:
+    if missing and not (gaps and arrays):
         raise RequestError(
             f"inputs: missing {', '.join(repr(m) for m in missing)}; the model takes "
             f"{', '.join(specs)}",
@@ -168,8 +173,9 @@ def check_request(request: InferenceRequest, signature: Signature) -> tuple[dict
     return arrays, rows, _requested_outputs(request.outputs, signature)
 
 
-def decode_tensor(tensor: RequestInput, where: str = "input") -> np.ndarray[Any, Any]:
-    """One tensor's ``data`` as a numpy array of its datatype and shape."""
+def decode_tensor(tensor: RequestInput, where: str = "input", *, nulls: bool = False) -> np.ndarray[Any, Any]:
+    """One tensor's ``data`` as a numpy array of its datatype and shape (``nulls``: a
+    ``null`` in FP data is NaN, in BYTES data None; other datatypes cannot hold one)."""
     dtype = DATATYPES.get(tensor.datatype)
     if dtype is None:
         raise RequestError(
@@ -185,9 +191,9 @@ def decode_tensor(tensor: RequestInput, where: str = "input") -> np.ndarray[Any,
             field=f"{where}.shape",
         )
     if tensor.datatype == "BYTES":
-        array = _bytes_array(tensor.data, where)
+        array = _bytes_array(tensor.data, where, nulls=nulls)
     else:
-        array = _numeric_array(tensor.data, tensor.datatype, dtype, where)
+        array = _numeric_array(tensor.data, tensor.datatype, dtype, where, nulls=nulls)
     if array.size != expected:
         raise RequestError(
             f"{where}.data: has {array.size} values but shape {tensor.shape} needs {expected}",
@@ -279,7 +285,9 @@ def _fit_shape(array: np.ndarray[Any, Any], spec: TensorSpec, where: str) -> np.
     return array
 
 
-def _numeric_array(data: list[Any], datatype: str, dtype: np.dtype[Any], where: str) -> np.ndarray[Any, Any]:
+def _numeric_array(
+    data: list[Any], datatype: str, dtype: np.dtype[Any], where: str, *, nulls: bool = False
+) -> np.ndarray[Any, Any]:
     try:
         raw = np.array(data)
     except (ValueError, OverflowError):
@@ -287,6 +295,10 @@ def _numeric_array(data: list[Any], datatype: str, dtype: np.dtype[Any], where: 
     kind = raw.dtype.kind
     if raw.size == 0:
         return raw.astype(dtype)
+    if kind == "O" and nulls and dtype.kind == "f":
+        with_nan = _nulls_as_nan(raw, dtype, datatype, where)
+        if with_nan is not None:
+            return with_nan
     if datatype == "BOOL":
         if kind != "b":
             raise _wrong_values(where, datatype, "true or false")
@@ -339,7 +351,24 @@ def _finite(raw: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any], wher
     return converted
 
 
-def _bytes_array(data: list[Any], where: str) -> np.ndarray[Any, Any]:
+def _nulls_as_nan(raw: np.ndarray[Any, Any], dtype: np.dtype[Any], datatype: str, where: str) -> np.ndarray[Any, Any] | None:
+    """Numbers and nulls (an object array) as ``dtype`` with NaN for null; None when there
+    is no null or something else is among them (the usual errors then say what)."""
+    values = raw.ravel().tolist()
+    if not any(v is None for v in values) or not all(v is None or type(v) in (int, float) for v in values):
+        return None
+    try:
+        floats = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    except OverflowError:  # an integer beyond any double
+        raise _too_large(where, datatype) from None
+    with np.errstate(over="ignore"):
+        converted = floats.reshape(raw.shape).astype(dtype)
+    if np.isinf(converted).any():
+        raise _too_large(where, datatype)
+    return converted
+
+
+def _bytes_array(data: list[Any], where: str, *, nulls: bool = False) -> np.ndarray[Any, Any]:
     flat: list[Any] = data
     if any(isinstance(item, list) for item in data):
         # Nested: numpy lays out a regular nesting row-major; a ragged one leaves lists
@@ -350,7 +379,7 @@ def _bytes_array(data: list[Any], where: str) -> np.ndarray[Any, Any]:
             raise _irregular(where) from None
         if any(isinstance(item, list) for item in flat):
             raise _irregular(where)
-    if not all(isinstance(item, str) for item in flat):
+    if not all(isinstance(item, str) or (nulls and item is None) for item in flat):
         raise _wrong_values(where, "BYTES", "strings")
     array = np.empty(len(flat), dtype=object)
     array[:] = flat

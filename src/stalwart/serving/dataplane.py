@@ -230,7 +230,9 @@ class DataPlane:
         with self._admit(entry.shedder, f"model:{mv.name}", call.priority) as admission:
             start = time.perf_counter()
             request = decode_request(call.payload)
-            arrays, rows, outputs = check_request(request, mv.signature)
+            # Missing inputs and nulls are the schema's to judge (its policies may impute
+            # them); without a schema, the model would get them, so they are refused here.
+            arrays, rows, outputs = check_request(request, mv.signature, gaps=self.chains.validates(loaded))
             exchange = Exchange(
                 request_id=info.request_id,
                 inputs=arrays,
@@ -334,7 +336,9 @@ class DataPlane:
         loaded = await self.repository.get(variant.model, variant.version)
         plan = await self.deployments.plan(policy.deployment, loaded.version)
         start = time.perf_counter()
-        resolved = await plan.features.resolve(request.entities, request.values, deadline=deadline)
+        resolved = await plan.features.resolve(
+            request.entities, request.values, deadline=deadline, gaps=self.chains.validates(loaded)
+        )
         features_ms = (time.perf_counter() - start) * 1000
         admission.queued()  # waiting for the model from here; fetching features is not queueing
         if resolved.degraded:
