@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Connection, Row, select
 
 from stalwart.config import Settings
 from stalwart.errors import ConfigError, FlavorError, ModelNotFound, VersionNotFound
@@ -161,10 +161,15 @@ class Registry:
             "training": dict(training) if training is not None else None,
             "description": description,
         }
-        mv = self._insert_version(name, row)
-        if learned is not None:
-            self.schemas.save_learned(mv.name, mv.version, learned)
-        return mv
+        # One transaction: a version becomes visible together with its schema and profile,
+        # or not at all (a registering process killed halfway leaves nothing half-made).
+        def insert(conn: Connection) -> int:
+            version = self._insert_version(conn, name, row)
+            if learned is not None:
+                self.schemas.save_learned_in(conn, name, version, learned)
+            return version
+
+        return self.get(name, self.db.transact(insert))
 
     def register_file(
         self,
@@ -292,28 +297,28 @@ class Registry:
         with self.db.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
 
-    def _insert_version(self, name: str, row: dict[str, Any]) -> ModelVersion:
+    def _insert_version(self, conn: Connection, name: str, row: dict[str, Any]) -> int:
+        """Allocate the next version of ``name`` and insert its row; returns the number."""
         now = time.time()
-        with self.db.write() as conn:
-            conn.execute(
-                self.db.insert_ignoring_conflicts(
-                    t.models, name=name, latest_version=0, description="", created_at=now
-                )
+        conn.execute(
+            self.db.insert_ignoring_conflicts(
+                t.models, name=name, latest_version=0, description="", created_at=now
             )
-            version = conn.execute(
-                t.models.update()
-                .where(t.models.c.name == name)
-                .values(latest_version=t.models.c.latest_version + 1)
-                .returning(t.models.c.latest_version)
-            ).scalar_one()
-            conn.execute(t.model_versions.insert().values(name=name, version=version, created_at=now, **row))
-            conn.execute(
-                t.audit_events.insert().values(
-                    at=now, actor="registry", action="register", subject=f"{name}:{version}",
-                    detail={"sha256": row["artifact_sha256"], "flavor": row["flavor"], "trust": row["trust"]},
-                )
+        )
+        version = conn.execute(
+            t.models.update()
+            .where(t.models.c.name == name)
+            .values(latest_version=t.models.c.latest_version + 1)
+            .returning(t.models.c.latest_version)
+        ).scalar_one()
+        conn.execute(t.model_versions.insert().values(name=name, version=version, created_at=now, **row))
+        conn.execute(
+            t.audit_events.insert().values(
+                at=now, actor="registry", action="register", subject=f"{name}:{version}",
+                detail={"sha256": row["artifact_sha256"], "flavor": row["flavor"], "trust": row["trust"]},
             )
-        return self.get(name, int(version))
+        )
+        return int(version)
 
     def _check_loads(
         self,
