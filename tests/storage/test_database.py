@@ -32,7 +32,8 @@ def test_a_write_outlasting_the_busy_timeout_is_retried(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{path}", busy_timeout=0.1)
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path), "1.0"], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
         started = time.monotonic()
         attempts = []
 
@@ -61,8 +62,9 @@ def test_a_write_that_stays_locked_fails_with_advice(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{path}", busy_timeout=0.05, busy_retry_seconds=0.3)
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path), "3"], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(StorageError, match="database is locked.*another process"), db.write() as conn:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StorageError, match=r"database is locked.*another process"), db.write() as conn:
             conn.execute(text("SELECT 1"))
     finally:
         holder.kill()
