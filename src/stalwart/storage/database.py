@@ -102,20 +102,28 @@ class Database:
 
     @contextmanager
     def _write_once(self) -> Iterator[Connection]:
-        conn, txn = self._begin_write()
+        conn, txn = self._begin(write=True)
         with conn, txn:
             yield conn
 
-    def _begin_write(self) -> tuple[Connection, RootTransaction]:
-        """A connection holding the write lock, retrying while the database is busy."""
+    def _begin(self, *, write: bool) -> tuple[Connection, RootTransaction]:
+        """A connection in a transaction (holding the write lock, or a read snapshot),
+        retrying while the database is busy."""
         deadline = time.monotonic() + self.busy_retry_seconds
         delay = 0.01
         while True:
             conn: Connection | None = None
             try:
                 conn = self.engine.connect()
-                conn.execution_options(stalwart_write=True)
-                return conn, conn.begin()
+                if write:
+                    conn.execution_options(stalwart_write=True)
+                txn = conn.begin()
+                if not write and self.dialect == "sqlite":
+                    # A deferred BEGIN takes its snapshot at the first read, which is where a
+                    # WAL database being cleaned up by a closing connection answers busy;
+                    # read now, while the transaction can still be started again.
+                    conn.exec_driver_sql("SELECT 1 FROM sqlite_master LIMIT 1")
+                return conn, txn
             except OperationalError as exc:
                 if conn is not None:
                     conn.close()
@@ -138,9 +146,10 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read transaction."""
+        """A read transaction (starting it is retried while SQLite reports the database busy)."""
         try:
-            with self.engine.connect() as conn, conn.begin():
+            conn, txn = self._begin(write=False)
+            with conn, txn:
                 yield conn
         except OperationalError as exc:
             raise self._error(exc) from exc
