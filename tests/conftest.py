@@ -33,7 +33,8 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(home: Path) -> Settings:
-    return Settings(home=home, registry_poll_seconds=0.2, log_format="json")
+    # The model classes the tests register with the python flavor live in the package tests.
+    return Settings(home=home, registry_poll_seconds=0.2, log_format="json", python_modules=("tests",))
 
 
 @pytest.fixture
@@ -73,10 +74,10 @@ def pg_url() -> Iterator[str]:
 def any_db_settings(request: pytest.FixtureRequest, home: Path) -> Iterator[Settings]:
     """Settings on SQLite, then on PostgreSQL: the same test runs on both backends."""
     if request.param == "sqlite":
-        yield Settings(home=home, registry_poll_seconds=0.2)
+        yield Settings(home=home, registry_poll_seconds=0.2, python_modules=("tests",))
     else:
         url = request.getfixturevalue("pg_url")
-        yield Settings(home=home, db_url=url, registry_poll_seconds=0.2)
+        yield Settings(home=home, db_url=url, registry_poll_seconds=0.2, python_modules=("tests",))
 
 
 @pytest.fixture

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stalwart.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "is_module_path", "load_settings", "private_dir"]
 
 _TOKEN_FILE = "admin_token"  # noqa: S105 - a file name, not a secret
 
@@ -85,6 +86,47 @@ class Settings(BaseSettings):
     batch_adaptive: bool = Field(
         default=True, description="send a batch as soon as no more requests are arriving"
     )
+    python_modules: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "comma-separated module prefixes a python-flavor artifact's class may come from; "
+            "unset: the top-level package of the project file"
+        ),
+    )
+    allow_pickle: bool = Field(
+        default=True,
+        description="load versions registered with trust_pickle=True; false refuses them",
+    )
+
+    @field_validator("python_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            for name in value:
+                if not isinstance(name, str) or not is_module_path(name):
+                    raise ValueError(f"{name!r} is not a module name (like 'mypkg' or 'mypkg.models')")
+        return value
+
+    def allowed_python_modules(self) -> tuple[str, ...]:
+        """The module prefixes python-flavor classes may be imported from.
+
+        ``python_modules`` when set; otherwise the project's own package: the outermost
+        package (a chain of directories with ``__init__.py``) that holds the project file,
+        e.g. ``examples`` for ``examples/fraud/project.py``. Without a project file, or one
+        outside any package, nothing is allowed until ``STALWART_PYTHON_MODULES`` is set.
+        """
+        if self.python_modules:
+            return self.python_modules
+        if self.project is None:
+            return ()
+        package: str | None = None
+        directory = self.project.resolve().parent
+        while (directory / "__init__.py").is_file() and directory.name.isidentifier():
+            package = directory.name
+            directory = directory.parent
+        return (package,) if package is not None else ()
 
     def resolved_db_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``home``."""
@@ -106,7 +148,7 @@ class Settings(BaseSettings):
         path = self.home.resolve() / _TOKEN_FILE
         if path.exists():
             return path.read_text().strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         # Write a private temp file, then link it into place: link fails if another process
         # or thread got there first, and then its token (complete, never half-written) is the
         # token. The temp name is unique per call (mkstemp, mode 0600), not per process, so
@@ -127,6 +169,32 @@ class Settings(BaseSettings):
 
     def admin_token_file(self) -> Path:
         return self.home.resolve() / _TOKEN_FILE
+
+
+def is_module_path(name: str) -> bool:
+    """Whether ``name`` is a dotted module path (``pkg`` or ``pkg.sub``), nothing else."""
+    return bool(name) and all(part.isidentifier() for part in name.split("."))
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and any missing parents readable by their owner only (0700).
+
+    Directories that already exist keep their mode: one the user made (or shares) is
+    theirs to decide. The files Stalwart writes in them are 0600 either way.
+    """
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # another process created it first; its mode is its creator's
+        # mkdir's mode is filtered by the umask; set it exactly so that no umask can matter.
+        os.chmod(directory, stat.S_IRWXU)
+    return path
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -17,7 +17,9 @@ says what went wrong *and* what to do next.
     │   ├── DeploymentNotFound      no deployment of that name
     │   ├── SchemaNotFound          the model version has no such schema revision
     │   ├── ArtifactIntegrityError  the artifact's sha256 differs from the registered one
-    │   └── UntrustedArtifactError  loading would need pickle (or unknown types) without trust
+    │   ├── ArtifactWriteError      an artifact cannot be stored: disk full, quota, size limit
+    │   └── UntrustedArtifactError  loading would run code the server does not allow (pickle,
+    │                               unknown types, a class outside STALWART_PYTHON_MODULES)
     ├── FlavorError                 a model cannot be saved, loaded or described by its flavor
     ├── RequestError                the client sent something we cannot serve (HTTP 4xx)
     │   ├── PayloadTooLarge         the body is over the configured limit
@@ -46,6 +48,7 @@ from typing import Any
 
 __all__ = [
     "ArtifactIntegrityError",
+    "ArtifactWriteError",
     "AuthError",
     "BodyTimeout",
     "BulkheadFull",
@@ -163,6 +166,10 @@ class SchemaNotFound(RegistryError):
 
 class ArtifactIntegrityError(RegistryError):
     """The artifact on disk is not the one that was registered."""
+
+
+class ArtifactWriteError(RegistryError):
+    """An artifact file cannot be written (no space, quota or file-size limit reached)."""
 
 
 class UntrustedArtifactError(RegistryError):

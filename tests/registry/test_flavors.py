@@ -15,7 +15,7 @@ from stalwart.cli.main import app
 from stalwart.config import Settings
 from stalwart.errors import FlavorError, UntrustedArtifactError
 from stalwart.registry import ModelVersion, Registry
-from stalwart.registry.flavors import Predictor, detect_flavor, get_flavor
+from stalwart.registry.flavors import LoadPolicy, Predictor, detect_flavor, get_flavor
 from tests.models import AddOne, HoldsAFunction, Linear
 
 
@@ -338,9 +338,10 @@ def test_python_class_that_no_longer_imports_is_a_flavor_error(registry: Registr
     """An artifact naming a class the server cannot import fails as a FlavorError (served as
     503 with this message), not an ImportError."""
     flavor = get_flavor("python")
+    policy = LoadPolicy(python_modules=("no_such_module_xyz", "tests"))
     for document in (b'{"class": "no_such_module_xyz:Model", "state": {}}', b'{"class": "tests.models:Gone", "state": {}}'):
         with pytest.raises(FlavorError, match="install the code that defines it"):
-            flavor.deserialize(document, {}, trust=None)
+            flavor.deserialize(document, {}, trust=None, policy=policy)
 
 
 def test_undetectable_models_ask_for_a_flavor(registry: Registry) -> None:

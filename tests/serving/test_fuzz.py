@@ -53,7 +53,7 @@ CHECKS = [
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory, logistic: Any, cancer: dict[str, Any]) -> Iterator[LiveServer]:
     """A server with a scikit-learn classifier (two versions) and a columnar python model
     over mixed datatypes, one of them BYTES."""
-    settings = Settings(home=tmp_path_factory.mktemp("fuzz") / "home", registry_poll_seconds=0.5)
+    settings = Settings(home=tmp_path_factory.mktemp("fuzz") / "home", registry_poll_seconds=0.5, python_modules=("tests",))
     registry = Registry.open(settings)
     registry.register("breast-cancer", logistic, sample=cancer["x_train"][:5])
     registry.register("breast-cancer", logistic, sample=cancer["x_train"][:5], tags={"note": "again"})

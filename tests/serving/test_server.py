@@ -19,6 +19,7 @@ import pytest
 
 from stalwart.config import Settings
 from stalwart.registry import Registry
+from stalwart.registry.flavors import LoadPolicy
 from tests.models import ALL_DATATYPES, Echo, Exploding, Linear, Mixed, Unencodable
 from tests.servers import LiveServer, start_server
 
@@ -270,6 +271,7 @@ def test_not_ready_while_models_load(settings: Settings, registry: Registry, tmp
     module = _gated_module(tmp_path, gate)
     model = importlib.import_module(module).Gated()
     registry.register("slow", model, sample=np.ones((2, 2)))
+    registry.policy = LoadPolicy(python_modules=("tests", module))  # the server may import it
     gate.unlink()
     monkeypatch.delitem(sys.modules, module)  # the server imports it afresh, and waits
 
@@ -312,6 +314,7 @@ def test_a_model_that_cannot_load_is_503_with_its_error(settings: Settings, regi
     (tmp_path / f"{broken}.py").write_text("raise RuntimeError('this module is broken')\n")
     monkeypatch.delitem(sys.modules, broken)
     registry.register("fine", Linear(np.ones(2), 0.0), sample=np.ones((2, 2)))
+    registry.policy = LoadPolicy(python_modules=("tests", module, broken))  # the server may import them
 
     x = cancer["x_test"][:1]
     body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 30], "data": x.ravel().tolist()}]}
@@ -387,7 +390,7 @@ def test_serving_survives_the_registry_database_going_away(pg_url: str, home: Pa
     poll keeps trying; when it is back, a new version is picked up as usual."""
     import psycopg
 
-    settings = Settings(home=home, db_url=pg_url, registry_poll_seconds=0.1)  # type: ignore[arg-type]
+    settings = Settings(home=home, db_url=pg_url, registry_poll_seconds=0.1, python_modules=("tests",))  # type: ignore[arg-type]
     registry = Registry.open(settings)
     registry.register("lin", Linear(np.ones(2), 1.0), sample=np.ones((2, 2)))
     registry.db.dispose()

@@ -8,15 +8,24 @@ and the load can swap the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from stalwart.errors import ArtifactIntegrityError, RegistryError
+from stalwart.config import private_dir
+from stalwart.errors import ArtifactIntegrityError, ArtifactWriteError, RegistryError
 
 __all__ = ["ArtifactStore", "StoredArtifact"]
+
+# The ways a write can run out of room, as the message names them.
+_NO_ROOM = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "no space left in the disk quota",
+    errno.EFBIG: "over the file size limit",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,19 +47,32 @@ class ArtifactStore:
         relative = f"{digest[:2]}/{digest}{suffix}"
         path = self.root / relative
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write beside, then rename: a reader never sees a half-written artifact.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                self._write(path, data)
+            except OSError as exc:
+                if exc.errno in _NO_ROOM:
+                    raise ArtifactWriteError(
+                        f"cannot store a {len(data)}-byte artifact under {self.root}: "
+                        f"{_NO_ROOM[exc.errno]} ({exc.strerror}); free space under {self.root}, "
+                        f"or point STALWART_HOME at a disk with room, then register again"
+                    ) from exc
                 raise
         return StoredArtifact(sha256=digest, file=relative, size=len(data))
+
+    def _write(self, path: Path, data: bytes) -> None:
+        private_dir(path.parent)
+        # Write beside, then rename: a reader never sees a half-written artifact, and a
+        # failed write (a full disk) leaves no file behind. mkstemp makes the file 0600.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def read_verified(self, file: str, sha256: str) -> bytes:
         """The artifact's bytes, after checking they hash to ``sha256``."""

@@ -15,15 +15,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Connection, Row, select
 
 from stalwart.config import Settings
 from stalwart.errors import ConfigError, FlavorError, ModelNotFound, VersionNotFound
 from stalwart.registry.artifacts import ArtifactStore
-from stalwart.registry.flavors import Predictor, detect_flavor, get_flavor
+from stalwart.registry.flavors import LoadPolicy, Predictor, detect_flavor, get_flavor
 from stalwart.registry.schemas import SchemaStore, learn_from_sample
 from stalwart.registry.signature import Signature, sample_arrays
 from stalwart.storage import Database
@@ -74,15 +74,20 @@ class ModelSummary:
 class Registry:
     """Model versions in a :class:`Database`, artifacts in an :class:`ArtifactStore`."""
 
-    def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
+    def __init__(self, db: Database, artifacts: ArtifactStore, *, policy: LoadPolicy | None = None) -> None:
+        """``policy``: what loading a version may run (default: pickles as registered, no
+        python-flavor classes)."""
         self.db = db
         self.artifacts = artifacts
         self.schemas = SchemaStore(db)
+        self.policy = policy if policy is not None else LoadPolicy()
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
-        """The registry the settings point at (migrating its schema if needed)."""
-        return cls(Database(settings.resolved_db_url()), ArtifactStore(settings.artifact_root()))
+        """The registry the settings point at (migrating its schema if needed), loading
+        what ``STALWART_ALLOW_PICKLE`` and ``STALWART_PYTHON_MODULES`` allow."""
+        policy = LoadPolicy(allow_pickle=settings.allow_pickle, python_modules=settings.allowed_python_modules())
+        return cls(Database(settings.resolved_db_url()), ArtifactStore(settings.artifact_root()), policy=policy)
 
     def register(
         self,
@@ -141,7 +146,10 @@ class Registry:
             sig = signature
         else:
             sig = Signature.from_dict(signature)
-        self._check_loads(chosen.name, saved.data, saved.options, saved.trust, sig, sample)
+        # The live object's own module is the caller's, imported already: loading the artifact
+        # back imports nothing new, so it is allowed here whatever the server allows.
+        own = replace(self.policy, python_modules=(*self.policy.python_modules, type(model).__module__))
+        self._check_loads(chosen.name, saved.data, saved.options, saved.trust, sig, sample, own)
         # Worked out before anything is stored, so a schema that does not fit aborts.
         learned = learn_from_sample(
             sample, sig, schema=schema, training_profile=training_profile,
@@ -161,10 +169,15 @@ class Registry:
             "training": dict(training) if training is not None else None,
             "description": description,
         }
-        mv = self._insert_version(name, row)
-        if learned is not None:
-            self.schemas.save_learned(mv.name, mv.version, learned)
-        return mv
+        # One transaction: a version becomes visible together with its schema and profile,
+        # or not at all (a registering process killed halfway leaves nothing half-made).
+        def insert(conn: Connection) -> int:
+            version = self._insert_version(conn, name, row)
+            if learned is not None:
+                self.schemas.save_learned_in(conn, name, version, learned)
+            return version
+
+        return self.get(name, self.db.transact(insert))
 
     def register_file(
         self,
@@ -186,7 +199,7 @@ class Registry:
         chosen = get_flavor(flavor)
         options: dict[str, Any] = {"trusted_types": list(trusted_types or [])}
         trust = "pickle" if trust_pickle else None
-        model = chosen.deserialize(data, options, trust=trust)
+        model = chosen.deserialize(data, options, trust=trust, policy=self.policy)
         if chosen.name == "onnx":
             # An onnxruntime session cannot give its graph back; the file's bytes are the model.
             model = data
@@ -272,7 +285,7 @@ class Registry:
         """Verify the artifact's sha256, deserialise it and wrap it for serving."""
         flavor = get_flavor(mv.flavor)
         data = self.artifacts.read_verified(mv.artifact_file, mv.sha256)
-        model = flavor.deserialize(data, mv.flavor_options, trust=mv.trust)
+        model = flavor.deserialize(data, mv.flavor_options, trust=mv.trust, policy=self.policy)
         return flavor.predictor(model, mv.signature, mv.flavor_options)
 
     def record_event(self, actor: str, action: str, subject: str, detail: Mapping[str, Any]) -> None:
@@ -292,28 +305,28 @@ class Registry:
         with self.db.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
 
-    def _insert_version(self, name: str, row: dict[str, Any]) -> ModelVersion:
+    def _insert_version(self, conn: Connection, name: str, row: dict[str, Any]) -> int:
+        """Allocate the next version of ``name`` and insert its row; returns the number."""
         now = time.time()
-        with self.db.write() as conn:
-            conn.execute(
-                self.db.insert_ignoring_conflicts(
-                    t.models, name=name, latest_version=0, description="", created_at=now
-                )
+        conn.execute(
+            self.db.insert_ignoring_conflicts(
+                t.models, name=name, latest_version=0, description="", created_at=now
             )
-            version = conn.execute(
-                t.models.update()
-                .where(t.models.c.name == name)
-                .values(latest_version=t.models.c.latest_version + 1)
-                .returning(t.models.c.latest_version)
-            ).scalar_one()
-            conn.execute(t.model_versions.insert().values(name=name, version=version, created_at=now, **row))
-            conn.execute(
-                t.audit_events.insert().values(
-                    at=now, actor="registry", action="register", subject=f"{name}:{version}",
-                    detail={"sha256": row["artifact_sha256"], "flavor": row["flavor"], "trust": row["trust"]},
-                )
+        )
+        version = conn.execute(
+            t.models.update()
+            .where(t.models.c.name == name)
+            .values(latest_version=t.models.c.latest_version + 1)
+            .returning(t.models.c.latest_version)
+        ).scalar_one()
+        conn.execute(t.model_versions.insert().values(name=name, version=version, created_at=now, **row))
+        conn.execute(
+            t.audit_events.insert().values(
+                at=now, actor="registry", action="register", subject=f"{name}:{version}",
+                detail={"sha256": row["artifact_sha256"], "flavor": row["flavor"], "trust": row["trust"]},
             )
-        return self.get(name, int(version))
+        )
+        return int(version)
 
     def _check_loads(
         self,
@@ -323,11 +336,12 @@ class Registry:
         trust: str | None,
         signature: Signature,
         sample: object | None,
+        policy: LoadPolicy,
     ) -> None:
         """Refuse to register what could not be served: load the bytes back, and when a
         sample is given, call the loaded model on it through the serving path."""
         flavor = get_flavor(flavor_name)
-        model = flavor.deserialize(data, options, trust=trust)
+        model = flavor.deserialize(data, options, trust=trust, policy=policy)
         predictor = flavor.predictor(model, signature, options)
         if sample is not None and signature.outputs:
             try:

@@ -174,61 +174,81 @@ class SchemaStore:
         activate: bool,
         actor: str,
     ) -> SchemaRevision:
+        revision = self.db.transact(
+            lambda conn: self.add_in(conn, name, version, schema, source, note, activate=activate, actor=actor)
+        )
+        return self.get(name, version, revision)
+
+    def add_in(
+        self,
+        conn: Connection,
+        name: str,
+        version: int,
+        schema: Schema,
+        source: Source,
+        note: str,
+        *,
+        activate: bool,
+        actor: str,
+    ) -> int:
+        """Store a revision inside the caller's write transaction; returns its number."""
         heads = t.model_schema_heads
         now = time.time()
-        with self.db.write() as conn:
-            _require_version(conn, name, version)
-            conn.execute(
-                self.db.insert_ignoring_conflicts(
-                    heads, name=name, version=version, latest_revision=0, active_revision=0, updated_at=now
-                )
+        _require_version(conn, name, version)
+        conn.execute(
+            self.db.insert_ignoring_conflicts(
+                heads, name=name, version=version, latest_revision=0, active_revision=0, updated_at=now
             )
-            revision, active = conn.execute(
+        )
+        revision, active = conn.execute(
+            heads.update()
+            .where(heads.c.name == name, heads.c.version == version)
+            .values(latest_revision=heads.c.latest_revision + 1, updated_at=now)
+            .returning(heads.c.latest_revision, heads.c.active_revision)
+        ).one()
+        conn.execute(
+            t.model_schemas.insert().values(
+                name=name,
+                version=version,
+                revision=revision,
+                source=source,
+                body=schema.to_dict(),
+                note=note,
+                created_at=now,
+            )
+        )
+        if activate or active == 0:
+            conn.execute(
                 heads.update()
                 .where(heads.c.name == name, heads.c.version == version)
-                .values(latest_revision=heads.c.latest_revision + 1, updated_at=now)
-                .returning(heads.c.latest_revision, heads.c.active_revision)
-            ).one()
-            conn.execute(
-                t.model_schemas.insert().values(
-                    name=name,
-                    version=version,
-                    revision=revision,
-                    source=source,
-                    body=schema.to_dict(),
-                    note=note,
-                    created_at=now,
-                )
+                .values(active_revision=revision)
             )
-            if activate or active == 0:
-                conn.execute(
-                    heads.update()
-                    .where(heads.c.name == name, heads.c.version == version)
-                    .values(active_revision=revision)
-                )
-            action = "schema.infer" if source == "inferred" else "schema.attach"
-            _audit(conn, now, actor, action, name, version, {"revision": int(revision), "note": note})
-        return self.get(name, version, int(revision))
+        action = "schema.infer" if source == "inferred" else "schema.attach"
+        _audit(conn, now, actor, action, name, version, {"revision": int(revision), "note": note})
+        return int(revision)
 
     # -- training profiles ---------------------------------------------------------------
 
     def save_profile(self, name: str, version: int, profile: Profile, *, kind: str = "training") -> None:
         """Store (or replace) a profile of the version's data, ``training`` by default."""
+        self.db.transact(lambda conn: self.save_profile_in(conn, name, version, profile, kind=kind))
+
+    def save_profile_in(self, conn: Connection, name: str, version: int, profile: Profile, *, kind: str = "training") -> None:
+        """:meth:`save_profile` inside the caller's write transaction."""
         now = time.time()
         profiles = t.model_profiles
-        with self.db.write() as conn:
-            _require_version(conn, name, version)
-            conn.execute(
-                profiles.delete().where(
-                    profiles.c.name == name, profiles.c.version == version, profiles.c.kind == kind
-                )
+        _require_version(conn, name, version)
+        conn.execute(
+            profiles.delete().where(
+                profiles.c.name == name, profiles.c.version == version, profiles.c.kind == kind
             )
-            conn.execute(
-                profiles.insert().values(
-                    name=name, version=version, kind=kind, rows=profile.rows,
-                    body=profile.to_dict(), created_at=now,
-                )
+        )
+        conn.execute(
+            profiles.insert().values(
+                name=name, version=version, kind=kind, rows=profile.rows,
+                body=profile.to_dict(), created_at=now,
             )
+        )
 
     def profile(self, name: str, version: int, *, kind: str = "training") -> Profile | None:
         """The stored profile, or None."""
@@ -244,13 +264,17 @@ class SchemaStore:
         return None if body is None else Profile.from_dict(body)
 
     def save_learned(self, name: str, version: int, learned: Learned) -> None:
-        """Store what :func:`learn_from_sample` found at registration."""
+        """Store what :func:`learn_from_sample` found at registration, in one transaction."""
+        self.db.transact(lambda conn: self.save_learned_in(conn, name, version, learned))
+
+    def save_learned_in(self, conn: Connection, name: str, version: int, learned: Learned) -> None:
+        """:meth:`save_learned` inside the caller's write transaction (the registration's,
+        so a version is never visible without its schema and profile)."""
         if learned.profile is not None:
-            self.save_profile(name, version, learned.profile)
-        if learned.source == "inferred":
-            self.save_inferred(name, version, learned.schema, note=learned.note)
-        else:
-            self.attach(name, version, learned.schema, note=learned.note, actor="registry")
+            self.save_profile_in(conn, name, version, learned.profile)
+        # An inferred schema never displaces one a person chose; a given one is the choice.
+        activate = learned.source != "inferred"
+        self.add_in(conn, name, version, learned.schema, learned.source, learned.note, activate=activate, actor="registry")
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.CallTimeout, 504),
     (e.ArtifactIntegrityError, 503),
     (e.UntrustedArtifactError, 503),
+    (e.ArtifactWriteError, 507),
     # The rest of a failed load: the artifact file is missing (RegistryError), the flavor
     # cannot deserialise it, or its library is not installed. The model is not ready.
     (e.RegistryError, 503),

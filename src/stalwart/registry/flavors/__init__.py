@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 
 from stalwart.errors import FlavorError
-from stalwart.registry.flavors.base import ModelFlavor, Predictor, Serialized
+from stalwart.registry.flavors.base import LoadPolicy, ModelFlavor, Predictor, Serialized
 
-__all__ = ["FLAVORS", "ModelFlavor", "Predictor", "Serialized", "detect_flavor", "get_flavor"]
+__all__ = ["FLAVORS", "LoadPolicy", "ModelFlavor", "Predictor", "Serialized", "detect_flavor", "get_flavor"]
 
 # name -> "module:class"; the order is the detection order (python, the catch-all, last).
 FLAVORS: dict[str, str] = {

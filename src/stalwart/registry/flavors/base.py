@@ -14,11 +14,48 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stalwart.errors import FlavorError
+from stalwart.errors import FlavorError, UntrustedArtifactError
 from stalwart.pipeline import Arrays
 from stalwart.registry.signature import Signature
 
-__all__ = ["Arrays", "ModelFlavor", "Predictor", "Serialized", "as_matrix"]
+__all__ = ["DEFAULT_POLICY", "Arrays", "LoadPolicy", "ModelFlavor", "Predictor", "Serialized", "as_matrix"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPolicy:
+    """What loading an artifact may run, as the loading process's settings allow.
+
+    ``allow_pickle``: whether versions registered with ``trust_pickle=True`` may be
+    unpickled (``STALWART_ALLOW_PICKLE``). ``python_modules``: the module prefixes a
+    python-flavor class may be imported from (``pkg`` allows ``pkg`` and ``pkg.*``); empty
+    allows none. The registry resolves the setting's default (the project's package).
+    """
+
+    allow_pickle: bool = True
+    python_modules: tuple[str, ...] = ()
+
+    def check_pickle(self) -> None:
+        """Refuse, unless pickles are allowed here."""
+        if not self.allow_pickle:
+            raise UntrustedArtifactError(
+                "this version was registered with trust_pickle=True, and this server refuses "
+                "pickles (STALWART_ALLOW_PICKLE=false); register the model again without "
+                "trust_pickle, or allow pickles on this server if you trust every registrant"
+            )
+
+    def check_module(self, module: str) -> None:
+        """Refuse, before anything is imported, a module outside the allowed prefixes."""
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in self.python_modules):
+            return
+        allowed = ", ".join(self.python_modules) or "none"
+        raise UntrustedArtifactError(
+            f"the model's class comes from '{module}', which is not an allowed module "
+            f"(allowed: {allowed}); if you trust that code, allow its package with "
+            f"STALWART_PYTHON_MODULES={module.split('.')[0]} where the model is loaded"
+        )
+
+
+DEFAULT_POLICY = LoadPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +93,11 @@ class ModelFlavor(Protocol):
         """Bytes for ``model``; ``options`` are the user's (``trust_pickle``, ``trusted_types``)."""
         ...
 
-    def deserialize(self, data: bytes, options: Mapping[str, Any], *, trust: str | None) -> object:
-        """The model from verified bytes; must refuse anything not trusted."""
+    def deserialize(
+        self, data: bytes, options: Mapping[str, Any], *, trust: str | None, policy: LoadPolicy = DEFAULT_POLICY
+    ) -> object:
+        """The model from verified bytes; must refuse anything not trusted, or not allowed
+        by ``policy``."""
         ...
 
     def signature(self, model: object, sample: object | None, options: Mapping[str, Any]) -> Signature:

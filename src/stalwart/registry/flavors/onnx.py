@@ -14,7 +14,7 @@ import numpy as np
 
 from stalwart._optional import require
 from stalwart.errors import FlavorError
-from stalwart.registry.flavors.base import Arrays, Predictor, Serialized
+from stalwart.registry.flavors.base import DEFAULT_POLICY, Arrays, LoadPolicy, Predictor, Serialized
 from stalwart.registry.signature import Signature, TensorSpec
 
 __all__ = ["OnnxFlavor"]
@@ -59,7 +59,9 @@ class OnnxFlavor:
         threads = options.get("intra_op_threads")
         return Serialized(data, {"intra_op_threads": threads} if threads else {})
 
-    def deserialize(self, data: bytes, options: Mapping[str, Any], *, trust: str | None) -> object:
+    def deserialize(
+        self, data: bytes, options: Mapping[str, Any], *, trust: str | None, policy: LoadPolicy = DEFAULT_POLICY
+    ) -> object:
         ort = require("onnxruntime", extra="onnx", purpose="ONNX models")
         session_options = ort.SessionOptions()
         # One thread per call by default: the server runs calls side by side and batches

@@ -2,8 +2,9 @@
 
 The artifact is JSON: the class's import path and its instance attributes (numbers,
 strings, lists, dicts and numpy arrays). Loading imports the class from the server's
-own ``sys.path`` (code the operator installed) and restores the attributes, so no bytes
-from the artifact are ever executed. A class holding anything else can be registered with
+own ``sys.path`` (code the operator installed), and only from modules the server allows
+(``STALWART_PYTHON_MODULES``, checked before the import runs any of the module's code),
+then restores the attributes, so no bytes from the artifact are ever executed. A class holding anything else can be registered with
 ``trust_pickle=True``.
 
 ``predict`` receives what the sample was: a 2-D array for a matrix signature, a dict of
@@ -21,8 +22,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from stalwart.config import is_module_path
 from stalwart.errors import FlavorError
-from stalwart.registry.flavors.base import Arrays, Predictor, Serialized
+from stalwart.registry.flavors.base import DEFAULT_POLICY, Arrays, LoadPolicy, Predictor, Serialized
 from stalwart.registry.signature import Signature, infer_tensors, sample_arrays
 
 __all__ = ["PythonFlavor"]
@@ -54,15 +56,24 @@ class PythonFlavor:
         document = {"class": f"{cls.__module__}:{cls.__qualname__}", "state": msgspec.Raw(state)}
         return Serialized(msgspec.json.encode(document))
 
-    def deserialize(self, data: bytes, options: Mapping[str, Any], *, trust: str | None) -> object:
+    def deserialize(
+        self, data: bytes, options: Mapping[str, Any], *, trust: str | None, policy: LoadPolicy = DEFAULT_POLICY
+    ) -> object:
         if trust == "pickle":
+            policy.check_pickle()
             return pickle.loads(data)  # noqa: S301 - explicit user trust, hash verified
         try:
             document = msgspec.json.decode(data)
-            module_name, _, qualname = document["class"].partition(":")
-            state = document["state"]
-        except (msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
+        except msgspec.DecodeError as exc:
             raise FlavorError(f"not a python-flavor artifact: {exc}") from exc
+        if not isinstance(document, dict) or "class" not in document or "state" not in document:
+            raise FlavorError("not a python-flavor artifact: expected a JSON object with 'class' and 'state'")
+        module_name, qualname = _class_path(document["class"])
+        # Before the import: importing runs the module's top-level code.
+        policy.check_module(module_name)
+        state = document["state"]
+        if not isinstance(state, dict):
+            raise FlavorError("not a python-flavor artifact: 'state' must be an object of attributes")
         try:
             target: Any = importlib.import_module(module_name)
             for part in qualname.split("."):
@@ -72,7 +83,10 @@ class PythonFlavor:
                 f"cannot import the model's class {module_name}:{qualname} ({exc}); install "
                 f"the code that defines it where the server runs"
             ) from exc
-        instance = target.__new__(target)
+        if not isinstance(target, type):
+            raise FlavorError(f"{module_name}:{qualname} is not a class; the artifact must name the model's class")
+        cls: Any = target  # a class of the user's; its own __new__ makes the instance
+        instance = cls.__new__(cls)
         instance.__dict__.update({k: _decode_value(v) for k, v in state.items()})
         return instance
 
@@ -109,6 +123,27 @@ class _PythonPredictor:
         if not outputs:
             return produced
         return {name: produced[name] for name in outputs}
+
+
+def _class_path(value: object) -> tuple[str, str]:
+    """``(module, qualname)`` from an artifact's ``"module:Class"``, or a FlavorError.
+
+    Only dotted identifiers pass, and no dunder attribute (``Model.__init__.__globals__``
+    would walk from a class to whatever its module holds).
+    """
+    if isinstance(value, str):
+        module_name, colon, qualname = value.partition(":")
+        parts = qualname.split(".")
+        if (
+            colon
+            and is_module_path(module_name)
+            and all(p.isidentifier() and not (p.startswith("__") and p.endswith("__")) for p in parts)
+        ):
+            return module_name, qualname
+    raise FlavorError(
+        f"not a python-flavor artifact: 'class' must be 'module:Class' (like "
+        f"'mypkg.models:Model'), not {value!r}"
+    )
 
 
 def _encode_value(value: Any) -> Any:

@@ -20,7 +20,14 @@ import numpy as np
 
 from stalwart._optional import require
 from stalwart.errors import FlavorError, UntrustedArtifactError
-from stalwart.registry.flavors.base import Arrays, Predictor, Serialized, as_matrix
+from stalwart.registry.flavors.base import (
+    DEFAULT_POLICY,
+    Arrays,
+    LoadPolicy,
+    Predictor,
+    Serialized,
+    as_matrix,
+)
 from stalwart.registry.signature import (
     Signature,
     TensorSpec,
@@ -65,11 +72,16 @@ class SklearnFlavor:
             )
         return Serialized(data, {"trusted_types": sorted(library | (allowed & set(untrusted)))})
 
-    def deserialize(self, data: bytes, options: Mapping[str, Any], *, trust: str | None) -> object:
+    def deserialize(
+        self, data: bytes, options: Mapping[str, Any], *, trust: str | None, policy: LoadPolicy = DEFAULT_POLICY
+    ) -> object:
         if trust == "pickle":
             # Reached only for versions the user registered with trust_pickle=True, and only
             # after the registry has verified the artifact's sha256. joblib reads both its
-            # own files and plain pickles (it ships with scikit-learn).
+            # own files and plain pickles (it ships with scikit-learn). A hardened server
+            # refuses even that: the trust is recorded in a row anyone with the registry
+            # database could write.
+            policy.check_pickle()
             joblib = require("joblib", extra="sklearn", purpose="loading trusted pickles")
             try:
                 return joblib.load(io.BytesIO(data))

@@ -15,7 +15,14 @@ import numpy as np
 
 from stalwart._optional import require
 from stalwart.errors import FlavorError
-from stalwart.registry.flavors.base import Arrays, Predictor, Serialized, as_matrix
+from stalwart.registry.flavors.base import (
+    DEFAULT_POLICY,
+    Arrays,
+    LoadPolicy,
+    Predictor,
+    Serialized,
+    as_matrix,
+)
 from stalwart.registry.signature import Signature, TensorSpec, datatype_of, infer_tensors
 
 __all__ = ["LightGBMFlavor", "XGBoostFlavor"]
@@ -101,7 +108,9 @@ class LightGBMFlavor(_TreeFlavor):
     suffix = ".lgb.txt"
     _module = "lightgbm"
 
-    def deserialize(self, data: bytes, options: Mapping[str, Any], *, trust: str | None) -> object:
+    def deserialize(
+        self, data: bytes, options: Mapping[str, Any], *, trust: str | None, policy: LoadPolicy = DEFAULT_POLICY
+    ) -> object:
         lgb = require("lightgbm", extra="lightgbm", purpose="LightGBM models")
         try:
             return lgb.Booster(model_str=data.decode())
@@ -142,7 +151,9 @@ class XGBoostFlavor(_TreeFlavor):
     suffix = ".ubj"
     _module = "xgboost"
 
-    def deserialize(self, data: bytes, options: Mapping[str, Any], *, trust: str | None) -> object:
+    def deserialize(
+        self, data: bytes, options: Mapping[str, Any], *, trust: str | None, policy: LoadPolicy = DEFAULT_POLICY
+    ) -> object:
         xgb = require("xgboost", extra="xgboost", purpose="XGBoost models")
         booster = xgb.Booster()
         try:
