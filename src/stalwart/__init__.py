@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from stalwart._version import __version__
 
 # name -> module that defines it; resolved by __getattr__ on first access.
 _EXPORTS: dict[str, str] = {

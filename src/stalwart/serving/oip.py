@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stalwart import __version__
+from stalwart._version import __version__
 from stalwart.errors import NotReady, ResilienceError, ValidationFailed
 from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Exchange
