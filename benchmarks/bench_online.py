@@ -32,11 +32,11 @@ import numpy as np
 
 from stalwart.cache import CachePolicy, FeatureCache, MemoryTier, RedisTier
 from stalwart.config import Settings
+from stalwart.durations import NS
 from stalwart.features import FeatureSet, OnlineFeatures, load_project
 from stalwart.features.caching import bind_caches, cache_policy
 from stalwart.features.engine import SourceRows
 from stalwart.features.readers import SourceReader, make_reader
-from stalwart.features.timecodec import NS
 from stalwart.monitoring.logs import configure_logging
 from stalwart.storage import DatabasePool
 

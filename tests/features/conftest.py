@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 
 from stalwart.config import Settings
+from stalwart.durations import NS
 from stalwart.features import (
     Entity,
     FeatureSet,
@@ -26,7 +27,6 @@ from stalwart.features import (
 )
 from stalwart.features.engine import SourceRows
 from stalwart.features.readers import SourceReader
-from stalwart.features.timecodec import NS
 from stalwart.storage import Database, DatabasePool
 from tests.cache.conftest import cleanup_namespace
 from tests.conftest import REDIS_URL

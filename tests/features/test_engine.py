@@ -10,6 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stalwart.durations import NS
 from stalwart.features.definitions import (
     Entity,
     FeatureSet,
@@ -27,7 +28,6 @@ from stalwart.features.engine import (
     compute,
     compute_base,
 )
-from stalwart.features.timecodec import NS
 
 CARD = Entity("card", keys=["card_id"])
 SOURCE = FileSource("tx", path="tx.parquet", entity=CARD, timestamp="ts")

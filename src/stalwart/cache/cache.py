@@ -48,9 +48,9 @@ from stalwart.cache.invalidation import InvalidationBus, Invalidator
 from stalwart.cache.keys import EntityKey, KeySpace, channel_name, check_namespace, encode_entity
 from stalwart.cache.metrics import CacheMetrics, SetCounters
 from stalwart.cache.tiers import Entry, MemoryTier, RedisTier, Row, Snapshot
+from stalwart.durations import Seconds
 from stalwart.errors import CacheUnavailable, ConfigError, FeatureError, ResilienceError
 from stalwart.monitoring.logs import get_logger
-from stalwart.resilience.duration import Seconds
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -265,7 +265,7 @@ class InvalidationBus(Background):
                 self._down(exc)
             finally:
                 with contextlib.suppress(*self._errors):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             if self._up.is_set():
                 delay = self.backoff[0]
             await asyncio.sleep(delay)

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from stalwart.cache.cache import CachePolicy, Expiring, FeatureCache, FeatureSetCache
 from stalwart.cache.keys import EntityKey
 from stalwart.cache.tiers import Row
+from stalwart.durations import NS
 from stalwart.errors import ConfigError, FeatureError
 from stalwart.features.definitions import FeatureSet, Latest, Window
 from stalwart.features.engine import NEVER, Queries, apply_transforms, compute_base
@@ -42,7 +43,6 @@ from stalwart.features.online import (
     without_default,
 )
 from stalwart.features.readers import GuardedReader, rows_from_records
-from stalwart.features.timecodec import NS
 
 __all__ = ["CachedSet", "bind_caches", "cache_policy"]
 

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from stalwart.durations import Duration, format_duration, parse_ns
 from stalwart.errors import ConfigError
-from stalwart.features.timecodec import Duration, duration_ns, format_duration
 
 if TYPE_CHECKING:
     from stalwart.cache.cache import FeatureCache
@@ -283,13 +283,16 @@ class Latest(Feature):
     max_age: Duration | None = None
     default: Any = None
 
+    def __post_init__(self) -> None:
+        _ = self.max_age_ns  # a bad max_age fails at declaration, naming the feature
+
     def spec(self) -> dict[str, Any]:
-        age = format_duration(duration_ns(self.max_age)) if self.max_age is not None else None
+        age = format_duration(self.max_age_ns) if self.max_age_ns is not None else None
         return {"kind": "latest", "column": self.column, "max_age": age, "default": self.default}
 
     @cached_property
     def max_age_ns(self) -> int | None:
-        return duration_ns(self.max_age) if self.max_age is not None else None
+        return parse_ns(self.max_age, f"feature '{self.name}' max_age") if self.max_age is not None else None
 
 
 @dataclass(frozen=True)
@@ -311,11 +314,11 @@ class Window(Feature):
             raise ConfigError(f"feature '{self.name}': agg {self.agg!r} is not one of {', '.join(AGGREGATIONS)}")
         if self.agg != "count" and self.column is None:
             raise ConfigError(f"feature '{self.name}': {self.agg} needs a column")
-        duration_ns(self.window)
+        _ = self.window_ns  # a bad window fails at declaration, naming the feature
 
     @cached_property
     def window_ns(self) -> int:
-        return duration_ns(self.window)
+        return parse_ns(self.window, f"feature '{self.name}' window")
 
     def spec(self) -> dict[str, Any]:
         return {

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from stalwart._optional import require
+from stalwart.durations import NS
 from stalwart.errors import ConfigError
 from stalwart.features.definitions import (
     FeatureRef,
@@ -31,7 +32,6 @@ from stalwart.features.definitions import (
 )
 from stalwart.features.online import OnlineFeatures
 from stalwart.features.readers import SourceReader
-from stalwart.features.timecodec import NS
 from stalwart.features.training import build_training_set
 
 __all__ = ["FeatureParity", "ParityReport", "check_parity"]

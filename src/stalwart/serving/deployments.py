@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from stalwart.cache import FeatureSetCache
 from stalwart.deployment import Deployment, parse_model_ref
+from stalwart.durations import parse_seconds
 from stalwart.errors import (
     ConfigError,
     FeatureError,
@@ -50,7 +51,6 @@ from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Exchange
 from stalwart.registry import ModelVersion, Signature
 from stalwart.resilience import Admission, Guard, GuardConfig, LoadShedder, Priority, ShedderConfig
-from stalwart.resilience.duration import parse_seconds
 from stalwart.serving.chains import Chains, ChainSpec, make_guard
 from stalwart.serving.codec import decode_json
 from stalwart.serving.degradation import Degradation, LastGoodStore, worst
@@ -396,12 +396,7 @@ def _runtime(deployment: Deployment) -> _Runtime:
     guard = _validated(GuardConfig, deployment.guard, f"{where} guard") if deployment.guard is not None else DEFAULT_MODEL_GUARD
     shedding = _validated(ShedderConfig, deployment.shedding, f"{where} shedding") if deployment.shedding is not None else ShedderConfig()
     validation = PolicyOverrides.parse(deployment.validation, source=f"{where} validation") if deployment.validation else None
-    last_good: float | None = None
-    if deployment.last_good is not None:
-        seconds = parse_seconds(deployment.last_good)
-        if not isinstance(seconds, int | float) or seconds <= 0:
-            raise ConfigError(f"{where} last_good: {deployment.last_good!r} is not a duration like '10m'")
-        last_good = float(seconds)
+    last_good = parse_seconds(deployment.last_good, f"{where} last_good", positive=True) if deployment.last_good is not None else None
     fallback = parse_model_ref(deployment.fallback, f"{where} fallback") if deployment.fallback else None
     source_guard = (
         _validated(GuardConfig, deployment.source_guard, f"{where} source_guard")
