@@ -7,10 +7,9 @@ import datetime as dt
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from stalwart.deployment import Deployment
 from stalwart.durations import NS, Seconds, format_duration, parse_ns, parse_seconds
 from stalwart.errors import ConfigError
-from stalwart.features.definitions import Entity, FeatureSet, Latest, SqlSource, Window
+from stalwart.project import Deployment, Entity, FeatureSet, Latest, SqlSource, Window
 from stalwart.resilience import TimeoutConfig
 
 

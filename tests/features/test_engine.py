@@ -11,15 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stalwart.durations import NS
-from stalwart.features.definitions import (
-    Entity,
-    FeatureSet,
-    FileSource,
-    Latest,
-    RequestSource,
-    Transform,
-    Window,
-)
 from stalwart.features.engine import (
     NEVER,
     Queries,
@@ -27,6 +18,15 @@ from stalwart.features.engine import (
     apply_transforms,
     compute,
     compute_base,
+)
+from stalwart.project import (
+    Entity,
+    FeatureSet,
+    FileSource,
+    Latest,
+    RequestSource,
+    Transform,
+    Window,
 )
 
 CARD = Entity("card", keys=["card_id"])

@@ -30,7 +30,6 @@ from stalwart.cache.keys import EntityKey
 from stalwart.cache.tiers import Row
 from stalwart.durations import NS
 from stalwart.errors import ConfigError, FeatureError
-from stalwart.features.definitions import FeatureSet, Latest, Window
 from stalwart.features.engine import NEVER, Queries, apply_transforms, compute_base
 from stalwart.features.online import (
     SOURCE_FAILURES,
@@ -43,6 +42,7 @@ from stalwart.features.online import (
     without_default,
 )
 from stalwart.features.readers import GuardedReader, rows_from_records
+from stalwart.project import FeatureSet, Latest, Window
 
 __all__ = ["CachedSet", "bind_caches", "cache_policy"]
 

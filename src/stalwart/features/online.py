@@ -35,20 +35,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stalwart.errors import ConfigError, FeatureError, RequestError, ResilienceError, UnknownEntity
-from stalwart.features.definitions import (
-    Feature,
-    FeatureRef,
-    FeatureSet,
-    Latest,
-    RequestField,
-    Window,
-    feature_sets_of,
-    names_in,
-    request_fields_of,
-)
 from stalwart.features.engine import Queries, apply_transforms, compute_base
 from stalwart.features.readers import GuardedReader, SourceReader, rows_from_records
 from stalwart.features.timecodec import now_ns
+from stalwart.project import Feature, FeatureRef, FeatureSet, Latest, RequestField, Window
+from stalwart.project.feature_sets import feature_sets_of, names_in, request_fields_of
 
 if TYPE_CHECKING:
     from stalwart.cache.cache import FeatureSetCache

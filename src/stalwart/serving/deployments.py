@@ -31,7 +31,6 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from stalwart.cache import FeatureSetCache
-from stalwart.deployment import Deployment, parse_model_ref
 from stalwart.durations import parse_seconds
 from stalwart.errors import (
     ConfigError,
@@ -43,12 +42,11 @@ from stalwart.errors import (
     StalwartError,
     StorageError,
 )
-from stalwart.features.definitions import FeatureRef, RequestField, Source
 from stalwart.features.online import OnlineFeatures
-from stalwart.features.project import Project
 from stalwart.features.readers import SourceReader, make_reader
 from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Exchange
+from stalwart.project import Deployment, FeatureRef, Project, RequestField, Source, parse_model_ref
 from stalwart.registry import ModelVersion, Signature
 from stalwart.resilience import Admission, Guard, GuardConfig, LoadShedder, Priority, ShedderConfig
 from stalwart.serving.chains import Chains, ChainSpec, make_guard

@@ -13,11 +13,11 @@ from starlette.routing import Route
 
 from stalwart.cache import FeatureCache
 from stalwart.errors import NotFound, NotReady, ValidationFailed
-from stalwart.features.definitions import SqlSource
 from stalwart.features.readers import SqlReader
 from stalwart.features.writes import invalidate as invalidate_cached
 from stalwart.features.writes import write_rows as write_rows_into
 from stalwart.monitoring.metrics import ResilienceMetrics
+from stalwart.project import SqlSource
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.codec import decode_json
 from stalwart.serving.deployments import DeploymentService
