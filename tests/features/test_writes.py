@@ -18,14 +18,9 @@ from stalwart.config import Settings
 from stalwart.errors import ConfigError, RequestError
 from stalwart.features import OnlineFeatures
 from stalwart.features.caching import bind_caches
+from stalwart.features.notify import install_source_trigger, pg_listeners
 from stalwart.features.readers import SqlReader, make_reader
-from stalwart.features.writes import (
-    install_source_trigger,
-    invalidate,
-    pg_listeners,
-    write,
-    write_rows,
-)
+from stalwart.features.writes import invalidate, write, write_rows
 from stalwart.project import FeatureSet, SqlSource, Window
 from stalwart.storage import Database, DatabasePool
 from tests.conftest import REDIS_URL

@@ -31,7 +31,8 @@ from stalwart.cache.tiers import Row
 from stalwart.durations import NS
 from stalwart.errors import ConfigError, FeatureError
 from stalwart.features.engine import NEVER, Queries, apply_transforms, compute_base
-from stalwart.features.online import (
+from stalwart.features.readers import GuardedReader, rows_from_records
+from stalwart.features.resolution import (
     SOURCE_FAILURES,
     Request,
     check_known,
@@ -41,7 +42,6 @@ from stalwart.features.online import (
     require_defaults,
     without_default,
 )
-from stalwart.features.readers import GuardedReader, rows_from_records
 from stalwart.project import FeatureSet, Latest, Window
 
 __all__ = ["CachedSet", "bind_caches", "cache_policy"]

@@ -14,9 +14,8 @@ process (each one registers with its source when constructed): a writer script m
 the project's definitions, not just name the table. Sources are declarations
 (:mod:`stalwart.project`) and do no I/O themselves; writing to one is this module's job.
 
-Tables that other systems write to, on PostgreSQL: :func:`install_source_trigger` makes
-every committed write NOTIFY its entity keys, and :func:`pg_listeners` builds the
-listeners a server runs to turn them into invalidations.
+Tables that other systems write to, on PostgreSQL, announce their writes through NOTIFY
+instead: :mod:`stalwart.features.notify`.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy.engine import make_url
 
 from stalwart.config import Settings, load_settings
 from stalwart.errors import ConfigError, RequestError
@@ -39,21 +36,17 @@ from stalwart.storage import DatabasePool
 if TYPE_CHECKING:
     from stalwart.cache.cache import FeatureCache
     from stalwart.cache.keys import EntityKey
-    from stalwart.cache.pg_notify import PgInvalidationListener
 
 __all__ = [
     "WriteResult",
     "awrite",
     "check_rows",
-    "install_source_trigger",
     "invalidate",
-    "pg_listeners",
     "write",
     "write_rows",
 ]
 
 _log = get_logger("stalwart.features")
-_NOTIFY_CHANNEL = "stalwart_cache"  # stalwart.cache.pg_notify.DEFAULT_CHANNEL, without importing psycopg
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,54 +231,3 @@ def write(source: SqlSource, rows: Sequence[Mapping[str, Any]], *, settings: Set
         f"write() runs its own event loop and cannot be called from async code; use "
         f"'await awrite({source.name}, rows)' there"
     )
-
-
-def _postgres_dsn(source: SqlSource, settings: Settings | None) -> str | None:
-    url = make_url(source.url or (settings or load_settings()).resolved_db_url())
-    if url.get_backend_name() != "postgresql":
-        return None
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def install_source_trigger(
-    source: SqlSource, settings: Settings | None = None, *, channel: str = _NOTIFY_CHANNEL, max_keys: int = 10_000
-) -> None:
-    """Make every committed write to ``source``'s table (by anyone, in plain SQL) announce
-    its entity keys, for :func:`pg_listeners` to invalidate. PostgreSQL only; idempotent."""
-    dsn = _postgres_dsn(source, settings)
-    if dsn is None:
-        raise ConfigError(
-            f"source '{source.name}' is not on PostgreSQL, so it cannot notify writes; write "
-            f"through stalwart.features.write() (or POST its rows to the server) so the cache hears of them"
-        )
-    from stalwart.cache.pg_notify import install_notify_trigger
-
-    install_notify_trigger(dsn, source.table, list(source.entity.keys), source=source.name, channel=channel, max_keys=max_keys)
-
-
-def pg_listeners(
-    feature_sets: Iterable[FeatureSet],
-    cache: FeatureCache,
-    settings: Settings | None = None,
-    *,
-    channel: str = _NOTIFY_CHANNEL,
-) -> list[PgInvalidationListener]:
-    """One NOTIFY listener per PostgreSQL database holding a SQL source of these cached
-    FeatureSets, each mapping its sources to their sets. Start them in the server's
-    lifespan (``await listener.start()``) and stop them on shutdown (``await
-    listener.stop()``); without PostgreSQL sources the list is empty."""
-    from stalwart.features.caching import cache_policy
-
-    targets: dict[str, dict[str, list[str]]] = {}
-    for feature_set in feature_sets:
-        source = feature_set.source
-        if not isinstance(source, SqlSource) or cache_policy(feature_set) is None:
-            continue
-        dsn = _postgres_dsn(source, settings)
-        if dsn is not None:
-            targets.setdefault(dsn, {}).setdefault(source.name, []).append(feature_set.name)
-    if not targets:
-        return []
-    from stalwart.cache.pg_notify import PgInvalidationListener
-
-    return [PgInvalidationListener(dsn, cache, sources, channel=channel) for dsn, sources in targets.items()]

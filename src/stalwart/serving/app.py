@@ -22,7 +22,7 @@ from starlette.routing import Route
 from stalwart.cache import FeatureCache
 from stalwart.config import Settings, load_settings
 from stalwart.features.caching import bind_caches
-from stalwart.features.writes import pg_listeners
+from stalwart.features.notify import pg_listeners
 from stalwart.monitoring.metrics import (
     CONTENT_TYPE_LATEST,
     BatchMetrics,
