@@ -17,7 +17,7 @@ from typing import Any
 
 from stalwart.cache import CachePolicy, FeatureCache, RedisTier
 from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
+from stalwart.cache.tier import Row
 from stalwart.monitoring.logs import configure_logging
 
 

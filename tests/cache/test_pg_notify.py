@@ -12,7 +12,7 @@ import pytest
 
 from stalwart.cache import CachePolicy, FeatureCache
 from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
+from stalwart.cache.tier import Row
 from stalwart.features.notify import (
     PgInvalidationListener,
     install_notify_trigger,

@@ -36,18 +36,18 @@ _EXPORTS: dict[str, str] = {
     "CacheMetrics": "stalwart.cache.metrics",
     "CachePolicy": "stalwart.cache.cache",
     "CacheResult": "stalwart.cache.cache",
-    "CacheTier": "stalwart.cache.tiers",
+    "CacheTier": "stalwart.cache.tier",
     "EntityKey": "stalwart.cache.keys",
-    "Entry": "stalwart.cache.tiers",
+    "Entry": "stalwart.cache.tier",
     "Expiring": "stalwart.cache.cache",
     "FeatureCache": "stalwart.cache.cache",
     "FeatureSetCache": "stalwart.cache.cache",
     "Invalidation": "stalwart.cache.invalidation",
     "Loader": "stalwart.cache.cache",
-    "MemoryTier": "stalwart.cache.tiers",
-    "RedisTier": "stalwart.cache.tiers",
-    "Row": "stalwart.cache.tiers",
-    "Snapshot": "stalwart.cache.tiers",
+    "MemoryTier": "stalwart.cache.memory",
+    "RedisTier": "stalwart.cache.redis",
+    "Row": "stalwart.cache.tier",
+    "Snapshot": "stalwart.cache.tier",
     "encode_entity": "stalwart.cache.keys",
 }
 
@@ -63,8 +63,10 @@ if TYPE_CHECKING:
     )
     from stalwart.cache.invalidation import Invalidation
     from stalwart.cache.keys import EntityKey, encode_entity
+    from stalwart.cache.memory import MemoryTier
     from stalwart.cache.metrics import CacheMetrics
-    from stalwart.cache.tiers import CacheTier, Entry, MemoryTier, RedisTier, Row, Snapshot
+    from stalwart.cache.redis import RedisTier
+    from stalwart.cache.tier import CacheTier, Entry, Row, Snapshot
 
 
 def __getattr__(name: str) -> Any:

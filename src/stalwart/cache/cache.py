@@ -46,8 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stalwart.cache.invalidation import InvalidationBus, Invalidator
 from stalwart.cache.keys import EntityKey, KeySpace, channel_name, check_namespace, encode_entity
+from stalwart.cache.memory import MemoryTier
 from stalwart.cache.metrics import CacheMetrics, SetCounters
-from stalwart.cache.tiers import Entry, MemoryTier, RedisTier, Row, Snapshot
+from stalwart.cache.redis import RedisTier
+from stalwart.cache.tier import Entry, Row, Snapshot
 from stalwart.durations import Seconds
 from stalwart.errors import CacheUnavailable, ConfigError, FeatureError, ResilienceError
 from stalwart.monitoring.logs import get_logger

@@ -30,8 +30,9 @@ import msgspec
 
 from stalwart._optional import require
 from stalwart.cache.background import Background
+from stalwart.cache.memory import MemoryTier
 from stalwart.cache.metrics import CacheMetrics
-from stalwart.cache.tiers import CacheTier, MemoryTier
+from stalwart.cache.tier import CacheTier
 from stalwart.errors import CacheUnavailable
 from stalwart.monitoring.logs import get_logger
 

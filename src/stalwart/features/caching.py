@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from stalwart.cache.cache import CachePolicy, Expiring, FeatureCache, FeatureSetCache
 from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
+from stalwart.cache.tier import Row
 from stalwart.durations import NS
 from stalwart.errors import ConfigError, FeatureError
 from stalwart.features.engine import NEVER, Queries, apply_transforms, compute_base
