@@ -4,7 +4,7 @@ Run ``python -m tests.cache.replica <redis url> <namespace> <sqlite file>``; it 
 JSON command per line on stdin and answers one JSON line on stdout:
 ``{"op": "get", "key": 1}`` reads through the cache (the source is a SQLite table shared
 by every replica), ``{"op": "write", "key": 1, "value": 2.5}`` writes the row and then
-invalidates it, as ``source.write`` will.
+invalidates it, as ``stalwart.features.write`` will.
 """
 
 from __future__ import annotations

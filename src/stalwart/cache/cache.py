@@ -27,7 +27,7 @@ Compute such features over windows that end at a step boundary
 the value is then exact for the whole step, and events arriving now (time stamps after
 ``as_of``) do not change it. Give the policy that ``window_step``: entries are fresh only
 until the end of the step they were computed in, and late writes (events stamped before
-``as_of``) still invalidate through ``source.write``/NOTIFY like any other write.
+``as_of``) still invalidate through ``stalwart.features.write``/NOTIFY like any other write.
 """
 
 from __future__ import annotations
