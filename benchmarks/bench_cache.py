@@ -28,7 +28,7 @@ import numpy as np
 from stalwart.cache import CachePolicy, FeatureCache, MemoryTier, RedisTier
 from stalwart.cache.invalidation import Invalidation
 from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
+from stalwart.cache.tier import Row
 from stalwart.monitoring.logs import configure_logging
 
 ROW: Row = {"amount_1h": 42.0, "count_24h": 7, "country": "FR", "merchant_risk": 0.13, "is_new": False}

@@ -32,12 +32,13 @@ import numpy as np
 
 from stalwart.cache import CachePolicy, FeatureCache, MemoryTier, RedisTier
 from stalwart.config import Settings
-from stalwart.features import FeatureSet, OnlineFeatures, load_project
+from stalwart.durations import NS
+from stalwart.features import OnlineFeatures
 from stalwart.features.caching import bind_caches, cache_policy
 from stalwart.features.engine import SourceRows
 from stalwart.features.readers import SourceReader, make_reader
-from stalwart.features.timecodec import NS
 from stalwart.monitoring.logs import configure_logging
+from stalwart.project import FeatureSet, load_project
 from stalwart.storage import DatabasePool
 
 ROOT = Path(__file__).resolve().parent.parent / "examples" / "fraud"

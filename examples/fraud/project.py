@@ -43,10 +43,10 @@ card_activity = FeatureSet(
     source=transactions,
     description="How a card has been used recently, and how the current transaction compares",
     # Cached values are fresh for a minute at most, and less when a transaction leaves a
-    # window sooner; writes through `transactions.write()` drop them at once. If the
-    # database fails, a card's values up to ten minutes old still score the transaction
-    # (marked degraded): a card's habits barely move in ten minutes, and scoring on them
-    # beats falling back to a model without card history. Past that, the defaults below
+    # window sooner; writes through `stalwart.features.write(transactions, rows)` drop
+    # them at once. If the database fails, a card's values up to ten minutes old still
+    # score the transaction (marked degraded): a card's habits barely move in ten minutes,
+    # and scoring on them beats falling back to a model without card history. Past that, the defaults below
     # (counts and sums 0) apply and the response says so.
     cache={"ttl": "1m", "max_staleness": "10m"},
     features=[

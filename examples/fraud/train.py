@@ -60,11 +60,15 @@ def train(transactions: Any, settings: Settings | None = None) -> tuple[Any, dic
         "training_set_seconds": float(training.built_seconds),
     }
     model.fit(x, y)  # the deployed model learns from every event
-    version = stalwart.register_model(
-        "fraud", model, training_set=training, metrics=metrics,
-        tags={"example": "fraud"}, description="HistGradientBoosting on card activity features",
-        settings=settings,
-    )
+    # The registry of these settings (stalwart.register_model uses the environment's).
+    registry = stalwart.Registry.open(settings)
+    try:
+        version = registry.register(
+            "fraud", model, training_set=training, metrics=metrics,
+            tags={"example": "fraud"}, description="HistGradientBoosting on card activity features",
+        )
+    finally:
+        registry.db.dispose()
     return version, metrics
 
 

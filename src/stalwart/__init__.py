@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from stalwart._version import __version__
 
 # name -> module that defines it; resolved by __getattr__ on first access.
 _EXPORTS: dict[str, str] = {
@@ -27,20 +27,20 @@ _EXPORTS: dict[str, str] = {
     "create_app": "stalwart.serving.app",
     "register_model": "stalwart.api",
     "get_model": "stalwart.api",
-    "Deployment": "stalwart.deployment",
-    "Entity": "stalwart.features",
-    "SqlSource": "stalwart.features",
-    "FileSource": "stalwart.features",
-    "RequestSource": "stalwart.features",
-    "CallableSource": "stalwart.features",
-    "FeatureSet": "stalwart.features",
-    "Latest": "stalwart.features",
-    "Window": "stalwart.features",
-    "Transform": "stalwart.features",
+    "Deployment": "stalwart.project",
+    "Entity": "stalwart.project",
+    "SqlSource": "stalwart.project",
+    "FileSource": "stalwart.project",
+    "RequestSource": "stalwart.project",
+    "CallableSource": "stalwart.project",
+    "FeatureSet": "stalwart.project",
+    "Latest": "stalwart.project",
+    "Window": "stalwart.project",
+    "Transform": "stalwart.project",
     "TrainingSet": "stalwart.features",
     "build_training_set": "stalwart.features",
-    "Project": "stalwart.features",
-    "load_project": "stalwart.features",
+    "Project": "stalwart.project",
+    "load_project": "stalwart.project",
 }
 
 __all__ = [
@@ -73,10 +73,11 @@ __all__ = [
 if TYPE_CHECKING:
     from stalwart.api import get_model, register_model
     from stalwart.config import Settings
-    from stalwart.deployment import Deployment
     from stalwart.errors import StalwartError
-    from stalwart.features import (
+    from stalwart.features import TrainingSet, build_training_set
+    from stalwart.project import (
         CallableSource,
+        Deployment,
         Entity,
         FeatureSet,
         FileSource,
@@ -84,10 +85,8 @@ if TYPE_CHECKING:
         Project,
         RequestSource,
         SqlSource,
-        TrainingSet,
         Transform,
         Window,
-        build_training_set,
         load_project,
     )
     from stalwart.registry import ModelVersion, Registry, Signature, TensorSpec

@@ -2,71 +2,53 @@
 
 They use the registry the ``STALWART_*`` environment points at (SQLite under
 ``./.stalwart`` by default), so a script needs no setup to register a model that a
-server started with the same environment will serve.
+server started with the same environment will serve. For another registry, open it:
+``Registry.open(settings).register(...)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 from stalwart.config import Settings, load_settings
-from stalwart.registry import ModelVersion, Registry, Signature
+from stalwart.registry import ModelVersion, Registry
 
 __all__ = ["get_model", "register_model"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def register_model(
-    name: str,
-    model: object,
-    *,
-    flavor: str | None = None,
-    signature: Signature | Mapping[str, Any] | None = None,
-    sample: object | None = None,
-    metrics: Mapping[str, float] | None = None,
-    tags: Mapping[str, str] | None = None,
-    description: str = "",
-    trust_pickle: bool = False,
-    trusted_types: Sequence[str] | None = None,
-    training_set: Any = None,
-    schema: Any = None,
-    training_profile: Any = None,
-    settings: Settings | None = None,
-) -> ModelVersion:
-    """Register ``model`` as the next version of ``name`` and return that version.
 
-    >>> mv = register_model("breast-cancer", clf, sample=X_train, metrics={"auc": 0.99})  # doctest: +SKIP
+def _on_environment_registry(method: Callable[Concatenate[Registry, P], R]) -> Callable[P, R]:
+    """``method`` as a function that opens the environment's registry, calls it and closes
+    the registry: the parameters, their types and the docstring stay the method's own, so
+    they are declared once (mypy checks callers against the method's signature)."""
 
-    ``flavor`` is detected from the model's type when omitted (``sklearn``, ``onnx``,
-    ``lightgbm``, ``xgboost``, ``python``). ``sample`` (a few input rows, as an array or a
-    DataFrame) lets the flavor infer the signature and is used to check that the stored
-    artifact loads back and predicts. scikit-learn models are stored with skops;
-    ``trust_pickle=True`` stores them with pickle instead and records that trust on the
-    version. ``training_set=`` (from :func:`stalwart.build_training_set`) records the
-    feature list and FeatureSet versions a deployment will serve, and the data profile.
-    The version's input schema (what every request is validated against) is ``schema``
-    when given, else learned from ``training_profile``, the training set, or a sample
-    DataFrame of at least 50 rows.
-    """
-    registry = Registry.open(settings or load_settings())
-    try:
-        return registry.register(
-            name,
-            model,
-            flavor=flavor,
-            signature=signature,
-            sample=sample,
-            metrics=metrics,
-            tags=tags,
-            description=description,
-            trust_pickle=trust_pickle,
-            trusted_types=trusted_types,
-            training_set=training_set,
-            schema=schema,
-            training_profile=training_profile,
-        )
-    finally:
-        registry.db.dispose()
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        registry = Registry.open(load_settings())
+        try:
+            return method(registry, *args, **kwargs)
+        finally:
+            registry.db.dispose()
+
+    # help() and IDEs show the method's parameters without ``self``.
+    signature = inspect.signature(method)
+    call.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore[attr-defined]  # a documented attribute functions do not declare
+    call.__doc__ = (
+        "Register ``model`` as the next version of ``name`` in the registry the ``STALWART_*``\n"
+        "environment points at, and return that version: :meth:`stalwart.Registry.register`,\n"
+        "whose parameters it takes.\n\n"
+        '>>> mv = register_model("breast-cancer", clf, sample=X_train, metrics={"auc": 0.99})  # doctest: +SKIP\n\n'
+        f"{inspect.cleandoc(method.__doc__ or '')}"
+    )
+    return call
+
+
+register_model = _on_environment_registry(Registry.register)
 
 
 def get_model(name: str, version: int | None = None, *, settings: Settings | None = None) -> ModelVersion:

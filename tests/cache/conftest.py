@@ -17,7 +17,7 @@ import redis as redis_sync
 
 from stalwart.cache import CacheMetrics, FeatureCache, MemoryTier, RedisTier
 from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
+from stalwart.cache.tier import Row
 from tests.conftest import REDIS_URL
 from tests.servers import free_port
 

@@ -4,7 +4,7 @@ Run ``python -m tests.cache.replica <redis url> <namespace> <sqlite file>``; it 
 JSON command per line on stdin and answers one JSON line on stdout:
 ``{"op": "get", "key": 1}`` reads through the cache (the source is a SQLite table shared
 by every replica), ``{"op": "write", "key": 1, "value": 2.5}`` writes the row and then
-invalidates it, as ``source.write`` will.
+invalidates it, as ``stalwart.features.write`` will.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from stalwart.cache import CachePolicy, FeatureCache, RedisTier
 from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
+from stalwart.cache.tier import Row
 from stalwart.monitoring.logs import configure_logging
 
 

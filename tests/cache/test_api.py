@@ -21,13 +21,10 @@ EXPECTED = {
     "Invalidation",
     "Loader",
     "MemoryTier",
-    "PgInvalidationListener",
     "RedisTier",
     "Row",
     "Snapshot",
     "encode_entity",
-    "install_notify_trigger",
-    "uninstall_notify_trigger",
 }
 
 

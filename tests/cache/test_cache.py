@@ -8,7 +8,7 @@ import pytest
 
 from stalwart.cache import CacheMetrics, CachePolicy, Expiring, FeatureCache, MemoryTier
 from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
+from stalwart.cache.tier import Row
 from stalwart.errors import CallNotPermitted, CallTimeout, FeatureError
 from tests.cache.conftest import CacheFactory, Clock, Source
 

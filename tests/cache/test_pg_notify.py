@@ -10,15 +10,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from stalwart.cache import (
-    CachePolicy,
-    FeatureCache,
+from stalwart.cache import CachePolicy, FeatureCache
+from stalwart.cache.keys import EntityKey
+from stalwart.cache.tier import Row
+from stalwart.features.notify import (
     PgInvalidationListener,
     install_notify_trigger,
     uninstall_notify_trigger,
 )
-from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
 from tests.cache.conftest import CacheFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stalwart.cache.keys import KeySpace
-from stalwart.cache.tiers import Entry, MemoryTier, RedisTier, estimate_bytes
+from stalwart.cache.memory import MemoryTier, estimate_bytes
+from stalwart.cache.redis import RedisTier
+from stalwart.cache.tier import Entry
 from stalwart.errors import CacheUnavailable, ConfigError
 from tests.conftest import REDIS_URL
 

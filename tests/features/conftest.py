@@ -15,18 +15,10 @@ import pytest
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 
 from stalwart.config import Settings
-from stalwart.features import (
-    Entity,
-    FeatureSet,
-    Latest,
-    RequestSource,
-    SqlSource,
-    Transform,
-    Window,
-)
+from stalwart.durations import NS
 from stalwart.features.engine import SourceRows
 from stalwart.features.readers import SourceReader
-from stalwart.features.timecodec import NS
+from stalwart.project import Entity, FeatureSet, Latest, RequestSource, SqlSource, Transform, Window
 from stalwart.storage import Database, DatabasePool
 from tests.cache.conftest import cleanup_namespace
 from tests.conftest import REDIS_URL

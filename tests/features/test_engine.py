@@ -10,15 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stalwart.features.definitions import (
-    Entity,
-    FeatureSet,
-    FileSource,
-    Latest,
-    RequestSource,
-    Transform,
-    Window,
-)
+from stalwart.durations import NS
 from stalwart.features.engine import (
     NEVER,
     Queries,
@@ -27,7 +19,15 @@ from stalwart.features.engine import (
     compute,
     compute_base,
 )
-from stalwart.features.timecodec import NS
+from stalwart.project import (
+    Entity,
+    FeatureSet,
+    FileSource,
+    Latest,
+    RequestSource,
+    Transform,
+    Window,
+)
 
 CARD = Entity("card", keys=["card_id"])
 SOURCE = FileSource("tx", path="tx.parquet", entity=CARD, timestamp="ts")

@@ -14,11 +14,11 @@ import pytest
 
 from stalwart.cache import CacheMetrics, FeatureCache, RedisTier
 from stalwart.errors import ConfigError
-from stalwart.features import FeatureSet, OnlineFeatures, Window
+from stalwart.features import OnlineFeatures
 from stalwart.features.caching import bind_caches, cache_policy
-from stalwart.features.definitions import FeatureRef, RequestField
 from stalwart.features.online import Resolved
 from stalwart.features.readers import make_reader
+from stalwart.project import FeatureRef, FeatureSet, RequestField, Window
 from stalwart.storage import DatabasePool
 from tests.conftest import REDIS_URL
 from tests.features.conftest import (

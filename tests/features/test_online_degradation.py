@@ -12,9 +12,10 @@ import pytest
 
 from stalwart.cache import FeatureCache
 from stalwart.errors import FeatureError
-from stalwart.features import FeatureSet, Latest, OnlineFeatures, Window
+from stalwart.features import OnlineFeatures
 from stalwart.features.caching import bind_caches
 from stalwart.features.readers import make_reader
+from stalwart.project import FeatureSet, Latest, Window
 from stalwart.resilience import Guard, GuardConfig
 from stalwart.storage import DatabasePool
 from tests.features.conftest import CARD, T0, CountingReader, FakeClock, card_features

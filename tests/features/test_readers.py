@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from stalwart.features import CallableSource, Entity, FeatureSet, FileSource, Latest, OnlineFeatures
+from stalwart.durations import NS
+from stalwart.features import OnlineFeatures
 from stalwart.features.readers import make_reader
-from stalwart.features.timecodec import NS, to_ns
+from stalwart.features.timecodec import to_ns
+from stalwart.project import CallableSource, Entity, FeatureSet, FileSource, Latest
 from stalwart.resilience import Guard, GuardConfig
 
 ACCOUNT = Entity("account", keys=["account_id"])

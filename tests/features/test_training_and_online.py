@@ -94,7 +94,7 @@ def test_unknown_entity_gets_defaults_or_a_clear_error(pool: DatabasePool) -> No
     with_defaults = OnlineFeatures([fs["n_1d"], fs["mean_3d"], fs["last_amount"], fs["last_category"]], {"tx": reader})
     resolved = asyncio.run(with_defaults.resolve([{"card_id": 424242}]))
     assert [resolved.columns[n][0] for n in ["n_1d", "mean_3d", "last_amount", "last_category"]] == [0, 0.0, 0.0, "none"]
-    from stalwart.features import FeatureSet, Latest
+    from stalwart.project import FeatureSet, Latest
 
     strict = FeatureSet("strict", entity=fs.entity, source=fs.source, features=[Latest("last", column="amount")])
     no_default = OnlineFeatures([strict["last"]], {"tx": reader})
@@ -121,7 +121,7 @@ def test_request_values_and_keys_are_checked_with_clear_errors(pool: DatabasePoo
 
 def test_file_sources_work_offline_and_online(tmp_path: Any, transactions: pd.DataFrame) -> None:
     """A Parquet or CSV source gives the same features as the SQL table with the same rows."""
-    from stalwart.features import Entity, FeatureSet, FileSource, Window
+    from stalwart.project import Entity, FeatureSet, FileSource, Window
 
     card = Entity("card", keys=["card_id"])
     for suffix in (".parquet", ".csv"):
@@ -150,7 +150,7 @@ def test_events_missing_columns_are_refused(loaded_db: tuple[Settings, Database]
 
 def test_a_changed_definition_is_a_new_version() -> None:
     """Any change to a definition, transform code included, changes the version."""
-    from stalwart.features import FeatureSet, Transform
+    from stalwart.project import FeatureSet, Transform
 
     base = card_features()
     again = card_features()

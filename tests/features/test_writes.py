@@ -16,10 +16,12 @@ from sqlalchemy import text
 from stalwart.cache import CacheMetrics, FeatureCache, RedisTier
 from stalwart.config import Settings
 from stalwart.errors import ConfigError, RequestError
-from stalwart.features import FeatureSet, OnlineFeatures, SqlSource, Window
+from stalwart.features import OnlineFeatures
 from stalwart.features.caching import bind_caches
+from stalwart.features.notify import install_source_trigger, pg_listeners
 from stalwart.features.readers import SqlReader, make_reader
-from stalwart.features.writes import install_source_trigger, invalidate, pg_listeners, write_rows
+from stalwart.features.writes import invalidate, write, write_rows
+from stalwart.project import FeatureSet, SqlSource, Window
 from stalwart.storage import Database, DatabasePool
 from tests.conftest import REDIS_URL
 from tests.features.conftest import (
@@ -75,7 +77,7 @@ async def replicas(namespace: str) -> AsyncIterator[list[FeatureCache]]:
 async def test_source_write_invalidates_every_replica_so_the_next_resolve_sees_the_row(
     settings: Settings, sqlite_pool: DatabasePool, namespace: str, replicas: list[FeatureCache]
 ) -> None:
-    """A writer process calls ``source.write(rows)``; both serving replicas, which had the
+    """A writer process calls ``write(source, rows)``; both serving replicas, which had the
     card's features cached, drop them and the next request sees the new transaction."""
     fs = card_features(cache=LONG)
     reader = make_reader(fs.source, sqlite_pool)
@@ -85,7 +87,7 @@ async def test_source_write_invalidates_every_replica_so_the_next_resolve_sees_t
     before = [await server.resolve([{"card_id": 4}]) for server in servers]
     assert [len(c.calls) for c in counting] == [1, 0]  # the second replica read Redis
     writer = Settings(home=settings.home, redis_url=REDIS_URL, cache_namespace=namespace)
-    result = await asyncio.to_thread(sql(fs).write, [new_row(4, 7.5), new_row(4, 2.5), new_row(5)], settings=writer)
+    result = await asyncio.to_thread(write, sql(fs), [new_row(4, 7.5), new_row(4, 2.5), new_row(5)], settings=writer)
     assert result.as_dict() == {"rows": 3, "entities": 2, "feature_sets": ["card"], "invalidated": True}
     await until(lambda: all(c.metrics.registry.get_sample_value("stalwart_cache_invalidations_received_total", {"scope": "entities"}) for c in replicas))
     want = await plain.resolve([{"card_id": 4}])
@@ -143,10 +145,10 @@ async def test_rows_are_checked_before_anything_is_written(sqlite_pool: Database
 
 
 async def test_the_sync_write_refuses_to_run_inside_an_event_loop(settings: Settings) -> None:
-    """``source.write`` is for scripts; async code is told to await ``awrite``."""
+    """``write`` is for scripts; async code is told to await ``awrite``."""
     fs = card_features()
-    with pytest.raises(ConfigError, match=r"use 'await tx.awrite\(rows\)'"):
-        sql(fs).write([new_row(1)], settings=settings)
+    with pytest.raises(ConfigError, match=r"use 'await awrite\(tx, rows\)'"):
+        write(sql(fs), [new_row(1)], settings=settings)
 
 
 async def test_invalidate_takes_entity_objects_key_tuples_or_everything() -> None:
@@ -186,7 +188,7 @@ def test_notify_needs_postgresql(settings: Settings) -> None:
     """Installing the trigger on a SQLite source says what to do instead; a project
     without PostgreSQL sources needs no listener."""
     fs = card_features(cache=LONG)
-    with pytest.raises(ConfigError, match=r"source 'tx' is not on PostgreSQL.*source.write\(\)"):
+    with pytest.raises(ConfigError, match=r"source 'tx' is not on PostgreSQL.*stalwart.features.write\(\)"):
         install_source_trigger(sql(fs), settings)
     assert pg_listeners([fs], FeatureCache(), settings) == []
 

@@ -20,9 +20,9 @@ from sqlalchemy import event
 
 from stalwart.cache.keys import KeySpace, encode_entity
 from stalwart.config import Settings
-from stalwart.features import FeatureSet, OnlineFeatures, RequestSource, load_project
-from stalwart.features.project import Project
+from stalwart.features import OnlineFeatures
 from stalwart.features.readers import make_reader
+from stalwart.project import FeatureSet, Project, RequestSource, load_project
 from stalwart.serving.app import create_app
 from stalwart.storage import DatabasePool
 from tests.cache.conftest import PrivateRedis

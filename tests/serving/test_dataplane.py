@@ -6,9 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from stalwart.config import Settings
-from stalwart.deployment import Deployment
 from stalwart.errors import RequestError
-from stalwart.features import Project, RequestSource
+from stalwart.project import Deployment, Project, RequestSource
 from stalwart.registry import Registry
 from stalwart.serving.app import create_app
 from stalwart.serving.dataplane import Outcome

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from stalwart.config import Settings
-from stalwart.features import OnlineFeatures, load_project
+from stalwart.features import OnlineFeatures
 from stalwart.features.readers import make_reader
+from stalwart.project import load_project
 from stalwart.storage import DatabasePool
 from tests.servers import LiveServer, start_server
 

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from stalwart.config import Settings
-from stalwart.deployment import Deployment
-from stalwart.features import Project, RequestSource
+from stalwart.project import Deployment, Project, RequestSource
 from stalwart.registry import Registry
 from tests.faults import Switchable, set_mode
 from tests.models import Picky

@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 from stalwart.config import Settings
-from stalwart.deployment import Deployment
-from stalwart.features import Project, RequestSource
+from stalwart.project import Deployment, Project, RequestSource
 from stalwart.registry import Registry
 from tests.faults import Switchable, set_mode
 from tests.servers import LiveServer, start_server

@@ -37,8 +37,7 @@ def test_waiting_for_a_worker_thread_counts_as_queue_wait(settings: Settings, re
     so a queue-wait budget turns new requests away while the queue stands."""
     import pandas as pd
 
-    from stalwart.deployment import Deployment
-    from stalwart.features import Project, RequestSource
+    from stalwart.project import Deployment, Project, RequestSource
     from tests.faults import Switchable, set_mode
 
     txn = RequestSource("txn", fields={"x": "float"})

@@ -17,9 +17,9 @@ import pytest
 from pydantic import SecretStr
 
 from stalwart.config import Settings
-from stalwart.deployment import Deployment
-from stalwart.features import (
+from stalwart.project import (
     CallableSource,
+    Deployment,
     Entity,
     FeatureSet,
     FileSource,

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
 from stalwart.config import Settings
-from stalwart.deployment import Deployment
-from stalwart.features import Project, RequestSource
+from stalwart.project import Deployment, Project, RequestSource
 from stalwart.registry import Registry
 from stalwart.validation.schema import infer_schema
 from tests.servers import LiveServer, start_server

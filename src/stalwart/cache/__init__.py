@@ -1,8 +1,9 @@
 """The feature value cache: in-process and Redis tiers, keys versioned by the FeatureSet
 definition, invalidation across replicas, request coalescing and stale-if-error.
 
-Importing this package loads neither redis nor psycopg; the Redis tier and the PostgreSQL
-NOTIFY listener import them when built and name the extra to install when missing.
+Importing this package loads no redis; the Redis tier imports it when built and names the
+extra to install when missing. Invalidation by PostgreSQL NOTIFY is
+:mod:`stalwart.features.notify` (it binds sources' tables to cached FeatureSets).
 """
 
 from __future__ import annotations
@@ -24,13 +25,10 @@ __all__ = [
     "Invalidation",
     "Loader",
     "MemoryTier",
-    "PgInvalidationListener",
     "RedisTier",
     "Row",
     "Snapshot",
     "encode_entity",
-    "install_notify_trigger",
-    "uninstall_notify_trigger",
 ]
 
 _EXPORTS: dict[str, str] = {
@@ -38,22 +36,19 @@ _EXPORTS: dict[str, str] = {
     "CacheMetrics": "stalwart.cache.metrics",
     "CachePolicy": "stalwart.cache.cache",
     "CacheResult": "stalwart.cache.cache",
-    "CacheTier": "stalwart.cache.tiers",
+    "CacheTier": "stalwart.cache.tier",
     "EntityKey": "stalwart.cache.keys",
-    "Entry": "stalwart.cache.tiers",
+    "Entry": "stalwart.cache.tier",
     "Expiring": "stalwart.cache.cache",
     "FeatureCache": "stalwart.cache.cache",
     "FeatureSetCache": "stalwart.cache.cache",
     "Invalidation": "stalwart.cache.invalidation",
     "Loader": "stalwart.cache.cache",
-    "MemoryTier": "stalwart.cache.tiers",
-    "PgInvalidationListener": "stalwart.cache.pg_notify",
-    "RedisTier": "stalwart.cache.tiers",
-    "Row": "stalwart.cache.tiers",
-    "Snapshot": "stalwart.cache.tiers",
+    "MemoryTier": "stalwart.cache.memory",
+    "RedisTier": "stalwart.cache.redis",
+    "Row": "stalwart.cache.tier",
+    "Snapshot": "stalwart.cache.tier",
     "encode_entity": "stalwart.cache.keys",
-    "install_notify_trigger": "stalwart.cache.pg_notify",
-    "uninstall_notify_trigger": "stalwart.cache.pg_notify",
 }
 
 if TYPE_CHECKING:
@@ -68,13 +63,10 @@ if TYPE_CHECKING:
     )
     from stalwart.cache.invalidation import Invalidation
     from stalwart.cache.keys import EntityKey, encode_entity
+    from stalwart.cache.memory import MemoryTier
     from stalwart.cache.metrics import CacheMetrics
-    from stalwart.cache.pg_notify import (
-        PgInvalidationListener,
-        install_notify_trigger,
-        uninstall_notify_trigger,
-    )
-    from stalwart.cache.tiers import CacheTier, Entry, MemoryTier, RedisTier, Row, Snapshot
+    from stalwart.cache.redis import RedisTier
+    from stalwart.cache.tier import CacheTier, Entry, Row, Snapshot
 
 
 def __getattr__(name: str) -> Any:

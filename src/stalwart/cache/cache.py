@@ -27,7 +27,7 @@ Compute such features over windows that end at a step boundary
 the value is then exact for the whole step, and events arriving now (time stamps after
 ``as_of``) do not change it. Give the policy that ``window_step``: entries are fresh only
 until the end of the step they were computed in, and late writes (events stamped before
-``as_of``) still invalidate through ``source.write``/NOTIFY like any other write.
+``as_of``) still invalidate through ``stalwart.features.write``/NOTIFY like any other write.
 """
 
 from __future__ import annotations
@@ -46,11 +46,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stalwart.cache.invalidation import InvalidationBus, Invalidator
 from stalwart.cache.keys import EntityKey, KeySpace, channel_name, check_namespace, encode_entity
+from stalwart.cache.memory import MemoryTier
 from stalwart.cache.metrics import CacheMetrics, SetCounters
-from stalwart.cache.tiers import Entry, MemoryTier, RedisTier, Row, Snapshot
+from stalwart.cache.redis import RedisTier
+from stalwart.cache.tier import Entry, Row, Snapshot
+from stalwart.durations import Seconds
 from stalwart.errors import CacheUnavailable, ConfigError, FeatureError, ResilienceError
 from stalwart.monitoring.logs import get_logger
-from stalwart.resilience.duration import Seconds
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

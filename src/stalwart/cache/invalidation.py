@@ -30,8 +30,9 @@ import msgspec
 
 from stalwart._optional import require
 from stalwart.cache.background import Background
+from stalwart.cache.memory import MemoryTier
 from stalwart.cache.metrics import CacheMetrics
-from stalwart.cache.tiers import CacheTier, MemoryTier
+from stalwart.cache.tier import CacheTier
 from stalwart.errors import CacheUnavailable
 from stalwart.monitoring.logs import get_logger
 
@@ -266,7 +267,7 @@ class InvalidationBus(Background):
             finally:
                 with contextlib.suppress(*self._errors):
                     # redis-py < 8.2 leaves PubSub.aclose unannotated, 8.2 annotates it: the
-                    # ignore is needed on one and unused on the other, so allow both.
+                    # ignore covers both (the lock pins one; make test-latest may meet the other).
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             if self._up.is_set():
                 delay = self.backoff[0]

@@ -117,7 +117,7 @@ def _fraud_setup(settings: Any) -> _Fraud:
     import datetime as dt
     import runpy
 
-    from stalwart.features import load_project
+    from stalwart.project import load_project
 
     generator = runpy.run_path(str(FRAUD_EXAMPLE / "generate.py"))
     trainer = runpy.run_path(str(FRAUD_EXAMPLE / "train.py"))

@@ -27,8 +27,8 @@ def parity(
     times; exit 1 when any feature differs."""
     from stalwart.config import load_settings
     from stalwart.features.parity import check_parity
-    from stalwart.features.project import load_project
     from stalwart.features.readers import make_reader
+    from stalwart.project import load_project
     from stalwart.registry import Registry
     from stalwart.storage import DatabasePool
 

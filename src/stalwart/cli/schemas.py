@@ -175,7 +175,7 @@ def infer(
     chunk_rows: Annotated[int, typer.Option(help="rows read at a time")] = 100_000,
 ) -> None:
     """Learn a schema from a data file (to attach to a model registered without one)."""
-    from stalwart.cli.validate import progress_bar, read_chunks
+    from stalwart.cli.datafiles import progress_bar, read_chunks
     from stalwart.monitoring.profiles import Profile
     from stalwart.validation.schema import POLICIES, infer_schema
 

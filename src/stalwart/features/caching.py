@@ -27,11 +27,12 @@ from pydantic import ValidationError
 
 from stalwart.cache.cache import CachePolicy, Expiring, FeatureCache, FeatureSetCache
 from stalwart.cache.keys import EntityKey
-from stalwart.cache.tiers import Row
+from stalwart.cache.tier import Row
+from stalwart.durations import NS
 from stalwart.errors import ConfigError, FeatureError
-from stalwart.features.definitions import FeatureSet, Latest, Window
 from stalwart.features.engine import NEVER, Queries, apply_transforms, compute_base
-from stalwart.features.online import (
+from stalwart.features.readers import GuardedReader, rows_from_records
+from stalwart.features.resolution import (
     SOURCE_FAILURES,
     Request,
     check_known,
@@ -41,8 +42,7 @@ from stalwart.features.online import (
     require_defaults,
     without_default,
 )
-from stalwart.features.readers import GuardedReader, rows_from_records
-from stalwart.features.timecodec import NS
+from stalwart.project import FeatureSet, Latest, Window
 
 __all__ = ["CachedSet", "bind_caches", "cache_policy"]
 

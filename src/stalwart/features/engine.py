@@ -37,14 +37,7 @@ from typing import Any
 import numpy as np
 
 from stalwart.errors import ConfigError, FeatureError
-from stalwart.features.definitions import (
-    Feature,
-    FeatureSet,
-    Latest,
-    RequestField,
-    Transform,
-    Window,
-)
+from stalwart.project import Feature, FeatureSet, Latest, RequestField, Transform, Window
 
 __all__ = [
     "NEVER",

@@ -21,18 +21,13 @@ from typing import Any
 import numpy as np
 
 from stalwart._optional import require
+from stalwart.durations import NS
 from stalwart.errors import ConfigError
-from stalwart.features.definitions import (
-    FeatureRef,
-    RequestField,
-    Window,
-    feature_sets_of,
-    request_fields_of,
-)
 from stalwart.features.online import OnlineFeatures
 from stalwart.features.readers import SourceReader
-from stalwart.features.timecodec import NS
 from stalwart.features.training import build_training_set
+from stalwart.project import FeatureRef, RequestField, Window
+from stalwart.project.feature_sets import feature_sets_of, request_fields_of
 
 __all__ = ["FeatureParity", "ParityReport", "check_parity"]
 

@@ -38,10 +38,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from stalwart._optional import require
+from stalwart.durations import NS
 from stalwart.errors import ConfigError, FeatureError
-from stalwart.features.definitions import CallableSource, FileSource, Source, SqlSource
 from stalwart.features.engine import SourceRows
-from stalwart.features.timecodec import NS, to_ns
+from stalwart.features.timecodec import to_ns
+from stalwart.project import CallableSource, FileSource, Source, SqlSource
 from stalwart.resilience.timeout import call_with_timeout
 from stalwart.storage import Database
 

@@ -1,12 +1,11 @@
-"""Time for features: durations as nanoseconds, timestamps as int64 nanoseconds (UTC).
+"""Time for features: timestamps as int64 nanoseconds (UTC). Durations are
+:mod:`stalwart.durations`.
 
 Both the offline and the online path convert every timestamp to the same representation
 before any comparison, so "at or before the event time" means the same thing on both.
 Accepted timestamps: numpy/pandas datetimes (naive ones are taken as UTC), Python
 datetimes, epoch seconds (int or float), and ISO 8601 strings.
 
->>> duration_ns("30d") == 30 * 86_400 * 10**9
-True
 >>> int(to_ns([0.5])[0])
 500000000
 """
@@ -14,47 +13,15 @@ True
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from typing import Any
 
 import numpy as np
 
+from stalwart.durations import NS
 from stalwart.errors import ConfigError
 
-__all__ = ["NS", "Duration", "duration_ns", "format_duration", "now_ns", "to_ns"]
-
-NS = 1_000_000_000
-Duration = str | int | float | dt.timedelta
-
-_UNITS = {"ms": 10**6, "s": NS, "m": 60 * NS, "h": 3600 * NS, "d": 86_400 * NS, "w": 7 * 86_400 * NS}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-
-
-def duration_ns(value: Duration) -> int:
-    """A duration as integer nanoseconds: ``"15m"``, ``"24h"``, ``"30d"``, seconds, or a timedelta."""
-    if isinstance(value, dt.timedelta):
-        ns = int(value.total_seconds() * NS)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        ns = int(value * NS)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        ns = int(float(match.group(1)) * _UNITS[match.group(2)])
-    else:
-        raise ConfigError(
-            f"{value!r} is not a duration; write it like '90s', '15m', '24h', '30d' or '2w'"
-        )
-    if ns <= 0:
-        raise ConfigError(f"duration {value!r} must be positive")
-    return ns
-
-
-def format_duration(ns: int) -> str:
-    """The shortest exact spelling of a duration (used in definitions' hashes and docs)."""
-    for unit in ("w", "d", "h", "m", "s", "ms"):
-        size = _UNITS[unit]
-        if ns % size == 0:
-            return f"{ns // size}{unit}"
-    return f"{ns / NS}s"
+__all__ = ["now_ns", "to_ns"]
 
 
 def now_ns() -> int:

@@ -23,18 +23,11 @@ import numpy as np
 from stalwart._optional import require
 from stalwart.config import Settings
 from stalwart.errors import ConfigError
-from stalwart.features.definitions import (
-    FeatureLike,
-    FeatureRef,
-    RequestField,
-    feature_refs,
-    feature_sets_of,
-    names_in,
-    request_fields_of,
-)
 from stalwart.features.engine import Queries, compute
 from stalwart.features.readers import SourceReader, frame_column, make_reader
 from stalwart.features.timecodec import to_ns
+from stalwart.project import FeatureRef, RequestField, feature_refs
+from stalwart.project.feature_sets import FeatureLike, feature_sets_of, names_in, request_fields_of
 from stalwart.storage import DatabasePool
 
 if TYPE_CHECKING:

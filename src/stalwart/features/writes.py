@@ -8,14 +8,14 @@ FeatureSet: in the process's cache and, through Redis, in every replica's
 makes it safe: a load that read the old rows either finishes before the invalidation
 (and its value is dropped) or is marked dirty by it (and is not cached).
 
-``source.write(rows)`` (:meth:`~stalwart.features.definitions.SqlSource.write`) is the
-Python API over it. It only knows the FeatureSets defined in its own process (each one
-registers with its source when constructed): a writer script must import the project's
-definitions, not just name the table.
+:func:`write` (scripts and jobs) and :func:`awrite` (async code) are the Python API over
+it: ``write(transactions, rows)``. They only know the FeatureSets defined in their own
+process (each one registers with its source when constructed): a writer script must import
+the project's definitions, not just name the table. Sources are declarations
+(:mod:`stalwart.project`) and do no I/O themselves; writing to one is this module's job.
 
-Tables that other systems write to, on PostgreSQL: :func:`install_source_trigger` makes
-every committed write NOTIFY its entity keys, and :func:`pg_listeners` builds the
-listeners a server runs to turn them into invalidations.
+Tables that other systems write to, on PostgreSQL, announce their writes through NOTIFY
+instead: :mod:`stalwart.features.notify`.
 """
 
 from __future__ import annotations
@@ -26,33 +26,27 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import make_url
-
 from stalwart.config import Settings, load_settings
 from stalwart.errors import ConfigError, RequestError
-from stalwart.features.definitions import FeatureSet, SqlSource
 from stalwart.features.readers import SqlReader
 from stalwart.monitoring.logs import get_logger
+from stalwart.project import FeatureSet, SqlSource
 from stalwart.storage import DatabasePool
 
 if TYPE_CHECKING:
     from stalwart.cache.cache import FeatureCache
     from stalwart.cache.keys import EntityKey
-    from stalwart.cache.pg_notify import PgInvalidationListener
 
 __all__ = [
     "WriteResult",
+    "awrite",
     "check_rows",
-    "install_source_trigger",
     "invalidate",
-    "pg_listeners",
+    "write",
     "write_rows",
-    "write_source",
-    "write_sync",
 ]
 
 _log = get_logger("stalwart.features")
-_NOTIFY_CHANNEL = "stalwart_cache"  # stalwart.cache.pg_notify.DEFAULT_CHANNEL, without importing psycopg
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,17 +180,21 @@ def _entity_key(key: EntityKey | Mapping[str, Any], names: tuple[str, ...] | Non
     return tuple(_key_part(p, where) for p in parts)
 
 
-async def write_source(
+async def awrite(
     source: SqlSource,
     rows: Sequence[Mapping[str, Any]],
     *,
     settings: Settings | None = None,
     cache: FeatureCache | None = None,
 ) -> WriteResult:
-    """:func:`write_rows` for a process that has only its definitions: the database from
-    ``source.url`` or the settings, the FeatureSets registered with ``source``, and, unless
-    ``cache`` is given, a FeatureCache built from the settings (Redis when configured) for
-    the time of the invalidation."""
+    """Insert ``rows`` (dicts of column values) into ``source`` and invalidate the cached
+    features of the entities they belong to, in every FeatureSet declared over it: the
+    :func:`write` of async code.
+
+    For a process that has only its definitions: the database is ``source.url`` or the
+    settings', the FeatureSets are those registered with ``source`` in this process, and
+    ``cache`` is the process's own FeatureCache if it has one (a server); otherwise one is
+    built from the settings (Redis when configured) for the time of the invalidation."""
     settings = settings or load_settings()
     pool = DatabasePool(settings)
     own: FeatureCache | None = None
@@ -213,64 +211,23 @@ async def write_source(
         pool.dispose()
 
 
-def write_sync(source: SqlSource, rows: Sequence[Mapping[str, Any]], *, settings: Settings | None = None) -> WriteResult:
-    """:func:`write_source` from synchronous code (``SqlSource.write``)."""
+def write(source: SqlSource, rows: Sequence[Mapping[str, Any]], *, settings: Settings | None = None) -> WriteResult:
+    """Insert ``rows`` (dicts of column values) into ``source`` and invalidate the cached
+    features of the entities they belong to, in every FeatureSet declared over it.
+
+    >>> write(transactions, [{"card_id": 17, "ts": now, "amount": 12.5}])  # doctest: +SKIP
+
+    For scripts and jobs (it runs its own event loop; in async code ``await``
+    :func:`awrite`). Invalidation reaches every serving replica through Redis when
+    ``STALWART_REDIS_URL`` is set. Only FeatureSets defined in this process are known:
+    import the project's definitions before writing. Raises ``RequestError`` naming the
+    row and column of a malformed row, before anything is written.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(write_source(source, rows, settings=settings))
+        return asyncio.run(awrite(source, rows, settings=settings))
     raise ConfigError(
-        f"source '{source.name}'.write() runs its own event loop and cannot be called from async "
-        f"code; use 'await {source.name}.awrite(rows)' there"
+        f"write() runs its own event loop and cannot be called from async code; use "
+        f"'await awrite({source.name}, rows)' there"
     )
-
-
-def _postgres_dsn(source: SqlSource, settings: Settings | None) -> str | None:
-    url = make_url(source.url or (settings or load_settings()).resolved_db_url())
-    if url.get_backend_name() != "postgresql":
-        return None
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def install_source_trigger(
-    source: SqlSource, settings: Settings | None = None, *, channel: str = _NOTIFY_CHANNEL, max_keys: int = 10_000
-) -> None:
-    """Make every committed write to ``source``'s table (by anyone, in plain SQL) announce
-    its entity keys, for :func:`pg_listeners` to invalidate. PostgreSQL only; idempotent."""
-    dsn = _postgres_dsn(source, settings)
-    if dsn is None:
-        raise ConfigError(
-            f"source '{source.name}' is not on PostgreSQL, so it cannot notify writes; write "
-            f"through source.write() (or POST its rows to the server) so the cache hears of them"
-        )
-    from stalwart.cache.pg_notify import install_notify_trigger
-
-    install_notify_trigger(dsn, source.table, list(source.entity.keys), source=source.name, channel=channel, max_keys=max_keys)
-
-
-def pg_listeners(
-    feature_sets: Iterable[FeatureSet],
-    cache: FeatureCache,
-    settings: Settings | None = None,
-    *,
-    channel: str = _NOTIFY_CHANNEL,
-) -> list[PgInvalidationListener]:
-    """One NOTIFY listener per PostgreSQL database holding a SQL source of these cached
-    FeatureSets, each mapping its sources to their sets. Start them in the server's
-    lifespan (``await listener.start()``) and stop them on shutdown (``await
-    listener.stop()``); without PostgreSQL sources the list is empty."""
-    from stalwart.features.caching import cache_policy
-
-    targets: dict[str, dict[str, list[str]]] = {}
-    for feature_set in feature_sets:
-        source = feature_set.source
-        if not isinstance(source, SqlSource) or cache_policy(feature_set) is None:
-            continue
-        dsn = _postgres_dsn(source, settings)
-        if dsn is not None:
-            targets.setdefault(dsn, {}).setdefault(source.name, []).append(feature_set.name)
-    if not targets:
-        return []
-    from stalwart.cache.pg_notify import PgInvalidationListener
-
-    return [PgInvalidationListener(dsn, cache, sources, channel=channel) for dsn, sources in targets.items()]

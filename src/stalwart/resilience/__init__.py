@@ -7,6 +7,7 @@ them around one dependency, and load shedding for a deployment.
 
 from __future__ import annotations
 
+from stalwart.durations import Seconds, parse_seconds
 from stalwart.resilience.breaker import (
     BreakerConfig,
     BreakerEvent,
@@ -20,7 +21,6 @@ from stalwart.resilience.breaker import (
     loop_scheduler,
 )
 from stalwart.resilience.bulkhead import Bulkhead, BulkheadConfig, BulkheadSnapshot
-from stalwart.resilience.duration import Seconds, parse_seconds
 from stalwart.resilience.guard import Guard, GuardConfig, GuardSnapshot, GuardStage
 from stalwart.resilience.shedding import (
     Admission,

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stalwart.durations import Seconds
 from stalwart.errors import RequestError
-from stalwart.resilience.duration import Seconds
 
 __all__ = ["BreakerConfig", "BreakerState", "SlidingWindowType"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stalwart.durations import Seconds
 from stalwart.errors import BulkheadFull, CallTimeout
-from stalwart.resilience.duration import Seconds
 
 __all__ = ["Bulkhead", "BulkheadConfig", "BulkheadSnapshot"]
 

@@ -35,9 +35,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stalwart.durations import Seconds
 from stalwart.errors import Overloaded, RequestError
 from stalwart.resilience.breaker import Clock
-from stalwart.resilience.duration import Seconds
 
 __all__ = [
     "Admission",

@@ -24,8 +24,8 @@ from typing import Any, Final, TypeVar, TypeVarTuple, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stalwart.durations import Seconds
 from stalwart.errors import CallTimeout
-from stalwart.resilience.duration import Seconds
 
 __all__ = ["TimeLimiter", "TimeoutConfig", "call_with_timeout"]
 

@@ -22,8 +22,7 @@ from starlette.routing import Route
 from stalwart.cache import FeatureCache
 from stalwart.config import Settings, load_settings
 from stalwart.features.caching import bind_caches
-from stalwart.features.project import Project, load_project
-from stalwart.features.writes import pg_listeners
+from stalwart.features.notify import pg_listeners
 from stalwart.monitoring.metrics import (
     CONTENT_TYPE_LATEST,
     BatchMetrics,
@@ -31,6 +30,7 @@ from stalwart.monitoring.metrics import (
     ServingMetrics,
 )
 from stalwart.pipeline import Stage
+from stalwart.project import Project, load_project
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.flavors import Predictor
 from stalwart.serving.auth import BearerAuth

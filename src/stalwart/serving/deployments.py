@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from stalwart.cache import FeatureSetCache
-from stalwart.deployment import Deployment
 from stalwart.errors import ConfigError, NotReady, StalwartError
-from stalwart.features.definitions import FeatureRef, RequestField, Source
 from stalwart.features.online import OnlineFeatures
-from stalwart.features.project import Project
 from stalwart.features.readers import SourceReader, make_reader
 from stalwart.monitoring.metrics import ResilienceMetrics
+from stalwart.project import Deployment, FeatureRef, Project, RequestField, Source
 from stalwart.registry import ModelVersion
 from stalwart.resilience import Guard
 from stalwart.serving.chains import Chains, make_guard

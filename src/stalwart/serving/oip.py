@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stalwart import __version__
+from stalwart._version import __version__
 from stalwart.registry import ModelVersion
 from stalwart.serving.codec import encode_response
 from stalwart.serving.dataplane import DataPlane, InferCall

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stalwart import __version__
+from stalwart._version import __version__
 
 __all__ = ["ERROR_RESPONSES", "openapi_document", "ref"]
 

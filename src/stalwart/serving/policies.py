@@ -22,10 +22,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from stalwart.config import Settings
-from stalwart.deployment import Deployment, parse_model_ref
+from stalwart.durations import parse_seconds
 from stalwart.errors import ConfigError
+from stalwart.project import Deployment, parse_model_ref
 from stalwart.resilience import GuardConfig, ShedderConfig
-from stalwart.resilience.duration import parse_seconds
 from stalwart.serving.batching import BatchingPolicy
 from stalwart.validation.policy import PolicyOverrides
 
@@ -94,12 +94,7 @@ class DeploymentPolicy:
         guard = _validated(GuardConfig, deployment.guard, f"{where} guard") if deployment.guard is not None else DEFAULT_MODEL_GUARD
         shedding = _validated(ShedderConfig, deployment.shedding, f"{where} shedding") if deployment.shedding is not None else ShedderConfig()
         validation = PolicyOverrides.parse(deployment.validation, source=f"{where} validation") if deployment.validation else None
-        last_good: float | None = None
-        if deployment.last_good is not None:
-            seconds = parse_seconds(deployment.last_good)
-            if not isinstance(seconds, int | float) or seconds <= 0:
-                raise ConfigError(f"{where} last_good: {deployment.last_good!r} is not a duration like '10m'")
-            last_good = float(seconds)
+        last_good = parse_seconds(deployment.last_good, f"{where} last_good", positive=True) if deployment.last_good is not None else None
         name = deployment.name
         primary = Variant(
             "primary", deployment.model_name, deployment.model_version,

@@ -13,10 +13,10 @@ from starlette.routing import Route
 
 from stalwart.cache import FeatureCache
 from stalwart.errors import NotFound
-from stalwart.features.definitions import SqlSource
 from stalwart.features.readers import SqlReader
 from stalwart.features.writes import invalidate as invalidate_cached
 from stalwart.features.writes import write_rows as write_rows_into
+from stalwart.project import SqlSource
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.codec import decode_json
 from stalwart.serving.dataplane import DataPlane, PredictCall

@@ -1,10 +1,12 @@
-"""Declaring features: entities, sources, feature sets. Declarations only, no I/O.
+"""Feature sets: the features of one entity computed from one source. Declarations
+only, no I/O.
 
 A feature is declared once; :mod:`stalwart.features.training` builds point-in-time
 training sets from the declaration and :mod:`stalwart.features.online` computes the same
 features for live requests, both through :mod:`stalwart.features.engine`.
 
 >>> import numpy as np
+>>> from stalwart.project import Entity, RequestSource, SqlSource
 >>> card = Entity("card", keys=["card_id"])
 >>> tx = SqlSource("transactions", table="transactions", entity=card, timestamp="ts")
 >>> txn = RequestSource("txn", fields={"amount": "float"})
@@ -24,37 +26,30 @@ with the new one.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import numpy as np
-
+from stalwart.durations import Duration, format_duration, parse_ns
 from stalwart.errors import ConfigError
-from stalwart.features.timecodec import Duration, duration_ns, format_duration
-
-if TYPE_CHECKING:
-    from stalwart.cache.cache import FeatureCache
-    from stalwart.config import Settings
-    from stalwart.features.writes import WriteResult
+from stalwart.project.entities import Entity, check_identifier
+from stalwart.project.sources import (
+    RequestField,
+    RequestSource,
+    Source,
+    code_identity,
+    declare_feature_set,
+)
 
 __all__ = [
     "AGGREGATIONS",
-    "CallableSource",
-    "Entity",
     "Feature",
+    "FeatureLike",
     "FeatureRef",
     "FeatureSet",
-    "FileSource",
     "Latest",
-    "RequestField",
-    "RequestSource",
-    "Source",
-    "SqlSource",
     "Transform",
     "Window",
     "feature_refs",
@@ -65,203 +60,6 @@ __all__ = [
 
 Aggregation = Literal["count", "sum", "mean", "min", "max"]
 AGGREGATIONS: tuple[str, ...] = ("count", "sum", "mean", "min", "max")
-FieldType = Literal["float", "int", "str", "bool"]
-_FIELD_DTYPES: dict[str, np.dtype[Any]] = {
-    "float": np.dtype(np.float64),
-    "int": np.dtype(np.int64),
-    "str": np.dtype(object),
-    "bool": np.dtype(np.bool_),
-}
-
-
-def _check_identifier(kind: str, name: str) -> None:
-    if not name or not name.replace("_", "a").isalnum() or not name[0].isalpha():
-        raise ConfigError(
-            f"{kind} name {name!r} must start with a letter and hold only letters, digits and '_'"
-        )
-
-
-@dataclass(frozen=True)
-class Entity:
-    """Who features describe, and the key column(s) that identify one."""
-
-    name: str
-    keys: Sequence[str]
-
-    def __post_init__(self) -> None:
-        _check_identifier("entity", self.name)
-        object.__setattr__(self, "keys", tuple(self.keys))
-        if not self.keys:
-            raise ConfigError(f"entity '{self.name}' needs at least one key column")
-        for key in self.keys:
-            _check_identifier(f"entity '{self.name}' key", key)
-
-
-# Source -> the FeatureSets declared over it in this process (weakly: a set that is no
-# longer referenced anywhere has no cached values worth invalidating).
-_SETS_BY_SOURCE: weakref.WeakKeyDictionary[Source, weakref.WeakSet[FeatureSet]] = weakref.WeakKeyDictionary()
-
-
-class Source:
-    """Where raw rows live. Each row carries the entity key(s) and an event timestamp."""
-
-    name: str
-    entity: Entity | None
-    timestamp: str | None
-
-    def describe(self) -> dict[str, Any]:
-        """What identifies the source's data, for FeatureSet versions."""
-        raise NotImplementedError
-
-    def feature_sets(self) -> list[FeatureSet]:
-        """The FeatureSets declared over this source object in this process, by name: the
-        ones whose cached values a write to it invalidates."""
-        held = _SETS_BY_SOURCE.get(self)
-        return sorted(held or (), key=lambda fs: fs.name)
-
-
-@dataclass(frozen=True, eq=False)
-class SqlSource(Source):
-    """A table in SQLite or PostgreSQL, read through Stalwart's storage layer.
-
-    ``url`` defaults to the registry's database (``STALWART_DB_URL`` or SQLite under
-    ``STALWART_HOME``). Rows that share a timestamp are ordered by ``order_by`` (the
-    table's integer primary key by default), which decides which one is "latest" on both
-    paths.
-    """
-
-    name: str
-    table: str
-    entity: Entity
-    timestamp: str
-    url: str | None = None
-    order_by: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_identifier("source", self.name)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "sql", "table": self.table, "timestamp": self.timestamp, "order_by": self.order_by}
-
-    def write(self, rows: Sequence[Mapping[str, Any]], *, settings: Settings | None = None) -> WriteResult:
-        """Insert ``rows`` (dicts of column values) and invalidate the cached features of
-        the entities they belong to, in every FeatureSet declared over this source.
-
-        For scripts and jobs (it runs its own event loop; in async code await
-        :meth:`awrite`). Invalidation reaches every serving replica through Redis when
-        ``STALWART_REDIS_URL`` is set. Only FeatureSets defined in this process are known:
-        import the project's definitions before writing. Raises ``RequestError`` naming the
-        row and column of a malformed row, before anything is written.
-        """
-        from stalwart.features.writes import write_sync
-
-        return write_sync(self, rows, settings=settings)
-
-    async def awrite(
-        self,
-        rows: Sequence[Mapping[str, Any]],
-        *,
-        settings: Settings | None = None,
-        cache: FeatureCache | None = None,
-    ) -> WriteResult:
-        """:meth:`write` for async code; ``cache`` is the process's own FeatureCache if it
-        has one (a server), otherwise one is built from the settings for the invalidation."""
-        from stalwart.features.writes import write_source
-
-        return await write_source(self, rows, settings=settings, cache=cache)
-
-
-@dataclass(frozen=True, eq=False)
-class FileSource(Source):
-    """A Parquet or CSV file: read whole for training sets, held in memory online."""
-
-    name: str
-    path: str
-    entity: Entity
-    timestamp: str
-
-    def __post_init__(self) -> None:
-        _check_identifier("source", self.name)
-        if not self.path.endswith((".parquet", ".pq", ".csv")):
-            raise ConfigError(f"source '{self.name}': {self.path} is neither .parquet nor .csv")
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "file", "path": self.path, "timestamp": self.timestamp}
-
-
-@dataclass(frozen=True, eq=False)
-class CallableSource(Source):
-    """An external lookup made by a Python function, online only.
-
-    ``fn(keys)`` takes a list of entity-key tuples and returns ``{key: {column: value}}``
-    (current values, no timestamps); it may be a coroutine function. ``offline`` is the
-    source that holds the same values over time, used for training sets. The parity
-    check is what catches the two drifting apart.
-    """
-
-    name: str
-    fn: Callable[[list[tuple[Any, ...]]], Any]
-    entity: Entity
-    offline: Source
-    timestamp: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_identifier("source", self.name)
-        if self.offline.entity is None or self.offline.entity.keys != self.entity.keys:
-            raise ConfigError(
-                f"source '{self.name}': its offline counterpart '{self.offline.name}' must "
-                f"describe the same entity keys {list(self.entity.keys)}"
-            )
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "callable", "fn": _code_identity(self.fn), "offline": self.offline.describe()}
-
-
-@dataclass(frozen=True)
-class RequestField:
-    """One request-time value, referenced by transforms and feature lists."""
-
-    source: str
-    name: str
-    type: str
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return _FIELD_DTYPES[self.type]
-
-
-@dataclass(frozen=True, eq=False)
-class RequestSource(Source):
-    """Values that arrive with the request (and, for training, with each event)."""
-
-    name: str
-    fields: Mapping[str, str]
-    entity: Entity | None = None
-    timestamp: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_identifier("source", self.name)
-        for key, kind in self.fields.items():
-            _check_identifier(f"request field of '{self.name}'", key)
-            if kind not in _FIELD_DTYPES:
-                raise ConfigError(
-                    f"request field '{key}' of '{self.name}' has type {kind!r}; use one of "
-                    f"{', '.join(_FIELD_DTYPES)}"
-                )
-
-    def __getattr__(self, name: str) -> RequestField:
-        fields = self.__dict__.get("fields", {})
-        if name in fields:
-            return RequestField(self.__dict__["name"], name, fields[name])
-        raise AttributeError(name)
-
-    def field(self, name: str) -> RequestField:
-        if name not in self.fields:
-            raise ConfigError(f"request source '{self.name}' has no field '{name}'")
-        return RequestField(self.name, name, self.fields[name])
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "request", "fields": dict(self.fields)}
 
 
 @dataclass(frozen=True)
@@ -283,13 +81,16 @@ class Latest(Feature):
     max_age: Duration | None = None
     default: Any = None
 
+    def __post_init__(self) -> None:
+        _ = self.max_age_ns  # a bad max_age fails at declaration, naming the feature
+
     def spec(self) -> dict[str, Any]:
-        age = format_duration(duration_ns(self.max_age)) if self.max_age is not None else None
+        age = format_duration(self.max_age_ns) if self.max_age_ns is not None else None
         return {"kind": "latest", "column": self.column, "max_age": age, "default": self.default}
 
     @cached_property
     def max_age_ns(self) -> int | None:
-        return duration_ns(self.max_age) if self.max_age is not None else None
+        return parse_ns(self.max_age, f"feature '{self.name}' max_age") if self.max_age is not None else None
 
 
 @dataclass(frozen=True)
@@ -311,11 +112,11 @@ class Window(Feature):
             raise ConfigError(f"feature '{self.name}': agg {self.agg!r} is not one of {', '.join(AGGREGATIONS)}")
         if self.agg != "count" and self.column is None:
             raise ConfigError(f"feature '{self.name}': {self.agg} needs a column")
-        duration_ns(self.window)
+        _ = self.window_ns  # a bad window fails at declaration, naming the feature
 
     @cached_property
     def window_ns(self) -> int:
-        return duration_ns(self.window)
+        return parse_ns(self.window, f"feature '{self.name}' window")
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -347,7 +148,7 @@ class Transform(Feature):
         return {
             "kind": "transform",
             "inputs": [_input_name(i) for i in self.inputs],
-            "code": _code_identity(self.fn),
+            "code": code_identity(self.fn),
         }
 
 
@@ -370,7 +171,7 @@ class FeatureSet:
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
-        _check_identifier("feature set", self.name)
+        check_identifier("feature set", self.name)
         object.__setattr__(self, "features", tuple(self.features))
         if self.source.entity is not None and tuple(self.source.entity.keys) != tuple(self.entity.keys):
             raise ConfigError(
@@ -384,7 +185,7 @@ class FeatureSet:
             )
         seen: set[str] = set()
         for feature in self.features:
-            _check_identifier(f"feature of '{self.name}'", feature.name)
+            check_identifier(f"feature of '{self.name}'", feature.name)
             if feature.name in seen:
                 raise ConfigError(f"feature set '{self.name}' defines '{feature.name}' twice")
             if isinstance(feature, Transform):
@@ -401,7 +202,7 @@ class FeatureSet:
                 f"policy fields such as {{'ttl': 30, 'max_staleness': 600}}"
             )
         object.__setattr__(self, "version", self._hash())
-        _SETS_BY_SOURCE.setdefault(self.source, weakref.WeakSet()).add(self)
+        declare_feature_set(self.source, self)
 
     def __getitem__(self, name: str) -> FeatureRef:
         if name not in self.feature_names:
@@ -514,15 +315,3 @@ def request_fields_of(refs: Sequence[FeatureRef | RequestField]) -> list[Request
 
 def _input_name(item: str | RequestField) -> str:
     return item if isinstance(item, str) else f"request.{item.source}.{item.name}"
-
-
-def _code_identity(fn: Callable[..., Any]) -> str:
-    """What a function's behaviour depends on: its source text when available, else its
-    bytecode and constants."""
-    try:
-        return inspect.getsource(fn).strip()
-    except (OSError, TypeError):
-        code = getattr(fn, "__code__", None)
-        if code is None:
-            return repr(fn)
-        return hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()

@@ -26,7 +26,8 @@ mistake:
 
 The degradation ladder, tried in order when the model call fails (an open breaker, a
 timeout, a model error): ``fallback`` (another model, usually simpler), the entity's
-``last_good`` prediction if no older than that, ``default_prediction``, then the error.
+``last_good`` prediction if no older than that (a duration, :mod:`stalwart.durations`),
+``default_prediction``, then the error.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stalwart.durations import Duration, parse_seconds
 from stalwart.errors import ConfigError
 
 __all__ = ["Deployment", "parse_model_ref"]
@@ -61,7 +63,7 @@ class Deployment:
     shedding: Mapping[str, Any] | None = None
     validation: Mapping[str, Any] | None = None
     fallback: str | None = None
-    last_good: str | float | None = None
+    last_good: Duration | None = None
     default_prediction: Mapping[str, Any] | None = None
     model_name: str = field(init=False)
     model_version: int | None = field(init=False)
@@ -74,3 +76,6 @@ class Deployment:
         object.__setattr__(self, "model_version", version)
         if self.fallback is not None:
             parse_model_ref(self.fallback, f"deployment '{self.name}' fallback")
+        if self.last_good is not None:
+            # Checked here so a typo fails where the project declares it, not at serve time.
+            parse_seconds(self.last_good, f"deployment '{self.name}' last_good", positive=True)

@@ -1,4 +1,17 @@
-"""Invalidation for PostgreSQL tables written by other systems, through LISTEN/NOTIFY.
+"""Invalidation for PostgreSQL tables written by other systems, through LISTEN/NOTIFY:
+the triggers, the listener, and the glue from a project's sources to both.
+
+Why here, in ``features``: the listener is generic (a channel, source names mapped to
+FeatureSet names, a cache to invalidate), but what to install and listen for comes from
+the declarations (a :class:`~stalwart.project.SqlSource`'s table, database and entity keys)
+and from which FeatureSets are cached (:func:`~stalwart.features.caching.cache_policy`).
+``features`` already sits above ``cache`` and knows both; putting this in ``cache`` would
+make the cache reach up to feature definitions and caching policy. One module keeps the
+trigger's payload format and the listener that decodes it side by side.
+
+:func:`install_source_trigger` and :func:`pg_listeners` are the project-level API (a source,
+the server's cached FeatureSets); :func:`install_notify_trigger` and
+:class:`PgInvalidationListener` work on a bare table and source names.
 
 :func:`install_notify_trigger` adds statement-level triggers to a table: after each
 INSERT, UPDATE, DELETE or TRUNCATE, they send the changed rows' entity keys on a channel
@@ -18,16 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from sqlalchemy.engine import make_url
 
 from stalwart._optional import require
 from stalwart.cache.background import Background
 from stalwart.cache.keys import EntityKey, encode_entity
+from stalwart.config import Settings, load_settings
 from stalwart.errors import ConfigError, StorageError
+from stalwart.features.caching import cache_policy
 from stalwart.monitoring.logs import get_logger
+from stalwart.project import FeatureSet, SqlSource
 
 if TYPE_CHECKING:
     from stalwart.cache.cache import FeatureCache
@@ -36,13 +53,15 @@ __all__ = [
     "DEFAULT_CHANNEL",
     "PgInvalidationListener",
     "install_notify_trigger",
+    "install_source_trigger",
+    "pg_listeners",
     "uninstall_notify_trigger",
 ]
 
 DEFAULT_CHANNEL = "stalwart_cache"
 _PAYLOAD_LIMIT = 7900  # NOTIFY refuses payloads of 8000 bytes or more
 _OPS = {"insert": "INSERT", "update": "UPDATE", "delete": "DELETE", "truncate": "TRUNCATE"}
-_log = get_logger("stalwart.cache")
+_log = get_logger("stalwart.cache")  # its events are the cache's, as before the move
 
 
 class _Payload(msgspec.Struct):
@@ -274,3 +293,48 @@ class PgInvalidationListener(Background):
 
 def _key(values: list[Any]) -> EntityKey:
     return tuple(values)
+
+
+def _postgres_dsn(source: SqlSource, settings: Settings | None) -> str | None:
+    url = make_url(source.url or (settings or load_settings()).resolved_db_url())
+    if url.get_backend_name() != "postgresql":
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def install_source_trigger(
+    source: SqlSource, settings: Settings | None = None, *, channel: str = DEFAULT_CHANNEL, max_keys: int = 10_000
+) -> None:
+    """Make every committed write to ``source``'s table (by anyone, in plain SQL) announce
+    its entity keys, for :func:`pg_listeners` to invalidate. PostgreSQL only; idempotent."""
+    dsn = _postgres_dsn(source, settings)
+    if dsn is None:
+        raise ConfigError(
+            f"source '{source.name}' is not on PostgreSQL, so it cannot notify writes; write "
+            f"through stalwart.features.write() (or POST its rows to the server) so the cache hears of them"
+        )
+    install_notify_trigger(dsn, source.table, list(source.entity.keys), source=source.name, channel=channel, max_keys=max_keys)
+
+
+def pg_listeners(
+    feature_sets: Iterable[FeatureSet],
+    cache: FeatureCache,
+    settings: Settings | None = None,
+    *,
+    channel: str = DEFAULT_CHANNEL,
+) -> list[PgInvalidationListener]:
+    """One NOTIFY listener per PostgreSQL database holding a SQL source of these cached
+    FeatureSets, each mapping its sources to their sets. Start them in the server's
+    lifespan (``await listener.start()``) and stop them on shutdown (``await
+    listener.stop()``); without PostgreSQL sources the list is empty."""
+    targets: dict[str, dict[str, list[str]]] = {}
+    for feature_set in feature_sets:
+        source = feature_set.source
+        if not isinstance(source, SqlSource) or cache_policy(feature_set) is None:
+            continue
+        dsn = _postgres_dsn(source, settings)
+        if dsn is not None:
+            targets.setdefault(dsn, {}).setdefault(source.name, []).append(feature_set.name)
+    if not targets:
+        return []
+    return [PgInvalidationListener(dsn, cache, sources, channel=channel) for dsn, sources in targets.items()]

@@ -1,6 +1,9 @@
 """A project file: the Python module that declares entities, sources, feature sets and
 deployments. The training script and the server import the same file, so both see the
 same definitions (and the same FeatureSet versions).
+
+Loading runs the file (its module-level code, nothing more); the project it returns is
+plain declarations.
 """
 
 from __future__ import annotations
@@ -11,17 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stalwart.deployment import Deployment
 from stalwart.errors import ConfigError, DeploymentNotFound
-from stalwart.features.definitions import (
-    Entity,
-    FeatureRef,
-    FeatureSet,
-    RequestField,
-    RequestSource,
-    Source,
-    feature_refs,
-)
+from stalwart.project.deployment import Deployment
+from stalwart.project.entities import Entity
+from stalwart.project.feature_sets import FeatureRef, FeatureSet, feature_refs
+from stalwart.project.sources import RequestField, RequestSource, Source
 
 __all__ = ["Project", "load_project"]
 
