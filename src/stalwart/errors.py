@@ -33,6 +33,8 @@ says what went wrong *and* what to do next.
     ├── FeatureError                a feature source or transform failed
     ├── CacheUnavailable            a shared cache tier (Redis) cannot be used; the cache falls
     │                               through to the next tier, so this never reaches a client
+    ├── PredictionLogError          the prediction log cannot take or store a record
+    │   └── SinkUnavailable         a sink (database, files, broker) failed; records spool
     ├── ModelError                  the model itself raised while predicting
     └── ResilienceError             a guard refused or gave up on a call
         ├── CallNotPermitted        the circuit breaker is open
@@ -68,11 +70,13 @@ __all__ = [
     "NotReady",
     "Overloaded",
     "PayloadTooLarge",
+    "PredictionLogError",
     "RegistryError",
     "RequestError",
     "ResilienceError",
     "SchemaNotFound",
     "SchemaVersionError",
+    "SinkUnavailable",
     "StalwartError",
     "StorageError",
     "UnknownEntity",
@@ -249,6 +253,16 @@ class CacheUnavailable(StalwartError):
     The feature cache catches it and serves from the next tier or the source; it is
     counted and logged, and never fails a request.
     """
+
+
+class PredictionLogError(StalwartError):
+    """The prediction log cannot take a record (in ``sync`` mode: the request fails rather
+    than go unrecorded) or a sink is misconfigured."""
+
+
+class SinkUnavailable(PredictionLogError):
+    """A prediction sink failed to store a batch (its database is down, its disk full, its
+    broker unreachable). The log keeps the batch in its spool and retries."""
 
 
 class ModelError(StalwartError):

@@ -1,0 +1,78 @@
+"""Where prediction records go: one backend per module behind :class:`PredictionSink`.
+
+- ``sql``: SQLite (the embedded default, the registry's own database under
+  ``STALWART_HOME``) and PostgreSQL (batched with ``COPY``, shared by every replica);
+- ``parquet``: rotated Parquet segments (by size and hour, zstd) that pandas, DuckDB and
+  Spark read directly;
+- ``nats``: NATS JetStream, acknowledged publishes only, for other consumers.
+
+A sink is written from one thread, the prediction log's writer, in batches, and must be
+idempotent by request id: the log replays its spool after a crash or an outage, so a
+record may arrive twice and must be stored once. A sink that cannot store a batch raises
+:class:`~stalwart.errors.SinkUnavailable`; the log keeps the batch and tries again later.
+
+A sink that can also be read (SQL, Parquet) is a :class:`PredictionStore`: ``stalwart log``,
+``GET /v1/predictions/{id}``, ``stalwart audit verify`` and retention use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from stalwart.monitoring.records import PredictionRecord
+
+__all__ = ["PredictionSink", "PredictionStore", "Query"]
+
+
+class PredictionSink(Protocol):
+    """Stores batches of prediction records, idempotently by request id."""
+
+    name: str
+
+    def write(self, records: Sequence[PredictionRecord], encoded: Sequence[bytes]) -> None:
+        """Store ``records`` (``encoded``: each one's JSON, from
+        :func:`~stalwart.monitoring.records.encode_record`), once each however often the
+        same request id arrives. Raises SinkUnavailable when it cannot."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Which records to read: every filter given must hold. Times are ns since the epoch."""
+
+    deployment: str | None = None
+    model: str | None = None
+    version: int | None = None
+    status: int | None = None  # an exact status, e.g. 422
+    errors_only: bool = False  # status >= 400
+    degraded: bool | None = None  # True: only degraded answers; False: only undegraded
+    since_ns: int | None = None
+    until_ns: int | None = None
+    limit: int = 100  # newest first
+
+
+@runtime_checkable
+class PredictionStore(Protocol):
+    """A sink that can be read back."""
+
+    def get(self, request_id: str) -> PredictionRecord | None: ...
+
+    def query(self, query: Query) -> list[PredictionRecord]:
+        """Matching records, newest first, at most ``query.limit``."""
+        ...
+
+    def chains(self) -> list[str]:
+        """The names of the hash chains stored (one per writer that ever wrote here)."""
+        ...
+
+    def chain(self, name: str) -> Iterator[PredictionRecord]:
+        """One chain's records in storage order (by position), for verification."""
+        ...
+
+    def delete_older(self, cutoff_ns: int) -> int:
+        """Retention: remove records older than ``cutoff_ns``; returns how many."""
+        ...
