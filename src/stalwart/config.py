@@ -93,6 +93,39 @@ class Settings(BaseSettings):
             "unset: the top-level package of the project file"
         ),
     )
+    # The prediction log (stalwart.monitoring.prediction_log): one record per request.
+    prediction_log: Literal["auto", "sql", "parquet", "nats", "off"] = Field(
+        default="auto",
+        description="where records go: auto and sql = the registry's database (SQLite or PostgreSQL)",
+    )
+    prediction_log_mode: Literal["async", "sync"] = Field(
+        default="async",
+        description="async: on disk within prediction_log_flush_ms of the answer; sync: before it",
+    )
+    prediction_log_flush_ms: float = Field(default=50.0, gt=0, le=10_000, description="longest a record waits for the spool")
+    prediction_log_queue: int = Field(default=100_000, ge=1, description="records held in memory before new ones are dropped (counted)")
+    prediction_log_inputs: Literal["all", "hash", "none"] = Field(
+        default="all", description="what a record keeps of a request's inputs"
+    )
+    prediction_log_sample: float = Field(
+        default=1.0, ge=0, le=1, description="share of answered (2xx) requests recorded; every other status is"
+    )
+    prediction_log_redact: dict[str, Literal["drop", "hash"]] = Field(
+        default_factory=dict, description='sensitive fields, as JSON: {"email": "drop", "card_id": "hash"}'
+    )
+    prediction_log_retention_days: float | None = Field(default=30.0, gt=0, description="records older are deleted")
+    prediction_log_dir: Path | None = Field(default=None, description="Parquet segments; default <home>/predictions")
+    prediction_log_segment_mb: int = Field(default=64, ge=1, description="a Parquet segment is closed at this size (or the hour)")
+    prediction_log_key: SecretStr | None = Field(
+        default=None, description="HMAC key for hashed fields; generated into <home> if unset"
+    )
+    nats_url: str | None = Field(default=None, description="NATS server for the nats sink, e.g. nats://127.0.0.1:4222")
+    nats_subject: str = Field(default="stalwart.predictions", description="subject (and stream STALWART_PREDICTIONS) of records")
+    otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint; tracing is off without one")
+    otel_service_name: str = Field(default="stalwart", description="service.name of exported spans")
+    admin_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description='named control-plane tokens, as JSON: {"alice": "..."}; the audit log names who acted'
+    )
     allow_pickle: bool = Field(
         default=True,
         description="load versions registered with trust_pickle=True; false refuses them",

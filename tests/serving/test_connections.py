@@ -206,7 +206,7 @@ def test_the_defaults_are_documented() -> None:
 
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     settings = Settings()
-    for name in ("keep_alive_seconds", "header_timeout_seconds", "body_timeout_seconds", "max_connections", "max_entities"):
+    for name in ("keep_alive_seconds", "header_timeout_seconds", "body_timeout_seconds", "max_connections", "max_entities", "model_timeout_seconds"):
         variable = f"STALWART_{name.upper()}"
         assert variable in text, variable
         row = text.split(variable, 1)[1].split("\n", 1)[0]
