@@ -21,9 +21,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from stalwart.config import Settings
 from stalwart.monitoring.records import PredictionRecord
 
-__all__ = ["PredictionSink", "PredictionStore", "Query"]
+__all__ = ["PredictionSink", "PredictionStore", "Query", "open_sink", "open_store"]
 
 
 class PredictionSink(Protocol):
@@ -76,3 +77,31 @@ class PredictionStore(Protocol):
     def delete_older(self, cutoff_ns: int) -> int:
         """Retention: remove records older than ``cutoff_ns``; returns how many."""
         ...
+
+
+def open_sink(settings: Settings) -> PredictionSink | None:
+    """The sink ``STALWART_PREDICTION_LOG`` names (None for ``off``), backends imported
+    only when chosen: ``auto``/``sql`` the registry's database, ``parquet`` segments under
+    ``STALWART_PREDICTION_LOG_DIR``, ``nats`` JetStream at ``STALWART_NATS_URL``."""
+    kind = settings.prediction_log
+    if kind == "off":
+        return None
+    if kind in ("auto", "sql"):
+        from stalwart.monitoring.sinks.sql import SqlSink
+
+        return SqlSink.from_settings(settings)
+    if kind == "parquet":
+        from stalwart.monitoring.sinks.parquet import ParquetSink
+
+        return ParquetSink.from_settings(settings)
+    from stalwart.monitoring.sinks.nats import NatsSink
+
+    return NatsSink.from_settings(settings)
+
+
+def open_store(settings: Settings) -> PredictionStore | None:
+    """The readable store of the configured log (None when it has none: ``off``, ``nats``)."""
+    if settings.prediction_log in ("off", "nats"):
+        return None
+    sink = open_sink(settings)
+    return sink if isinstance(sink, PredictionStore) else None
