@@ -25,6 +25,7 @@ from stalwart.errors import ConfigError
 __all__ = ["Settings", "is_module_path", "load_settings", "private_dir"]
 
 _TOKEN_FILE = "admin_token"  # noqa: S105 - a file name, not a secret
+_PREDICTION_KEY_FILE = "prediction_log_key"
 
 
 class Settings(BaseSettings):
@@ -178,30 +179,41 @@ class Settings(BaseSettings):
         """
         if self.admin_token is not None:
             return self.admin_token.get_secret_value()
-        path = self.home.resolve() / _TOKEN_FILE
-        if path.exists():
-            return path.read_text().strip()
-        private_dir(path.parent)
-        # Write a private temp file, then link it into place: link fails if another process
-        # or thread got there first, and then its token (complete, never half-written) is the
-        # token. The temp name is unique per call (mkstemp, mode 0600), not per process, so
-        # two threads never write or remove each other's file.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{_TOKEN_FILE}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            os.write(fd, secrets.token_urlsafe(32).encode())
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        return path.read_text().strip()
+        return _generated_secret(self.home.resolve() / _TOKEN_FILE)
+
+    def resolved_prediction_log_key(self) -> bytes:
+        """The key of hashed prediction-log fields: the configured one, else one generated
+        once into ``home`` (0600), so hashes stay comparable across restarts."""
+        if self.prediction_log_key is not None:
+            return self.prediction_log_key.get_secret_value().encode()
+        return _generated_secret(self.home.resolve() / _PREDICTION_KEY_FILE).encode()
 
     def admin_token_file(self) -> Path:
         return self.home.resolve() / _TOKEN_FILE
+
+
+def _generated_secret(path: Path) -> str:
+    """A random secret kept in ``path`` (0600), created by whichever caller comes first."""
+    if path.exists():
+        return path.read_text().strip()
+    private_dir(path.parent)
+    # Write a private temp file, then link it into place: link fails if another process
+    # or thread got there first, and then its secret (complete, never half-written) is the
+    # secret. The temp name is unique per call (mkstemp, mode 0600), not per process, so
+    # two threads never write or remove each other's file.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.write(fd, secrets.token_urlsafe(32).encode())
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 def is_module_path(name: str) -> bool:

@@ -46,6 +46,8 @@ from stalwart.serving.policies import ServingPolicy
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
+from stalwart.serving.tap import PredictionTap, open_prediction_log
+from stalwart.serving.taps import compose
 from stalwart.serving.v1 import control_routes, v1_routes
 from stalwart.storage import DatabasePool
 from stalwart.validation.stage import ValidationMetrics
@@ -116,6 +118,8 @@ def create_app(
         for listener in listeners:
             await listener.start()
         await repository.start()
+        if predictions is not None:
+            predictions.start()
         if settings.gc_freeze:
             _freeze_garbage()
         try:
@@ -129,6 +133,9 @@ def create_app(
             await cache.aclose()
             # Callers still queued get a clear error; nothing waits on a batch forever.
             await asyncio.gather(*(batcher.close() for batcher in batchers))
+            if predictions is not None:
+                # After the last answer: spool what is queued, deliver what the sink takes.
+                await asyncio.to_thread(predictions.close)
             executor.shutdown(wait=False, cancel_futures=True)
             pool.dispose()
             if owns_registry:
@@ -145,7 +152,10 @@ def create_app(
         return json_response(document)
 
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
-    plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=tap)
+    # The prediction log: every request's record, spooled off the event loop, delivered.
+    predictions = open_prediction_log(settings, metrics.registry)
+    prediction_tap = PredictionTap(predictions, sample=settings.prediction_log_sample) if predictions is not None else None
+    plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=compose(prediction_tap, tap))
     auth = BearerAuth(settings.resolved_admin_token())
     routes = [
         *oip_routes(plane),
@@ -169,6 +179,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.deployments = deployments
     app.state.plane = plane
+    app.state.predictions = predictions
     app.state.cache = cache
     return app
 

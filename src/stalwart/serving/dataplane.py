@@ -28,8 +28,10 @@ setting per request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -153,13 +155,17 @@ class Outcome:
     prediction: Prediction | None = None
     error: BaseException | None = None
     features: Mapping[str, Any] = field(default_factory=dict)  # cache hits, degraded sources
+    request: PredictRequest | None = None  # /v1: the entities and request values
+    feature_names: tuple[str, ...] | None = None  # /v1: the columns of a matrix input
 
 
 class RequestTap(Protocol):
     """Sees every request's :class:`Outcome` once it is answered. Runs on the event loop:
-    it must hand the outcome on (to a bounded queue) and return at once."""
+    it must hand the outcome on (to a bounded queue) and return at once. It may return an
+    awaitable that the request waits for before it is answered (the prediction log's
+    ``sync`` mode: the record on disk first)."""
 
-    def __call__(self, outcome: Outcome) -> None: ...
+    def __call__(self, outcome: Outcome) -> Awaitable[None] | None: ...
 
 
 class PredictRequest(msgspec.Struct):
@@ -213,11 +219,11 @@ class DataPlane:
         except BaseException as exc:
             if outcome is not None:
                 outcome.error = exc
-                self._tap_outcome(outcome)
+                await self._tap_failure(outcome, exc)
             raise
         if outcome is not None:
             outcome.inferred = inferred
-            self._tap_outcome(outcome)
+            await self._tap_outcome(outcome)
         return inferred
 
     async def _infer(self, call: InferCall, outcome: Outcome | None) -> Inferred:
@@ -274,11 +280,11 @@ class DataPlane:
         except BaseException as exc:
             if outcome is not None:
                 outcome.error = exc
-                self._tap_outcome(outcome)
+                await self._tap_failure(outcome, exc)
             raise
         if outcome is not None:
             outcome.prediction = prediction
-            self._tap_outcome(outcome)
+            await self._tap_outcome(outcome)
         return prediction
 
     async def _predict(self, call: PredictCall, outcome: Outcome | None) -> Prediction:
@@ -290,6 +296,8 @@ class DataPlane:
         info.model = policy.primary.model
         with self._admit(self._shedders[name], name, call.priority, queued=False) as admission:
             request = _decode_predict(call.payload)
+            if outcome is not None:
+                outcome.request = request
             check_entity_count(request.entities, self.policy.max_entities)
             keys = _entity_keys(request.entities)
             variant = self._route(policy, request)
@@ -348,6 +356,7 @@ class DataPlane:
         if outcome is not None:
             outcome.variant = variant.name
             outcome.features = {"degraded": resolved.degraded, "cache": resolved.cache}
+            outcome.feature_names = plan.names if plan.layout == "matrix" else None
         mv = loaded.version
         exchange = Exchange(
             request_id=info.request_id,
@@ -439,9 +448,30 @@ class DataPlane:
             self.metrics.shed.labels(label, priority.name.lower()).inc()
             raise
 
-    def _tap_outcome(self, outcome: Outcome) -> None:
+    async def _tap_outcome(self, outcome: Outcome) -> None:
         if self._tap is not None:
-            self._tap(outcome)
+            waiter = self._tap(outcome)
+            if waiter is not None:
+                await waiter
+
+    async def _tap_failure(self, outcome: Outcome, error: BaseException) -> None:
+        """Tap a failed request; its own error is what the client gets, whatever the tap
+        says, and a cancelled request (the client left) waits for nothing."""
+        if self._tap is None:
+            return
+        waiter = self._tap(outcome)
+        if waiter is None:
+            return
+        if isinstance(error, asyncio.CancelledError):
+            asyncio.ensure_future(waiter).add_done_callback(_quiet)
+            return
+        with contextlib.suppress(Exception):
+            await waiter
+
+
+def _quiet(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: nothing to report for a request already gone
 
 
 def _log_exchange(info: RequestInfo, exchange: Exchange) -> None:

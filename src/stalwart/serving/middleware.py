@@ -39,6 +39,8 @@ class RequestInfo:
     model: str = ""
     version: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0  # time.perf_counter() at arrival
+    arrived_ns: int = 0  # time.time_ns() at arrival
 
 
 def request_info(scope: Scope) -> RequestInfo:
@@ -61,7 +63,7 @@ class Observe:
             return
         start = time.perf_counter()
         request_id = _request_id(scope)
-        info = RequestInfo(request_id)
+        info = RequestInfo(request_id, started=start, arrived_ns=time.time_ns())
         scope["stalwart.info"] = info
         scope["stalwart.request_id"] = request_id
         header = (_REQUEST_ID_HEADER, request_id.encode())

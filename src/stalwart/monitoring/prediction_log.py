@@ -1,0 +1,368 @@
+"""The prediction log: every request's record, taken off the event loop, spooled, delivered.
+
+The request path only appends to a bounded in-memory queue (a deque append: no encoding,
+no I/O). One writer thread does the rest, in batches:
+
+1. turns queued items into :class:`PredictionRecord` s (the ``convert`` function given: the
+   serving layer's, which knows requests), links them into this writer's hash chain;
+2. appends them to the local :class:`~stalwart.monitoring.spool.Spool` (a write-ahead log);
+3. delivers the spool to the sink in order and moves the spool's cursor past what the sink
+   has stored. A failing sink is retried with backoff while records keep spooling; nothing
+   is lost and, sinks being idempotent by request id, nothing is stored twice.
+
+Durability modes:
+
+- ``async`` (the default): a record reaches the spool (the file, in the OS's page cache)
+  within ``flush_ms`` (50 ms) of its answer: a killed process loses at most what was
+  queued in that window, a crashed machine also what the OS had not yet written back.
+- ``sync``: :meth:`PredictionLog.submit` returns a future that the request awaits before
+  it is answered; it resolves when the record is fsynced to the spool. Concurrent requests
+  share one fsync (group commit): the writer takes whatever is queued, writes it, syncs
+  once, and resolves them all. If the record cannot be made durable the request fails.
+
+When the queue is full, new records are dropped and counted
+(``stalwart_prediction_log_dropped_total{reason="queue_full"}`` and a log line), never
+silently. At start the writer also delivers the spools of processes that died with records
+still undelivered (their spool directories are unlocked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, Literal, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from stalwart.errors import PredictionLogError, SinkUnavailable
+from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.records import Chain, PredictionRecord, decode_record, encode_record
+from stalwart.monitoring.sinks import PredictionSink, PredictionStore
+from stalwart.monitoring.spool import Spool
+
+__all__ = ["LogMetrics", "PredictionLog"]
+
+T = TypeVar("T")
+_log = get_logger("stalwart.predictions")
+_BATCH = 2_000  # records per sink write
+_BACKOFF = (0.5, 1.0, 2.0, 5.0)
+_DROP_LOG_EVERY = 10.0  # seconds between "dropped" log lines
+_RETENTION_EVERY = 3600.0
+
+
+class LogMetrics:
+    """The prediction log's own metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.records = Counter(
+            "stalwart_prediction_log_records", "Prediction records by what happened to them (spooled, delivered)", ("stage",), registry=registry
+        )
+        self.dropped = Counter(
+            "stalwart_prediction_log_dropped", "Prediction records dropped, by reason (queue_full, spool_error)", ("reason",), registry=registry
+        )
+        self.sink_failures = Counter(
+            "stalwart_prediction_log_sink_failures", "Failed deliveries to the prediction sink (retried from the spool)", registry=registry
+        )
+        self.sink_up = Gauge("stalwart_prediction_log_sink_up", "1 while the prediction sink accepts records", registry=registry)
+        self.queued = Gauge("stalwart_prediction_log_queued", "Records waiting in memory for the spool", registry=registry)
+        self.undelivered = Gauge(
+            "stalwart_prediction_log_undelivered_bytes", "Spooled bytes not yet delivered to the sink", registry=registry
+        )
+
+
+class _Waiter:
+    """A sync-mode request waiting for its record to be on disk."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def settle(self, error: BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.future, error)
+
+
+class PredictionLog(Generic[T]):
+    """A bounded queue, a writer thread, a spool and a sink (see the module docstring).
+
+    >>> log = PredictionLog(sink, home / "spool", convert=to_record)   # doctest: +SKIP
+    >>> log.start()                                                    # doctest: +SKIP
+    >>> log.submit(item)       # from the event loop: O(1), never blocks  # doctest: +SKIP
+    >>> log.close()            # at shutdown: spools and delivers what is left  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        sink: PredictionSink,
+        spool_root: Path,
+        *,
+        convert: Callable[[T], PredictionRecord | None],
+        mode: Literal["async", "sync"] = "async",
+        flush_ms: float = 50.0,
+        max_queue: int = 100_000,
+        retention_days: float | None = None,
+        registry: CollectorRegistry | None = None,
+        chain: str | None = None,
+    ) -> None:
+        self.sink = sink
+        self.mode = mode
+        self.chain = Chain(chain or _chain_name())
+        self._convert = convert
+        self._spool_root = spool_root
+        self._flush = flush_ms / 1000
+        self._max_queue = max_queue
+        self._retention = retention_days
+        self._queue: deque[tuple[T, _Waiter | None]] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._spool: Spool | None = None
+        self._metrics = LogMetrics(registry)
+        self._metrics.queued.set_function(lambda: len(self._queue))
+        self._metrics.sink_up.set(1)
+        self._sink_ok = True
+        self._retry_at = 0.0
+        self._failures = 0
+        self._dropped_since_log = 0
+        self._last_drop_log = 0.0
+        self._next_retention = 0.0
+        self._idle = threading.Event()  # set when the queue and the spool are drained (tests)
+
+    # --- the request path ----------------------------------------------------------------
+
+    def submit(self, item: T) -> asyncio.Future[None] | None:
+        """Queue one request's item. In ``sync`` mode returns a future that resolves when
+        its record is on disk (fails with PredictionLogError when it cannot be); in
+        ``async`` mode returns None. Never blocks; when the queue is full the item is
+        dropped and counted (in ``sync`` mode the future fails)."""
+        waiter = None
+        if self.mode == "sync":
+            loop = asyncio.get_running_loop()
+            waiter = _Waiter(loop, loop.create_future())
+        if len(self._queue) >= self._max_queue:
+            self._drop("queue_full", 1)
+            if waiter is not None:
+                waiter.future.set_exception(PredictionLogError("the prediction log is full; retry shortly"))
+                return waiter.future
+            return None
+        self._queue.append((item, waiter))
+        if waiter is not None:
+            self._wake.set()  # a waiting request: write now, not at the next flush
+            return waiter.future
+        return None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spool = Spool(self._spool_root / _safe(self.chain.name))
+        self._thread = threading.Thread(target=self._run, name="stalwart-prediction-log", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Spool what is queued, try to deliver it (within ``timeout``), stop the writer."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        flush = getattr(self.sink, "flush", None)
+        if callable(flush):
+            with contextlib.suppress(SinkUnavailable):
+                flush()
+                self._deliver()
+        if self._spool is not None:
+            self._spool.close()
+        self.sink.close()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is delivered (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._idle.clear()
+            self._wake.set()
+            if self._idle.wait(0.05) and not self._queue:
+                return True
+        return False
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._adopt_orphans()
+        while True:
+            self._wake.wait(self._flush)
+            self._wake.clear()
+            stopping = self._stop
+            self._spool_queued()
+            self._deliver()
+            self._maintain()
+            if not self._queue and (self._spool is None or not self._spool.pending()):
+                self._idle.set()
+            if stopping and not self._queue:
+                return
+
+    def _spool_queued(self) -> None:
+        spool = self._spool
+        if spool is None:
+            return
+        while self._queue:
+            items: list[tuple[T, _Waiter | None]] = []
+            while self._queue and len(items) < _BATCH:
+                items.append(self._queue.popleft())
+            encoded: list[bytes] = []
+            for item, _ in items:
+                try:
+                    record = self._convert(item)
+                except Exception as exc:  # noqa: BLE001 - one record the converter chokes on must not stop the log
+                    _log.error("prediction record could not be built", exc_info=exc)
+                    continue
+                if record is not None:
+                    encoded.append(encode_record(self.chain.link(record)))
+            waiters = [w for _, w in items if w is not None]
+            error: BaseException | None = None
+            try:
+                if encoded:
+                    spool.append(encoded, sync=bool(waiters))
+                    self._metrics.records.labels("spooled").inc(len(encoded))
+            except OSError as exc:
+                # A full or failing disk: these records cannot be kept. Count them, say so,
+                # and fail the requests that asked to be recorded before they were answered.
+                self._drop("spool_error", len(encoded), detail=str(exc))
+                error = PredictionLogError("the prediction log cannot write its spool (is the disk full?); retry shortly")
+            for waiter in waiters:
+                waiter.settle(error)
+
+    def _deliver(self) -> None:
+        spool = self._spool
+        if spool is None or not spool.pending():
+            return
+        if not self._sink_ok and time.monotonic() < self._retry_at:
+            return
+        while spool.pending():
+            payloads, ends = spool.read_pending(_BATCH)
+            if not payloads:
+                return
+            records = [decode_record(p) for p in payloads]
+            try:
+                self.sink.write(records, payloads)
+            except SinkUnavailable as exc:
+                self._sink_failed(exc)
+                return
+            durable = len(payloads) - _pending(self.sink)
+            if durable > 0:
+                spool.advance(ends[durable - 1])
+                self._metrics.records.labels("delivered").inc(durable)
+            self._sink_recovered()
+            if durable < len(payloads):
+                return  # the rest waits until the sink has made it durable
+        self._metrics.undelivered.set(0)
+
+    def _sink_failed(self, exc: SinkUnavailable) -> None:
+        self._metrics.sink_failures.inc()
+        delay = _BACKOFF[min(self._failures, len(_BACKOFF) - 1)]
+        self._failures += 1
+        self._retry_at = time.monotonic() + delay
+        if self._sink_ok:
+            _log.warning("prediction sink unavailable; spooling until it returns", sink=self.sink.name, error=exc.message)
+        self._sink_ok = False
+        self._metrics.sink_up.set(0)
+
+    def _sink_recovered(self) -> None:
+        if not self._sink_ok:
+            _log.info("prediction sink back; delivering the spool", sink=self.sink.name)
+        self._sink_ok = True
+        self._failures = 0
+        self._metrics.sink_up.set(1)
+
+    def _maintain(self) -> None:
+        if self._retention is None or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + _RETENTION_EVERY
+        if not isinstance(self.sink, PredictionStore):
+            return
+        cutoff = time.time_ns() - int(self._retention * 86_400 * 1e9)
+        try:
+            removed = self.sink.delete_older(cutoff)
+        except SinkUnavailable as exc:
+            _log.warning("prediction log retention failed", error=exc.message)
+            return
+        if removed:
+            _log.info("prediction log retention", removed=removed, days=self._retention)
+
+    def _adopt_orphans(self) -> None:
+        """Deliver the spools of writers that died with records undelivered."""
+        if not self._spool_root.exists():
+            return
+        own = self._spool.directory if self._spool is not None else None
+        for directory in sorted(self._spool_root.iterdir()):
+            if directory == own or not directory.is_dir():
+                continue
+            try:
+                orphan = Spool(directory)
+            except OSError:
+                continue  # locked: a live writer's
+            delivered = self._drain(orphan)
+            if delivered is not None:
+                _log.info("delivered a dead writer's spool", spool=directory.name, records=delivered)
+                orphan.remove()
+            else:
+                orphan.close()
+
+    def _drain(self, orphan: Spool) -> int | None:
+        count = 0
+        while orphan.pending():
+            payloads, ends = orphan.read_pending(_BATCH)
+            if not payloads:
+                break
+            try:
+                self.sink.write([decode_record(p) for p in payloads], payloads)
+                flush = getattr(self.sink, "flush", None)
+                if callable(flush) and _pending(self.sink):
+                    flush()
+            except SinkUnavailable as exc:
+                self._sink_failed(exc)
+                return None
+            orphan.advance(ends[-1])
+            count += len(payloads)
+        return count
+
+    def _drop(self, reason: str, n: int, detail: str = "") -> None:
+        if not n:
+            return
+        self._metrics.dropped.labels(reason).inc(n)
+        self._dropped_since_log += n
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_EVERY:
+            _log.warning("prediction records dropped", reason=reason, records=self._dropped_since_log, detail=detail or None)
+            self._dropped_since_log = 0
+            self._last_drop_log = now
+
+
+def _pending(sink: PredictionSink) -> int:
+    pending = getattr(sink, "pending", None)
+    return int(pending()) if callable(pending) else 0
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _chain_name() -> str:
+    """This writer's chain: host, process and a random suffix (a restarted process starts
+    a new chain; its predecessor's chain stays intact)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
