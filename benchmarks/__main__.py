@@ -1,7 +1,7 @@
 """``python -m benchmarks [suite ...]``: run the benchmark suites and write their reports.
 
-Suites: ``serving`` (issue 2: the endpoint's overhead) and ``batching`` (issue 5: adaptive
-batching on and off). With no suite named, all run. Each report is printed and written to
+Suites: ``serving`` (issue 2: the endpoint's overhead), ``batching`` (issue 5: adaptive
+batching on and off) and ``predictions`` (issue 12: the prediction log's cost). With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
 
@@ -11,12 +11,15 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from benchmarks import batching, serving
+from benchmarks import batching, prediction_tap, serving
 from benchmarks.harness import WRK, write_results, wrk_available
 
 SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "serving": lambda a: serving.run(
         serving.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models), baseline=a.baseline)
+    ),
+    "predictions": lambda a: prediction_tap.run(
+        prediction_tap.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
     "batching": lambda a: batching.run(
         batching.Options(
