@@ -213,3 +213,21 @@ def test_a_killed_server_loses_no_answered_record_beyond_its_mode(home: Path, re
     else:
         late = [at for _, at in missing if at < killed_at - 0.1]
         assert late == [], f"{len(missing)} missing, {len(late)} answered more than 100 ms before the kill"
+
+
+def test_a_deployment_samples_its_answers_but_records_every_failure(settings: Settings, registry: Registry) -> None:
+    """``Deployment(log={"sample": 0})`` records none of its answered requests, yet every
+    request that failed; other entrypoints keep the server's setting."""
+    set_mode("sampled", "ok")
+    registry.register("sampled", Switchable("sampled"), sample=SAMPLE)
+    project = Project.of(Deployment("quiet", model="sampled", features=[TXN.x], log={"sample": 0.0}), TXN)
+    app = create_app(settings, registry=registry, project=project)
+    with start_server(settings, app=app) as server:
+        answered = [server.post("/v1/deployments/quiet/predict", json={"entities": [{"id": i}], "values": [{"x": 1.0, "card": "c"}]}) for i in range(5)]
+        failed = server.post("/v1/deployments/quiet/predict", json={"entities": [{"id": 1}], "values": [{"x": "not a number", "card": "c"}]})
+        v2 = server.post("/v2/models/sampled/infer", json=V2)
+        assert app.state.predictions.wait_idle(10)
+    assert [r.status_code for r in answered] == [200] * 5
+    assert (failed.status_code, v2.status_code) == (400, 200)
+    stored = {r.request_id for r in _all_records(settings)}
+    assert stored == {failed.headers["x-request-id"], v2.headers["x-request-id"]}

@@ -23,6 +23,10 @@ mistake:
 - ``source_guard``: the same, around each online feature source.
 - ``shedding``: load shedding (:class:`stalwart.resilience.ShedderConfig`).
 - ``validation``: policy overrides, ``{"default": "flag", "features": {"amount": "clip"}}``.
+- ``log``: what the prediction log keeps of this deployment's requests:
+  ``{"sample": 0.1, "inputs": "hash", "redact": {"card_id": "hash", "email": "drop"}}``
+  (``sample``: the share of answered requests recorded, every other outcome always is;
+  ``redact``: fields dropped or replaced by a keyed hash before anything is stored).
 
 The degradation ladder, tried in order when the model call fails (an open breaker, a
 timeout, a model error): ``fallback`` (another model, usually simpler), the entity's
@@ -65,6 +69,7 @@ class Deployment:
     fallback: str | None = None
     last_good: Duration | None = None
     default_prediction: Mapping[str, Any] | None = None
+    log: Mapping[str, Any] | None = None
     model_name: str = field(init=False)
     model_version: int | None = field(init=False)
 

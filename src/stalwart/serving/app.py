@@ -153,8 +153,13 @@ def create_app(
 
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
     # The prediction log: every request's record, spooled off the event loop, delivered.
-    predictions = open_prediction_log(settings, metrics.registry)
-    prediction_tap = PredictionTap(predictions, sample=settings.prediction_log_sample) if predictions is not None else None
+    log_policies = {name: p.log for name, p in serving_policy.deployments.items()}
+    predictions = open_prediction_log(settings, metrics.registry, log_policies)
+    prediction_tap = (
+        PredictionTap(predictions, sample=settings.prediction_log_sample, deployments=log_policies)
+        if predictions is not None
+        else None
+    )
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=compose(prediction_tap, tap))
     auth = BearerAuth(settings.resolved_admin_token())
     routes = [

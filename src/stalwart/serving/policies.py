@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stalwart.config import Settings
 from stalwart.durations import parse_seconds
@@ -35,6 +35,7 @@ __all__ = [
     "PRIMARY_SHARE_OF_DEADLINE",
     "ChainSpec",
     "DeploymentPolicy",
+    "LogPolicy",
     "ServingPolicy",
     "Variant",
 ]
@@ -47,6 +48,16 @@ DEFAULT_MODEL_GUARD = GuardConfig.model_validate({"bulkhead": {"max_concurrent_c
 # Each online feature source's guard unless the deployment declares one: a source that
 # does not answer in 500 ms is treated as failing (cached values or defaults serve).
 DEFAULT_SOURCE_GUARD = GuardConfig.model_validate({"timeout": {"timeout_duration": 0.5}, "bulkhead": {"max_concurrent_calls": 64}})
+
+
+class LogPolicy(BaseModel):
+    """What the prediction log keeps of a deployment's requests (``Deployment(log=...)``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample: float = Field(default=1.0, ge=0, le=1, description="share of answered requests recorded")
+    inputs: Literal["all", "hash", "none"] | None = Field(default=None, description="None: the server's setting")
+    redact: dict[str, Literal["drop", "hash"]] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +97,7 @@ class DeploymentPolicy:
     last_good_seconds: float | None
     default_prediction: Mapping[str, Any] | None
     source_guard: GuardConfig | None
+    log: LogPolicy
 
     @classmethod
     def build(cls, deployment: Deployment) -> DeploymentPolicy:
@@ -109,8 +121,10 @@ class DeploymentPolicy:
             if deployment.source_guard is not None
             else DEFAULT_SOURCE_GUARD
         )
+        log = _validated(LogPolicy, deployment.log, f"{where} log") if deployment.log is not None else LogPolicy()
         return cls(
             deployment=deployment,
+            log=log,
             primary=primary,
             fallback=fallback,
             shedding=shedding,

@@ -28,6 +28,7 @@ from stalwart.monitoring.records import PredictionRecord, Redaction
 from stalwart.monitoring.sinks import open_sink
 from stalwart.serving.dataplane import Outcome
 from stalwart.serving.errors import status_for
+from stalwart.serving.policies import LogPolicy
 
 __all__ = ["PredictionTap", "Recorded", "open_prediction_log", "to_record"]
 
@@ -47,15 +48,17 @@ class Recorded:
 class PredictionTap:
     """A :class:`~stalwart.serving.dataplane.RequestTap` feeding a :class:`PredictionLog`."""
 
-    def __init__(self, log: PredictionLog[Recorded], *, sample: float = 1.0) -> None:
+    def __init__(self, log: PredictionLog[Recorded], *, sample: float = 1.0, deployments: Mapping[str, LogPolicy] | None = None) -> None:
         self.log = log
         self._sample = sample
+        self._samples = {name: p.sample for name, p in (deployments or {}).items()}
 
     def __call__(self, outcome: Outcome) -> asyncio.Future[None] | None:
         error = outcome.error
         if error is None:
             status = 200
-            if self._sample < 1.0 and random.random() >= self._sample:  # noqa: S311 - sampling, not security
+            sample = self._samples.get(outcome.deployment, self._sample) if outcome.deployment else self._sample
+            if sample < 1.0 and random.random() >= sample:  # noqa: S311 - sampling, not security
                 return None
         elif isinstance(error, asyncio.CancelledError):
             status = 499  # the client went away
@@ -65,17 +68,30 @@ class PredictionTap:
         return self.log.submit(Recorded(outcome, status, latency_ms))
 
 
-def open_prediction_log(settings: Settings, registry: CollectorRegistry | None = None) -> PredictionLog[Recorded] | None:
-    """The prediction log the settings describe (None when ``STALWART_PREDICTION_LOG=off``);
-    call ``start()`` once the server runs and ``close()`` when it stops."""
+def open_prediction_log(
+    settings: Settings, registry: CollectorRegistry | None = None, deployments: Mapping[str, LogPolicy] | None = None
+) -> PredictionLog[Recorded] | None:
+    """The prediction log the settings (and each deployment's ``log`` policy) describe; None
+    when ``STALWART_PREDICTION_LOG=off``. Call ``start()`` once the server runs and
+    ``close()`` when it stops."""
     sink = open_sink(settings)
     if sink is None:
         return None
-    redaction = Redaction(settings.prediction_log_redact, settings.resolved_prediction_log_key()) if settings.prediction_log_redact else None
+    needs_key = settings.prediction_log_redact or any(p.redact for p in (deployments or {}).values())
+    key = settings.resolved_prediction_log_key() if needs_key else b""
+    default = Redaction(settings.prediction_log_redact, key) if settings.prediction_log_redact else None
+    redactions = {
+        name: Redaction({**settings.prediction_log_redact, **p.redact}, key)
+        for name, p in (deployments or {}).items() if p.redact
+    }
+    inputs = {name: p.inputs for name, p in (deployments or {}).items() if p.inputs is not None}
     how = settings.prediction_log_inputs
 
     def convert(item: Recorded) -> PredictionRecord:
-        return to_record(item, inputs=how, redaction=redaction)
+        name = item.outcome.deployment
+        if name is None:
+            return to_record(item, inputs=how, redaction=default)
+        return to_record(item, inputs=inputs.get(name, how), redaction=redactions.get(name, default))
 
     return PredictionLog(
         sink,
