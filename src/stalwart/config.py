@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     )
     prediction_log_retention_days: float | None = Field(default=30.0, gt=0, description="records older are deleted")
     prediction_log_dir: Path | None = Field(default=None, description="Parquet segments; default <home>/predictions")
-    prediction_log_segment_mb: int = Field(default=64, ge=1, description="a Parquet segment is closed at this size (or the hour)")
+    prediction_log_segment_mb: int = Field(default=16, ge=1, description="a Parquet segment is closed at this size (or the hour)")
     prediction_log_key: SecretStr | None = Field(
         default=None, description="HMAC key for hashed fields; generated into <home> if unset"
     )

@@ -29,7 +29,6 @@ still undelivered (their spool directories are unlocked).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import threading
@@ -45,7 +44,7 @@ from stalwart.errors import PredictionLogError, SinkUnavailable
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.records import Chain, PredictionRecord, decode_record, encode_record
 from stalwart.monitoring.sinks import PredictionSink, PredictionStore
-from stalwart.monitoring.spool import Spool
+from stalwart.monitoring.spool import Position, Spool
 
 __all__ = ["LogMetrics", "PredictionLog"]
 
@@ -55,6 +54,7 @@ _BATCH = 2_000  # records per sink write
 _BACKOFF = (0.5, 1.0, 2.0, 5.0)
 _DROP_LOG_EVERY = 10.0  # seconds between "dropped" log lines
 _RETENTION_EVERY = 3600.0
+_FLUSH_EVERY = 30.0  # a sink that buffers (Parquet) is asked to make its records durable this often
 
 
 class LogMetrics:
@@ -135,6 +135,12 @@ class PredictionLog(Generic[T]):
         self._last_drop_log = 0.0
         self._next_retention = 0.0
         self._idle = threading.Event()  # set when the queue and the spool are drained (tests)
+        # Records handed to the sink but not yet durable there (a buffering sink's open
+        # segment): the position after each, oldest first. The spool's cursor moves past
+        # them as the sink reports them durable; the next batch is read after the last.
+        self._inflight: deque[Position] = deque()
+        self._sent: Position | None = None
+        self._last_flush = time.monotonic()
 
     # --- the request path ----------------------------------------------------------------
 
@@ -172,17 +178,16 @@ class PredictionLog(Generic[T]):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        flush = getattr(self.sink, "flush", None)
-        if callable(flush):
-            with contextlib.suppress(SinkUnavailable):
-                flush()
-                self._deliver()
+        if self._inflight:
+            self._flush_sink()
         if self._spool is not None:
             self._spool.close()
         self.sink.close()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is delivered (for tests and shutdown)."""
+        """Wait until everything submitted so far is delivered, a buffering sink asked to
+        make it durable at once (for tests and shutdown)."""
+        self._last_flush = 0.0  # the next writer turn flushes a buffering sink
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._idle.clear()
@@ -206,6 +211,8 @@ class PredictionLog(Generic[T]):
                 self._idle.set()
             if stopping and not self._queue:
                 return
+            if self._inflight and time.monotonic() - self._last_flush >= _FLUSH_EVERY:
+                self._flush_sink()
 
     def _spool_queued(self) -> None:
         spool = self._spool
@@ -240,28 +247,54 @@ class PredictionLog(Generic[T]):
 
     def _deliver(self) -> None:
         spool = self._spool
-        if spool is None or not spool.pending():
+        if spool is None:
             return
         if not self._sink_ok and time.monotonic() < self._retry_at:
             return
-        while spool.pending():
-            payloads, ends = spool.read_pending(_BATCH)
+        while True:
+            payloads, ends = spool.read_pending(_BATCH, self._sent)
             if not payloads:
-                return
+                break
             records = [decode_record(p) for p in payloads]
             try:
                 self.sink.write(records, payloads)
             except SinkUnavailable as exc:
+                # Whatever the sink held is suspect now: resend from the durable cursor
+                # (sinks are idempotent, so records it did keep are not stored twice).
+                self._sent = None
+                self._inflight.clear()
                 self._sink_failed(exc)
                 return
-            durable = len(payloads) - _pending(self.sink)
-            if durable > 0:
-                spool.advance(ends[durable - 1])
-                self._metrics.records.labels("delivered").inc(durable)
+            self._inflight.extend(ends)
+            self._sent = ends[-1]
+            self._settle()
             self._sink_recovered()
-            if durable < len(payloads):
-                return  # the rest waits until the sink has made it durable
-        self._metrics.undelivered.set(0)
+        if self._inflight and time.monotonic() - self._last_flush >= _FLUSH_EVERY:
+            self._flush_sink()
+
+    def _flush_sink(self) -> None:
+        flush = getattr(self.sink, "flush", None)
+        self._last_flush = time.monotonic()
+        if not callable(flush):
+            return
+        try:
+            flush()
+        except SinkUnavailable as exc:
+            self._sent = None
+            self._inflight.clear()
+            self._sink_failed(exc)
+            return
+        self._settle()
+
+    def _settle(self) -> None:
+        """Move the spool's cursor past what the sink now holds durably."""
+        durable = len(self._inflight) - _pending(self.sink)
+        if durable <= 0 or self._spool is None:
+            return
+        for _ in range(durable - 1):
+            self._inflight.popleft()
+        self._spool.advance(self._inflight.popleft())
+        self._metrics.records.labels("delivered").inc(durable)
 
     def _sink_failed(self, exc: SinkUnavailable) -> None:
         self._metrics.sink_failures.inc()

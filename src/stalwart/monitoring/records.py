@@ -104,8 +104,14 @@ class Chain:
         self.prev_hash = prev_hash
 
     def link(self, record: PredictionRecord) -> PredictionRecord:
-        """The record with its place in this chain (a new struct; the input is unchanged)."""
-        linked = msgspec.structs.replace(record, chain=self.name, seq=self.seq, prev_hash=self.prev_hash, hash=None)
+        """The record with its place in this chain (a new struct; the input is unchanged).
+
+        The record is first put in its stored form (encoded and decoded once), so what is
+        hashed is exactly what a verifier reads back: an int in a float field, say, is a
+        float in both."""
+        linked = _decoder.decode(
+            _encoder.encode(msgspec.structs.replace(record, chain=self.name, seq=self.seq, prev_hash=self.prev_hash, hash=None))
+        )
         digest = record_hash(linked, self.prev_hash)
         linked.hash = digest
         self.seq += 1

@@ -98,12 +98,13 @@ class Spool:
     def pending(self) -> bool:
         return self._cursor < self.end
 
-    def read_pending(self, limit: int) -> tuple[list[bytes], list[Position]]:
-        """Up to ``limit`` undelivered payloads from the cursor on, with the position after
-        each (advance the cursor to one of them once the sink has stored that far)."""
+    def read_pending(self, limit: int, start: Position | None = None) -> tuple[list[bytes], list[Position]]:
+        """Up to ``limit`` undelivered payloads from the cursor (or from ``start``, a
+        position after it) on, with the position after each (advance the cursor to one of
+        them once the sink has stored that far)."""
         payloads: list[bytes] = []
         ends: list[Position] = []
-        position = self._cursor
+        position = self._cursor if start is None or start < self._cursor else start
         while len(payloads) < limit and position < self.end:
             path = self._path(position.segment)
             if not path.exists():  # a segment removed by hand: skip to the next
