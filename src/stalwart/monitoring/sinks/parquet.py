@@ -32,6 +32,7 @@ Reads (:class:`~stalwart.monitoring.sinks.PredictionStore`) see closed segments 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -326,7 +327,8 @@ class ParquetSink:
             os.replace(tmp, final)
             _fsync(partition)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the path may not even be creatable
+                tmp.unlink(missing_ok=True)
             raise SinkUnavailable(f"cannot write the prediction segment {final}: {exc}; check the disk (space, permissions); the records stay held and are retried") from exc
         size = final.stat().st_size
         self._ratio = max(size / max(current.nbytes, 1), 0.01)
