@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import msgspec
@@ -52,7 +52,9 @@ from stalwart._optional import require
 from stalwart.config import Settings
 from stalwart.errors import PredictionLogError, SinkUnavailable
 from stalwart.monitoring.records import PredictionRecord
-from stalwart.monitoring.sinks import Query
+
+if TYPE_CHECKING:  # the package imports this module: at run time, only by annotation
+    from stalwart.monitoring.sinks import Query
 
 __all__ = ["ParquetSink"]
 
