@@ -65,7 +65,6 @@ _FIRST_RATIO = 0.25  # file bytes per Arrow byte, until the first closed segment
 _PART = re.compile(r"^part-(?P<chain>.+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 _TMP_SUFFIX = ".parquet.tmp"
 _NESTED = ("entities", "features", "inputs", "outputs", "validation", "cache", "timings")
-_RAW_NONE = (b"", b"null")
 _DICTIONARY = ["entrypoint", "deployment", "variant", "model", "error", "degraded", "degraded_reason", "chain"]
 _STATISTICS = ["time", "status", "version", "seq", "deployment", "model", "chain"]
 
@@ -102,7 +101,7 @@ class _Row(msgspec.Struct, kw_only=True):
     hash: str | None = None
 
 
-_rows_decoder = msgspec.json.Decoder(list[_Row])
+_row_decoder = msgspec.json.Decoder(_Row)
 _ROW_FIELDS = _Row.__struct_fields__  # the columns, in the schema's order
 _COLUMN = {"time_ns": "time"}  # a row field whose column is named otherwise
 
@@ -223,7 +222,7 @@ class ParquetSink:
             opened = self._open
             if opened is not None and self._clock() - opened.opened >= self.max_age_s:
                 self._close_open()
-            rows = _rows_decoder.decode(b"[" + b",".join(encoded) + b"]") if encoded else []
+            rows = list(map(_row_decoder.decode, encoded))  # faster than one joined array
             run: list[_Row] = []
             for row in rows:
                 chain, seq = row.chain, row.seq
@@ -291,11 +290,17 @@ class ParquetSink:
         """One Arrow batch from rows: transposed in C (``astuple``, ``zip``), the raw JSON
         of nested parts taken as it is (bytes, checked as UTF-8 by Arrow)."""
         pa = _pa()
+        pc = require("pyarrow.compute", extra="features", purpose="the parquet prediction sink")
         columns = []
         for name, values in zip(_ROW_FIELDS, zip(*map(msgspec.structs.astuple, run), strict=True), strict=True):
+            kind = self._schema.field(_COLUMN.get(name, name)).type
             if name in _NESTED:
-                values = tuple(raw if raw not in _RAW_NONE else None for raw in map(bytes, values))
-            columns.append(pa.array(values, type=self._schema.field(_COLUMN.get(name, name)).type))
+                # An absent part decodes as empty raw JSON: empty strings become nulls in one
+                # vectorised step rather than a test per value (the hottest loop here).
+                texts = pa.array(list(map(bytes, values)), type=kind)
+                columns.append(pc.if_else(pc.equal(pc.binary_length(texts), 0), pa.scalar(None, kind), texts))
+            else:
+                columns.append(pa.array(values, type=kind))
         return pa.RecordBatch.from_arrays(columns, schema=self._schema)
 
     def _close_open(self) -> None:
