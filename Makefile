@@ -44,7 +44,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -m "not postgres and not redis and not slow"
+	$(BIN)/pytest -m "not postgres and not redis and not nats and not slow"
 
 services:
 	@scripts/ensure-services

@@ -28,7 +28,21 @@ __all__ = ["PredictionSink", "PredictionStore", "Query", "open_sink", "open_stor
 
 
 class PredictionSink(Protocol):
-    """Stores batches of prediction records, idempotently by request id."""
+    """Stores batches of prediction records, idempotently by request id.
+
+    **Durability (optional methods, looked up with ``getattr``).** A sink that holds
+    accepted records before they are durable has ``pending() -> int``: the last
+    ``pending()`` records given to ``write`` (in the order given, duplicates included) are
+    not yet durable, and every record given before them is. The writer forgets a spooled
+    record only once it is durable: after a ``write`` returns, the records it sent before
+    the last ``pending()`` ones. A sink without ``pending`` is durable when ``write``
+    returns (as if it returned 0: SQL, NATS). Such a sink also has ``flush() -> None``,
+    which makes every accepted record durable (``pending()`` becomes 0) or raises
+    SinkUnavailable; the writer calls it at shutdown and whenever it has had nothing to
+    write for a while, at least once a minute (the Parquet sink also closes a segment
+    older than 60 s itself, but only on a ``write``). A sink that raises SinkUnavailable
+    keeps what it had accepted, so the writer retries the same batch.
+    """
 
     name: str
 
