@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
@@ -23,7 +22,7 @@ NOW = time.time_ns()
 
 
 @pytest.fixture
-def logged(any_db_settings: Settings) -> Iterator[tuple[Settings, list[PredictionRecord]]]:
+def logged(any_db_settings: Settings) -> tuple[Settings, list[PredictionRecord]]:
     """Six records over the last three hours, one every 30 minutes (newest last)."""
     chain = Chain("replica-a")
     records = [
@@ -36,7 +35,7 @@ def logged(any_db_settings: Settings) -> Iterator[tuple[Settings, list[Predictio
         sink.write(records, [encode_record(r) for r in records])
     finally:
         sink.close()
-    yield any_db_settings, records
+    return any_db_settings, records
 
 
 def test_read_predictions_returns_a_typed_arrow_table(logged: tuple[Settings, list[PredictionRecord]]) -> None:
