@@ -237,7 +237,7 @@ class SqlSink:
             )
             raise SinkUnavailable(
                 f"cannot {what} the prediction log's database ({type(cause).__name__}); check that "
-                f"it is running and reachable (STALWART_DB_URL), the server log has the detail"
+                f"it is running and reachable (STALWART_DB_URL); the detail is logged"
             ) from exc
 
 
