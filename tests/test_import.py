@@ -57,6 +57,7 @@ EXPECTED_ALL = [
     "create_app",
     "get_model",
     "load_project",
+    "read_predictions",
     "register_model",
 ]
 

@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "build_training_set": "stalwart.features",
     "Project": "stalwart.project",
     "load_project": "stalwart.project",
+    "read_predictions": "stalwart.monitoring.prediction_reads",
 }
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "create_app",
     "get_model",
     "load_project",
+    "read_predictions",
     "register_model",
 ]
 
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from stalwart.config import Settings
     from stalwart.errors import StalwartError
     from stalwart.features import TrainingSet, build_training_set
+    from stalwart.monitoring.prediction_reads import read_predictions
     from stalwart.project import (
         CallableSource,
         Deployment,

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from stalwart.cli.features import features_app
+from stalwart.cli.log import log_app
 from stalwart.cli.models import models_app
 from stalwart.cli.output import print_error
 from stalwart.cli.schemas import schema_app
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
 app.add_typer(schema_app, name="schema")
+app.add_typer(log_app, name="log")
 app.command("validate")(validate_command)
 
 

@@ -50,6 +50,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "model input schemas (revisions, active pointer) and training profiles",
         _create(tables.model_schemas, tables.model_schema_heads, tables.model_profiles),
     ),
+    Migration(
+        3,
+        "the prediction log: one row per request, indexed for its queries, (chain, seq) unique",
+        _create(tables.predictions),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

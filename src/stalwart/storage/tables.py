@@ -1,4 +1,4 @@
-"""The registry's tables, as SQLAlchemy Core metadata.
+"""The registry's tables (and the prediction log's), as SQLAlchemy Core metadata.
 
 One schema for SQLite and PostgreSQL. Timestamps are float seconds since the epoch: exact,
 sortable and identical on both backends. Structured fields are JSON. The migrations in
@@ -14,11 +14,13 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -112,4 +114,33 @@ model_profiles = Table(
     ForeignKeyConstraint(
         ["name", "version"], ["model_versions.name", "model_versions.version"], ondelete="CASCADE"
     ),
+)
+
+# The prediction log (stalwart.monitoring.sinks.sql): one row per request. ``record`` is
+# the record's JSON exactly as encoded (the hash chain is over it); the other columns are
+# copies of its fields, there to be filtered on. Text columns have no length: a record the
+# database refuses for a long name would block the log's spool forever.
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("request_id", String, primary_key=True),
+    Column("time_ns", BigInteger, nullable=False),  # when the request arrived, ns since the epoch (UTC)
+    Column("entrypoint", String, nullable=False),
+    Column("deployment", String, nullable=True),
+    Column("variant", String, nullable=True),
+    Column("model", String, nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("error", String, nullable=True),
+    Column("degraded", String, nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("trace_id", String, nullable=True),
+    Column("chain", String, nullable=True),
+    Column("seq", BigInteger, nullable=True),
+    Column("hash", String(64), nullable=True),
+    Column("record", Text, nullable=False),
+    Index("ix_predictions_time", "time_ns"),
+    Index("ix_predictions_deployment_time", "deployment", "time_ns"),
+    Index("ix_predictions_model_version_time", "model", "version", "time_ns"),
+    UniqueConstraint("chain", "seq", name="uq_predictions_chain_seq"),
 )
