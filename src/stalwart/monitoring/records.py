@@ -186,13 +186,22 @@ class Redaction:
         return bool(self.fields)
 
     def apply(self, record: PredictionRecord) -> None:
-        """Redact ``record`` in place (its entities, features, inputs and outputs)."""
+        """Redact ``record`` in place: its entities, features, inputs and outputs, and the
+        values quoted in its validation report."""
         for part in (record.features, record.inputs, record.outputs):
             if part:
                 self._mapping(part)
         if record.entities:
             for entity in record.entities:
                 self._mapping(entity)
+        details = (record.validation or {}).get("details")
+        if isinstance(details, list):
+            for detail in details:
+                how = self.fields.get(detail.get("feature")) if isinstance(detail, dict) else None
+                if how == "drop":
+                    detail.pop("value", None)
+                elif how == "hash" and "value" in detail:
+                    detail["value"] = self._hash(detail["value"])
 
     def _mapping(self, values: dict[str, Any]) -> None:
         for name, how in self.fields.items():
