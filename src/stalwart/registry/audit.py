@@ -266,7 +266,10 @@ def _rows(conn: Connection) -> Generator[Row[Any], None, None]:
     audit = t.audit_events
     # Streamed: a long log is verified in bounded memory.
     result = conn.execution_options(yield_per=1000).execute(select(audit).order_by(audit.c.id))
-    yield from result
+    try:
+        yield from result
+    finally:
+        result.close()  # PostgreSQL streams through a server-side cursor: close it now
 
 
 def _intact(row: Row[Any], event_id: int | None = None) -> bool:
