@@ -270,3 +270,17 @@ def test_every_secret_setting_is_left_out() -> None:
     assert {"admin_token", "db_url", "redis_url", "prediction_log_key", "admin_tokens"} <= set(secret_fields)
     assert not set(secret_fields) & set(view)
 
+
+
+def test_verify_exits_2_when_the_prediction_store_cannot_be_read(logged: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prediction log whose store cannot be opened is reported as unchecked, with the
+    store's own message, and the exit status (2) says that not everything was verified.
+    (In this branch the sql store is still a placeholder that raises; once it lands, a test
+    writing records through open_store's real sink belongs here.)"""
+    monkeypatch.setenv("STALWART_PREDICTION_LOG", "sql")
+    result = runner.invoke(app, ["audit", "verify"], env={"COLUMNS": "250"})
+    assert result.exit_code == 2, result.output
+    assert "prediction log (sql)" in result.stdout
+    assert "unchecked" in result.stdout
+    assert "not every chain could be checked" in result.stderr
+    assert "intact" in result.stdout  # the audit log itself was checked
