@@ -251,7 +251,7 @@ def _head(conn: Connection) -> tuple[int, str] | None:
     except (ValueError, KeyError, TypeError):
         # An edited head is a broken chain, reported by the walk; it never stops appends
         # with a traceback (they link to whatever it says, and verification names it).
-        return -1, str(value)
+        return -1, str(value)[:64]
 
 
 def _set_head(conn: Connection, event_id: int, digest: str) -> None:
