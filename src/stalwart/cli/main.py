@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from stalwart.cli.audit import audit_app
 from stalwart.cli.features import features_app
 from stalwart.cli.log import log_app
 from stalwart.cli.models import models_app
@@ -29,6 +30,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
 app.add_typer(schema_app, name="schema")
 app.add_typer(log_app, name="log")
+app.add_typer(audit_app, name="audit")
 app.command("validate")(validate_command)
 
 

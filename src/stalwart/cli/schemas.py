@@ -112,7 +112,7 @@ def attach(
     registry = open_registry()
     try:
         name, version = parse_ref(registry, ref)
-        rev = registry.schemas.attach(name, version, schema, note=note or f"attached from {file.name}", actor="cli")
+        rev = registry.schemas.attach(name, version, schema, note=note or f"attached from {file.name}")
     finally:
         registry.db.dispose()
     console.print(f"attached revision {rev.revision} to {rev.ref}; it is now the active schema")
@@ -157,7 +157,7 @@ def activate(
     registry = open_registry()
     try:
         name, version = parse_ref(registry, ref)
-        rev = registry.schemas.activate(name, version, revision, actor="cli")
+        rev = registry.schemas.activate(name, version, revision)
     finally:
         registry.db.dispose()
     console.print(f"revision {rev.revision} ({rev.source}) of {rev.ref}'s schema is now active")

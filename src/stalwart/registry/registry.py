@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Row, select
 from stalwart.config import Settings
 from stalwart.errors import ConfigError, FlavorError, ModelNotFound, VersionNotFound
 from stalwart.registry.artifacts import ArtifactStore
+from stalwart.registry.audit import AuditEvent, append_event, process_actor, query_events
 from stalwart.registry.flavors import LoadPolicy, Predictor, detect_flavor, get_flavor
 from stalwart.registry.schemas import SchemaStore, learn_from_sample
 from stalwart.registry.signature import Signature, sample_arrays
@@ -107,6 +108,7 @@ class Registry:
         flavor_options: Mapping[str, Any] | None = None,
         schema: Schema | Mapping[str, Any] | None = None,
         training_profile: Profile | Mapping[str, Any] | None = None,
+        actor: str | None = None,
     ) -> ModelVersion:
         """Save ``model`` as the next version of ``name``.
 
@@ -120,8 +122,12 @@ class Registry:
         ``training_profile``, else from the training set's features, else from ``sample``
         when it is a DataFrame or mapping of columns of at least 50 rows (see
         :func:`stalwart.registry.schemas.learn_from_sample`); it is kept in :attr:`schemas`.
+
+        The audit log records the registration (and the schema) as done by ``actor``, by
+        default ``user@host`` of this process.
         """
         _check_name(name)
+        who = actor if actor is not None else process_actor()
         if training_set is not None:
             training = training_set.metadata()
             if training_profile is None and schema is None:
@@ -172,9 +178,9 @@ class Registry:
         # One transaction: a version becomes visible together with its schema and profile,
         # or not at all (a registering process killed halfway leaves nothing half-made).
         def insert(conn: Connection) -> int:
-            version = self._insert_version(conn, name, row)
+            version = self._insert_version(conn, name, row, who)
             if learned is not None:
-                self.schemas.save_learned_in(conn, name, version, learned)
+                self.schemas.save_learned_in(conn, name, version, learned, actor=who)
             return version
 
         return self.get(name, self.db.transact(insert))
@@ -288,24 +294,33 @@ class Registry:
         model = flavor.deserialize(data, mv.flavor_options, trust=mv.trust, policy=self.policy)
         return flavor.predictor(model, mv.signature, mv.flavor_options)
 
+    def audit(self, actor: str, action: str, subject: str, detail: Mapping[str, Any]) -> AuditEvent:
+        """Append an event to the audit log: ``actor`` (a token's name, or ``user@host``)
+        did ``action`` (dotted, e.g. ``rollout.weight``) to ``subject`` (e.g. a deployment
+        or ``model:version``); ``detail`` is JSON (numbers kept exactly, never secrets).
+        The event joins the log's hash chain (:mod:`stalwart.registry.audit`)."""
+        return self.db.transact(lambda conn: append_event(conn, actor, action, subject, detail))
+
     def record_event(self, actor: str, action: str, subject: str, detail: Mapping[str, Any]) -> None:
-        """Append to the audit log (who did what to which object)."""
-        with self.db.write() as conn:
-            conn.execute(
-                t.audit_events.insert().values(
-                    at=time.time(), actor=actor, action=action, subject=subject, detail=dict(detail)
-                )
-            )
+        """:meth:`audit` under its earlier name."""
+        self.audit(actor, action, subject, detail)
 
-    def events(self, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest audit events, optionally for one subject."""
-        query = select(t.audit_events).order_by(t.audit_events.c.id.desc()).limit(limit)
-        if subject is not None:
-            query = query.where(t.audit_events.c.subject == subject)
-        with self.db.read() as conn:
-            return [dict(r._mapping) for r in conn.execute(query).all()]
+    def events(
+        self,
+        subject: str | None = None,
+        limit: int | None = 100,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest audit events first, as dicts, filtered as
+        :func:`~stalwart.registry.audit.query_events` does (``subject`` also matches a
+        model name's versions)."""
+        found = query_events(self.db, action=action, subject=subject, actor=actor, since=since, limit=limit)
+        return [event.as_dict() for event in found]
 
-    def _insert_version(self, conn: Connection, name: str, row: dict[str, Any]) -> int:
+    def _insert_version(self, conn: Connection, name: str, row: dict[str, Any], actor: str) -> int:
         """Allocate the next version of ``name`` and insert its row; returns the number."""
         now = time.time()
         conn.execute(
@@ -320,12 +335,8 @@ class Registry:
             .returning(t.models.c.latest_version)
         ).scalar_one()
         conn.execute(t.model_versions.insert().values(name=name, version=version, created_at=now, **row))
-        conn.execute(
-            t.audit_events.insert().values(
-                at=now, actor="registry", action="register", subject=f"{name}:{version}",
-                detail={"sha256": row["artifact_sha256"], "flavor": row["flavor"], "trust": row["trust"]},
-            )
-        )
+        detail = {"sha256": row["artifact_sha256"], "flavor": row["flavor"], "trust": row["trust"]}
+        append_event(conn, actor, "register", f"{name}:{version}", detail, at=now)
         return int(version)
 
     def _check_loads(

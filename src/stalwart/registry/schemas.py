@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Connection, Row, select
 
 from stalwart.errors import ConfigError, ModelNotFound, SchemaNotFound, VersionNotFound
+from stalwart.registry.audit import append_event, process_actor
 from stalwart.storage import Database
 from stalwart.storage import tables as t
 
@@ -71,9 +72,10 @@ class SchemaStore:
 
     # -- schemas ----------------------------------------------------------------------
 
-    def save_inferred(self, name: str, version: int, schema: Schema, *, note: str = "") -> SchemaRevision:
-        """Store a schema learned from data; it becomes active only if none is yet."""
-        return self._add(name, version, schema, "inferred", note, activate=False, actor="registry")
+    def save_inferred(self, name: str, version: int, schema: Schema, *, note: str = "", actor: str | None = None) -> SchemaRevision:
+        """Store a schema learned from data; it becomes active only if none is yet.
+        ``actor``: who, for the audit log (default ``user@host`` of this process)."""
+        return self._add(name, version, schema, "inferred", note, activate=False, actor=_who(actor))
 
     def attach(
         self,
@@ -82,14 +84,16 @@ class SchemaStore:
         schema: Schema,
         *,
         note: str = "",
-        actor: str = "user",
+        actor: str | None = None,
         source: Source = "edited",
     ) -> SchemaRevision:
-        """Store a schema a person edited (or wrote); it becomes the active one."""
-        return self._add(name, version, schema, source, note, activate=True, actor=actor)
+        """Store a schema a person edited (or wrote); it becomes the active one.
+        ``actor``: who, for the audit log (default ``user@host`` of this process)."""
+        return self._add(name, version, schema, source, note, activate=True, actor=_who(actor))
 
-    def activate(self, name: str, version: int, revision: int, *, actor: str = "user") -> SchemaRevision:
-        """Make an existing revision the one that serves."""
+    def activate(self, name: str, version: int, revision: int, *, actor: str | None = None) -> SchemaRevision:
+        """Make an existing revision the one that serves (``actor`` as for :meth:`attach`)."""
+        who = _who(actor)
         now = time.time()
         with self.db.write() as conn:
             _require_version(conn, name, version)
@@ -107,7 +111,7 @@ class SchemaStore:
                 .where(t.model_schema_heads.c.name == name, t.model_schema_heads.c.version == version)
                 .values(active_revision=revision, updated_at=now)
             )
-            _audit(conn, now, actor, "schema.activate", name, version, {"revision": revision})
+            _audit(conn, now, who, "schema.activate", name, version, {"revision": revision})
         return self.get(name, version, revision)
 
     def active(self, name: str, version: int) -> SchemaRevision | None:
@@ -263,18 +267,19 @@ class SchemaStore:
             ).scalar_one_or_none()
         return None if body is None else Profile.from_dict(body)
 
-    def save_learned(self, name: str, version: int, learned: Learned) -> None:
+    def save_learned(self, name: str, version: int, learned: Learned, *, actor: str | None = None) -> None:
         """Store what :func:`learn_from_sample` found at registration, in one transaction."""
-        self.db.transact(lambda conn: self.save_learned_in(conn, name, version, learned))
+        who = _who(actor)
+        self.db.transact(lambda conn: self.save_learned_in(conn, name, version, learned, actor=who))
 
-    def save_learned_in(self, conn: Connection, name: str, version: int, learned: Learned) -> None:
+    def save_learned_in(self, conn: Connection, name: str, version: int, learned: Learned, *, actor: str) -> None:
         """:meth:`save_learned` inside the caller's write transaction (the registration's,
         so a version is never visible without its schema and profile)."""
         if learned.profile is not None:
             self.save_profile_in(conn, name, version, learned.profile)
         # An inferred schema never displaces one a person chose; a given one is the choice.
         activate = learned.source != "inferred"
-        self.add_in(conn, name, version, learned.schema, learned.source, learned.note, activate=activate, actor="registry")
+        self.add_in(conn, name, version, learned.schema, learned.source, learned.note, activate=activate, actor=actor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,11 +397,11 @@ def _require_version(conn: Connection, name: str, version: int) -> None:
 
 
 def _audit(conn: Connection, now: float, actor: str, action: str, name: str, version: int, detail: dict[str, Any]) -> None:
-    conn.execute(
-        t.audit_events.insert().values(
-            at=now, actor=actor, action=action, subject=f"{name}:{version}", detail=detail
-        )
-    )
+    append_event(conn, actor, action, f"{name}:{version}", detail, at=now)
+
+
+def _who(actor: str | None) -> str:
+    return actor if actor is not None else process_actor()
 
 
 def _revision(row: Row[Any], *, active: bool) -> SchemaRevision:

@@ -32,6 +32,7 @@ from stalwart.monitoring.metrics import (
 from stalwart.pipeline import Stage
 from stalwart.project import Project, load_project
 from stalwart.registry import ModelVersion, Registry
+from stalwart.registry.audit import record_settings
 from stalwart.registry.flavors import Predictor
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall
@@ -114,6 +115,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # The configuration it serves with, in the audit log when it changed (no secrets).
+        await asyncio.to_thread(record_settings, registry.db, settings)
         await cache.start()
         for listener in listeners:
             await listener.start()
@@ -161,11 +164,11 @@ def create_app(
         else None
     )
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=compose(prediction_tap, tap))
-    auth = BearerAuth(settings.resolved_admin_token())
+    auth = BearerAuth.from_settings(settings)
     routes = [
         *oip_routes(plane),
         *v1_routes(plane),
-        *control_routes(deployments, auth, cache),
+        *control_routes(deployments, auth, cache, registry),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]

@@ -1,5 +1,6 @@
 """Stalwart's own HTTP API under ``/v1``: deployments (predict, describe, health) and the
-control plane (source rows, cache invalidation)."""
+control plane (source rows, cache invalidation), each control call recorded in the audit
+log with the name of the token that made it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from stalwart.features.readers import SqlReader
 from stalwart.features.writes import invalidate as invalidate_cached
 from stalwart.features.writes import write_rows as write_rows_into
 from stalwart.project import SqlSource
+from stalwart.registry import Registry
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.codec import decode_json
 from stalwart.serving.dataplane import DataPlane, PredictCall
@@ -60,14 +62,21 @@ def v1_routes(plane: DataPlane) -> list[Route]:
     ]
 
 
-def control_routes(deployments: Deployments, auth: BearerAuth, cache: FeatureCache | None) -> list[Route]:
-    """Mutating calls: writing source rows and invalidating cached features (bearer token)."""
+def control_routes(deployments: Deployments, auth: BearerAuth, cache: FeatureCache | None, registry: Registry) -> list[Route]:
+    """Mutating calls: writing source rows and invalidating cached features (bearer token).
+
+    Each call that succeeds is recorded in ``registry``'s audit log after it took effect,
+    with counts (never row values); if the record cannot be written the call answers the
+    storage error, so no change is reported as done without its record."""
     project = deployments.project
+
+    async def audit(actor: str, action: str, subject: str, detail: dict[str, Any]) -> None:
+        await asyncio.to_thread(registry.audit, actor, action, subject, detail)
 
     async def write_rows(request: Request) -> Response:
         info = request_info(request.scope)
         info.endpoint = "/v1/sources/{name}/rows"
-        auth.require(request)
+        actor = auth.require(request)
         name = request.path_params["name"]
         source = project.sources.get(name)
         if not isinstance(source, SqlSource):
@@ -78,12 +87,13 @@ def control_routes(deployments: Deployments, auth: BearerAuth, cache: FeatureCac
             raise NotFound(f"source '{name}' cannot be written")
         result = await write_rows_into(source, rows, reader=reader, cache=cache, feature_sets=project.feature_sets.values())
         info.fields["rows"] = result.rows
+        await audit(actor, "source.write", name, result.as_dict())
         return json_response(result.as_dict())
 
     async def invalidate_features(request: Request) -> Response:
         info = request_info(request.scope)
         info.endpoint = "/v1/features/{name}/invalidate"
-        auth.require(request)
+        actor = auth.require(request)
         name = request.path_params["name"]
         feature_set = project.feature_sets.get(name)
         if feature_set is None:
@@ -91,7 +101,9 @@ def control_routes(deployments: Deployments, auth: BearerAuth, cache: FeatureCac
         body = await request.body()
         entities = _invalidate_body(body)
         published = await invalidate_cached(feature_set, entities, cache)
-        return json_response({"feature_set": name, "entities": None if entities is None else len(entities), "invalidated": published})
+        answer = {"feature_set": name, "entities": None if entities is None else len(entities), "invalidated": published}
+        await audit(actor, "features.invalidate", name, {"entities": answer["entities"], "invalidated": published})
+        return json_response(answer)
 
     return [
         Route("/v1/sources/{name}/rows", write_rows, methods=["POST"]),

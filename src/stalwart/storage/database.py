@@ -155,6 +155,24 @@ class Database:
             raise self._error(exc) from exc
 
     @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction whose statements all see one committed state: what checking a
+        hash chain against its head needs while others append. SQLite's read transactions
+        are snapshots already; PostgreSQL's default (READ COMMITTED) takes a new snapshot per
+        statement, so this one runs at REPEATABLE READ."""
+        if self.dialect != "postgresql":
+            with self.read() as conn:
+                yield conn
+            return
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise self._error(exc) from exc
+
+    @contextmanager
     def autocommit(self) -> Iterator[Connection]:
         """A connection without a transaction, for single read statements on the request
         path: no BEGIN/COMMIT, so one statement is one round trip."""

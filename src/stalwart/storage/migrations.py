@@ -10,12 +10,14 @@ To change the schema: append a migration; never edit one that has shipped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, inspect, select
 
 from stalwart.errors import SchemaVersionError
+from stalwart.hashing import GENESIS, chain_hash
 from stalwart.storage import tables
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "current_version", "migrate"]
@@ -39,6 +41,29 @@ def _create(*tbls: Table) -> Callable[[Connection], None]:
     return run
 
 
+def _chain_audit_events(conn: Connection) -> None:
+    """Add the audit log's hash columns and chain the events already there, oldest first.
+
+    Events written before chaining existed are chained here rather than left outside the
+    chain: from now on they cannot be changed unnoticed either (what was done to them
+    before this migration ran is beyond what any hash can tell). Migration 1 creates the
+    table from the current metadata, so on a new database the columns exist already.
+    """
+    audit = tables.audit_events
+    present = {column["name"] for column in inspect(conn).get_columns(audit.name)}
+    for column in ("prev_hash", "hash"):
+        if column not in present:
+            conn.exec_driver_sql(f"ALTER TABLE {audit.name} ADD COLUMN {column} VARCHAR(64)")
+    prev, last_id = GENESIS, None
+    for row in conn.execute(select(audit).order_by(audit.c.id)).all():
+        digest = chain_hash(prev, tables.audit_payload(row._mapping))
+        conn.execute(audit.update().where(audit.c.id == row.id).values(prev_hash=prev, hash=digest))
+        prev, last_id = digest, int(row.id)
+    if last_id is not None:
+        head = json.dumps({"id": last_id, "hash": prev})
+        conn.execute(tables.meta.insert().values(key=tables.AUDIT_HEAD_KEY, value=head))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -55,6 +80,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the prediction log: one row per request, indexed for its queries, (chain, seq) unique",
         _create(tables.predictions),
     ),
+    Migration(4, "the audit log's hash chain (prev_hash, hash; the head in stalwart_meta)", _chain_audit_events),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

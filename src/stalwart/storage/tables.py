@@ -8,6 +8,9 @@ the current code expects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -60,6 +63,12 @@ model_versions = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# The control plane's audit log, hash-chained (stalwart.registry.audit): each event's
+# ``hash`` is over the previous event's hash and its own AUDIT_CHAINED columns, so an event
+# changed, removed or moved by hand breaks the chain where it happened. The head of the
+# chain (the last event's id and hash) is kept in ``stalwart_meta`` under AUDIT_HEAD_KEY, so
+# removing the newest events shows too. ``hash`` is NULL only inside the transaction that
+# appends the event (the hash covers the id, which the insert allocates).
 audit_events = Table(
     "audit_events",
     metadata,
@@ -69,7 +78,25 @@ audit_events = Table(
     Column("action", String(80), nullable=False),
     Column("subject", String(300), nullable=False),
     Column("detail", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
 )
+
+AUDIT_CHAINED = ("id", "at", "actor", "action", "subject", "detail")
+AUDIT_HEAD_KEY = "audit_head"
+
+
+def audit_payload(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """What an audit event's hash covers: its AUDIT_CHAINED columns, typed as written (a
+    driver may hand back an integral REAL as an int; the hash must not depend on that)."""
+    return {
+        "id": int(row["id"]),
+        "at": float(row["at"]),
+        "actor": str(row["actor"]),
+        "action": str(row["action"]),
+        "subject": str(row["subject"]),
+        "detail": row["detail"],
+    }
 
 # Input schemas of model versions: every revision kept (inferred from data, or edited by a
 # person), and per version a head row that allocates revisions and says which one serves.
