@@ -197,7 +197,7 @@ class Redaction:
         details = (record.validation or {}).get("details")
         if isinstance(details, list):
             for detail in details:
-                how = self.fields.get(detail.get("feature")) if isinstance(detail, dict) else None
+                how = self.fields.get(str(detail.get("feature"))) if isinstance(detail, dict) else None
                 if how == "drop":
                     detail.pop("value", None)
                 elif how == "hash" and "value" in detail:

@@ -144,7 +144,7 @@ def to_record(
         if request is not None:
             record.entities = [dict(e) if isinstance(e, Mapping) else {"entity": e} for e in request.entities[:_MAX_LOGGED_VALUES]]
             if request.values is not None:
-                _inputs(record, _columns([v if isinstance(v, Mapping) else {"value": v} for v in request.values[:_MAX_LOGGED_VALUES]]), inputs)
+                _inputs(record, _columns([dict(v) if isinstance(v, Mapping) else {"value": v} for v in request.values[:_MAX_LOGGED_VALUES]]), inputs)
         if exchange is not None:
             record.features = _features(exchange.inputs, outcome.feature_names)
         if outcome.features:
