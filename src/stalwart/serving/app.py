@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stalwart._optional import require
 from stalwart.cache import FeatureCache
 from stalwart.config import Settings, load_settings
 from stalwart.features.caching import bind_caches
@@ -46,9 +48,15 @@ from stalwart.serving.policies import ServingPolicy
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
+from stalwart.serving.taps import compose
 from stalwart.serving.v1 import control_routes, v1_routes
 from stalwart.storage import DatabasePool
 from stalwart.validation.stage import ValidationMetrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from stalwart.serving.tracing import Tracing
 
 __all__ = ["create_app"]
 
@@ -59,11 +67,15 @@ def create_app(
     registry: Registry | None = None,
     project: Project | None = None,
     tap: RequestTap | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Starlette:
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted). ``project`` (or ``settings.project``, a file)
     declares the features and deployments served under ``/v1/deployments``. ``tap`` sees
-    every inference request's outcome (see :class:`~stalwart.serving.dataplane.RequestTap`)."""
+    every inference request's outcome (see :class:`~stalwart.serving.dataplane.RequestTap`).
+    ``tracer_provider`` traces every inference request into it (an OpenTelemetry provider,
+    its shutdown the caller's); without one, ``settings.otel_endpoint`` turns on export
+    over OTLP/HTTP, and with neither nothing is traced (and OpenTelemetry never imported)."""
     settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
     owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
@@ -127,6 +139,8 @@ def create_app(
             for listener in listeners:
                 await listener.stop()
             await cache.aclose()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.close)  # flushes buffered spans: blocking I/O
             # Callers still queued get a clear error; nothing waits on a batch forever.
             await asyncio.gather(*(batcher.close() for batcher in batchers))
             executor.shutdown(wait=False, cancel_futures=True)
@@ -145,7 +159,13 @@ def create_app(
         return json_response(document)
 
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
-    plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=tap)
+    # --- request taps: tracing first (it may replace the request's trace ids, which the
+    # taps after it record), then the caller's. Each is None when off, and compose() of
+    # nothing is None: the data plane then builds no Outcome at all. ---
+    tracing = _tracing(settings, tracer_provider)
+    plane_tap = compose(tracing, tap)
+    # --- end of request taps ---
+    plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
     auth = BearerAuth(settings.resolved_admin_token())
     routes = [
         *oip_routes(plane),
@@ -169,8 +189,22 @@ def create_app(
     app.state.metrics = metrics
     app.state.deployments = deployments
     app.state.plane = plane
+    app.state.tracing = tracing
     app.state.cache = cache
     return app
+
+
+def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | None:
+    """The tracing tap when tracing is configured, else None (and nothing imported)."""
+    if provider is None and settings.otel_endpoint is None:
+        return None
+    require("opentelemetry.sdk.trace", extra="otel", purpose="tracing requests (STALWART_OTEL_ENDPOINT)")
+    # Imported here: the OpenTelemetry SDK loads only when tracing is on.
+    from stalwart.serving.tracing import Tracing, otlp_provider
+
+    if provider is not None:
+        return Tracing(provider)
+    return Tracing(otlp_provider(settings), owned=True)
 
 
 def _freeze_garbage() -> None:

@@ -244,6 +244,7 @@ class DataPlane:
                 on_service_start=admission.start,
             )
             exchange.timings.decode_ms = (time.perf_counter() - start) * 1000
+            exchange.timings.decode_start = start
             if outcome is not None:
                 outcome.exchange = exchange
             try:
@@ -347,7 +348,7 @@ class DataPlane:
             info.fields["feature_cache"] = resolved.cache
         if outcome is not None:
             outcome.variant = variant.name
-            outcome.features = {"degraded": resolved.degraded, "cache": resolved.cache}
+            outcome.features = {"degraded": resolved.degraded, "cache": resolved.cache, "fetches": resolved.fetches}
         mv = loaded.version
         exchange = Exchange(
             request_id=info.request_id,
@@ -360,6 +361,7 @@ class DataPlane:
             on_service_start=admission.start,
         )
         exchange.timings.features_ms = features_ms
+        exchange.timings.features_start = start
         if outcome is not None:
             outcome.exchange = exchange
         try:
