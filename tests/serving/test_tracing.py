@@ -5,6 +5,7 @@ in the access line; nothing traced (nor OpenTelemetry imported) without a provid
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -69,10 +70,13 @@ def _trace(exporter: InMemorySpanExporter, trace_id: str) -> tuple[ReadableSpan,
 
 
 def _assert_inside(child: ReadableSpan, parent: ReadableSpan) -> None:
-    assert child.parent is not None and parent.context is not None
+    assert child.parent is not None
+    assert parent.context is not None
     assert child.parent.span_id == parent.context.span_id, (child.name, parent.name)
-    assert child.start_time is not None and child.end_time is not None
-    assert parent.start_time is not None and parent.end_time is not None
+    assert child.start_time is not None
+    assert child.end_time is not None
+    assert parent.start_time is not None
+    assert parent.end_time is not None
     assert parent.start_time <= child.start_time <= child.end_time <= parent.end_time, child.name
 
 
@@ -97,7 +101,8 @@ def test_a_v2_request_continues_the_clients_trace_with_a_span_per_stage(
     assert response.status_code == 200, response.text
 
     server_span, children = _trace(exporter, TRACE_ID)
-    assert server_span.parent is not None and server_span.parent.span_id == int(CLIENT_SPAN, 16)
+    assert server_span.parent is not None
+    assert server_span.parent.span_id == int(CLIENT_SPAN, 16)
     assert server_span.parent.is_remote
     assert server_span.name == "POST /v2/models/{model}/infer"
     assert server_span.status.status_code == StatusCode.UNSET
@@ -110,8 +115,9 @@ def test_a_v2_request_continues_the_clients_trace_with_a_span_per_stage(
     for name in ("decode", "validate", "queue_wait", "model", "encode"):
         _assert_inside(children[name], server_span)
     order = [children[name] for name in ("decode", "validate", "queue_wait", "model", "encode")]
-    for before, after in zip(order, order[1:], strict=False):
-        assert before.end_time is not None and after.start_time is not None
+    for before, after in itertools.pairwise(order):
+        assert before.end_time is not None
+        assert after.start_time is not None
         assert before.end_time <= after.start_time + 1_000, (before.name, after.name)  # 1 µs: float rounding
 
     returned = response.headers["traceparent"]
@@ -135,7 +141,8 @@ def test_a_deployment_request_has_a_span_per_feature_source(
     assert response.status_code == 200, response.text
 
     server_span, children = _trace(exporter, TRACE_ID)
-    assert server_span.parent is not None and server_span.parent.span_id == int(CLIENT_SPAN, 16)
+    assert server_span.parent is not None
+    assert server_span.parent.span_id == int(CLIENT_SPAN, 16)
     attributes = dict(server_span.attributes or {})
     assert (attributes["stalwart.entrypoint"], attributes["stalwart.deployment"], attributes["stalwart.variant"]) == ("/v1", "fraud", "primary")
     assert attributes["stalwart.model"] == "fraud"
@@ -169,7 +176,8 @@ def test_a_bad_traceparent_is_ignored_and_a_new_trace_begins(
     assert trace_id.lower() != TRACE_ID
     server_span, _ = _trace(exporter, trace_id)
     assert server_span.parent is None
-    assert server_span.context is not None and format(server_span.context.span_id, "016x") == span_id
+    assert server_span.context is not None
+    assert format(server_span.context.span_id, "016x") == span_id
 
 
 def test_a_failed_request_has_an_error_status(
@@ -208,7 +216,8 @@ def test_without_a_provider_nothing_is_traced_but_ids_still_travel(
     assert response.status_code == 200
     version, trace_id, span_id, flags = response.headers["traceparent"].split("-")
     assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
-    assert span_id != CLIENT_SPAN and len(span_id) == 16
+    assert span_id != CLIENT_SPAN
+    assert len(span_id) == 16
     assert _access_line(stream, "untraced")["trace_id"] == TRACE_ID
     assert plain.headers["traceparent"].startswith("00-")
     assert exporter.get_finished_spans() == ()
