@@ -31,6 +31,7 @@ HEAVY = [
     "pydantic",
     "structlog",
     "prometheus_client",
+    "opentelemetry",
 ]
 
 EXPECTED_ALL = [
@@ -82,6 +83,24 @@ def test_settings_and_errors_stay_light_too() -> None:
     loaded = _modules_after("import stalwart\nstalwart.Settings\nstalwart.StalwartError")
     assert "pydantic" in loaded
     assert sorted(loaded & {"numpy", "sqlalchemy", "starlette", "sklearn"}) == []
+
+
+def test_the_server_module_without_tracing_loads_no_opentelemetry() -> None:
+    """``stalwart.serving.app`` and the W3C trace context (every request's trace id) come
+    without the OpenTelemetry SDK: it loads only when tracing is configured."""
+    loaded = _modules_after("import stalwart.serving.app\nimport stalwart.monitoring.tracing")
+    assert "starlette" in loaded
+    assert "opentelemetry" not in loaded
+
+
+def test_tracing_without_its_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """STALWART_OTEL_ENDPOINT set without the SDK installed says to install stalwart[otel]."""
+    from stalwart.config import Settings
+    from stalwart.serving.app import create_app
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'stalwart\[otel\]'"):
+        create_app(Settings(home=tmp_path, otel_endpoint="http://127.0.0.1:4318"))
 
 
 def test_public_surface_is_curated() -> None:

@@ -29,13 +29,23 @@ Arrays = dict[str, np.ndarray[Any, Any]]
 
 @dataclass(slots=True)
 class Timings:
-    """Milliseconds spent in each stage of one request; None for a stage it skipped."""
+    """Milliseconds spent in each stage of one request; None for a stage it skipped.
+
+    Each ``<stage>_start`` is the ``time.perf_counter()`` instant the stage began, recorded
+    where its duration is, so a trace can lay the stages out exactly (the durations alone
+    do not say where the gaps between them are).
+    """
 
     decode_ms: float | None = None
     features_ms: float | None = None
     validate_ms: float | None = None
     queue_wait_ms: float | None = None
     model_ms: float | None = None
+    decode_start: float | None = None
+    features_start: float | None = None
+    validate_start: float | None = None
+    queue_wait_start: float | None = None
+    model_start: float | None = None
 
     def items(self) -> Iterator[tuple[str, float]]:
         """``(name, ms)`` for each stage that ran, in the order of the pipeline."""
@@ -44,18 +54,30 @@ class Timings:
             if value is not None:
                 yield f, value
 
+    def spans(self) -> Iterator[tuple[str, float, float]]:
+        """``(stage, start, seconds)`` for each stage that ran and recorded its start, in
+        the order of the pipeline (``stage`` without ``_ms``; ``start`` a perf_counter
+        instant)."""
+        for f, start_field in _SPAN_FIELDS:
+            ms = getattr(self, f)
+            start = getattr(self, start_field)
+            if ms is not None and start is not None:
+                yield f[:-3], start, ms / 1000
+
     def copy(self) -> Timings:
-        return Timings(*(getattr(self, f) for f in _TIMING_FIELDS))
+        return Timings(*(getattr(self, f) for f in _ALL_FIELDS))
 
     def update(self, other: Timings) -> None:
         """Take every stage ``other`` timed (keeps this object: callers may hold it)."""
-        for f in _TIMING_FIELDS:
+        for f in _ALL_FIELDS:
             value = getattr(other, f)
             if value is not None:
                 setattr(self, f, value)
 
 
-_TIMING_FIELDS = tuple(f.name for f in fields(Timings))
+_ALL_FIELDS = tuple(f.name for f in fields(Timings))
+_TIMING_FIELDS = tuple(name for name in _ALL_FIELDS if name.endswith("_ms"))
+_SPAN_FIELDS = tuple((name, f"{name[:-3]}_start") for name in _TIMING_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

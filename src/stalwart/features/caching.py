@@ -19,6 +19,7 @@ coming into view). The last one is why windows slide exactly under the cache.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from stalwart.cache.tier import Row
 from stalwart.durations import NS
 from stalwart.errors import ConfigError, FeatureError
 from stalwart.features.engine import NEVER, Queries, apply_transforms, compute_base
-from stalwart.features.readers import GuardedReader, rows_from_records
+from stalwart.features.readers import Fetched, GuardedReader, rows_from_records
 from stalwart.features.resolution import (
     SOURCE_FAILURES,
     Request,
@@ -136,11 +137,14 @@ class CachedSet:
         keys = request.entity_keys(feature_set)
         unique = list(dict.fromkeys(keys))
         deadline = request.deadline
+        fetches = request.fetches
 
         async def load(missing: list[EntityKey]) -> dict[EntityKey, Row | Expiring | None]:
-            return await self._load(missing, deadline)
+            return await self._load(missing, deadline, fetches)
 
+        start = time.perf_counter()
         result = await self.cache.get_many(unique, load, allow_partial=True)
+        fetches.append(Fetched(self.reader.name, feature_set.name, start, time.perf_counter() - start))
         failed = result.failed
         if failed:
             for error in failed.values():
@@ -177,11 +181,14 @@ class CachedSet:
             "defaults": len(failed),
         }
 
-    async def _load(self, keys: list[EntityKey], deadline: float | None) -> dict[EntityKey, Row | Expiring | None]:
+    async def _load(
+        self, keys: list[EntityKey], deadline: float | None, fetches: list[Fetched] | None = None
+    ) -> dict[EntityKey, Row | Expiring | None]:
         """One fetch for entities the cache lacks, and their base values as of now."""
         as_of = self.clock()
         rows = await self.reader.fetch(
-            keys, as_of, self.lookback_ns, self.columns, older=self.older, newer=True, deadline=deadline
+            keys, as_of, self.lookback_ns, self.columns, older=self.older, newer=True, deadline=deadline,
+            record=fetches,
         )
         queries = Queries(
             keys=[key_array([key[i] for key in keys]) for i in range(self.n_keys)],

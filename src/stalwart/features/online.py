@@ -37,7 +37,7 @@ import numpy as np
 from stalwart.errors import ConfigError, RequestError
 from stalwart.features.caching import CachedSet
 from stalwart.features.engine import Queries, apply_transforms, compute_base
-from stalwart.features.readers import GuardedReader, SourceReader, rows_from_records
+from stalwart.features.readers import Fetched, GuardedReader, SourceReader, rows_from_records
 from stalwart.features.resolution import (
     SOURCE_FAILURES,
     Request,
@@ -76,6 +76,8 @@ class Resolved:
     "entities"}`` (``reason`` is the failure's class name, ``entities`` how many distinct
     entities). ``cache`` counts, per cached FeatureSet, where the entities' values came
     from (``memory``, ``redis``, ``loaded``, ``coalesced``, ``stale``, ``defaults``).
+    ``fetches`` times each round trip to a source and each cached set's lookup, in the
+    order they ended (for traces).
     """
 
     columns: dict[str, Column]
@@ -83,6 +85,7 @@ class Resolved:
     as_of_ns: int
     degraded: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    fetches: list[Fetched] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +219,10 @@ class OnlineFeatures:
             ref.name: request.values[(ref.source, ref.name)] if isinstance(ref, RequestField) else columns[ref.name]
             for ref in self.refs
         }
-        return Resolved(columns=out, rows=n, as_of_ns=request.as_of_ns, degraded=request.degraded, cache=request.cache)
+        return Resolved(
+            columns=out, rows=n, as_of_ns=request.as_of_ns, degraded=request.degraded, cache=request.cache,
+            fetches=request.fetches,
+        )
 
     async def _read(self, reader: GuardedReader, direct: _Direct, request: Request, *, degrade: bool) -> None:
         keys_of = direct.sets[0].entity.keys
@@ -225,7 +231,7 @@ class OnlineFeatures:
         try:
             rows = await reader.fetch(
                 unique, request.as_of_ns, direct.lookback_ns, direct.columns,
-                older=direct.older, newer=False, deadline=request.deadline,
+                older=direct.older, newer=False, deadline=request.deadline, record=request.fetches,
             )
         except SOURCE_FAILURES as exc:
             if not degrade:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 from sqlalchemy import (
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallableReader",
+    "Fetched",
     "FileReader",
     "GuardedReader",
     "SourceReader",
@@ -415,6 +417,18 @@ class CallableReader:
         return rows
 
 
+class Fetched(NamedTuple):
+    """One timed step of resolving a request's features: a source's round trip, or (with
+    ``feature_set``) a cached set's lookup, which includes the round trip for its misses.
+    For traces; recording one costs two clock reads, next to a round trip."""
+
+    source: str
+    feature_set: str | None  # the cached set looked up; None for a round trip to the source
+    start: float  # time.perf_counter()
+    seconds: float
+    error: str | None = None  # the failure's class name
+
+
 class GuardedReader:
     """A source's reader behind its guard (breaker, bulkhead, time limit), or, without
     one, behind the request's deadline alone. Online resolution reads only through it.
@@ -440,16 +454,30 @@ class GuardedReader:
         older: bool,
         newer: bool,
         deadline: float | None,
+        record: list[Fetched] | None = None,
     ) -> SourceRows:
         """:meth:`SourceReader.fetch` under the guard; ``deadline`` is a
         ``time.monotonic()`` instant. Raises what the guard raises when it refuses or gives
         up (``CallNotPermitted``, ``BulkheadFull``, ``CallTimeout``), else what the reader
-        raises."""
+        raises. ``record``, when given, gets the fetch's timing (the guard's wait included:
+        it is the source's time as the request sees it), whether it succeeded or not."""
         reader = self.reader
 
         async def run() -> SourceRows:
             return await reader.fetch(keys, as_of_ns, lookback_ns, columns, older=older, newer=newer)
 
+        if record is None:
+            return await self._call(run, deadline)
+        start = time.perf_counter()
+        try:
+            rows = await self._call(run, deadline)
+        except BaseException as exc:
+            record.append(Fetched(self.name, None, start, time.perf_counter() - start, type(exc).__name__))
+            raise
+        record.append(Fetched(self.name, None, start, time.perf_counter() - start))
+        return rows
+
+    async def _call(self, run: Callable[[], Awaitable[SourceRows]], deadline: float | None) -> SourceRows:
         if self.guard is not None:
             return await self.guard.call(run, deadline=deadline)
         if deadline is not None:

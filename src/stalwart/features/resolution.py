@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from stalwart.errors import FeatureError, ResilienceError, UnknownEntity
+from stalwart.features.readers import Fetched
 from stalwart.project import Feature, FeatureSet, Latest, Window
 
 __all__ = [
@@ -51,6 +52,7 @@ class Request:
     columns: dict[str, Column] = field(default_factory=dict)
     degraded: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    fetches: list[Fetched] = field(default_factory=list)  # timed round trips and cache lookups
 
     def entity_keys(self, feature_set: FeatureSet) -> list[tuple[Any, ...]]:
         """Each entity's key tuple for ``feature_set``, in request order."""

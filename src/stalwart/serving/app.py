@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stalwart._optional import require
 from stalwart.cache import FeatureCache
 from stalwart.config import Settings, load_settings
 from stalwart.features.caching import bind_caches
@@ -53,6 +55,11 @@ from stalwart.serving.v1 import control_routes, v1_routes
 from stalwart.storage import DatabasePool
 from stalwart.validation.stage import ValidationMetrics
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from stalwart.serving.tracing import Tracing
+
 __all__ = ["create_app"]
 
 
@@ -62,11 +69,15 @@ def create_app(
     registry: Registry | None = None,
     project: Project | None = None,
     tap: RequestTap | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Starlette:
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted). ``project`` (or ``settings.project``, a file)
     declares the features and deployments served under ``/v1/deployments``. ``tap`` sees
-    every inference request's outcome (see :class:`~stalwart.serving.dataplane.RequestTap`)."""
+    every inference request's outcome (see :class:`~stalwart.serving.dataplane.RequestTap`).
+    ``tracer_provider`` traces every inference request into it (an OpenTelemetry provider,
+    its shutdown the caller's); without one, ``settings.otel_endpoint`` turns on export
+    over OTLP/HTTP, and with neither nothing is traced (and OpenTelemetry never imported)."""
     settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
     owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
@@ -134,6 +145,8 @@ def create_app(
             for listener in listeners:
                 await listener.stop()
             await cache.aclose()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.close)  # flushes buffered spans: blocking I/O
             # Callers still queued get a clear error; nothing waits on a batch forever.
             await asyncio.gather(*(batcher.close() for batcher in batchers))
             if predictions is not None:
@@ -155,7 +168,10 @@ def create_app(
         return json_response(document)
 
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
-    # The prediction log: every request's record, spooled off the event loop, delivered.
+    # --- request taps: tracing first (it may replace the request's trace ids, which the
+    # taps after it record), then the prediction log, then the caller's. Each is None when
+    # off, and compose() of nothing is None: the data plane then builds no Outcome at all.
+    tracing = _tracing(settings, tracer_provider)
     log_policies = {name: p.log for name, p in serving_policy.deployments.items()}
     predictions = open_prediction_log(settings, metrics.registry, log_policies)
     prediction_tap = (
@@ -163,7 +179,9 @@ def create_app(
         if predictions is not None
         else None
     )
-    plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=compose(prediction_tap, tap))
+    plane_tap = compose(tracing, prediction_tap, tap)
+    # --- end of request taps ---
+    plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
     auth = BearerAuth.from_settings(settings)
     routes = [
         *oip_routes(plane),
@@ -188,8 +206,22 @@ def create_app(
     app.state.deployments = deployments
     app.state.plane = plane
     app.state.predictions = predictions
+    app.state.tracing = tracing
     app.state.cache = cache
     return app
+
+
+def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | None:
+    """The tracing tap when tracing is configured, else None (and nothing imported)."""
+    if provider is None and settings.otel_endpoint is None:
+        return None
+    require("opentelemetry.sdk.trace", extra="otel", purpose="tracing requests (STALWART_OTEL_ENDPOINT)")
+    # Imported here: the OpenTelemetry SDK loads only when tracing is on.
+    from stalwart.serving.tracing import Tracing, otlp_provider
+
+    if provider is not None:
+        return Tracing(provider)
+    return Tracing(otlp_provider(settings), owned=True)
 
 
 def _freeze_garbage() -> None:

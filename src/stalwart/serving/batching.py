@@ -448,10 +448,16 @@ class BatchCall:
         self._batcher = batcher
 
     async def __call__(self, exchange: Exchange) -> None:
+        # The request queues within microseconds of this instant (``infer`` enqueues before
+        # it first awaits), and its batch starts ``queue_wait`` seconds after it queued.
+        start = time.perf_counter()
         done = await self._batcher.infer(exchange.inputs, exchange.rows, exchange.outputs, exchange.on_service_start)
         exchange.results = done.outputs
-        exchange.timings.queue_wait_ms = done.queue_wait * 1000
-        exchange.timings.model_ms = done.model_seconds * 1000
+        timings = exchange.timings
+        timings.queue_wait_ms = done.queue_wait * 1000
+        timings.model_ms = done.model_seconds * 1000
+        timings.queue_wait_start = start
+        timings.model_start = start + done.queue_wait
         exchange.batch_rows = done.batch_rows
 
 

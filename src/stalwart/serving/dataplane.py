@@ -250,6 +250,7 @@ class DataPlane:
                 on_service_start=admission.start,
             )
             exchange.timings.decode_ms = (time.perf_counter() - start) * 1000
+            exchange.timings.decode_start = start
             if outcome is not None:
                 outcome.exchange = exchange
             try:
@@ -355,7 +356,7 @@ class DataPlane:
             info.fields["feature_cache"] = resolved.cache
         if outcome is not None:
             outcome.variant = variant.name
-            outcome.features = {"degraded": resolved.degraded, "cache": resolved.cache}
+            outcome.features = {"degraded": resolved.degraded, "cache": resolved.cache, "fetches": resolved.fetches}
             outcome.feature_names = plan.names if plan.layout == "matrix" else None
         mv = loaded.version
         exchange = Exchange(
@@ -369,6 +370,7 @@ class DataPlane:
             on_service_start=admission.start,
         )
         exchange.timings.features_ms = features_ms
+        exchange.timings.features_start = start
         if outcome is not None:
             outcome.exchange = exchange
         try:

@@ -149,3 +149,4 @@ class ModelCall:
         start = time.perf_counter()
         exchange.results = await self._runner.run(exchange.inputs, exchange.rows, exchange.outputs, exchange.on_service_start)
         exchange.timings.model_ms = (time.perf_counter() - start) * 1000
+        exchange.timings.model_start = start

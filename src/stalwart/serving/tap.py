@@ -121,7 +121,7 @@ def to_record(
         entrypoint=outcome.entrypoint,
         status=item.status,
         latency_ms=round(item.latency_ms, 3),
-        trace_id=getattr(info, "trace_id", None),
+        trace_id=info.trace_id or None,
         deployment=outcome.deployment,
         variant=outcome.variant,
         model=info.model or None,

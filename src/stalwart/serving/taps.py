@@ -1,5 +1,15 @@
-"""Composing request taps: the data plane takes one; the server may have several (the
-prediction log, tracing, a user's own)."""
+"""Several request taps as one: the data plane calls one :class:`RequestTap`.
+
+>>> compose() is None
+True
+>>> tap = lambda outcome: None
+>>> compose(None, tap) is tap
+True
+
+Built once, in ``create_app``: with no tap the data plane builds no
+:class:`~stalwart.serving.dataplane.Outcome` at all, and with one it calls that tap
+directly, so composing costs nothing until there are two.
+"""
 
 from __future__ import annotations
 
@@ -12,24 +22,36 @@ __all__ = ["compose"]
 
 
 def compose(*taps: RequestTap | None) -> RequestTap | None:
-    """One tap calling each of ``taps`` in order (None when there is none, the tap itself
-    when there is one: decided once, so an unused tap costs nothing per request). The
-    awaitables they return are awaited together."""
-    present = [t for t in taps if t is not None]
+    """One tap calling ``taps`` in order (``None`` entries are skipped): None when none is
+    left, the tap itself when one is. Order matters: a tap sees what earlier ones set on
+    the outcome's :class:`~stalwart.serving.middleware.RequestInfo` (the tracing tap goes
+    first, as it may replace the request's trace ids with those of the span it exports).
+    What the taps return to wait for (the prediction log's ``sync`` mode) is awaited
+    together."""
+    present = tuple(tap for tap in taps if tap is not None)
     if not present:
         return None
     if len(present) == 1:
         return present[0]
+    return _Taps(present)
 
-    def tap(outcome: Outcome) -> Awaitable[None] | None:
-        waiters = [w for w in (t(outcome) for t in present) if w is not None]
+
+class _Taps:
+    """Calls each tap in turn. A tap must only enqueue (see :class:`RequestTap`), so one
+    that raises is a bug: it propagates rather than being hidden from the others' owner."""
+
+    __slots__ = ("_taps",)
+
+    def __init__(self, taps: tuple[RequestTap, ...]) -> None:
+        self._taps = taps
+
+    def __call__(self, outcome: Outcome) -> Awaitable[None] | None:
+        waiters = [w for w in (tap(outcome) for tap in self._taps) if w is not None]
         if not waiters:
             return None
         if len(waiters) == 1:
             return waiters[0]
         return _all(waiters)
-
-    return tap
 
 
 async def _all(waiters: list[Awaitable[None]]) -> None:

@@ -97,6 +97,7 @@ class ValidationStage:
         start = time.perf_counter()
         fixed, report = self._validator.check(exchange.inputs, exchange.rows)
         exchange.timings.validate_ms = (time.perf_counter() - start) * 1000
+        exchange.timings.validate_start = start
         if self._metrics is not None:
             self._metrics.observe(self._deployment, report)
         if not report.ok:
