@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from stalwart.cli.main import app
 from stalwart.config import Settings
+from stalwart.monitoring.records import Chain, PredictionRecord, encode_record
+from stalwart.monitoring.sinks import open_sink
 from stalwart.registry import Registry
 from stalwart.registry.audit import (
     CONFIG_ACTION,
@@ -177,7 +179,7 @@ def test_migration_4_chains_the_events_already_there(any_db_settings: Settings) 
                     text("INSERT INTO audit_events (at, actor, action, subject, detail) VALUES (:at, 'registry', 'register', :s, :d)"),
                     {"at": 1700000000.25 + n, "s": f"m:{n + 1}", "d": json.dumps({"sha256": "ab" * 32, "score": 0.1 * n})},
                 )
-        assert db.migrate() == [4]
+        assert db.migrate() == [3, 4]  # 3: the prediction log's table, which it did not have either
         with db.read() as conn:
             assert conn.execute(text("SELECT COUNT(*) FROM audit_events WHERE hash IS NULL")).scalar_one() == 0
         assert check_audit(db).events == 3
@@ -272,15 +274,24 @@ def test_every_secret_setting_is_left_out() -> None:
 
 
 
-def test_verify_exits_2_when_the_prediction_store_cannot_be_read(logged: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A prediction log whose store cannot be opened is reported as unchecked, with the
-    store's own message, and the exit status (2) says that not everything was verified.
-    (In this branch the sql store is still a placeholder that raises; once it lands, a test
-    writing records through open_store's real sink belongs here.)"""
+def test_verify_checks_every_prediction_chain(logged: Registry, cli_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prediction records written through the real SQL sink verify; a record edited in the
+    database afterwards fails verification (exit 1) naming its request."""
     monkeypatch.setenv("STALWART_PREDICTION_LOG", "sql")
-    result = runner.invoke(app, ["audit", "verify"], env={"COLUMNS": "250"})
-    assert result.exit_code == 2, result.output
-    assert "prediction log (sql)" in result.stdout
-    assert "unchecked" in result.stdout
-    assert "not every chain could be checked" in result.stderr
-    assert "intact" in result.stdout  # the audit log itself was checked
+    settings = cli_settings.model_copy(update={"prediction_log": "sql"})
+    sink = open_sink(settings)
+    assert sink is not None
+    chain = Chain("replica-a")
+    records = [
+        chain.link(PredictionRecord(request_id=f"req-{i}", time_ns=1_700_000_000_000_000_000 + i, entrypoint="/v2", status=200, latency_ms=1.5, outputs={"predict": [i]}))
+        for i in range(5)
+    ]
+    sink.write(records, [encode_record(r) for r in records])
+    sink.close()
+    intact = runner.invoke(app, ["audit", "verify"], env={"COLUMNS": "250"})
+    assert intact.exit_code == 0, intact.output
+    assert "replica-a" in intact.stdout
+    _sql(logged, "UPDATE predictions SET record = REPLACE(record, '\"predict\":[3]', '\"predict\":[1]') WHERE request_id = 'req-3'")
+    broken = runner.invoke(app, ["audit", "verify"], env={"COLUMNS": "250"})
+    assert broken.exit_code == 1, broken.output
+    assert "req-3" in broken.output

@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
 
 import typer
 from rich.table import Table
@@ -28,6 +28,9 @@ from stalwart.cli.schemas import guarded, open_registry
 from stalwart.config import Settings, load_settings
 from stalwart.durations import parse_seconds
 from stalwart.errors import ConfigError, StalwartError
+
+if TYPE_CHECKING:
+    from stalwart.monitoring.sinks import PredictionStore
 
 __all__ = ["audit_app"]
 
@@ -132,7 +135,6 @@ def _verify_audit(settings: Settings) -> _Row:
 
 
 def _verify_predictions(settings: Settings) -> Iterator[_Row]:
-    from stalwart.monitoring.records import PredictionRecord, verify_chain
     from stalwart.monitoring.sinks import open_store
 
     label = f"prediction log ({settings.prediction_log})"
@@ -145,6 +147,15 @@ def _verify_predictions(settings: Settings) -> Iterator[_Row]:
         note = "not recorded" if settings.prediction_log == "off" else "kept elsewhere; nothing here to read back"
         yield _Row(label, None, "off", note)
         return
+    try:
+        yield from _verify_store(store, label)
+    finally:
+        store.close()
+
+
+def _verify_store(store: PredictionStore, label: str) -> Iterator[_Row]:
+    from stalwart.monitoring.records import PredictionRecord, verify_chain
+
     try:
         names = store.chains()
     except StalwartError as exc:

@@ -65,7 +65,7 @@ class LogMetrics:
             "stalwart_prediction_log_records", "Prediction records by what happened to them (spooled, delivered)", ("stage",), registry=registry
         )
         self.dropped = Counter(
-            "stalwart_prediction_log_dropped", "Prediction records dropped, by reason (queue_full, spool_error)", ("reason",), registry=registry
+            "stalwart_prediction_log_dropped", "Prediction records dropped, by reason (queue_full, spool_error, unencodable)", ("reason",), registry=registry
         )
         self.sink_failures = Counter(
             "stalwart_prediction_log_sink_failures", "Failed deliveries to the prediction sink (retried from the spool)", registry=registry
@@ -226,11 +226,10 @@ class PredictionLog(Generic[T]):
             for item, _ in items:
                 try:
                     record = self._convert(item)
-                except Exception as exc:  # noqa: BLE001 - one record the converter chokes on must not stop the log
-                    _log.error("prediction record could not be built", exc_info=exc)
-                    continue
-                if record is not None:
-                    encoded.append(encode_record(self.chain.link(record)))
+                    if record is not None:
+                        encoded.append(encode_record(self.chain.link(record)))
+                except Exception as exc:  # noqa: BLE001 - one record that cannot be built or encoded (a model's output JSON cannot carry) must not stop the log
+                    self._drop("unencodable", 1, detail=f"{type(exc).__name__}: {exc}"[:200])
             waiters = [w for _, w in items if w is not None]
             error: BaseException | None = None
             try:

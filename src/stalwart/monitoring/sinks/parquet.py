@@ -54,7 +54,7 @@ from stalwart.errors import PredictionLogError, SinkUnavailable
 from stalwart.monitoring.records import PredictionRecord
 
 if TYPE_CHECKING:  # the package imports this module: at run time, only by annotation
-    from stalwart.monitoring.sinks import Query
+    from stalwart.monitoring.sinks.base import Query
 
 __all__ = ["ParquetSink"]
 

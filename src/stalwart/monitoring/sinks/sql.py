@@ -34,7 +34,7 @@ from stalwart.config import Settings
 from stalwart.errors import SchemaVersionError, SinkUnavailable, StorageError
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.records import PredictionRecord, decode_record, encode_record
-from stalwart.monitoring.sinks import Query
+from stalwart.monitoring.sinks.base import Query
 from stalwart.storage import Database
 from stalwart.storage.tables import predictions
 
