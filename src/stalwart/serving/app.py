@@ -29,6 +29,7 @@ from stalwart.monitoring.metrics import (
     ResilienceMetrics,
     ServingMetrics,
 )
+from stalwart.monitoring.sinks import open_store
 from stalwart.pipeline import Stage
 from stalwart.project import Project, load_project
 from stalwart.registry import ModelVersion, Registry
@@ -43,6 +44,7 @@ from stalwart.serving.middleware import BodyLimit, Observe, request_info
 from stalwart.serving.oip import oip_routes
 from stalwart.serving.openapi import openapi_document
 from stalwart.serving.policies import ServingPolicy
+from stalwart.serving.predictions import prediction_routes
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
@@ -70,6 +72,7 @@ def create_app(
     if project is None:
         project = load_project(settings.project) if settings.project is not None else Project()
     pool = DatabasePool(settings)
+    store = open_store(settings)  # the prediction log's read side (None when it has none)
     metrics = ServingMetrics()
     # The feature cache: in-process always, Redis too when STALWART_REDIS_URL is set.
     cache = FeatureCache.from_settings(settings, registry=metrics.registry)
@@ -131,6 +134,9 @@ def create_app(
             await asyncio.gather(*(batcher.close() for batcher in batchers))
             executor.shutdown(wait=False, cancel_futures=True)
             pool.dispose()
+            close_store = getattr(store, "close", None)
+            if callable(close_store):
+                close_store()
             if owns_registry:
                 registry.db.dispose()
 
@@ -151,6 +157,7 @@ def create_app(
         *oip_routes(plane),
         *v1_routes(plane),
         *control_routes(deployments, auth, cache),
+        *prediction_routes(store, auth, log=settings.prediction_log),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
