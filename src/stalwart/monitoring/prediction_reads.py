@@ -149,9 +149,7 @@ def reading_store(settings: Settings) -> Iterator[PredictionStore]:
     try:
         yield store
     finally:
-        close = getattr(store, "close", None)
-        if callable(close):
-            close()
+        store.close()
 
 
 def records_table(records: Sequence[PredictionRecord]) -> pa.Table:

@@ -31,6 +31,7 @@ from stalwart.monitoring.metrics import (
     ResilienceMetrics,
     ServingMetrics,
 )
+from stalwart.monitoring.sinks import open_store
 from stalwart.pipeline import Stage
 from stalwart.project import Project, load_project
 from stalwart.registry import ModelVersion, Registry
@@ -46,6 +47,7 @@ from stalwart.serving.middleware import BodyLimit, Observe, request_info
 from stalwart.serving.oip import oip_routes
 from stalwart.serving.openapi import openapi_document
 from stalwart.serving.policies import ServingPolicy
+from stalwart.serving.predictions import prediction_routes
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
@@ -84,6 +86,7 @@ def create_app(
     if project is None:
         project = load_project(settings.project) if settings.project is not None else Project()
     pool = DatabasePool(settings)
+    store = open_store(settings)  # the prediction log's read side (None when it has none)
     metrics = ServingMetrics()
     # The feature cache: in-process always, Redis too when STALWART_REDIS_URL is set.
     cache = FeatureCache.from_settings(settings, registry=metrics.registry)
@@ -154,6 +157,8 @@ def create_app(
                 await asyncio.to_thread(predictions.close)
             executor.shutdown(wait=False, cancel_futures=True)
             pool.dispose()
+            if store is not None:
+                store.close()
             if owns_registry:
                 registry.db.dispose()
 
@@ -187,6 +192,7 @@ def create_app(
         *oip_routes(plane),
         *v1_routes(plane),
         *control_routes(deployments, auth, cache, registry),
+        *prediction_routes(store, auth, log=settings.prediction_log),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]

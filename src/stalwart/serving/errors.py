@@ -54,6 +54,8 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.ModelError, 500),
     (e.FeatureError, 502),
     (e.StorageError, 503),
+    # The prediction log cannot take (sync mode) or read back a record: its store is down.
+    (e.PredictionLogError, 503),
 )
 
 JSON = "application/json"

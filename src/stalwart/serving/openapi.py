@@ -167,6 +167,39 @@ _SCHEMAS: dict[str, Any] = {
             "shedding": {"type": "object"},
         },
     },
+    "PredictionRecord": {
+        "type": "object",
+        "description": "one request as the prediction log keeps it; fields without a value are left out",
+        "required": ["request_id", "time_ns", "entrypoint", "status", "latency_ms"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "time_ns": {"type": "integer", "description": "when the request arrived, ns since the epoch (UTC)"},
+            "entrypoint": {"type": "string"},
+            "status": {"type": "integer"},
+            "latency_ms": {"type": "number"},
+            "trace_id": {"type": "string"},
+            "deployment": {"type": "string"},
+            "variant": {"type": "string"},
+            "model": {"type": "string"},
+            "version": {"type": "integer"},
+            "error": {"type": "string", "description": "the error's class, when it failed"},
+            "rows": {"type": "integer"},
+            "entities": {"type": "array", "items": {"type": "object"}},
+            "features": {"type": "object", "description": "name: values per row, as the model saw them"},
+            "inputs": {"type": "object"},
+            "inputs_hash": {"type": "string"},
+            "outputs": {"type": "object"},
+            "validation": {"type": "object"},
+            "degraded": {"type": "string"},
+            "degraded_reason": {"type": "string"},
+            "cache": {"type": "object"},
+            "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+            "chain": {"type": "string", "description": "the hash chain (writer) holding it"},
+            "seq": {"type": "integer"},
+            "prev_hash": {"type": "string"},
+            "hash": {"type": "string"},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -340,6 +373,19 @@ def _v1_paths() -> dict[str, Any]:
                 },
             }
         },
+    }
+    control["/v1/predictions/{request_id}"] = {
+        "get": {
+            "summary": "One request's prediction record (admin token: records hold inputs and outputs)",
+            "security": [{"bearer": []}],
+            "parameters": [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}, _REQUEST_ID],
+            "responses": {
+                "200": _json(ref("PredictionRecord"), "the record, as stored"),
+                "401": unauthorised,
+                "404": _error("no record of that request id (or the log cannot be read back)"),
+                "503": _error("the prediction log's store cannot be reached"),
+            },
+        }
     }
     answered = _json(ref("PredictResponse"), "predictions, with the model version and how they were reached")
     answered = {**answered, "headers": {**answered["headers"], **degraded_header}}
