@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -86,11 +88,20 @@ class Arena:
 
     def add_stalwart(self, name: str, env: Mapping[str, str] | None = None, *, src: Path | None = None) -> Server:
         """``stalwart serve`` on this home, with ``env`` (``STALWART_*``) on top; ``src``: run
-        another checkout's code (its ``src`` directory) instead of this tree's."""
+        another checkout's code (its ``src`` directory) instead of this tree's, on a home of
+        its own with the same models registered by that code (its registry schema may be
+        older than this tree's)."""
         port = free_port()
-        settings = {"STALWART_HOME": str(self.home), "STALWART_LOG_FORMAT": "json"}
+        home = self.home
+        settings: dict[str, str] = {}
         if src is not None:
             settings["PYTHONPATH"] = os.pathsep.join((str(src), str(Path(__file__).resolve().parent.parent)))
+            home = self.workdir / f"home-{len(self.servers)}"
+            subprocess.run(
+                [sys.executable, "-c", "import sys, pathlib; from benchmarks.models import prepare_home; prepare_home(pathlib.Path(sys.argv[1]))", str(home)],
+                env=bench_env(settings), check=True, capture_output=True,
+            )
+        settings.update({"STALWART_HOME": str(home), "STALWART_LOG_FORMAT": "json"})
         settings.update(env or {})
         server = start_server(name, stalwart_command(port), bench_env(settings), self.workdir)
         self.servers[name] = server

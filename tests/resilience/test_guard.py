@@ -328,3 +328,24 @@ def test_guard_config_reads_a_deployment_file_shape() -> None:
     assert cfg.bulkhead is None
     assert cfg.timeout == TimeoutConfig(timeout_duration=0.2)
     assert GuardConfig().bulkhead == BulkheadConfig()
+
+
+async def test_guard_stage_runs_the_model_stages_in_the_requests_own_task() -> None:
+    """With a time limit, the stages after the guard still run in the request's task,
+    starting at once (a batcher sees the request without a loop turn's delay), and a
+    limit that strikes cancels them there: nothing late can land."""
+    caller = asyncio.current_task()
+    seen: list[object] = []
+
+    async def model_stage(ex: Exchange) -> None:
+        seen.append(asyncio.current_task())
+        await asyncio.sleep(10)
+
+    stage = GuardStage(Guard("model-a", config(timeout={"timeout_duration": "30ms"})), model_stage)
+    ex = exchange()
+    start = time.monotonic()
+    with pytest.raises(CallTimeout):
+        await stage(ex)
+    assert time.monotonic() - start < 1.0
+    assert seen == [caller]
+    assert ex.results is None

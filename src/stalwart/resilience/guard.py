@@ -42,7 +42,7 @@ from stalwart.resilience.breaker import (
     Scheduler,
 )
 from stalwart.resilience.bulkhead import Bulkhead, BulkheadConfig, BulkheadSnapshot
-from stalwart.resilience.timeout import TimeLimiter, TimeoutConfig
+from stalwart.resilience.timeout import TimeLimiter, TimeoutConfig, call_with_timeout
 
 __all__ = ["Guard", "GuardConfig", "GuardSnapshot", "GuardStage"]
 
@@ -134,9 +134,11 @@ class Guard:
         return self._limiter
 
     async def call(
-        self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts, deadline: float | None = None
+        self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts, deadline: float | None = None, own_task: bool = True
     ) -> T:
         """Await ``fn(*args)`` under the guard; ``deadline`` is a ``time.monotonic()`` instant.
+        ``own_task=False``: ``fn`` stops when cancelled, so time limits cancel it in the
+        caller's task instead of running it in one of its own (see ``call_with_timeout``).
 
         Raises :class:`CallNotPermitted`, :class:`BulkheadFull` or :class:`CallTimeout` when
         the guard refuses or gives up, and whatever ``fn`` raises otherwise.
@@ -167,9 +169,11 @@ class Guard:
         try:
             if limiter is not None:
                 # From here the limiter frees the slot, when the work has really stopped.
-                result = await limiter.call(fn, *args, deadline=deadline, on_done=release)
+                result = await limiter.call(fn, *args, deadline=deadline, on_done=release, own_task=own_task)
             elif deadline is None:
                 result = await fn(*args)
+            elif not own_task:
+                result = await call_with_timeout(fn, *args, deadline=deadline, name=f"'{self._name}'", own_task=False)
             else:
                 result = await _within(fn(*args), deadline, self._name)
         except CallTimeout as exc:
@@ -225,11 +229,15 @@ class GuardStage:
     def __init__(self, guard: Guard, next_stage: Next) -> None:
         self._guard = guard
         self._next = next_stage
-        self._isolate = guard.time_limiter is not None
+        # The stages after a guard are Stalwart's own and stop when cancelled, so a time
+        # limit cancels them in the request's task: nothing late can land, no copy needed.
+        # A limiter told not to cancel lets the call run on: then it works on a copy.
+        limiter = guard.time_limiter
+        self._isolate = limiter is not None and not limiter.cancels
 
     async def __call__(self, exchange: Exchange) -> None:
         if not self._isolate:
-            await self._guard.call(self._next, exchange, deadline=exchange.deadline)
+            await self._guard.call(self._next, exchange, deadline=exchange.deadline, own_task=False)
             return
         child = _fork(exchange)
         await self._guard.call(self._next, child, deadline=exchange.deadline)

@@ -56,6 +56,7 @@ async def call_with_timeout(
     cancel: bool = True,
     name: str = "the call",
     on_done: Callable[[], None] | None = None,
+    own_task: bool = True,
 ) -> T:
     """Await ``fn(*args)`` for at most ``timeout`` seconds and never past ``deadline``.
 
@@ -63,6 +64,12 @@ async def call_with_timeout(
     late outcome is discarded. ``on_done`` is called exactly once, when the work has ended
     (at once if it never started or finished in time). With neither limit the call is
     simply awaited.
+
+    ``own_task=False`` runs the call in the caller's task, cancelled at the limit, for a
+    call known to stop when cancelled (Stalwart's own model stages: a batcher's queue, an
+    executor future): it starts at once, not a loop turn later, and costs no task. A call
+    that might ignore cancellation (a user's coroutine) keeps the default, a task of its
+    own that the caller stops waiting for at the limit, whatever the call does.
     """
     limit = timeout
     by_deadline = False
@@ -85,6 +92,8 @@ async def call_with_timeout(
             by_deadline=True,
             limit=0.0,
         )
+    if cancel and not own_task:
+        return await _in_caller_task(fn, args, limit, by_deadline, name, on_done)
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[Any] = loop.create_future()
     try:
@@ -105,22 +114,55 @@ async def call_with_timeout(
         return cast(T, outcome)
     if cancel:
         task.cancel()
+    raise _timed_out(limit, by_deadline, name)
+
+
+_TIMED_OUT: Final = object()
+
+
+async def _in_caller_task(
+    fn: Callable[..., Awaitable[T]],
+    args: tuple[Any, ...],
+    limit: float,
+    by_deadline: bool,
+    name: str,
+    on_done: Callable[[], None] | None,
+) -> T:
+    """The call in the caller's own task, cancelled at the limit (``asyncio.timeout``).
+
+    No task is created, so the call starts at once rather than a loop turn later: on the
+    request path that turn is what lets an adaptive batcher close a batch early, and a
+    task per call cost more than the rest of the guard. Cancelling the caller's await is
+    what a late result needs: nothing of the call can run on after it, so nothing late can
+    land.
+    """
+    scope = asyncio.timeout(limit)
+    try:
+        async with scope:
+            return await fn(*args)
+    except TimeoutError:
+        if not scope.expired():
+            raise  # the call's own TimeoutError, not our limit
+        raise _timed_out(limit, by_deadline, name) from None
+    finally:
+        if on_done is not None:
+            on_done()
+
+
+def _timed_out(limit: float, by_deadline: bool, name: str) -> CallTimeout:
     if by_deadline:
-        raise CallTimeout(
+        return CallTimeout(
             f"the request's deadline ran out after {limit * 1000:.0f} ms while waiting for "
             f"{name}; send a longer X-Request-Timeout",
             by_deadline=True,
             limit=limit,
         )
-    raise CallTimeout(
+    return CallTimeout(
         f"{name} did not answer within its timeout of {limit * 1000:.0f} ms and its late "
         f"result will be discarded; check its health, or raise the timeout if it is slow "
         f"by design",
         limit=limit,
     )
-
-
-_TIMED_OUT: Final = object()
 
 
 def _time_up(waiter: asyncio.Future[Any]) -> None:
@@ -183,6 +225,7 @@ class TimeLimiter:
         *args: *Ts,
         deadline: float | None = None,
         on_done: Callable[[], None] | None = None,
+        own_task: bool = True,
     ) -> T:
         """Await ``fn(*args)`` within the timeout and ``deadline``; see :func:`call_with_timeout`."""
         return await call_with_timeout(
@@ -193,4 +236,10 @@ class TimeLimiter:
             cancel=self._cancel,
             name=f"'{self._name}'",
             on_done=on_done,
+            own_task=own_task,
         )
+
+    @property
+    def cancels(self) -> bool:
+        """Whether a call past its limit is cancelled (resilience4j's cancelRunningFuture)."""
+        return self._cancel
