@@ -97,7 +97,8 @@ async def make_cache(namespace: str) -> AsyncIterator[CacheFactory]:
 
     yield make
     for cache in caches:
-        await cache.aclose()
+        # Bounded: closing against a Redis a test has killed must fail the test, not hang it.
+        await asyncio.wait_for(cache.aclose(), 10)
 
 
 class PrivateRedis:

@@ -25,6 +25,7 @@ from stalwart.cache import FeatureCache
 from stalwart.config import Settings, load_settings
 from stalwart.features.caching import bind_caches
 from stalwart.features.notify import pg_listeners
+from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.metrics import (
     CONTENT_TYPE_LATEST,
     BatchMetrics,
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
     from stalwart.serving.tracing import Tracing
 
 __all__ = ["create_app"]
+
+_log = get_logger("stalwart.serving")
 
 
 def create_app(
@@ -147,7 +150,11 @@ def create_app(
             await repository.stop()
             for listener in listeners:
                 await listener.stop()
-            await cache.aclose()
+            try:
+                # Bounded: a Redis that is down must not hold the server's shutdown.
+                await asyncio.wait_for(cache.aclose(), 5)
+            except TimeoutError:
+                _log.warning("the feature cache did not close within 5 s; going on with the shutdown")
             if tracing is not None:
                 await asyncio.to_thread(tracing.close)  # flushes buffered spans: blocking I/O
             # Callers still queued get a clear error; nothing waits on a batch forever.
