@@ -26,6 +26,17 @@ PG_USER = os.environ.get("STALWART_TEST_PG_USER", "postgres")
 REDIS_URL = os.environ.get("STALWART_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+@pytest.fixture(autouse=True)
+def _logs_on_a_live_stream() -> Iterator[None]:
+    """A CLI test's CliRunner lends the process a stdout/stderr it closes afterwards, and a
+    command that configures logging (``stalwart log``) keeps writing there: put logging
+    back on the session's stdout after every test, so later servers can write access lines."""
+    yield
+    from stalwart.monitoring.logs import configure_logging
+
+    configure_logging("json", "info")
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"

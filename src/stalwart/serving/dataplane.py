@@ -33,7 +33,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -176,6 +176,7 @@ class PredictRequest(msgspec.Struct):
 
 
 _predict_decoder = msgspec.json.Decoder(PredictRequest)
+_Answer = TypeVar("_Answer", "Inferred", "Prediction")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,17 +215,7 @@ class DataPlane:
     async def infer(self, call: InferCall) -> Inferred:
         """Run one Open Inference Protocol request through the model's chain."""
         outcome = Outcome("/v2", call.info) if self._tap is not None else None
-        try:
-            inferred = await self._infer(call, outcome)
-        except BaseException as exc:
-            if outcome is not None:
-                outcome.error = exc
-                await self._tap_failure(outcome, exc)
-            raise
-        if outcome is not None:
-            outcome.inferred = inferred
-            await self._tap_outcome(outcome)
-        return inferred
+        return await self._tapped(outcome, self._infer(call, outcome))
 
     async def _infer(self, call: InferCall, outcome: Outcome | None) -> Inferred:
         info = call.info
@@ -276,17 +267,7 @@ class DataPlane:
     async def predict(self, call: PredictCall) -> Prediction:
         """Serve one deployment request, stepping down the ladder if the machinery fails."""
         outcome = Outcome("/v1", call.info, deployment=call.deployment) if self._tap is not None else None
-        try:
-            prediction = await self._predict(call, outcome)
-        except BaseException as exc:
-            if outcome is not None:
-                outcome.error = exc
-                await self._tap_failure(outcome, exc)
-            raise
-        if outcome is not None:
-            outcome.prediction = prediction
-            await self._tap_outcome(outcome)
-        return prediction
+        return await self._tapped(outcome, self._predict(call, outcome))
 
     async def _predict(self, call: PredictCall, outcome: Outcome | None) -> Prediction:
         info = call.info
@@ -449,6 +430,24 @@ class DataPlane:
         except ResilienceError:
             self.metrics.shed.labels(label, priority.name.lower()).inc()
             raise
+
+    async def _tapped(self, outcome: Outcome | None, work: Awaitable[_Answer]) -> _Answer:
+        """Await the request's work, then show the tap its outcome: the answer or the error
+        (the one place both entrypoints are tapped)."""
+        if outcome is None:
+            return await work
+        try:
+            answer = await work
+        except BaseException as exc:
+            outcome.error = exc
+            await self._tap_failure(outcome, exc)
+            raise
+        if isinstance(answer, Inferred):
+            outcome.inferred = answer
+        else:
+            outcome.prediction = answer
+        await self._tap_outcome(outcome)
+        return answer
 
     async def _tap_outcome(self, outcome: Outcome) -> None:
         if self._tap is not None:
