@@ -34,7 +34,7 @@ def _logs_on_a_live_stream() -> Iterator[None]:
     yield
     from stalwart.monitoring.logs import configure_logging
 
-    configure_logging("json", "info")
+    configure_logging("console", "info")  # through structlog, as structlog.testing.capture_logs expects
 
 
 @pytest.fixture
