@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from stalwart.config import Settings
 from stalwart.monitoring.prediction_log import PredictionLog
-from stalwart.monitoring.records import PredictionRecord, Redaction
+from stalwart.monitoring.records import PredictionRecord, Redaction, encode_record
 from stalwart.monitoring.sinks import open_sink
 from stalwart.serving.dataplane import Outcome
 from stalwart.serving.errors import status_for
@@ -166,8 +166,6 @@ def _inputs(record: PredictionRecord, values: dict[str, Any], how: str) -> None:
     if how == "all":
         record.inputs = values
     elif how == "hash":
-        from stalwart.monitoring.records import encode_record  # the canonical encoder
-
         probe = PredictionRecord(request_id="", time_ns=0, entrypoint="", status=0, latency_ms=0, inputs=values)
         record.inputs_hash = hashlib.sha256(encode_record(probe)).hexdigest()
 
