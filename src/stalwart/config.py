@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         default=True,
         description="load versions registered with trust_pickle=True; false refuses them",
     )
+    # Labels (POST /v1/feedback, stalwart.monitoring.feedback).
+    feedback_max_items: int = Field(default=10_000, ge=1, le=1_000_000, description="labels in one POST /v1/feedback batch")
+    feedback_match_seconds: float = Field(
+        default=300.0, gt=0, le=86_400 * 30,
+        description="a label given by entity and time matches that entity's prediction nearest in time, at most this far",
+    )
 
     @field_validator("python_modules", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ says what went wrong *and* what to do next.
     │   ├── BodyTimeout             the body did not arrive within the configured time
     │   ├── UnknownEntity           an entity key has no features and no default
     │   ├── ValidationFailed        request values broke the model's schema (reject policy)
+    │   ├── InvalidFeedback         a label item is malformed (``field`` names it: items[3].label)
     │   └── ModelInputError         the model refused this request's rows (it scores others)
     ├── NotFound                    a source or feature set the request names is not in the project
     ├── AuthError                   a control-plane call without a valid bearer token
@@ -62,6 +63,7 @@ __all__ = [
     "FeatureError",
     "FlavorError",
     "IllegalStateTransition",
+    "InvalidFeedback",
     "MissingExtraError",
     "ModelError",
     "ModelInputError",
@@ -229,6 +231,11 @@ class ValidationFailed(RequestError):
     def __init__(self, message: str, violations: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.violations = violations
+
+
+class InvalidFeedback(RequestError):
+    """A feedback (label) item cannot be stored as sent; ``field`` names the item and its
+    field (``items[3].label``), so a client can fix that one and send the batch again."""
 
 
 class NotFound(StalwartError):

@@ -44,6 +44,7 @@ from stalwart.serving.chains import Chains
 from stalwart.serving.dataplane import DataPlane, RequestTap
 from stalwart.serving.deployments import Deployments
 from stalwart.serving.errors import exception_handlers
+from stalwart.serving.feedback import feedback_routes
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
 from stalwart.serving.oip import oip_routes
 from stalwart.serving.openapi import openapi_document
@@ -200,6 +201,7 @@ def create_app(
         *v1_routes(plane),
         *control_routes(deployments, auth, cache, registry),
         *prediction_routes(store, auth, log=settings.prediction_log),
+        *feedback_routes(registry, auth, settings),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]

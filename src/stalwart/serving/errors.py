@@ -28,6 +28,7 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.BodyTimeout, 408),
     (e.ValidationFailed, 422),
     (e.ModelInputError, 422),
+    (e.InvalidFeedback, 422),
     (e.UnknownEntity, 404),
     (e.RequestError, 400),
     (e.ModelNotFound, 404),

@@ -200,6 +200,37 @@ _SCHEMAS: dict[str, Any] = {
             "hash": {"type": "string"},
         },
     },
+    "FeedbackItem": {
+        "type": "object",
+        "required": ["label"],
+        "description": "request_id (and row), or entity and time (and the deployment, here or for the batch)",
+        "properties": {
+            "label": {"type": ["number", "string", "boolean"], "description": "the observed outcome"},
+            "request_id": {"type": "string", "minLength": 1, "maxLength": 256},
+            "row": {"type": "integer", "minimum": 0, "description": "the request's row (entity), 0 by default"},
+            "deployment": {"type": "string"},
+            "entity": {"type": "object", "description": "the entity key, as sent to predict"},
+            "time": {"type": ["integer", "string"], "description": "ns since the epoch, or ISO 8601 with its UTC offset"},
+        },
+        "additionalProperties": False,
+    },
+    "FeedbackRequest": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "deployment": {"type": "string", "description": "the deployment of items that name none"},
+            "items": {"type": "array", "items": ref("FeedbackItem"), "description": "at most STALWART_FEEDBACK_MAX_ITEMS (10 000)"},
+        },
+    },
+    "FeedbackResult": {
+        "type": "object",
+        "required": ["accepted", "matched", "unmatched"],
+        "properties": {
+            "accepted": {"type": "integer"},
+            "matched": {"type": "integer", "description": "joined to a logged prediction now"},
+            "unmatched": {"type": "integer", "description": "stored; joined once their prediction is in the log"},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -384,6 +415,23 @@ def _v1_paths() -> dict[str, Any]:
                 "401": unauthorised,
                 "404": _error("no record of that request id (or the log cannot be read back)"),
                 "503": _error("the prediction log's store cannot be reached"),
+            },
+        }
+    }
+    control["/v1/feedback"] = {
+        "post": {
+            "summary": "Labels for logged predictions, by request id or by deployment, entity and time; the latest label of a prediction wins",
+            "security": [{"bearer": []}],
+            "parameters": [_REQUEST_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref("FeedbackRequest")}}},
+            "responses": {
+                "200": _json(ref("FeedbackResult"), "labels stored; how many matched a logged prediction"),
+                "400": ERROR_RESPONSES["400"],
+                "401": unauthorised,
+                "408": ERROR_RESPONSES["408"],
+                "413": ERROR_RESPONSES["413"],
+                "422": _error("an item is malformed; `field` names it (items[3].label)"),
+                "503": ERROR_RESPONSES["503"],
             },
         }
     }

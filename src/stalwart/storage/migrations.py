@@ -81,6 +81,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         _create(tables.predictions),
     ),
     Migration(4, "the audit log's hash chain (prev_hash, hash; the head in stalwart_meta)", _chain_audit_events),
+    # 5 is the live profiles' (another branch); versions need not be contiguous: a database
+    # applies every migration newer than its recorded version, in order.
+    Migration(6, "labels for logged predictions (feedback), indexed for the quality joins", _create(tables.feedback)),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -171,3 +171,29 @@ predictions = Table(
     Index("ix_predictions_model_version_time", "model", "version", "time_ns"),
     UniqueConstraint("chain", "seq", name="uq_predictions_chain_seq"),
 )
+
+# Labels for logged predictions (stalwart.monitoring.feedback): one row per labelled
+# prediction row. ``key`` makes a label idempotent: ``r:<request_id>:<row>`` for a label
+# given by request id, ``e:<deployment>:<entity key>:<event time>`` for one given by
+# entity and time; a label sent again under the same key replaces the stored one (the
+# latest wins). ``request_id``/``row_index`` hold the prediction a label was matched to (NULL
+# while an entity label has no match yet: the join is tried again on read). ``entity_key``
+# is the entity's canonical JSON, so equal keys compare equal as text. Times are ns.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String, nullable=False),
+    Column("deployment", String, nullable=True),
+    Column("request_id", String, nullable=True),
+    Column("row_index", Integer, nullable=True),
+    Column("entity_key", Text, nullable=True),
+    Column("event_time_ns", BigInteger, nullable=True),
+    Column("label", JSON, nullable=False),
+    Column("received_at_ns", BigInteger, nullable=False),
+    Column("actor", String, nullable=True),
+    UniqueConstraint("key", name="uq_feedback_key"),
+    Index("ix_feedback_request", "request_id"),
+    Index("ix_feedback_deployment_entity_time", "deployment", "entity_key", "event_time_ns"),
+    Index("ix_feedback_deployment_received", "deployment", "received_at_ns"),
+)
