@@ -39,7 +39,6 @@ values, so small windows scatter around them as the realised metrics do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,7 +86,7 @@ class Calibrator:
         if self.method == "isotonic":
             return np.interp(s, self.x, self.y)
         a, b = self.x
-        return np.asarray(1.0 / (1.0 + np.exp(-(a * _logit(s) + b))))
+        return np.asarray(0.5 * (1.0 + np.tanh(0.5 * (a * _logit(s) + b))))
 
 
 @dataclass(frozen=True)
@@ -224,17 +223,33 @@ def _logit(s: Array) -> Array:
 
 def _platt(s: Array, y: Array) -> Array:
     """``[a, b]`` of ``P(y = 1) = sigmoid(a · logit(s) + b)`` by Newton's method on the
-    log-likelihood (a few steps suffice; a tiny ridge keeps separable data finite)."""
-    x = _logit(s)
-    design = np.column_stack([x, np.ones_like(x)])
+    log-likelihood, each step halved until it improves the fit (a tiny ridge keeps
+    separable data finite)."""
+    design = np.column_stack([_logit(s), np.ones(len(s))])
+    ridge = 1e-6
+
+    def objective(w: Array) -> float:
+        z = design @ w
+        # log(1 + e^z) - y z, computed without overflow; plus the ridge.
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * ridge * (w @ w))
+
     w = np.array([1.0, 0.0])
-    step: Callable[[Array], Array] = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731 - local shorthand
-    for _ in range(50):
-        mu = step(design @ w)
-        gradient = design.T @ (y - mu) - 1e-6 * w
-        hessian = (design * (mu * (1 - mu))[:, None]).T @ design + 1e-6 * np.eye(2)
+    current = objective(w)
+    for _ in range(100):
+        mu = 0.5 * (1.0 + np.tanh(0.5 * (design @ w)))  # the sigmoid, without overflow
+        gradient = design.T @ (mu - y) + ridge * w
+        hessian = (design * (mu * (1 - mu))[:, None]).T @ design + ridge * np.eye(2)
         delta = np.linalg.solve(hessian, gradient)
-        w = w + delta
-        if float(np.abs(delta).max()) < 1e-10:
+        step = 1.0
+        while step > 1e-8:
+            candidate = w - step * delta
+            value = objective(candidate)
+            if value <= current:
+                break
+            step /= 2
+        else:
+            break
+        w, improvement, current = candidate, current - value, value
+        if improvement < 1e-12 * max(1.0, abs(current)):
             break
     return w
