@@ -322,7 +322,8 @@ def _item(raw: Any, where: str, default_deployment: str | None) -> FeedbackItem:
         raise InvalidFeedback(f"{where}.row: a row goes with a request_id; an entity label names its prediction by entity and time", field=f"{where}.row")
     if entity is None:
         raise InvalidFeedback(
-            f"{where}: say which prediction this label is for: request_id, or deployment, entity and time", field=f"{where}.request_id"
+            f"{where}.request_id: say which prediction this label is for: request_id, or deployment, entity and time",
+            field=f"{where}.request_id",
         )
     deployment = raw.get("deployment", default_deployment)
     if deployment is None:
