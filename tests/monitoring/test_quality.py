@@ -120,7 +120,7 @@ def test_windows_waiting_for_labels_are_estimated(db: Database) -> None:
 
     windows = quality_over_time(db, "fraud", since=T0, until=T0 + 2 * HOUR, now_ns=NOW)
 
-    assert windows[1].labelled == 0 and windows[1].realised == {} and windows[1].label_delay_seconds is None
+    assert (windows[1].labelled, windows[1].realised, windows[1].label_delay_seconds) == (0, {}, None)
     truth = accuracy_score(y2, (p2 >= 0.5).astype(int))
     assert windows[1].estimated["accuracy"] == pytest.approx(truth, abs=0.03)
     assert windows[0].estimated["accuracy"] == pytest.approx(windows[0].realised["accuracy"], abs=0.03)
@@ -260,3 +260,14 @@ def test_ranges_are_bounded(db: Database) -> None:
     _log(db, _binary_records(rng, 20, T0, "a")[0])
     with pytest.raises(ConfigError, match="narrow"):
         quality_over_time(db, "fraud", since=T0, until=T0 + HOUR, now_ns=NOW, max_records=10)
+
+
+def test_a_mistaken_quality_declaration_fails_start_up_naming_it() -> None:
+    """A deployment's ``quality`` declaration is checked when the server builds its
+    policies: an unknown field is a ConfigError naming the deployment and the field."""
+    from stalwart.project import Deployment
+    from stalwart.serving.policies import DeploymentPolicy
+
+    DeploymentPolicy.build(Deployment("fraud", model="fraud", quality={"score": "probability", "positive": 1}))
+    with pytest.raises(ConfigError, match=r"deployment 'fraud' quality: unknown field 'scores'"):
+        DeploymentPolicy.build(Deployment("fraud", model="fraud", quality={"scores": "probability"}))

@@ -11,7 +11,7 @@ class" on the reference.
 Binary, with ``p_i`` the calibrated probability of the positive class and ``ŷ_i`` the
 predicted class (1 = positive)::
 
-    TP = Σ ŷ_i p_i     FP = Σ ŷ_i (1 − p_i)     FN = Σ (1 − ŷ_i) p_i     TN = Σ (1 − ŷ_i)(1 − p_i)
+    TP = Σ ŷ_i p_i     FP = Σ ŷ_i (1 - p_i)     FN = Σ (1 - ŷ_i) p_i     TN = Σ (1 - ŷ_i)(1 - p_i)
     accuracy = (TP + TN) / n    precision = TP / (TP + FP)    recall = TP / (TP + FN)
     F1 = 2 TP / (2 TP + FP + FN)
 
@@ -19,7 +19,7 @@ ROC AUC is the expected share of (positive, negative) pairs the raw scores order
 with row ``i`` positive with probability ``p_i`` independently of the others (pairs of a
 row with itself left out; ties count one half)::
 
-    AUC = Σ_{i≠j} p_i (1 − p_j) ([s_i > s_j] + ½[s_i = s_j]) / Σ_{i≠j} p_i (1 − p_j)
+    AUC = Σ_{i≠j} p_i (1 - p_j) ([s_i > s_j] + ½[s_i = s_j]) / Σ_{i≠j} p_i (1 - p_j)
 
 Multiclass: the calibrated columns are renormalised to sum to 1 per row; accuracy is the
 mean calibrated probability of the predicted class; precision, recall, F1 and ROC AUC are

@@ -242,8 +242,8 @@ class Matcher:
         """``(request id, row)`` of the entity's prediction nearest to ``time_ns`` (the
         earlier one on a tie), or None when none is within ``within_ns``."""
         if not self._sorted:
-            for rows in self._rows.values():
-                rows.sort()
+            for indexed in self._rows.values():
+                indexed.sort()
             self._sorted = True
         rows = self._rows.get((deployment, key))
         if not rows:

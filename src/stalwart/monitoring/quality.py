@@ -12,11 +12,11 @@ Metrics (numpy here; scikit-learn's are the tests' oracle):
   class; multiclass: macro averages over the classes present in the window's labels or
   predictions, as scikit-learn's ``average="macro"``), ``roc_auc`` (multiclass: one-vs-rest,
   macro over classes present in the labels; left out when the labels hold one class),
-  ``log_loss`` (natural log, probabilities clipped to [1e-15, 1 − 1e-15]) and ``brier``
-  (binary: mean (p − y)²; multiclass: mean over rows of Σ_k (p_k − y_k)²), the last three
+  ``log_loss`` (natural log, probabilities clipped to [1e-15, 1 - 1e-15]) and ``brier``
+  (binary: mean (p - y)²; multiclass: mean over rows of Σ_k (p_k - y_k)²), the last three
   only when the record has scores;
-- regression: ``mae``, ``rmse`` and ``mape`` (mean |y − ŷ| / max(|y|, ε), as scikit-learn);
-- label delay: p50, p90 and p99 of (when the label was received − when the request arrived),
+- regression: ``mae``, ``rmse`` and ``mape`` (mean |y - ŷ| / max(|y|, ε), as scikit-learn);
+- label delay: p50, p90 and p99 of (when the label was received - when the request arrived),
   in seconds.
 
 **Reading a record's outputs** (:class:`OutputReading`; a deployment's
@@ -174,8 +174,10 @@ def quality_over_time(
     """
     now = time.time_ns() if now_ns is None else now_ns
     start = parse_time(since, "since", now_ns=now)
+    if start is None:
+        raise ConfigError("since: give the start of the range (a duration ago, an ISO time, a datetime or ns)")
     end = parse_time(until, "until", now_ns=now) if until is not None else now
-    assert start is not None and end is not None  # noqa: S101 - given, so parsed
+    end = now if end is None else end
     width = parse_ns(bucket, "bucket", positive=True)
     first = start - start % width
     count = -(-(end - first) // width) if end > first else 0

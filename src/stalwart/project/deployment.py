@@ -27,6 +27,9 @@ mistake:
   ``{"sample": 0.1, "inputs": "hash", "redact": {"card_id": "hash", "email": "drop"}}``
   (``sample``: the share of answered requests recorded, every other outcome always is;
   ``redact``: fields dropped or replaced by a keyed hash before anything is stored).
+- ``quality``: how labels are compared with the model's outputs
+  (:class:`stalwart.monitoring.quality.OutputReading`): ``{"score": "probability",
+  "positive": "fraud"}``; by default ``predict`` is the class and ``predict_proba`` the scores.
 
 The degradation ladder, tried in order when the model call fails (an open breaker, a
 timeout, a model error): ``fallback`` (another model, usually simpler), the entity's
@@ -70,6 +73,7 @@ class Deployment:
     last_good: Duration | None = None
     default_prediction: Mapping[str, Any] | None = None
     log: Mapping[str, Any] | None = None
+    quality: Mapping[str, Any] | None = None
     model_name: str = field(init=False)
     model_version: int | None = field(init=False)
 

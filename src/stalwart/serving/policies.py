@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stalwart.config import Settings
 from stalwart.durations import parse_seconds
 from stalwart.errors import ConfigError
+from stalwart.monitoring.quality import OutputReading
 from stalwart.project import Deployment, parse_model_ref
 from stalwart.resilience import GuardConfig, ShedderConfig
 from stalwart.serving.batching import BatchingPolicy
@@ -122,6 +123,7 @@ class DeploymentPolicy:
             else DEFAULT_SOURCE_GUARD
         )
         log = _validated(LogPolicy, deployment.log, f"{where} log") if deployment.log is not None else LogPolicy()
+        OutputReading.from_mapping(deployment.quality, where)  # checked at start; read by the quality reports
         return cls(
             deployment=deployment,
             log=log,
