@@ -95,9 +95,10 @@ def _history(now: dt.datetime) -> pd.DataFrame:
 
 
 @pytest.fixture
-def served(settings: Settings, registry: Registry, tmp_path: Path) -> Iterator[Served]:
+def served(settings: Settings, registry: Registry, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     """The table, a model trained on a point-in-time training set of it, and a server with
-    the prediction log in SQLite."""
+    the prediction log in SQLite (logging request values as ``request.param`` says: all
+    unless a test asks otherwise)."""
     now = dt.datetime.now(dt.UTC)
     db = Database(settings.resolved_db_url())
     try:
@@ -114,7 +115,8 @@ def served(settings: Settings, registry: Registry, tmp_path: Path) -> Iterator[S
     })
     training = build_training_set(events, [project.feature_sets["card"]], label="label", settings=settings, root=project.root)
     registry.register("parity-model", DummyClassifier().fit(training.frame[training.features], training.y), training_set=training)
-    configured = settings.model_copy(update={"project": project_file})
+    inputs = getattr(request, "param", "all")
+    configured = settings.model_copy(update={"project": project_file, "prediction_log_inputs": inputs})
     app = create_app(configured, registry=registry, project=project)
     with start_server(configured, app=app) as server:
         yield Served(configured, project_file, project, server, app)
@@ -201,6 +203,21 @@ def test_a_changed_definition_is_version_changed_not_skew(served: Served, tmp_pa
     for item in report.features:
         assert (item.checked, item.mismatched, item.version_changed) == (0, 0, len(CARDS)), item
     assert report.ok
+
+
+@pytest.mark.parametrize("served", ["hash"], indirect=True)
+def test_a_transform_of_request_values_not_logged_is_skipped(served: Served) -> None:
+    """With request values logged as a hash only, the transform that reads one cannot be
+    recomputed: its rows are counted as skipped, never as skew, and every other feature is
+    still compared."""
+    for card in CARDS:
+        served.predict(card, 30.0)
+    served.logged()
+    report = check_live_parity(served.project, served.settings, "scores", since="1h")
+    by_name = {f.feature: f for f in report.features}
+    assert (by_name["ratio"].checked, by_name["ratio"].skipped) == (0, len(CARDS))
+    for name in ("n_1d", "max_1d", "last_amount", "last_category"):
+        assert (by_name[name].checked, by_name[name].mismatched, by_name[name].skipped) == (len(CARDS), 0, 0)
 
 
 def test_the_cli_prints_a_table_and_json(served: Served) -> None:
