@@ -65,11 +65,12 @@ def _setup(home: Path, rows: int, logged: int) -> tuple[Any, Any]:
     project = Project.of(fs, Deployment("bench", model="bench", features=[fs]))
     times = end - pd.to_timedelta(rng.uniform(0, 86_400, size=logged), unit="s")
     events = pd.DataFrame({"card_id": rng.integers(1, 2_001, size=logged), "ts": times})
+    # What the online path would have served: the same engine at the same instants.
     served = build_training_set(events, [fs], settings=settings).frame
     records = []
     for i in range(logged):
         as_of = int(pd.Timestamp(events["ts"].iloc[i]).value)
-        records.append(encode_record_input(i, as_of, int(events["card_id"].iloc[i]), {n: served[n].iloc[i] for n in fs.feature_names}, fs.version))
+        records.append(_record(i, as_of, int(events["card_id"].iloc[i]), {n: served[n].iloc[i] for n in fs.feature_names}, fs.version))
     sink = SqlSink.from_settings(settings)
     for start in range(0, logged, 5_000):
         batch = records[start:start + 5_000]
@@ -78,7 +79,7 @@ def _setup(home: Path, rows: int, logged: int) -> tuple[Any, Any]:
     return project, settings
 
 
-def encode_record_input(i: int, as_of: int, card: int, features: dict[str, Any], version: str) -> Any:
+def _record(i: int, as_of: int, card: int, features: dict[str, Any], version: str) -> Any:
     from stalwart.monitoring.records import PredictionRecord
 
     return PredictionRecord(
@@ -118,7 +119,8 @@ def main() -> None:
                 report = check_live_parity(project, settings, "bench", since="2d", sample=sample, seed=run, progress=progress)
                 totals.append(time.perf_counter() - start)
                 reads.append(marks.get("read", 0.0))
-            assert report is not None
+            if report is None:
+                raise SystemExit("no run")
             compared = sum(f.checked for f in report.features)
             mismatched = sum(f.mismatched for f in report.features)
             print(f"| {sample} | {statistics.median(totals):.2f} | {statistics.median(reads):.2f} | {compared} | {mismatched} |")
