@@ -27,6 +27,8 @@ def full_record(i: int = 0, **changes: Any) -> PredictionRecord:
         "rows": 2,
         "entities": [{"card_id": 10 + i}, {"card_id": 2**53 + 1}],
         "features": {"amount_sum_1h": [1 / 3, 2.5e-300], "merchant": ["café ☕", None], "count_7d": [7, 0]},
+        "feature_sets": {"card_stats": "0123456789abcdef"},
+        "features_as_of_ns": T0 + i * 1_000_000 + 123_457,
         "inputs": {"amount": [12.75, 1e308]},
         "inputs_hash": "sha256:" + "ab" * 32,
         "outputs": {"probability": [0.123456789012345678, 0.9], "label": [0, 1]},

@@ -59,13 +59,14 @@ _SCALARS: tuple[tuple[str, str], ...] = (
     ("trace_id", "string"),
     ("rows", "int64"),
     ("inputs_hash", "string"),
+    ("features_as_of_ns", "int64"),
     ("chain", "string"),
     ("seq", "int64"),
     ("prev_hash", "string"),
     ("hash", "string"),
 )
 # Nested fields: Arrow structs and lists as pyarrow infers them from the values.
-_NESTED = ("entities", "features", "inputs", "outputs", "validation", "cache", "timings")
+_NESTED = ("entities", "features", "feature_sets", "inputs", "outputs", "validation", "cache", "timings")
 
 
 def datetime_ns(value: dt.datetime) -> int:

@@ -1,8 +1,9 @@
 """The prediction record: one per request, whatever became of it, and its hash chain.
 
 A :class:`PredictionRecord` says who asked (request and trace ids, entrypoint, deployment,
-variant), what was served (model version, entity keys, the features as the model saw them,
-the inputs or their hash, the outputs), and how (status, error class, validation report,
+variant), what was served (model version, entity keys, the features as the model saw them
+with the FeatureSet versions that computed them and the instant they were as of, the inputs
+or their hash, the outputs), and how (status, error class, validation report,
 degradation, feature-cache hits, milliseconds per stage). Records are msgspec Structs:
 encoded once, as JSON, on the prediction log's writer thread, never on the event loop.
 
@@ -60,6 +61,8 @@ class PredictionRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     rows: int | None = None
     entities: list[dict[str, Any]] | None = None
     features: dict[str, Any] | None = None  # name -> values per row, as the model saw them
+    feature_sets: dict[str, str] | None = None  # /v1: FeatureSet name -> the version that served it
+    features_as_of_ns: int | None = None  # /v1: the instant the features were computed as of
     inputs: dict[str, Any] | None = None  # name -> values (or a summary of a large tensor)
     inputs_hash: str | None = None  # when inputs are logged as a hash only
     outputs: dict[str, Any] | None = None

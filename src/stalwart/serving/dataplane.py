@@ -154,7 +154,7 @@ class Outcome:
     inferred: Inferred | None = None
     prediction: Prediction | None = None
     error: BaseException | None = None
-    features: Mapping[str, Any] = field(default_factory=dict)  # cache hits, degraded sources
+    features: Mapping[str, Any] = field(default_factory=dict)  # cache hits, degraded sources, versions, as-of
     request: PredictRequest | None = None  # /v1: the entities and request values
     feature_names: tuple[str, ...] | None = None  # /v1: the columns of a matrix input
 
@@ -337,7 +337,10 @@ class DataPlane:
             info.fields["feature_cache"] = resolved.cache
         if outcome is not None:
             outcome.variant = variant.name
-            outcome.features = {"degraded": resolved.degraded, "cache": resolved.cache, "fetches": resolved.fetches}
+            outcome.features = {
+                "degraded": resolved.degraded, "cache": resolved.cache, "fetches": resolved.fetches,
+                "feature_sets": plan.feature_sets, "as_of_ns": resolved.as_of_ns,
+            }
             outcome.feature_names = plan.names if plan.layout == "matrix" else None
         mv = loaded.version
         exchange = Exchange(

@@ -42,6 +42,9 @@ class Plan:
     features: OnlineFeatures
     layout: str  # "matrix" (one 2-D input, columns in ``names`` order) or "columns"
     names: tuple[str, ...]
+    # FeatureSet name -> the version computing it: each record says which definitions
+    # served it, so live parity recomputes with the same ones (or says they changed).
+    feature_sets: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,8 @@ class Deployments:
                     self._source_guards[key] = guard
                 guards[source] = guard
         features = OnlineFeatures(draft.refs, draft.readers, guards=guards, caches=self.caches)
-        return Plan(draft.version, features, draft.layout, draft.names)
+        versions = {ref.feature_set.name: ref.feature_set.version for ref in draft.refs if isinstance(ref, FeatureRef)}
+        return Plan(draft.version, features, draft.layout, draft.names, versions)
 
     def _draft_plan(self, deployment: Deployment, mv: ModelVersion) -> _Draft:
         if mv.name != deployment.model_name and (mv.training or {}).get("features"):

@@ -4,7 +4,8 @@ On the event loop, :class:`PredictionTap` only decides whether the request is re
 (answered requests are sampled at ``STALWART_PREDICTION_LOG_SAMPLE``; every other outcome
 always is), reads the clock, and queues the outcome. The record is built on the prediction
 log's writer thread by :func:`to_record`: the features as the model saw them (after
-transforms, imputation, clipping), the inputs (all of them, a hash, or none), the outputs,
+transforms, imputation, clipping) with the FeatureSet versions that computed them and the
+instant they were as of, the inputs (all of them, a hash, or none), the outputs,
 validation, degradation, cache hits and timings; large tensors are summarised; fields
 declared sensitive are dropped or replaced by a keyed hash before anything is stored.
 """
@@ -149,6 +150,8 @@ def to_record(
             record.features = _features(exchange.inputs, outcome.feature_names)
         if outcome.features:
             record.cache = dict(outcome.features.get("cache") or {}) or None
+            record.feature_sets = dict(outcome.features.get("feature_sets") or {}) or None
+            record.features_as_of_ns = outcome.features.get("as_of_ns")
         prediction = outcome.prediction
         if prediction is not None:
             record.variant = prediction.variant

@@ -8,7 +8,7 @@ so ``pandas.read_parquet(dir)``, ``duckdb.read_parquet('dir/**/*.parquet',
 hive_partitioning=true)`` and ``spark.read.parquet(dir)`` see every closed segment, with
 ``date`` and ``hour`` as partition columns. Each file is zstd-compressed; its columns are the
 record's scalar fields, typed (``time`` as ``timestamp[ns, UTC]``), and its nested parts
-(``entities``, ``features``, ``inputs``, ``outputs``, ``validation``, ``cache``,
+(``entities``, ``features``, ``feature_sets``, ``inputs``, ``outputs``, ``validation``, ``cache``,
 ``timings``) as JSON strings: their shapes vary from row to row and deployment to
 deployment, which a Parquet struct column cannot hold without a schema per shape.
 
@@ -64,7 +64,7 @@ _STALE_TMP_S = 3600.0  # another host's temporary file untouched this long is a 
 _FIRST_RATIO = 0.25  # file bytes per Arrow byte, until the first closed segment measures it
 _PART = re.compile(r"^part-(?P<chain>.+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 _TMP_SUFFIX = ".parquet.tmp"
-_NESTED = ("entities", "features", "inputs", "outputs", "validation", "cache", "timings")
+_NESTED = ("entities", "features", "feature_sets", "inputs", "outputs", "validation", "cache", "timings")
 _DICTIONARY = ["entrypoint", "deployment", "variant", "model", "error", "degraded", "degraded_reason", "chain"]
 _STATISTICS = ["time", "status", "version", "seq", "deployment", "model", "chain"]
 
@@ -87,6 +87,8 @@ class _Row(msgspec.Struct, kw_only=True):
     rows: int | None = None
     entities: msgspec.Raw = msgspec.Raw(b"")
     features: msgspec.Raw = msgspec.Raw(b"")
+    feature_sets: msgspec.Raw = msgspec.Raw(b"")
+    features_as_of_ns: int | None = None
     inputs: msgspec.Raw = msgspec.Raw(b"")
     inputs_hash: str | None = None
     outputs: msgspec.Raw = msgspec.Raw(b"")
@@ -119,7 +121,7 @@ def _schema() -> Any:
         "status": pa.int32(), "latency_ms": pa.float64(), "trace_id": string,
         "deployment": string, "variant": string, "model": string, "version": int64,
         "error": string, "rows": int64, "entities": string, "features": string,
-        "inputs": string, "inputs_hash": string, "outputs": string, "validation": string,
+        "feature_sets": string, "features_as_of_ns": int64, "inputs": string, "inputs_hash": string, "outputs": string, "validation": string,
         "degraded": string, "degraded_reason": string, "cache": string, "timings": string,
         "chain": string, "seq": int64, "prev_hash": string, "hash": string,
     }  # fmt: skip
