@@ -201,15 +201,15 @@ def _small_multiples(doc: ReportDocument, columns: Sequence[ColumnDrift]) -> str
     order = [c.column for c in columns if c.column in doc.distributions]
     order += sorted(name for name in doc.distributions if name not in by_name)
     cells = []
-    for name in order[:MAX_DISTRIBUTION_PLOTS]:
+    for i, name in enumerate(order[:MAX_DISTRIBUTION_PLOTS]):
         column = by_name.get(name)
         drifted = column is not None and column.drifted
-        caption = _e(name)
+        caption = f"<span class=feature>{_e(name)}</span>"
         if column is not None:
             caption += f" <span class=meta>{_e(column.method)} {_num(column.score)}"
             caption += f", p {_p(column.p_value)}" if column.p_value is not None else ""
             caption += f" {_verdict(column.drifted)}</span>"
-        svg = plots.distribution_plot(doc.distributions[name], drifted=drifted)
+        svg = plots.scope_ids(plots.distribution_plot(doc.distributions[name], drifted=drifted), f"d{i}-")
         cells.append(f'<figure class="plot small{" drifted" if drifted else ""}" data-plot=distribution>{svg}<figcaption>{caption}</figcaption></figure>')
     more = ""
     if len(order) > MAX_DISTRIBUTION_PLOTS:
@@ -349,7 +349,7 @@ def _note(doc: ReportDocument, section: str) -> str:
 
 
 def _figure(svg: str, kind: str, caption: str) -> str:
-    return f"<figure class=plot data-plot={kind}>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
+    return f"<figure class=plot data-plot={kind}>{plots.scope_ids(svg, kind + '-')}<figcaption>{_e(caption)}</figcaption></figure>"
 
 
 def _table(headers: Sequence[str], rows: Sequence[str]) -> str:

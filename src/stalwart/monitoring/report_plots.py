@@ -5,7 +5,7 @@ No pyplot: each plot is a bare :class:`~matplotlib.figure.Figure` drawn by the S
 so nothing touches matplotlib's global backend. Text stays text (``svg.fonttype: none``:
 a tenth of the size of glyph outlines, and the browser's fonts); mathtext is off, so a
 feature named ``$x$`` is drawn as written; matplotlib escapes text for XML. Each plot gets
-its own ``svg.hashsalt``, so the ids inside different plots of one page never collide.
+ids that :func:`scope_ids` prefixes, so the ids of different plots on one page never collide.
 
 What a plot shows is bounded whatever the data holds: the most severe columns, the most
 frequent classes and categories, the first alert rows (see the ``MAX_*`` constants); the
@@ -18,6 +18,7 @@ import datetime as dt
 import io
 import itertools
 import math
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "predictions_plot",
     "quality_metrics",
     "quality_plot",
+    "scope_ids",
 ]
 
 MAX_CATEGORIES = 12  # bars per categorical plot; the rest summed as "(other)"
@@ -89,7 +91,15 @@ _RC = {
 }
 # rcParams are process-wide: one plot at a time, so two threads' settings never mix.
 _LOCK = threading.Lock()
-_counter = 0
+# Every reference to an id inside matplotlib's SVG: the id itself, url(#...) in clip paths
+# and fills, and xlink:href="#..." for reused markers.
+_ID_REF = re.compile(r'(\bid="|url\(#|xlink:href="#)')
+
+
+def scope_ids(svg: str, prefix: str) -> str:
+    """``svg`` with every id (and every reference to one) prefixed by ``prefix``: plots
+    inlined in one page each need their own (an id is global to the HTML document)."""
+    return _ID_REF.sub(lambda m: m.group(1) + prefix, svg)
 
 
 def distribution_plot(dist: Distribution, *, drifted: bool) -> str:
@@ -370,18 +380,16 @@ def _clip(text: str, limit: int = 32) -> str:
 def _render(size: tuple[float, float], draw: Callable[[Any], None]) -> str:
     """A bare Figure of ``size`` inches, drawn by ``draw`` under the report's rcParams, as
     inline SVG; one at a time (see ``_LOCK``)."""
-    global _counter
     matplotlib = _require("matplotlib")
     figure = _require("matplotlib.figure")
     backend = _require("matplotlib.backends.backend_svg")
-    with _LOCK:
-        _counter += 1
-        with matplotlib.rc_context({**_RC, "svg.hashsalt": f"stalwart-plot-{_counter}"}):
-            fig = figure.Figure(figsize=size)
-            draw(fig)
-            buffer = io.StringIO()
-            # No metadata: a date would make two renders of one document differ.
-            backend.FigureCanvasSVG(fig).print_svg(buffer, metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    # A fixed salt: the same document renders to the same bytes.
+    with _LOCK, matplotlib.rc_context({**_RC, "svg.hashsalt": "stalwart"}):
+        fig = figure.Figure(figsize=size)
+        draw(fig)
+        buffer = io.StringIO()
+        # No metadata: a date would make two renders of one document differ.
+        backend.FigureCanvasSVG(fig).print_svg(buffer, metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buffer.getvalue()
     # Inline SVG in HTML: drop the XML declaration and DOCTYPE before the root element.
     return text[text.index("<svg") :].strip()
