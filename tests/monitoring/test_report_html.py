@@ -14,8 +14,8 @@ import pytest
 
 from stalwart.errors import ConfigError, MissingExtraError
 from stalwart.monitoring import report_html
-from stalwart.monitoring.report_document import ReportDocument
-from stalwart.monitoring.report_html import render_html, sorted_columns
+from stalwart.monitoring.report_document import ReportDocument, sorted_columns
+from stalwart.monitoring.report_html import render_html
 from tests.browser import headless_chromium
 from tests.monitoring.report_factory import NASTY, empty_document, fraud_document
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -46,6 +46,7 @@ from stalwart.errors import ConfigError
 
 __all__ = [
     "FORMAT",
+    "QUALITY_ORDER",
     "SECTIONS",
     "AlertEntry",
     "CategoricalDistribution",
@@ -64,6 +65,12 @@ __all__ = [
     "Skew",
     "SkewColumn",
     "Variant",
+    "latest",
+    "quality_metrics",
+    "severity_rank",
+    "sorted_alerts",
+    "sorted_columns",
+    "state_rank",
 ]
 
 FORMAT = 1
@@ -308,6 +315,49 @@ class ReportDocument(_Part, frozen=True):
             return cls.from_dict(msgspec.json.decode(data))
         except msgspec.DecodeError as exc:
             raise ConfigError(f"not a monitoring report document: the JSON does not parse ({exc})") from None
+
+
+# Metrics in the order people look for them; others follow alphabetically.
+QUALITY_ORDER = ("accuracy", "roc_auc", "f1", "precision", "recall", "log_loss", "brier", "mae", "rmse", "mape")
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+_STATE_RANK = {"firing": 0, "pending": 1, "resolved": 2}
+
+
+def sorted_columns(columns: Iterable[ColumnDrift]) -> list[ColumnDrift]:
+    """Drifted columns first, then by how far past (or short of) their threshold, then name."""
+    return sorted(columns, key=lambda c: (not c.drifted, -c.severity(), c.column))
+
+
+def sorted_alerts(alerts: Iterable[AlertEntry]) -> list[AlertEntry]:
+    """Firing first, then pending, then resolved; within each, most severe, then newest."""
+    return sorted(alerts, key=lambda a: (state_rank(a.state), severity_rank(a.severity), -a.started_at.timestamp(), a.name))
+
+
+def severity_rank(severity: str) -> int:
+    """0 for critical, 1 warning, 2 info, 3 anything else."""
+    return _SEVERITY_RANK.get(severity, 3)
+
+
+def state_rank(state: str) -> int:
+    """0 for firing, 1 pending, 2 resolved, 3 anything else."""
+    return _STATE_RANK.get(state, 3)
+
+
+def quality_metrics(buckets: Iterable[QualityBucket]) -> list[str]:
+    """The metrics any bucket holds (realised or estimated), in :data:`QUALITY_ORDER`, then
+    the others alphabetically."""
+    names = {k for b in buckets for k in (*b.realised, *b.estimated)}
+    known = [m for m in QUALITY_ORDER if m in names]
+    return known + sorted(names - set(known))
+
+
+def latest(buckets: Sequence[QualityBucket], metric: str, which: Literal["realised", "estimated"]) -> float | None:
+    """The newest bucket's value of ``metric`` (``which`` kind) that is not null."""
+    for bucket in reversed(buckets):
+        value = (bucket.realised if which == "realised" else bucket.estimated).get(metric)
+        if value is not None:
+            return float(value)
+    return None
 
 
 def _iso(value: dt.datetime) -> str:

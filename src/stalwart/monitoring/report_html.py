@@ -17,25 +17,25 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stalwart._version import __version__
 from stalwart.monitoring import report_plots as plots
 from stalwart.monitoring.report_document import (
-    AlertEntry,
     ColumnDrift,
-    QualityBucket,
     ReportDocument,
+    latest,
+    severity_rank,
+    sorted_alerts,
+    sorted_columns,
 )
 
-__all__ = ["MAX_DISTRIBUTION_PLOTS", "render_html", "sorted_alerts", "sorted_columns"]
+__all__ = ["MAX_DISTRIBUTION_PLOTS", "render_html"]
 
 MAX_DISTRIBUTION_PLOTS = 48
 """Features drawn as small multiples (the most severe); the table lists every feature."""
 
-_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
-_STATE_RANK = {"firing": 0, "pending": 1, "resolved": 2}
 
 # Why a section is empty, when the document's notes do not say.
 _EMPTY = {
@@ -79,19 +79,6 @@ def render_html(document: ReportDocument | Mapping[str, Any]) -> str:
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
-    )
-
-
-def sorted_columns(columns: Iterable[ColumnDrift]) -> list[ColumnDrift]:
-    """Drifted columns first, then by how far past (or short of) their threshold, then name."""
-    return sorted(columns, key=lambda c: (not c.drifted, -c.severity(), c.column))
-
-
-def sorted_alerts(alerts: Iterable[AlertEntry]) -> list[AlertEntry]:
-    """Firing first, then pending, then resolved; within each, most severe, then newest."""
-    return sorted(
-        alerts,
-        key=lambda a: (_STATE_RANK.get(a.state, 3), _SEVERITY_RANK.get(a.severity, 3), -a.started_at.timestamp(), a.name),
     )
 
 
@@ -270,8 +257,8 @@ def _quality(doc: ReportDocument) -> str:
                          "the last panel: seconds, minutes or hours from a prediction to its label."))
     if metrics:
         rows = [
-            f"<tr><td class=name>{_e(m)}</td><td class=num>{_num(_latest(buckets, m, 'estimated'))}</td>"
-            f"<td class=num>{_num(_latest(buckets, m, 'realised'))}</td></tr>"
+            f"<tr><td class=name>{_e(m)}</td><td class=num>{_num(latest(buckets, m, 'estimated'))}</td>"
+            f"<td class=num>{_num(latest(buckets, m, 'realised'))}</td></tr>"
             for m in metrics
         ]
         parts.append("<h3>Latest values</h3>" + _table(["metric", "estimated", "realised"], rows))
@@ -362,7 +349,7 @@ def _card(title: str, value: str, detail: str, bad: bool) -> str:
 
 
 def _badge(severity: str) -> str:
-    known = severity if severity in _SEVERITY_RANK else "other"
+    known = severity if severity_rank(severity) < 3 else "other"
     return f'<span class="badge {known}">{_e(severity)}</span>'
 
 
@@ -378,14 +365,6 @@ def _value_vs(value: float | None, threshold: float | None) -> str:
     if value is None:
         return ""
     return f": {_num(value)}" + ("" if threshold is None else f" (threshold {_num(threshold)})")
-
-
-def _latest(buckets: Sequence[QualityBucket], metric: str, which: str) -> float | None:
-    for bucket in reversed(buckets):
-        value = getattr(bucket, which).get(metric)
-        if value is not None:
-            return float(value)
-    return None
 
 
 def _num(value: float | None) -> str:

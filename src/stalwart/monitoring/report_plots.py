@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stalwart._optional import require
+from stalwart.monitoring import report_document
 from stalwart.monitoring.report_document import (
     AlertEntry,
     CategoricalDistribution,
@@ -40,7 +41,6 @@ __all__ = [
     "MAX_QUALITY_METRICS",
     "MAX_SCORE_LINES",
     "MAX_TIMELINE_ROWS",
-    "QUALITY_ORDER",
     "alert_rows",
     "alerts_plot",
     "distribution_plot",
@@ -57,8 +57,6 @@ MAX_SCORE_LINES = 8  # columns drawn in "drift scores over time" (the most sever
 MAX_QUALITY_METRICS = 6  # quality panels (the label delay panel comes in addition)
 MAX_TIMELINE_ROWS = 30  # alert rows on the timeline (firing and most severe first)
 
-# Metrics in the order people look for them; others follow alphabetically.
-QUALITY_ORDER = ("accuracy", "roc_auc", "f1", "precision", "recall", "log_loss", "brier", "mae", "rmse", "mape")
 
 COLORS = {
     "reference": "#9aa5b1",
@@ -69,8 +67,6 @@ COLORS = {
     "warning": "#d97706",
     "info": "#2563eb",
 }
-_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
-_STATE_RANK = {"firing": 0, "pending": 1, "resolved": 2}
 _CYCLE = ("#1d4ed8", "#b91c1c", "#047857", "#7c3aed", "#d97706", "#0e7490", "#be185d", "#4b5563", "#65a30d")
 
 _RC = {
@@ -191,11 +187,9 @@ def predictions_plot(buckets: Sequence[PredictionBucket]) -> str:
 
 
 def quality_metrics(buckets: Sequence[QualityBucket]) -> list[str]:
-    """The metrics the quality plot draws, in :data:`QUALITY_ORDER`, at most
+    """The metrics the quality plot draws, in the document's order, at most
     :data:`MAX_QUALITY_METRICS`."""
-    names = {k for b in buckets for k in (*b.realised, *b.estimated)}
-    known = [m for m in QUALITY_ORDER if m in names]
-    return (known + sorted(names - set(known)))[:MAX_QUALITY_METRICS]
+    return report_document.quality_metrics(buckets)[:MAX_QUALITY_METRICS]
 
 
 def quality_plot(buckets: Sequence[QualityBucket]) -> str:
@@ -241,8 +235,8 @@ def alert_rows(alerts: Sequence[AlertEntry]) -> list[tuple[str, list[AlertEntry]
     def rank(item: tuple[str, list[AlertEntry]]) -> tuple[int, int, str]:
         entries = item[1]
         return (
-            min(_STATE_RANK.get(a.state, 3) for a in entries),
-            min(_SEVERITY_RANK.get(a.severity, 3) for a in entries),
+            min(report_document.state_rank(a.state) for a in entries),
+            min(report_document.severity_rank(a.severity) for a in entries),
             item[0],
         )
 
