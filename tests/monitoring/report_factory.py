@@ -10,6 +10,8 @@ and stable features are drifted and stable for real.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,17 @@ KS_THRESHOLD = 0.05
 
 def fraud_document(*, labels: bool = True, seed: int = 7) -> dict[str, Any]:
     """A whole document (as ``build_report`` returns it): drifted and stable features,
-    quality with labels for the first half of the window (or none), alerts."""
+    quality with labels for the first half of the window (or none), alerts. A fresh copy
+    each call (generated once per arguments), for tests to edit."""
+    return json.loads(_fraud_json(labels, seed))
+
+
+@functools.cache
+def _fraud_json(labels: bool, seed: int) -> str:
+    return json.dumps(_fraud(labels=labels, seed=seed))
+
+
+def _fraud(*, labels: bool, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     reference = _sample(rng, 20_000, shifted=False)
     hours = [_sample(rng, 600, shifted=h >= SHIFT_HOUR) for h in range(HOURS)]
