@@ -104,11 +104,15 @@ def distribution_plot(dist: Distribution, *, drifted: bool) -> str:
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
         serving = COLORS["drifted"] if drifted else COLORS["current"]
+        # Fixed margins, not tight_layout: it measured every label again and cost a third
+        # of each small multiple (a report draws up to 48). Category labels are clipped to
+        # 18 characters, which the left margin fits.
         if isinstance(dist, CategoricalDistribution):
             _categorical(ax, dist, serving)
+            fig.subplots_adjust(left=0.36, right=0.97, top=0.96, bottom=0.2)
         else:
             _numeric(ax, dist.edges, dist.reference, dist.current, serving)
-        fig.tight_layout(pad=0.4)
+            fig.subplots_adjust(left=0.17, right=0.97, top=0.96, bottom=0.3)
 
     return _render((3.3, 2.1), draw)
 
