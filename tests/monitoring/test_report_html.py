@@ -168,6 +168,30 @@ def test_the_number_of_small_multiples_is_bounded(monkeypatch: pytest.MonkeyPatc
     assert text.count("<td class=name>") >= len(document.drift.columns)
 
 
+def test_degenerate_data_still_renders() -> None:
+    """One bucket, bins of zero width, a category on one side only, names of hundreds of
+    characters or with mathtext dollars, an unknown severity, an alert older than the
+    window, metrics without a value: every plot renders, without a warning."""
+    t = "2024-05-01T00:00:00Z"
+    long = "x" * 300
+    doc = empty_document() | {
+        "drift": {"columns": [{"column": long, "kind": "numeric", "method": "psi", "score": None, "threshold": 0.1, "drifted": False}]},
+        "drift_over_time": [{"bucket": t, "share": 0.0, "scores": {long: None}}],
+        "distributions": {
+            long: {"kind": "numeric", "edges": [1.0, 1.0], "reference": [1.0], "current": [0.0]},
+            "new-only": {"kind": "categorical", "reference": {}, "current": {"a" * 300: 1.0}},
+            "_gone": {"kind": "categorical", "reference": {"$x^2$": 1.0}, "current": {}},
+        },
+        "predictions_over_time": [{"bucket": t, "count": 3}],
+        "quality": [{"bucket": t, "predictions": 3, "labelled": 0, "realised": {"accuracy": None}}],
+        "alerts": [{"name": "old", "severity": "page-someone", "state": "firing", "started_at": "2024-04-01T00:00:00Z"}],
+    }
+    text = render_html(doc)  # filterwarnings = error: a matplotlib warning fails here
+    assert text.count("<figure") == 3 + len(TIME_PLOTS)
+    assert "$x^2$" in text  # drawn as written, not as mathtext
+    assert "No labels yet, and no estimate" in text
+
+
 def test_a_document_renders_the_same_bytes_from_its_dict_and_twice(document: ReportDocument) -> None:
     """Rendering is deterministic (no dates or random ids inside), and the builder's dict
     renders as the document does."""

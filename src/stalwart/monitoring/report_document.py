@@ -344,9 +344,9 @@ def state_rank(state: str) -> int:
 
 
 def quality_metrics(buckets: Iterable[QualityBucket]) -> list[str]:
-    """The metrics any bucket holds (realised or estimated), in :data:`QUALITY_ORDER`, then
-    the others alphabetically."""
-    names = {k for b in buckets for k in (*b.realised, *b.estimated)}
+    """The metrics with a value (realised or estimated) in some bucket, in
+    :data:`QUALITY_ORDER`, then the others alphabetically."""
+    names = {k for b in buckets for values in (b.realised, b.estimated) for k, v in values.items() if v is not None}
     known = [m for m in QUALITY_ORDER if m in names]
     return known + sorted(names - set(known))
 

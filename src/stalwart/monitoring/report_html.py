@@ -212,7 +212,7 @@ def _drift_over_time(doc: ReportDocument, columns: Sequence[ColumnDrift]) -> str
         seen = {k for b in doc.drift_over_time for k in b.scores}
         # Most severe in the window first; columns only scored over time follow by name.
         order = [c.column for c in columns if c.column in seen] + sorted(seen - {c.column for c in columns})
-        svg = plots.drift_over_time_plot(doc.drift_over_time, order, threshold=doc.drift.threshold)
+        svg = plots.drift_over_time_plot(doc.drift_over_time, order, threshold=doc.drift.threshold, window=(doc.since, doc.until))
         parts.append(_figure(svg, "drift-over-time", "Top: the share of drifted features per bucket (dashed: the dataset threshold). "
                              f"Bottom: the scores of the {min(len(order), plots.MAX_SCORE_LINES)} most severe features."))
         if len(order) > plots.MAX_SCORE_LINES:
@@ -226,7 +226,7 @@ def _predictions(doc: ReportDocument) -> str:
     if not any(b.count for b in doc.predictions_over_time):
         parts.append(_empty(doc, "predictions_over_time"))
     else:
-        svg = plots.predictions_plot(doc.predictions_over_time)
+        svg = plots.predictions_plot(doc.predictions_over_time, window=(doc.since, doc.until))
         caption = f"Predictions per bucket by predicted class (the {plots.MAX_CLASSES} most frequent; the rest as “(other)”)"
         if any(b.score_quantiles is not None for b in doc.predictions_over_time):
             caption += "; below, the model's score: median and p10-p90"
@@ -252,7 +252,7 @@ def _quality(doc: ReportDocument) -> str:
         parts.append(_note(doc, "quality"))
     if not metrics and labelled == 0:
         parts.append(f"<p class=empty>{_e(_EMPTY['no_metrics'])}</p>")
-    svg = plots.quality_plot(buckets)
+    svg = plots.quality_plot(buckets, window=(doc.since, doc.until))
     parts.append(_figure(svg, "quality", "Realised (solid, from labels) and estimated (dashed, before labels) per bucket; "
                          "the last panel: seconds, minutes or hours from a prediction to its label."))
     if metrics:
@@ -273,7 +273,7 @@ def _alerts(doc: ReportDocument) -> str:
     if not doc.alerts:
         parts.append(_empty(doc, "alerts"))
     else:
-        svg = plots.alerts_plot(doc.alerts, doc.since, doc.until)
+        svg = plots.alerts_plot(doc.alerts, window=(doc.since, doc.until))
         rows_drawn = len(plots.alert_rows(doc.alerts))
         parts.append(_figure(svg, "alerts", "Each alert from when it started to when it resolved (hatched: still firing; faint: pending), "
                              "coloured by severity: red critical, amber warning, blue info."))

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_QUALITY_METRICS",
     "MAX_SCORE_LINES",
     "MAX_TIMELINE_ROWS",
+    "Window",
     "alert_rows",
     "alerts_plot",
     "distribution_plot",
@@ -87,6 +88,9 @@ _RC = {
 }
 # rcParams are process-wide: one plot at a time, so two threads' settings never mix.
 _LOCK = threading.Lock()
+
+Window = tuple[dt.datetime, dt.datetime]
+"""The report's window, (since, until): the x axis of every plot over time."""
 # Every reference to an id inside matplotlib's SVG: the id itself, url(#...) in clip paths
 # and fills, and xlink:href="#..." for reused markers.
 _ID_REF = re.compile(r'(\bid="|url\(#|xlink:href="#)')
@@ -117,7 +121,7 @@ def distribution_plot(dist: Distribution, *, drifted: bool) -> str:
     return _render((3.3, 2.1), draw)
 
 
-def drift_over_time_plot(buckets: Sequence[DriftBucket], columns: Sequence[str], *, threshold: float) -> str:
+def drift_over_time_plot(buckets: Sequence[DriftBucket], columns: Sequence[str], *, threshold: float, window: Window) -> str:
     """The share of drifted columns per bucket against the dataset threshold, and the
     scores of ``columns`` (at most :data:`MAX_SCORE_LINES`, most severe first)."""
     times = [_naive(b.bucket) for b in buckets]
@@ -139,13 +143,13 @@ def drift_over_time_plot(buckets: Sequence[DriftBucket], columns: Sequence[str],
         if lines:
             # Labels given explicitly: matplotlib drops auto-collected ones starting with "_".
             bottom.legend(lines, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        _time_axis(bottom)
+        _time_axis(bottom, window)
         fig.tight_layout(pad=0.5)
 
     return _render((10.5, 3.6), draw)
 
 
-def predictions_plot(buckets: Sequence[PredictionBucket]) -> str:
+def predictions_plot(buckets: Sequence[PredictionBucket], *, window: Window) -> str:
     """Predictions per bucket stacked by class (the :data:`MAX_CLASSES` most frequent), and
     the score's p10-p90 band and median when the buckets carry them."""
     times = [_naive(b.bucket) for b in buckets]
@@ -184,7 +188,7 @@ def predictions_plot(buckets: Sequence[PredictionBucket]) -> str:
             axes[1].set_ylabel("score")
             axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
         axes[-1].set_xlabel("UTC")
-        _time_axis(axes[-1])
+        _time_axis(axes[-1], window)
         fig.tight_layout(pad=0.5)
 
     return _render((10.5, 3.6 if has_scores else 2.2), draw)
@@ -196,7 +200,7 @@ def quality_metrics(buckets: Sequence[QualityBucket]) -> list[str]:
     return report_document.quality_metrics(buckets)[:MAX_QUALITY_METRICS]
 
 
-def quality_plot(buckets: Sequence[QualityBucket]) -> str:
+def quality_plot(buckets: Sequence[QualityBucket], *, window: Window) -> str:
     """One panel per metric (realised solid, estimated dashed) and one of label delay."""
     times = [_naive(b.bucket) for b in buckets]
     metrics = quality_metrics(buckets)
@@ -222,7 +226,7 @@ def quality_plot(buckets: Sequence[QualityBucket]) -> str:
         for ax in axes[panels:]:
             ax.set_visible(False)
         for ax in axes[:panels]:
-            _time_axis(ax, ticks=4)
+            _time_axis(ax, window, ticks=4)
         fig.tight_layout(pad=0.5)
 
     return _render((10.5, 2.4 * rows + 0.4), draw)
@@ -247,11 +251,11 @@ def alert_rows(alerts: Sequence[AlertEntry]) -> list[tuple[str, list[AlertEntry]
     return sorted(rows.items(), key=rank)[:MAX_TIMELINE_ROWS]
 
 
-def alerts_plot(alerts: Sequence[AlertEntry], since: dt.datetime, until: dt.datetime) -> str:
+def alerts_plot(alerts: Sequence[AlertEntry], *, window: Window) -> str:
     """Each alert as a bar from when it started to when it ended (or the window's end,
     still firing: hatched), one row per alert and column, coloured by severity."""
     rows = alert_rows(alerts)
-    start, end = _naive(since), _naive(until)
+    start, end = _naive(window[0]), _naive(window[1])
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
@@ -267,9 +271,8 @@ def alerts_plot(alerts: Sequence[AlertEntry], since: dt.datetime, until: dt.date
                 )
         ax.set_yticks(range(len(rows)), [_clip(label, 40) for label, _ in rows])
         ax.set_ylim(len(rows) - 0.5, -0.5)
-        ax.set_xlim(start, end)
         ax.set_xlabel("UTC")
-        _time_axis(ax)
+        _time_axis(ax, window)
         fig.tight_layout(pad=0.5)
 
     return _render((10.5, 0.6 + 0.28 * max(len(rows), 1)), draw)
@@ -338,7 +341,10 @@ def _time_unit(seconds: float) -> tuple[float, str]:
     return 1.0, "seconds"
 
 
-def _time_axis(ax: Any, ticks: int = 8) -> None:
+def _time_axis(ax: Any, window: Window, ticks: int = 8) -> None:
+    """Dates on the x axis, spanning the report's window: every plot over time lines up,
+    and a window with one bucket still has a width."""
+    ax.set_xlim(_naive(window[0]), _naive(window[1]))
     mdates = _require("matplotlib.dates")
     locator = mdates.AutoDateLocator(maxticks=ticks)
     ax.xaxis.set_major_locator(locator)
