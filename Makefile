@@ -48,6 +48,7 @@ unit: $(STAMP)
 
 services:
 	@scripts/ensure-services
+	@scripts/ensure-chromium
 
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -15,6 +15,7 @@ from stalwart.cli.audit import audit_app
 from stalwart.cli.features import features_app
 from stalwart.cli.log import log_app
 from stalwart.cli.models import models_app
+from stalwart.cli.monitor import monitor_app
 from stalwart.cli.output import print_error
 from stalwart.cli.schemas import schema_app
 from stalwart.cli.validate import validate_command
@@ -31,6 +32,7 @@ app.add_typer(features_app, name="features")
 app.add_typer(schema_app, name="schema")
 app.add_typer(log_app, name="log")
 app.add_typer(audit_app, name="audit")
+app.add_typer(monitor_app, name="monitor")
 app.command("validate")(validate_command)
 
 

@@ -1,0 +1,115 @@
+"""Headless Chromium for tests that must see a page as a browser renders it.
+
+Debian's ``chromium`` driven by its ``chromedriver`` over the W3C WebDriver protocol: plain
+JSON over HTTP, so a few lines of urllib replace a Selenium dependency. Both are installed
+by ``scripts/ensure-chromium`` (``make test`` runs it); without them a test fails, naming
+the script, and never skips.
+
+The browser resolves no host name (``--host-resolver-rules``): a page that tried to fetch
+anything would show it as a failed request in its console and its resource timings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import free_port
+
+__all__ = ["Browser", "headless_chromium"]
+
+_HINT = "run scripts/ensure-chromium (apt-get install chromium chromium-driver) or `make services`"
+
+
+class Browser:
+    """One WebDriver session: open a page, run a script in it, read its console."""
+
+    def __init__(self, base: str, session: str) -> None:
+        self._url = f"{base}/session/{session}"
+
+    def open(self, path: Path) -> None:
+        """Load a local file and wait until it has loaded."""
+        _call("POST", f"{self._url}/url", {"url": path.resolve().as_uri()})
+
+    def run(self, script: str, *args: Any) -> Any:
+        """The value a script's ``return`` gives, run synchronously in the page."""
+        return _call("POST", f"{self._url}/execute/sync", {"script": script, "args": list(args)})
+
+    def console(self) -> list[dict[str, Any]]:
+        """What the page logged (messages, errors, failed requests) since the last call."""
+        entries: list[dict[str, Any]] = _call("POST", f"{self._url}/se/log", {"type": "browser"})
+        return entries
+
+
+@contextmanager
+def headless_chromium(width: int = 1280, height: int = 1000) -> Iterator[Browser]:
+    """A fresh headless Chromium (its own profile directory), closed afterwards."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.fail(f"headless Chromium is not installed (chromium: {chromium}, chromedriver: {driver}); {_HINT}")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    session = None
+    try:
+        _wait_ready(base, process)
+        with tempfile.TemporaryDirectory(prefix="stalwart-chromium-") as profile:
+            options = {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                    "--host-resolver-rules=MAP * ~NOTFOUND",
+                ],
+            }
+            capabilities = {"browserName": "chrome", "goog:chromeOptions": options, "goog:loggingPrefs": {"browser": "ALL"}}
+            created = _call("POST", f"{base}/session", {"capabilities": {"alwaysMatch": capabilities}}, timeout=60)
+            session = created["sessionId"]
+            try:
+                yield Browser(base, session)
+            finally:
+                _call("DELETE", f"{base}/session/{session}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"chromedriver exited with {process.returncode} at start; {_HINT}")
+        try:
+            if _call("GET", f"{base}/status", timeout=2).get("ready"):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.1)
+    pytest.fail("chromedriver did not answer within 20 s")
+
+
+def _call(method: str, url: str, body: dict[str, Any] | None = None, *, timeout: float = 30) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    # S310: the URL is always chromedriver's, http://127.0.0.1 on the port we chose.
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return json.loads(response.read())["value"]
+    except urllib.error.HTTPError as exc:  # WebDriver errors come back as JSON bodies
+        detail = json.loads(exc.read() or b"{}").get("value", {})
+        raise AssertionError(f"WebDriver {method} {url.rsplit('/', 1)[-1]}: {detail.get('error')}: {detail.get('message')}") from None
