@@ -64,7 +64,8 @@ def test_exact_numeric_scores_equal_scipy_on_the_same_data() -> None:
         result = column_drift(ref, cur, method=method)
         assert result.edges == pytest.approx(deciles, abs=0)
         assert result.score == pytest.approx(_exact_binned(method, ref, cur, deciles), abs=TOL), method
-        assert result.error_bound == 0.0 and result.mode == "exact"
+        assert result.error_bound == 0.0
+        assert result.mode == "exact"
 
 
 def test_exact_categorical_scores_equal_scipy() -> None:
@@ -140,7 +141,8 @@ def test_thresholds_decide_by_p_value_for_tests_and_by_score_for_distances() -> 
     rng = np.random.default_rng(5)
     ref, cur = rng.normal(0, 1, 2000), rng.normal(0.15, 1, 2000)
     w = column_drift(ref, cur, method="wasserstein", threshold=0.1)
-    assert w.drifted == (w.score >= 0.1) and w.p_value is None
+    assert w.drifted == (w.score >= 0.1)
+    assert w.p_value is None
     assert column_drift(ref, cur, method="wasserstein", threshold=10.0).drifted is False
     k = column_drift(ref, cur, method="ks", threshold=1e-12)
     assert k.drifted == (k.p_value is not None and k.p_value < 1e-12)
@@ -156,7 +158,8 @@ def test_dataset_drift_share_and_verdict() -> None:
     assert (result.share, result.threshold, result.drifted) == (0.5, 0.5, True)
     assert dataset_drift(ref, cur, share=0.75).drifted is False
     per_column = dataset_drift(ref, cur, methods={"x0": "psi"}, thresholds={"x1": 100.0})
-    assert per_column.columns[0].method == "psi" and not per_column.columns[1].drifted
+    assert per_column.columns[0].method == "psi"
+    assert not per_column.columns[1].drifted
 
 
 def test_a_prepared_reference_scores_like_the_raw_one() -> None:
@@ -176,7 +179,8 @@ def test_results_serialise_to_strict_json() -> None:
     empty = column_drift(np.array([1.0, 2.0]), np.array([np.nan]), column="e")
     data = json.loads(json.dumps([profile.to_dict(), empty.to_dict()], allow_nan=False))
     assert data[0]["columns"][0]["error_bound"] is None  # chi2 on an estimating sketch: no bound
-    assert data[1]["score"] is None and data[1]["drifted"] is False
+    assert data[1]["score"] is None
+    assert data[1]["drifted"] is False
 
 
 def test_misuse_is_a_config_error_that_says_what_to_do() -> None:
@@ -202,7 +206,8 @@ def test_sketch_mode_equals_exact_mode_while_the_sketches_hold_every_value() -> 
     for method in ("psi", "js", "ks", "wasserstein", "hellinger", "chi2", "linf", "z"):
         exact = column_drift(ref, cur, method=method)
         sketch = column_drift(FeatureProfile.of(ref), FeatureProfile.of(cur), method=method)
-        assert sketch.mode == "sketch" and sketch.error_bound == 0.0
+        assert sketch.mode == "sketch"
+        assert sketch.error_bound == 0.0
         assert sketch.score == pytest.approx(exact.score, abs=TOL), method
         assert (sketch.p_value or 0.0) == pytest.approx(exact.p_value or 0.0, abs=TOL), method
     cities = np.array(["oslo", "lima", "pune", "rome"], dtype=object)
@@ -294,4 +299,5 @@ def test_dataset_drift_from_profiles() -> None:
         ("a", "wasserstein", True, "sketch"),
         ("b", "js", False, "sketch"),
     ]
-    assert isinstance(result.columns[0], ColumnDrift) and result.share == 0.5
+    assert isinstance(result.columns[0], ColumnDrift)
+    assert result.share == 0.5
