@@ -1,7 +1,8 @@
 """``python -m benchmarks [suite ...]``: run the benchmark suites and write their reports.
 
 Suites: ``serving`` (issue 2: the endpoint's overhead), ``batching`` (issue 5: adaptive
-batching on and off) and ``predictions`` (issue 12: the prediction log's cost). With no suite named, all run. Each report is printed and written to
+batching on and off), ``predictions`` (issue 12: the prediction log's cost) and ``drift``
+(issue 13: drift scores from sketches and raw values; no server, no wrk). With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from benchmarks import batching, prediction_tap, serving
+from benchmarks import batching, bench_drift, prediction_tap, serving
 from benchmarks.harness import WRK, write_results, wrk_available
 
 SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
@@ -27,7 +28,9 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
             outputs=tuple(a.outputs) if a.outputs else None,
         )
     ),
+    "drift": lambda a: bench_drift.run(bench_drift.Options(repeats=a.repeats)),
 }
+NO_WRK = frozenset(("drift",))  # suites that start no server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.suites if name not in SUITES]
     if unknown:
         parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
-    if not wrk_available():
+    if any(name not in NO_WRK for name in (args.suites or SUITES)) and not wrk_available():
         print(f"wrk is not installed at {WRK}; run 'make bench' (it installs wrk)", file=sys.stderr)
         return 2
     for name in args.suites or list(SUITES):

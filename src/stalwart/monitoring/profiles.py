@@ -1,7 +1,8 @@
 """Profiles: mergeable summaries of feature values, for schemas, drift and skew.
 
 A :class:`FeatureProfile` summarises one column: exact counts (values, nulls, NaN, ±inf,
-values of an unexpected type), min, max and sum, and Apache DataSketches sketches: a KLL
+values of an unexpected type), min, max, sum and the sum of squared deviations from the
+mean (merged by Chan et al.'s pairwise rule, so the variance stays exact and stable), and Apache DataSketches sketches: a KLL
 quantile sketch for numbers, a frequent-items sketch for strings, an HLL sketch for the
 number of distinct values, and string length bounds. A :class:`Profile` is one per
 feature of a dataset. Both are built from numpy columns or pandas/polars Series without a
@@ -80,6 +81,7 @@ class FeatureProfile:
         "falses",
         "inf",
         "kind",
+        "m2",
         "max",
         "max_length",
         "min",
@@ -101,6 +103,9 @@ class FeatureProfile:
         self.min: float | None = None  # finite values only
         self.max: float | None = None
         self.total = 0.0  # sum of finite values
+        # Sum of squared deviations from the mean of the finite values (None: a profile
+        # stored before this field existed, whose variance is unknown).
+        self.m2: float | None = 0.0
         self.trues = 0
         self.falses = 0
         self.min_length: int | None = None
@@ -169,8 +174,12 @@ class FeatureProfile:
         low, high = float(finite.min()), float(finite.max())
         self.min = low if self.min is None else min(self.min, low)
         self.max = high if self.max is None else max(self.max, high)
-        with np.errstate(over="ignore"):
-            self.total += float(finite.sum(dtype=np.float64))
+        seen = int(self._kll.n) if self._kll is not None else 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            chunk_total = float(finite.sum(dtype=np.float64))
+            chunk_m2 = float(np.square(finite - chunk_total / finite.size).sum())
+            self.m2 = _combine_m2(seen, self.total, self.m2, int(finite.size), chunk_total, chunk_m2)
+            self.total += chunk_total
         ds = _sketches()
         if self._kll is None:
             self._kll = ds.kll_doubles_sketch(_KLL_K)
@@ -280,6 +289,10 @@ class FeatureProfile:
         self.nan += other.nan
         self.inf += other.inf
         self.mismatched += other.mismatched
+        self.m2 = _combine_m2(
+            int(self._kll.n) if self._kll is not None else 0, self.total, self.m2,
+            int(other._kll.n) if other._kll is not None else 0, other.total, other.m2,
+        )
         self.total += other.total
         self.trues += other.trues
         self.falses += other.falses
@@ -325,6 +338,14 @@ class FeatureProfile:
         n = self._kll.n if self._kll is not None else 0
         return self.total / n if n else None
 
+    @property
+    def variance(self) -> float | None:
+        """Population variance (ddof 0) of the finite numbers; None when unknown or empty."""
+        n = self._kll.n if self._kll is not None and self.kind in _NUMBER_KINDS else 0
+        if not n or self.m2 is None or not math.isfinite(self.m2):
+            return None
+        return max(self.m2, 0.0) / n
+
     def quantile(self, q: float) -> float | None:
         """The value at normalised rank ``q`` (None without numbers)."""
         if self._kll is None or self._kll.is_empty():
@@ -353,6 +374,45 @@ class FeatureProfile:
     def rank_error(self) -> float:
         """The quantile sketch's normalised rank error bound."""
         return float(self._kll.normalized_rank_error(False)) if self._kll is not None else 0.0
+
+    @property
+    def quantiles_exact(self) -> bool:
+        """Whether the quantile sketch still holds every number (nothing compacted yet)."""
+        return self._kll is None or not self._kll.is_estimation_mode()
+
+    def retained(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """The quantile sketch's retained numbers, ascending, and each one's weight.
+
+        The sketch's distribution: ``weights.sum()`` is the count of finite numbers, and the
+        share of numbers at or below ``x`` is estimated by the weights of retained numbers at
+        or below ``x`` (within :attr:`rank_error`). Empty arrays without numbers.
+        """
+        if self._kll is None or self._kll.is_empty():
+            return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.float64)
+        pairs = np.array(list(self._kll), dtype=np.float64).reshape(-1, 2)
+        order = np.argsort(pairs[:, 0], kind="stable")
+        return pairs[order, 0], pairs[order, 1]
+
+    def frequency_bounds(self) -> dict[str, tuple[int, int]]:
+        """Lower and upper bound of each tracked string's count (equal when exact).
+
+        A string the sketch does not list occurred at most :attr:`frequency_error` times.
+        """
+        if self.kind == "boolean":
+            return {k: (v, v) for k, v in self.frequencies().items()}
+        if self._items is None or self._items.is_empty():
+            return {}
+        ds = _sketches()
+        rows = self._items.get_frequent_items(ds.frequent_items_error_type.NO_FALSE_NEGATIVES, 0)
+        return {item: (int(low), int(high)) for item, _est, low, high in rows}
+
+    @property
+    def frequency_error(self) -> int:
+        """How much any string's count may be off (0 while the counts are exact)."""
+        if self.kind == "boolean" or self._items is None or self._items.is_empty():
+            return 0
+        bounds = self.frequency_bounds().values()
+        return max((high - low for low, high in bounds), default=0)
 
     def frequencies(self) -> dict[str, int]:
         """Estimated count of each string (or ``"true"``/``"false"``), most frequent first.
@@ -411,6 +471,7 @@ class FeatureProfile:
             "min": self.min,
             "max": self.max,
             "total": self.total if math.isfinite(self.total) else None,
+            "m2": self.m2 if self.m2 is not None and math.isfinite(self.m2) else None,
             "trues": self.trues,
             "falses": self.falses,
             "min_length": self.min_length,
@@ -443,6 +504,7 @@ class FeatureProfile:
             profile.max = _opt_float(data.get("max"))
             total = data.get("total")
             profile.total = float(total) if total is not None else math.inf
+            profile.m2 = _opt_float(data.get("m2"))  # absent in profiles stored before it
             profile.min_length = _opt_int(data.get("min_length"))
             profile.max_length = _opt_int(data.get("max_length"))
             ds = _sketches() if any(k in data for k in ("kll", "items", "hll")) else None
@@ -668,6 +730,20 @@ def _float_or_inf(value: Any) -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def _combine_m2(
+    n_a: int, total_a: float, m2_a: float | None, n_b: int, total_b: float, m2_b: float | None
+) -> float | None:
+    """Sum of squared deviations of two groups together (Chan, Golub and LeVeque)."""
+    if m2_a is None or m2_b is None:
+        return None
+    if not n_a:
+        return m2_b
+    if not n_b:
+        return m2_a
+    delta = total_b / n_b - total_a / n_a
+    return m2_a + m2_b + delta * delta * n_a * n_b / (n_a + n_b)
 
 
 def _pick(fn: Any, a: Any, b: Any) -> Any:
