@@ -30,6 +30,8 @@ user part or the query): logs and errors name a URL by its position and host onl
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import math
 import queue
@@ -41,7 +43,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from stalwart.errors import ConfigError
 from stalwart.monitoring.alert_metrics import AlertMetrics
@@ -130,6 +132,7 @@ class WebhookNotifier:
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ConfigError(f"webhook timeout {timeout!r} must be a positive number of seconds")
         self.urls = tuple(urls)
+        self._targets = tuple(_target(url) for url in urls)
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff = backoff
@@ -187,7 +190,7 @@ class WebhookNotifier:
         url = self.urls[index]
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
-            problem, retry = self._post(url, body)
+            problem, retry = self._post(index, body)
             if problem is None:
                 self._count("sent")
                 return
@@ -206,28 +209,45 @@ class WebhookNotifier:
                 self._stop.wait(wait)  # a close() during the wait moves on to the deadline check
             delay = min(delay * 2, self.max_backoff)
 
-    def _post(self, url: str, body: bytes) -> tuple[str | None, bool]:
+    def _post(self, index: int, body: bytes) -> tuple[str | None, bool]:
         """``(None, _)`` when delivered, else ``(what went wrong, whether to retry)``."""
-        request = urllib.request.Request(  # noqa: S310 - the scheme is checked to be http(s) at construction
-            url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "stalwart-alerts"}
-        )
+        url, authorization = self._targets[index]
+        headers = {"Content-Type": "application/json", "User-Agent": "stalwart-alerts"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
         try:
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310 - http(s) only, checked at construction
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - http(s) only, see above
                 response.read(65_536)  # a bounded read, so the connection closes cleanly
                 return None, False
         except urllib.error.HTTPError as exc:
             exc.close()
             return f"HTTP {exc.code}", exc.code in _RETRY_STATUS
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             # The reason of a URLError can quote the URL; name only its class.
             reason = getattr(exc, "reason", exc)
             return type(reason).__name__, True
         except OSError as exc:
             return type(exc).__name__, True
+        except ValueError as exc:  # http.client.InvalidURL: a port that is not a number...
+            return type(exc).__name__, False
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.notifications.labels(outcome).inc()
+
+
+def _target(url: str) -> tuple[str, str | None]:
+    """The URL to post to and its ``Authorization`` header: credentials in the URL's user
+    part (``https://user:pass@host/...``) are sent as HTTP Basic, as Alertmanager's
+    ``basic_auth`` does, since urllib would take them for part of the host."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    host = parts.netloc.rsplit("@", 1)[1]
+    token = base64.b64encode(credentials.encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
 
 
 def _rfc3339(seconds: float) -> str:
