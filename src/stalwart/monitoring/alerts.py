@@ -343,6 +343,10 @@ class AlertEngine:
             out.transitions.append(Transition(alert.name, column, alert.deployment, state, to, now, verdict.value, verdict.threshold, alert.severity))
         if row is None and to == State.INACTIVE:
             return  # nothing to remember about a column that never did anything
+        if row is not None and (to.value, since, active_since, notified_state, notified_at) == (
+            row.state, row.since, row.active_since, row.notified_state, row.notified_at
+        ):
+            return  # nothing changed but the value: no write (the row keeps the value it changed at)
         out.rows.append(StateRow(
             alert=alert.name, column=column, deployment=alert.deployment, state=to.value, since=since,
             active_since=active_since, value=verdict.value, threshold=verdict.threshold,
