@@ -272,3 +272,18 @@ def _note() -> Any:
 
     return Notification(alert="a", status="firing", labels={"alertname": "a"}, annotations={}, starts_at=0.0,
                         ends_at=None, fingerprint="0" * 16)
+
+
+def test_webhook_urls_stay_out_of_the_recorded_settings() -> None:
+    """The settings the audit log records at start leave the webhook URLs out (they are
+    secrets), and a bad entry is reported by position, never quoted."""
+    from stalwart.config import load_settings
+    from stalwart.errors import ConfigError
+    from stalwart.registry.audit import settings_view
+
+    settings = Settings(alert_webhooks="https://u:pw@hooks.example.com/T0K3N, http://127.0.0.1:9/x")
+    assert len(settings.alert_webhooks) == 2
+    assert "T0K3N" not in json.dumps(settings_view(settings))
+    with pytest.raises(ConfigError, match=r"STALWART_ALERT_WEBHOOKS: .*entry 2 is not an http\(s\) URL") as info:
+        load_settings(alert_webhooks="https://ok.example.com/a,ftp://s3cret@x")
+    assert "s3cret" not in str(info.value)
