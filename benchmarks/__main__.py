@@ -1,8 +1,9 @@
 """``python -m benchmarks [suite ...]``: run the benchmark suites and write their reports.
 
 Suites: ``serving`` (issue 2: the endpoint's overhead), ``batching`` (issue 5: adaptive
-batching on and off), ``predictions`` (issue 12: the prediction log's cost) and ``drift``
-(issue 13: drift scores from sketches and raw values; no server, no wrk). With no suite named, all run. Each report is printed and written to
+batching on and off), ``predictions`` (issue 12: the prediction log's cost), ``drift``
+(issue 13: drift scores from sketches and raw values) and ``alerts`` (issue 13: false alarms
+per day and detection delay); the last two start no server. With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
 
@@ -12,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from benchmarks import batching, bench_drift, prediction_tap, serving
+from benchmarks import batching, bench_alerts, bench_drift, prediction_tap, serving
 from benchmarks.harness import WRK, write_results, wrk_available
 
 SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
@@ -29,8 +30,10 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
         )
     ),
     "drift": lambda a: bench_drift.run(bench_drift.Options(repeats=a.repeats)),
+    "alerts": lambda a: bench_alerts.run(bench_alerts.Options()),
 }
-NO_WRK = frozenset(("drift",))  # suites that start no server
+# Suites that drive a server with wrk; the others run in-process.
+NEEDS_WRK = frozenset({"serving", "predictions", "batching"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.suites if name not in SUITES]
     if unknown:
         parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
-    if any(name not in NO_WRK for name in (args.suites or SUITES)) and not wrk_available():
+    chosen = args.suites or list(SUITES)
+    if NEEDS_WRK.intersection(chosen) and not wrk_available():
         print(f"wrk is not installed at {WRK}; run 'make bench' (it installs wrk)", file=sys.stderr)
         return 2
-    for name in args.suites or list(SUITES):
+    for name in chosen:
         print(f"running the {name} suite…", file=sys.stderr, flush=True)
         report = SUITES[name](args)
         path = write_results(name, report)

@@ -35,6 +35,7 @@ HEAVY = [
 ]
 
 EXPECTED_ALL = [
+    "Alert",
     "CallableSource",
     "Deployment",
     "Entity",

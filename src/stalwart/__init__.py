@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "create_app": "stalwart.serving.app",
     "register_model": "stalwart.api",
     "get_model": "stalwart.api",
+    "Alert": "stalwart.project",
     "Deployment": "stalwart.project",
     "Entity": "stalwart.project",
     "SqlSource": "stalwart.project",
@@ -45,6 +46,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Alert",
     "CallableSource",
     "Deployment",
     "Entity",
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
     from stalwart.features import TrainingSet, build_training_set
     from stalwart.monitoring.prediction_reads import read_predictions
     from stalwart.project import (
+        Alert,
         CallableSource,
         Deployment,
         Entity,

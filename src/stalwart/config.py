@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     admin_tokens: dict[str, SecretStr] = Field(
         default_factory=dict, description='named control-plane tokens, as JSON: {"alice": "..."}; the audit log names who acted'
     )
+    # Alerts (stalwart.monitoring.alerts): evaluated when the project declares any.
+    alert_interval_seconds: float = Field(default=60.0, gt=0, le=86_400, description="how often alert rules are evaluated")
+    alert_webhooks: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), description="comma-separated http(s) URLs that receive Alertmanager-style alert posts"
+    )
+    alert_cooldown_seconds: float = Field(
+        default=4 * 3600.0, ge=0, description="a firing alert already sent is sent again after this (a reminder)"
+    )
+    alert_webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="time limit of one webhook post")
     allow_pickle: bool = Field(
         default=True,
         description="load versions registered with trust_pickle=True; false refuses them",
@@ -147,6 +156,19 @@ class Settings(BaseSettings):
             for name in value:
                 if not isinstance(name, str) or not is_module_path(name):
                     raise ValueError(f"{name!r} is not a module name (like 'mypkg' or 'mypkg.models')")
+        return value
+
+    @field_validator("alert_webhooks", mode="before")
+    @classmethod
+    def _split_webhooks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            for i, url in enumerate(value):
+                text = url.get_secret_value() if isinstance(url, SecretStr) else url
+                # Never quote the URL back: it may hold a token.
+                if not isinstance(text, str) or not text.startswith(("http://", "https://")):
+                    raise ValueError(f"entry {i + 1} is not an http(s) URL; separate URLs with commas")
         return value
 
     def allowed_python_modules(self) -> tuple[str, ...]:

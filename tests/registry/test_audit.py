@@ -179,7 +179,8 @@ def test_migration_4_chains_the_events_already_there(any_db_settings: Settings) 
                     text("INSERT INTO audit_events (at, actor, action, subject, detail) VALUES (:at, 'registry', 'register', :s, :d)"),
                     {"at": 1700000000.25 + n, "s": f"m:{n + 1}", "d": json.dumps({"sha256": "ab" * 32, "score": 0.1 * n})},
                 )
-        assert db.migrate() == [3, 4]  # 3: the prediction log's table, which it did not have either
+        # 3: the prediction log's table, which it did not have either (later ones apply too).
+        assert [v for v in db.migrate() if v <= 4] == [3, 4]
         with db.read() as conn:
             assert conn.execute(text("SELECT COUNT(*) FROM audit_events WHERE hash IS NULL")).scalar_one() == 0
         assert check_audit(db).events == 3

@@ -16,6 +16,7 @@ caching, writes, parity) is :mod:`stalwart.features`; serving them is
 ['tx_count_1d']
 """
 
+from stalwart.project.alerts import Alert
 from stalwart.project.deployment import Deployment, parse_model_ref
 from stalwart.project.entities import Entity
 from stalwart.project.feature_sets import (
@@ -38,6 +39,7 @@ from stalwart.project.sources import (
 )
 
 __all__ = [
+    "Alert",
     "CallableSource",
     "Deployment",
     "Entity",

@@ -1,5 +1,5 @@
-"""A project file: the Python module that declares entities, sources, feature sets and
-deployments. The training script and the server import the same file, so both see the
+"""A project file: the Python module that declares entities, sources, feature sets,
+deployments and alerts. The training script and the server import the same file, so both see the
 same definitions (and the same FeatureSet versions).
 
 Loading runs the file (its module-level code, nothing more); the project it returns is
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stalwart.errors import ConfigError, DeploymentNotFound
+from stalwart.project.alerts import Alert
 from stalwart.project.deployment import Deployment
 from stalwart.project.entities import Entity
 from stalwart.project.feature_sets import FeatureRef, FeatureSet, feature_refs
@@ -32,6 +33,7 @@ class Project:
     sources: dict[str, Source] = field(default_factory=dict)
     feature_sets: dict[str, FeatureSet] = field(default_factory=dict)
     deployments: dict[str, Deployment] = field(default_factory=dict)
+    alerts: dict[str, Alert] = field(default_factory=dict)
 
     @classmethod
     def of(cls, *items: Any, root: Path | None = None) -> Project:
@@ -55,6 +57,19 @@ class Project:
             self._put(self.entities, item.name, item, "entity")
         elif isinstance(item, Deployment):
             self._put(self.deployments, item.name, item, "deployment")
+        elif isinstance(item, Alert):
+            self._put(self.alerts, item.name, item, "alert")
+
+    def check_alerts(self) -> None:
+        """Refuse an alert on a deployment the project does not declare (a typo would
+        otherwise be an alert that never fires)."""
+        for alert in self.alerts.values():
+            if alert.deployment not in self.deployments:
+                known = ", ".join(sorted(self.deployments)) or "none"
+                raise ConfigError(
+                    f"alert '{alert.name}' deployment: {alert.deployment!r} is not a deployment of "
+                    f"this project (declared: {known})"
+                )
 
     def deployment(self, name: str) -> Deployment:
         try:
@@ -115,8 +130,10 @@ def load_project(path: str | Path) -> Project:
     namespace = runpy.run_path(str(file), run_name=f"stalwart_project_{file.stem}")
     declared = namespace.get("project")
     if isinstance(declared, Project):
+        declared.check_alerts()
         return declared
     project = Project(root=file.resolve().parent)
     for value in namespace.values():
         project.add(value)
+    project.check_alerts()
     return project

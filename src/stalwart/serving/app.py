@@ -38,6 +38,7 @@ from stalwart.project import Project, load_project
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.audit import record_settings
 from stalwart.registry.flavors import Predictor
+from stalwart.serving.alerting import build_alerting
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall
 from stalwart.serving.chains import Chains
@@ -62,6 +63,7 @@ from stalwart.validation.stage import ValidationMetrics
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+    from stalwart.monitoring.alerts import Calibrator, MetricSource
     from stalwart.serving.tracing import Tracing
 
 __all__ = ["create_app"]
@@ -76,6 +78,8 @@ def create_app(
     project: Project | None = None,
     tap: RequestTap | None = None,
     tracer_provider: TracerProvider | None = None,
+    alert_source: MetricSource | None = None,
+    alert_calibrator: Calibrator | None = None,
 ) -> Starlette:
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted). ``project`` (or ``settings.project``, a file)
@@ -83,7 +87,10 @@ def create_app(
     every inference request's outcome (see :class:`~stalwart.serving.dataplane.RequestTap`).
     ``tracer_provider`` traces every inference request into it (an OpenTelemetry provider,
     its shutdown the caller's); without one, ``settings.otel_endpoint`` turns on export
-    over OTLP/HTTP, and with neither nothing is traced (and OpenTelemetry never imported)."""
+    over OTLP/HTTP, and with neither nothing is traced (and OpenTelemetry never imported).
+    ``alert_source`` is where the project's alert rules read their metrics (and
+    ``alert_calibrator`` their calibrated thresholds); without a source, declared alerts are
+    not evaluated (logged)."""
     settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
     owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
@@ -141,6 +148,8 @@ def create_app(
         await repository.start()
         if predictions is not None:
             predictions.start()
+        if alerting is not None:
+            alerting.start()
         if settings.gc_freeze:
             _freeze_garbage()
         try:
@@ -148,6 +157,8 @@ def create_app(
         finally:
             if settings.gc_freeze:
                 gc.unfreeze()  # the process may go on (tests, an embedding app): collect as usual
+            if alerting is not None:
+                await asyncio.to_thread(alerting.stop)  # joins its threads, releases its lock
             await repository.stop()
             for listener in listeners:
                 await listener.stop()
@@ -195,6 +206,7 @@ def create_app(
     plane_tap = compose(tracing, prediction_tap, tap)
     # --- end of request taps ---
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
+    alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
     auth = BearerAuth.from_settings(settings)
     routes = [
         *oip_routes(plane),
@@ -223,6 +235,7 @@ def create_app(
     app.state.predictions = predictions
     app.state.tracing = tracing
     app.state.cache = cache
+    app.state.alerting = alerting
     return app
 
 

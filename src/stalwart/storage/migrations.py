@@ -84,6 +84,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     # 5 is the live profiles' (another branch); versions need not be contiguous: a database
     # applies every migration newer than its recorded version, in order.
     Migration(6, "labels for logged predictions (feedback), indexed for the quality joins", _create(tables.feedback)),
+    # 7, not 5: 5 and 6 are other parts of monitoring, merged separately; the runner applies
+    # every migration newer than the database's version, so numbers need not be contiguous.
+    Migration(
+        7,
+        "alerts: state per (rule, column), transition history, the evaluator's lease",
+        _create(tables.alert_states, tables.alert_history, tables.alert_leases),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

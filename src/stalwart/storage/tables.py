@@ -197,3 +197,48 @@ feedback = Table(
     Index("ix_feedback_deployment_entity_time", "deployment", "entity_key", "event_time_ns"),
     Index("ix_feedback_deployment_received", "deployment", "received_at_ns"),
 )
+
+# Alerts (stalwart.monitoring.alerts): the state of each (rule, column), so a restarted or
+# newly elected evaluator neither re-fires what is firing nor forgets what is pending; every
+# transition, in order; and the lease that names the one process evaluating (SQLite; on
+# PostgreSQL a session advisory lock does that job and the table stays empty).
+alert_states = Table(
+    "alert_states",
+    metadata,
+    Column("alert", String(200), primary_key=True),
+    Column("column", String, primary_key=True),
+    Column("deployment", String(200), nullable=False),
+    Column("state", String(20), nullable=False),  # "inactive" | "pending" | "firing" | "resolved"
+    Column("since", Float, nullable=False),  # when it entered this state
+    Column("active_since", Float, nullable=True),  # pending or firing: when the condition began
+    Column("value", Float, nullable=True),  # at the last change of this row
+    Column("threshold", Float, nullable=True),
+    Column("notified_state", String(20), nullable=True),  # the last state sent to webhooks
+    Column("notified_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+alert_history = Table(
+    "alert_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("alert", String(200), nullable=False),
+    Column("column", String, nullable=False),
+    Column("deployment", String(200), nullable=False),
+    Column("from_state", String(20), nullable=False),
+    Column("to_state", String(20), nullable=False),
+    Column("value", Float, nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("severity", String(20), nullable=False),
+    Index("ix_alert_history_alert_at", "alert", "at"),
+    Index("ix_alert_history_deployment_at", "deployment", "at"),
+)
+
+alert_leases = Table(
+    "alert_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
