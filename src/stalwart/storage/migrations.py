@@ -81,6 +81,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _create(tables.predictions),
     ),
     Migration(4, "the audit log's hash chain (prev_hash, hash; the head in stalwart_meta)", _chain_audit_events),
+    Migration(5, "live profiles: per-minute, hour and day profile buckets per replica", _create(tables.profile_buckets)),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
