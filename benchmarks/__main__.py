@@ -1,7 +1,8 @@
 """``python -m benchmarks [suite ...]``: run the benchmark suites and write their reports.
 
 Suites: ``serving`` (issue 2: the endpoint's overhead), ``batching`` (issue 5: adaptive
-batching on and off) and ``predictions`` (issue 12: the prediction log's cost). With no suite named, all run. Each report is printed and written to
+batching on and off), ``predictions`` (issue 12: the prediction log's cost) and
+``profiles`` (issue 13: live profiles' cost per request; in-process, no wrk). With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from benchmarks import batching, prediction_tap, serving
+from benchmarks import batching, bench_live_profiles, prediction_tap, serving
 from benchmarks.harness import WRK, write_results, wrk_available
 
 SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
@@ -21,6 +22,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "predictions": lambda a: prediction_tap.run(
         prediction_tap.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
+    "profiles": lambda a: bench_live_profiles.run(bench_live_profiles.Options(runs=a.repeats)),
     "batching": lambda a: batching.run(
         batching.Options(
             seconds=a.seconds, repeats=a.repeats, models=tuple(a.models), profile=a.profile,
@@ -28,6 +30,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
         )
     ),
 }
+_NO_WRK = frozenset({"profiles"})  # suites that measure in-process, without a load generator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.suites if name not in SUITES]
     if unknown:
         parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
-    if not wrk_available():
+    if any(name not in _NO_WRK for name in args.suites or list(SUITES)) and not wrk_available():
         print(f"wrk is not installed at {WRK}; run 'make bench' (it installs wrk)", file=sys.stderr)
         return 2
     for name in args.suites or list(SUITES):
