@@ -105,6 +105,32 @@ def test_a_deployment_is_profiled_by_feature_and_variant(settings: Settings, reg
     assert profile["output:predict"].total == 14.0
 
 
+def test_fields_declared_sensitive_are_not_profiled(home: Path, registry: Registry) -> None:
+    """A feature the prediction log must drop or hash (server-wide or in the deployment's
+    ``log`` policy) is in no profile, so its values are nowhere in the database; the
+    other columns are profiled."""
+    settings = Settings(home=home, registry_poll_seconds=0.2, python_modules=("tests",), prediction_log_redact={"x": "hash"})
+    set_mode("secretive", "ok")
+    source = RequestSource("txn", fields={"x": "float", "y": "float"})
+    registry.register("secretive", Switchable("secretive", 2.0), sample=pd.DataFrame({"x": [float(i) for i in range(60)], "y": [1.0] * 60}))
+    project = Project.of(
+        Deployment("scores", model="secretive", features=[source.x, source.y]),
+        Deployment("private", model="secretive", features=[source.x, source.y], log={"redact": {"y": "drop"}}),
+        source,
+    )
+    since = time.time()
+    with start_server(settings, app=create_app(settings, registry=registry, project=project)) as server:
+        for name in ("scores", "private"):
+            body = {"entities": [{"id": 1}], "values": [{"x": 123456.75, "y": 654321.25}]}
+            assert server.post(f"/v1/deployments/{name}/predict", json=body).status_code == 200
+    span = {"since": since - 60, "until": time.time() + 60}
+    assert set(merged_profile(registry.db, "scores", **span)) == {"feature:y", "output:predict"}
+    assert set(merged_profile(registry.db, "private", **span)) == {"output:predict"}
+    with registry.db.read() as conn:
+        stored = " ".join(str(row) for row in conn.exec_driver_sql("SELECT profile FROM profile_buckets").all())
+    assert "123456.75" not in stored
+
+
 def test_matrix_inputs_and_outputs_are_profiled_column_by_column(settings: Settings, registry: Registry) -> None:
     """A matrix tensor's columns are profiled one by one as ``input:<name>[<j>]``."""
     registry.register("linear", Linear(np.array([1.0, 2.0, 3.0]), 0.5), sample=np.ones((2, 3)))

@@ -196,7 +196,7 @@ def create_app(
         if predictions is not None
         else None
     )
-    live_profiles = open_live_profiles(settings, registry.db, metrics.registry)
+    live_profiles = open_live_profiles(settings, registry.db, metrics.registry, log_policies)
     profile_tap = ProfileTap(live_profiles) if live_profiles is not None else None
     plane_tap = compose(tracing, prediction_tap, profile_tap, tap)
     # --- end of request taps ---

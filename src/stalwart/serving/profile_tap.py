@@ -11,10 +11,16 @@ saw and returned them. Tensors of rank over 2, or wider than 256 columns (images
 embeddings), are not profiled: a per-column sketch of them would say little and cost much.
 A ``/v1`` answer from the last good prediction or the declared default is not profiled
 either (no model saw its inputs); one from the fallback model is, under its variant.
+
+Fields declared sensitive for the prediction log (``STALWART_PREDICTION_LOG_REDACT``, a
+deployment's ``log={"redact": ...}``), whether dropped or hashed there, are not profiled
+at all: a profile keeps exact extremes and sketches of the values, which would give away
+what the log hides.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -24,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from stalwart.config import Settings
 from stalwart.monitoring.live_profiles import LiveProfiles, Observation, Retention, oip_deployment
 from stalwart.serving.dataplane import Outcome
+from stalwart.serving.policies import LogPolicy
 from stalwart.serving.tap import feature_matrix
 from stalwart.storage import Database
 
@@ -45,15 +52,28 @@ class ProfileTap:
             self.live.submit(outcome)
 
 
-def open_live_profiles(settings: Settings, database: Database, registry: CollectorRegistry | None = None) -> LiveProfiles[Outcome] | None:
+def open_live_profiles(
+    settings: Settings,
+    database: Database,
+    registry: CollectorRegistry | None = None,
+    deployments: Mapping[str, LogPolicy] | None = None,
+) -> LiveProfiles[Outcome] | None:
     """Live profiles into ``database`` as the settings describe; None when
-    ``STALWART_LIVE_PROFILES=off``. Call ``start()`` once the server runs and ``close()``
+    ``STALWART_LIVE_PROFILES=off``. ``deployments``: each deployment's log policy, whose
+    sensitive fields are left out. Call ``start()`` once the server runs and ``close()``
     when it stops (it writes the open buckets)."""
     if settings.live_profiles == "off":
         return None
+    default = frozenset(settings.prediction_log_redact)
+    hidden = {name: default | frozenset(p.redact) for name, p in (deployments or {}).items() if p.redact}
+
+    def extract(outcome: Outcome) -> Observation | None:
+        name = outcome.deployment
+        return observation(outcome, hidden=hidden.get(name, default) if name is not None else default)
+
     return LiveProfiles(
         database,
-        extract=observation,
+        extract=extract,
         flush_seconds=settings.live_profiles_flush_seconds,
         max_queue=settings.live_profiles_queue,
         retention=Retention(
@@ -65,9 +85,10 @@ def open_live_profiles(settings: Settings, database: Database, registry: Collect
     )
 
 
-def observation(outcome: Outcome) -> Observation | None:
-    """The columns of one answered request (on the worker thread); None when there is
-    nothing a model saw to profile."""
+def observation(outcome: Outcome, *, hidden: frozenset[str] = frozenset()) -> Observation | None:
+    """The columns of one answered request (on the worker thread), without the features,
+    inputs and outputs named in ``hidden``; None when there is nothing a model saw to
+    profile."""
     exchange = outcome.exchange
     if outcome.error is not None or exchange is None or exchange.results is None:
         return None
@@ -75,7 +96,8 @@ def observation(outcome: Outcome) -> Observation | None:
     if outcome.entrypoint == "/v2":
         deployment, variant = oip_deployment(exchange.model), ""
         for name, array in exchange.inputs.items():
-            _tensor(columns, "input:", name, array)
+            if name not in hidden:
+                _tensor(columns, "input:", name, array)
     else:
         prediction = outcome.prediction
         if prediction is None or prediction.variant is None or outcome.deployment is None:
@@ -84,12 +106,16 @@ def observation(outcome: Outcome) -> Observation | None:
         names = outcome.feature_names
         matrix = feature_matrix(exchange.inputs, names)
         if matrix is not None and names is not None:
-            columns[_feature_names(names)] = matrix
+            kept, keep = _feature_names(names, hidden)
+            if kept:
+                columns[kept] = matrix if keep is None else matrix[:, keep]
         else:
             for name, array in exchange.inputs.items():
-                _tensor(columns, "feature:", name, array)
+                if name not in hidden:
+                    _tensor(columns, "feature:", name, array)
     for name, array in exchange.results.items():
-        _tensor(columns, "output:", name, array)
+        if name not in hidden:
+            _tensor(columns, "output:", name, array)
     return Observation(
         deployment=deployment,
         variant=variant,
@@ -114,5 +140,8 @@ def _indexed(name: str, width: int) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1024)
-def _feature_names(names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(f"feature:{name}" for name in names)
+def _feature_names(names: tuple[str, ...], hidden: frozenset[str]) -> tuple[tuple[str, ...], list[int] | None]:
+    """The profiled names of a feature matrix's columns, and which columns they are (None:
+    all of them)."""
+    keep = [j for j, name in enumerate(names) if name not in hidden]
+    return tuple(f"feature:{names[j]}" for j in keep), None if len(keep) == len(names) else keep
