@@ -2,8 +2,9 @@
 
 Suites: ``serving`` (issue 2: the endpoint's overhead), ``batching`` (issue 5: adaptive
 batching on and off), ``predictions`` (issue 12: the prediction log's cost), ``drift``
-(issue 13: drift scores from sketches and raw values) and ``alerts`` (issue 13: false alarms
-per day and detection delay); the last two start no server. With no suite named, all run. Each report is printed and written to
+(issue 13: drift scores from sketches and raw values), ``alerts`` (issue 13: false alarms
+per day and detection delay) and ``profiles`` (issue 13: live profiles' cost per request);
+the last three start no server. With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
 
@@ -13,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from benchmarks import batching, bench_alerts, bench_drift, prediction_tap, serving
+from benchmarks import batching, bench_alerts, bench_drift, bench_live_profiles, prediction_tap, serving
 from benchmarks.harness import WRK, write_results, wrk_available
 
 SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
@@ -23,6 +24,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "predictions": lambda a: prediction_tap.run(
         prediction_tap.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
+    "profiles": lambda a: bench_live_profiles.run(bench_live_profiles.Options(runs=a.repeats)),
     "batching": lambda a: batching.run(
         batching.Options(
             seconds=a.seconds, repeats=a.repeats, models=tuple(a.models), profile=a.profile,

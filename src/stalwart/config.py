@@ -120,6 +120,17 @@ class Settings(BaseSettings):
     prediction_log_key: SecretStr | None = Field(
         default=None, description="HMAC key for hashed fields; generated into <home> if unset"
     )
+    # Live profiles (stalwart.monitoring.live_profiles): per-minute sketches of what is served.
+    live_profiles: Literal["on", "off"] = Field(
+        default="on", description="profile answered requests per minute into the registry's database"
+    )
+    live_profiles_flush_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="how often queued requests are profiled and closed minutes written"
+    )
+    live_profiles_queue: int = Field(default=100_000, ge=1, description="requests held for profiling before new ones are dropped (counted)")
+    live_profiles_minute_retention_hours: float | None = Field(default=48.0, gt=0, description="minute buckets older are deleted")
+    live_profiles_hour_retention_days: float | None = Field(default=30.0, gt=0, description="hour buckets older are deleted")
+    live_profiles_day_retention_days: float | None = Field(default=None, gt=0, description="day buckets older are deleted (unset: kept)")
     nats_url: str | None = Field(default=None, description="NATS server for the nats sink, e.g. nats://127.0.0.1:4222")
     nats_subject: str = Field(default="stalwart.predictions", description="subject (and stream STALWART_PREDICTIONS) of records")
     otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint; tracing is off without one")

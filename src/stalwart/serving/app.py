@@ -51,6 +51,7 @@ from stalwart.serving.oip import oip_routes
 from stalwart.serving.openapi import openapi_document
 from stalwart.serving.policies import ServingPolicy
 from stalwart.serving.predictions import prediction_routes
+from stalwart.serving.profile_tap import ProfileTap, open_live_profiles
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
@@ -150,6 +151,8 @@ def create_app(
             predictions.start()
         if alerting is not None:
             alerting.start()
+        if live_profiles is not None:
+            live_profiles.start()
         if settings.gc_freeze:
             _freeze_garbage()
         try:
@@ -174,6 +177,8 @@ def create_app(
             if predictions is not None:
                 # After the last answer: spool what is queued, deliver what the sink takes.
                 await asyncio.to_thread(predictions.close)
+            if live_profiles is not None:
+                await asyncio.to_thread(live_profiles.close)  # writes the open minutes
             executor.shutdown(wait=False, cancel_futures=True)
             pool.dispose()
             if store is not None:
@@ -193,7 +198,7 @@ def create_app(
 
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
     # --- request taps: tracing first (it may replace the request's trace ids, which the
-    # taps after it record), then the prediction log, then the caller's. Each is None when
+    # taps after it record), then the prediction log, live profiles, then the caller's. Each is None when
     # off, and compose() of nothing is None: the data plane then builds no Outcome at all.
     tracing = _tracing(settings, tracer_provider)
     log_policies = {name: p.log for name, p in serving_policy.deployments.items()}
@@ -203,7 +208,9 @@ def create_app(
         if predictions is not None
         else None
     )
-    plane_tap = compose(tracing, prediction_tap, tap)
+    live_profiles = open_live_profiles(settings, registry.db, metrics.registry, log_policies)
+    profile_tap = ProfileTap(live_profiles) if live_profiles is not None else None
+    plane_tap = compose(tracing, prediction_tap, profile_tap, tap)
     # --- end of request taps ---
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
@@ -233,6 +240,7 @@ def create_app(
     app.state.deployments = deployments
     app.state.plane = plane
     app.state.predictions = predictions
+    app.state.live_profiles = live_profiles
     app.state.tracing = tracing
     app.state.cache = cache
     app.state.alerting = alerting

@@ -31,7 +31,7 @@ from stalwart.serving.dataplane import Outcome
 from stalwart.serving.errors import status_for
 from stalwart.serving.policies import LogPolicy
 
-__all__ = ["PredictionTap", "Recorded", "open_prediction_log", "to_record"]
+__all__ = ["PredictionTap", "Recorded", "feature_matrix", "open_prediction_log", "to_record"]
 
 # A tensor with more values than this is kept as a summary (shape, dtype, min, max, mean).
 _MAX_LOGGED_VALUES = 4096
@@ -186,11 +186,21 @@ def _values(array: np.ndarray[Any, Any]) -> Any:
     return summary
 
 
-def _features(inputs: Mapping[str, np.ndarray[Any, Any]], names: tuple[str, ...] | None) -> dict[str, Any]:
+def feature_matrix(inputs: Mapping[str, np.ndarray[Any, Any]], names: tuple[str, ...] | None) -> np.ndarray[Any, Any] | None:
+    """The model's one input matrix when its columns are the deployment's features
+    ``names`` (a ``/v1`` matrix layout, :attr:`Outcome.feature_names`), else None (the
+    inputs are then the features, one per name)."""
     if names is not None and len(inputs) == 1:
         matrix = next(iter(inputs.values()))
         if matrix.ndim == 2 and matrix.shape[1] == len(names):
-            return {name: _values(matrix[:, i]) for i, name in enumerate(names)}
+            return matrix
+    return None
+
+
+def _features(inputs: Mapping[str, np.ndarray[Any, Any]], names: tuple[str, ...] | None) -> dict[str, Any]:
+    matrix = feature_matrix(inputs, names)
+    if matrix is not None and names is not None:
+        return {name: _values(matrix[:, i]) for i, name in enumerate(names)}
     return {name: _values(array) for name, array in inputs.items()}
 
 

@@ -81,11 +81,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         _create(tables.predictions),
     ),
     Migration(4, "the audit log's hash chain (prev_hash, hash; the head in stalwart_meta)", _chain_audit_events),
-    # 5 is the live profiles' (another branch); versions need not be contiguous: a database
-    # applies every migration newer than its recorded version, in order.
+    Migration(5, "live profiles: per-minute, hour and day profile buckets per replica", _create(tables.profile_buckets)),
     Migration(6, "labels for logged predictions (feedback), indexed for the quality joins", _create(tables.feedback)),
-    # 7, not 5: 5 and 6 are other parts of monitoring, merged separately; the runner applies
-    # every migration newer than the database's version, so numbers need not be contiguous.
     Migration(
         7,
         "alerts: state per (rule, column), transition history, the evaluator's lease",

@@ -242,3 +242,25 @@ alert_leases = Table(
     Column("holder", String(200), nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+# Live profiles (stalwart.monitoring.live_profiles): one serialised Profile per deployment,
+# variant, model version, granularity ("minute", "hour", "day"), bucket and replica. Each
+# replica writes only its own rows (merging into them when it writes a bucket again), so
+# replicas never contend; readers merge across replicas and buckets. ``bucket_start`` is
+# whole seconds since the epoch (UTC), a multiple of the granularity.
+profile_buckets = Table(
+    "profile_buckets",
+    metadata,
+    Column("deployment", String, primary_key=True),
+    Column("variant", String, primary_key=True),
+    Column("model", String, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("granularity", String(8), primary_key=True),
+    Column("bucket_start", BigInteger, primary_key=True),
+    Column("replica", String, primary_key=True),
+    Column("rows", BigInteger, nullable=False),
+    Column("profile", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_profile_buckets_read", "deployment", "granularity", "bucket_start"),
+    Index("ix_profile_buckets_retention", "granularity", "bucket_start"),
+)
