@@ -14,7 +14,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from benchmarks import batching, bench_alerts, bench_drift, bench_live_profiles, prediction_tap, serving
+from benchmarks import (
+    batching,
+    bench_alerts,
+    bench_drift,
+    bench_live_profiles,
+    prediction_tap,
+    serving,
+)
 from benchmarks.harness import WRK, write_results, wrk_available
 
 SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
