@@ -13,12 +13,12 @@ import datetime as dt
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from stalwart.cli.output import console, err_console, fail
-from stalwart.config import load_settings
+from stalwart.config import Settings, load_settings
 from stalwart.durations import NS
 from stalwart.errors import ConfigError, StalwartError
 from stalwart.monitoring.prediction_reads import parse_time
@@ -45,9 +45,14 @@ def report(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="where to write (HTML default: report.html; JSON default: stdout)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report's JSON document instead of HTML")] = False,
     from_json: FromJson = None,
+    parity_sample: Annotated[int, typer.Option(
+        "--parity-sample", min=0, max=100_000,
+        help="recompute this many logged requests' features offline (live parity; needs the project)",
+    )] = 0,
+    project: Annotated[Path | None, typer.Option(help="project file, for --parity-sample [env STALWART_PROJECT]")] = None,
 ) -> None:
     """Write the monitoring report: one HTML file that opens without a network."""
-    doc = _document(deployment, since, until, from_json)
+    doc = _document(deployment, since, until, from_json, parity_sample=parity_sample, project=project)
     if as_json:
         data = doc.to_json() + b"\n"
         if output is None:
@@ -87,7 +92,15 @@ def status(
     console.print(status_view(_document(deployment, since, until, from_json)))
 
 
-def _document(deployment: str | None, since: str, until: str | None, from_json: Path | None) -> ReportDocument:
+def _document(
+    deployment: str | None,
+    since: str,
+    until: str | None,
+    from_json: Path | None,
+    *,
+    parity_sample: int = 0,
+    project: Path | None = None,
+) -> ReportDocument:
     """The saved document, or one built from the database for the window."""
     try:
         if from_json is not None:
@@ -98,7 +111,7 @@ def _document(deployment: str | None, since: str, until: str | None, from_json: 
         if deployment is None:
             raise typer.BadParameter("give --deployment NAME (or --from-json FILE to render a saved report)", param_hint="--deployment")
         start, end = _window(since, until)
-        return ReportDocument.from_dict(_build(deployment, start, end))
+        return ReportDocument.from_dict(_build(deployment, start, end, parity_sample, project))
     except StalwartError as exc:
         fail(exc.message)
 
@@ -122,16 +135,29 @@ def _instant(value: str, what: str, now: int) -> int:
     return ns
 
 
-def _build(deployment: str, since: dt.datetime, until: dt.datetime) -> dict[str, object]:
+def _build(deployment: str, since: dt.datetime, until: dt.datetime, parity_sample: int = 0, project: Path | None = None) -> dict[str, object]:
     from stalwart.monitoring.report import build_report
     from stalwart.storage.database import Database
 
-    settings = load_settings()
+    settings = load_settings(**({"project": project} if project else {}))
+    parity = _live_parity(settings, deployment, since, until, parity_sample) if parity_sample else None
     database = Database(settings.resolved_db_url())
     try:
-        return build_report(database, deployment, since, until, settings=settings)
+        return build_report(database, deployment, since, until, settings=settings, parity=parity)
     finally:
         database.dispose()
+
+
+def _live_parity(settings: Settings, deployment: str, since: dt.datetime, until: dt.datetime, sample: int) -> list[dict[str, Any]]:
+    """Rows of a live parity check (``features parity-live``) for the report's skew section."""
+    from stalwart.features.live_parity import check_live_parity
+    from stalwart.project import load_project
+
+    if settings.project is None:
+        raise typer.BadParameter("--parity-sample needs the project file: --project or STALWART_PROJECT", param_hint="--project")
+    with err_console.status(f"live parity: recomputing {sample} logged requests"):
+        found = check_live_parity(load_project(settings.project), settings, deployment, since=since, until=until, sample=sample)
+    return [row.to_dict() for row in found.features]
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -159,6 +159,7 @@ def quality_over_time(
     match_seconds: float = 300.0,
     max_records: int = MAX_RECORDS,
     now_ns: int | None = None,
+    align: bool = True,
 ) -> list[WindowQuality]:
     """Quality of ``deployment`` (one ``variant``, or all) per ``bucket`` from ``since``
     (inclusive) to ``until`` (exclusive, default now), every bucket listed, empty ones too.
@@ -167,7 +168,9 @@ def quality_over_time(
     fitted on a labelled reference, e.g. the validation split); otherwise one is fitted
     on every labelled row of the range (at least 50, with two classes or more), so
     windows still waiting for labels are estimated from those already labelled. Entity
-    labels not yet matched are matched here (``match_seconds``, as when stored).
+    labels not yet matched are matched here (``match_seconds``, as when stored). Buckets
+    start at multiples of ``bucket`` since the epoch (``align=False``: at ``since``, so a
+    bucket as wide as the range is the whole range, as an alert's window wants).
 
     ConfigError when the range holds more than ``max_records`` predictions or more than
     10 000 buckets (narrow the range or widen the bucket).
@@ -179,7 +182,7 @@ def quality_over_time(
     end = parse_time(until, "until", now_ns=now) if until is not None else now
     end = now if end is None else end
     width = parse_ns(bucket, "bucket", positive=True)
-    first = start - start % width
+    first = start - start % width if align else start
     count = -(-(end - first) // width) if end > first else 0
     if count > MAX_BUCKETS:
         raise ConfigError(f"bucket: {count} buckets from since to until, over {MAX_BUCKETS}; widen the bucket or narrow the range")

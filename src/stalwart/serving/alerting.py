@@ -10,13 +10,16 @@ same transaction as the state), the server's Prometheus registry, and the webhoo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection
 
 from stalwart.config import Settings
 from stalwart.monitoring.alert_metrics import AlertMetrics
+from stalwart.monitoring.alert_stats import ReferenceCalibrator
 from stalwart.monitoring.alert_store import AlertStore
 from stalwart.monitoring.alert_webhooks import WebhookNotifier
 from stalwart.monitoring.alerts import (
@@ -28,14 +31,39 @@ from stalwart.monitoring.alerts import (
     Notifier,
     Transition,
 )
+from stalwart.monitoring.drift import column_drift
 from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.monitor import MonitorSource
 from stalwart.project import Project
 from stalwart.registry import Registry
 from stalwart.registry.audit import append_event, process_actor
+from stalwart.storage import Database
 
-__all__ = ["Alerting", "audit_hook", "build_alerting"]
+__all__ = ["Alerting", "audit_hook", "build_alerting", "monitor_source"]
 
 _log = get_logger("stalwart.alerts")
+
+# Scores a calibrated rule may learn its threshold for: numeric distances and statistics,
+# computed exactly on the bootstrap's raw windows.
+_CALIBRATED = ("psi", "js", "ks", "wasserstein", "hellinger", "drift")
+
+
+def monitor_source(database: Database, calibrator: Calibrator | None = None) -> tuple[MetricSource, Calibrator]:
+    """The server's own metric source (:class:`~stalwart.monitoring.monitor.MonitorSource`:
+    live profiles against the training profile, labels) and a calibrator that draws its
+    reference from the training profile's quantiles (``calibrator`` when given)."""
+    source = MonitorSource(database)
+    if calibrator is None:
+        scores = {metric: _exact_score(None if metric == "drift" else metric) for metric in _CALIBRATED}
+        calibrator = ReferenceCalibrator(source.reference, scores)
+    return source, calibrator
+
+
+def _exact_score(method: str | None) -> Callable[[Any, Any], float]:
+    def score(reference: Any, window: Any) -> float:
+        return column_drift(reference, window, method=method).score
+
+    return score
 
 
 @dataclass

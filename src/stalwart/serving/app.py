@@ -38,7 +38,7 @@ from stalwart.project import Project, load_project
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.audit import record_settings
 from stalwart.registry.flavors import Predictor
-from stalwart.serving.alerting import build_alerting
+from stalwart.serving.alerting import build_alerting, monitor_source
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall
 from stalwart.serving.chains import Chains
@@ -47,6 +47,7 @@ from stalwart.serving.deployments import Deployments
 from stalwart.serving.errors import exception_handlers
 from stalwart.serving.feedback import feedback_routes
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
+from stalwart.serving.monitoring import monitoring_routes
 from stalwart.serving.oip import oip_routes
 from stalwart.serving.openapi import openapi_document
 from stalwart.serving.policies import ServingPolicy
@@ -213,6 +214,8 @@ def create_app(
     plane_tap = compose(tracing, prediction_tap, profile_tap, tap)
     # --- end of request taps ---
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
+    if alert_source is None and project.alerts:
+        alert_source, alert_calibrator = monitor_source(registry.db, alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
     auth = BearerAuth.from_settings(settings)
     routes = [
@@ -221,6 +224,7 @@ def create_app(
         *control_routes(deployments, auth, cache, registry),
         *prediction_routes(store, auth, log=settings.prediction_log),
         *feedback_routes(registry, auth, settings),
+        *monitoring_routes(registry.db, frozenset(project.deployments), auth, settings),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]

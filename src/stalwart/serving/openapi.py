@@ -418,6 +418,26 @@ def _v1_paths() -> dict[str, Any]:
             },
         }
     }
+    window = [
+        {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "default": "24h"},
+         "description": "start: a duration ago (24h, 90m) or an ISO 8601 time"},
+        {"name": "until", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "end (default now): a duration ago or an ISO 8601 time"},
+    ]
+    control["/v1/deployments/{name}/monitoring"] = {
+        "get": {
+            "summary": "The deployment's monitoring report as JSON: drift against the training profile, distributions, predictions and quality over time, skew, alerts (admin token)",
+            "security": [{"bearer": []}],
+            "parameters": [_DEPLOYMENT, *window, _REQUEST_ID],
+            "responses": {
+                "200": _json({"type": "object"}, "the report document (the same as `stalwart monitor report --json`)"),
+                "400": _error("since or until is neither a duration nor an ISO time, or the window is empty or too long; `field` names it"),
+                "401": unauthorised,
+                "404": _error("no such deployment"),
+                "503": ERROR_RESPONSES["503"],
+            },
+        }
+    }
     control["/v1/feedback"] = {
         "post": {
             "summary": "Labels for logged predictions, by request id or by deployment, entity and time; the latest label of a prediction wins",

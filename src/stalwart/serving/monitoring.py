@@ -1,0 +1,72 @@
+"""``GET /v1/deployments/{name}/monitoring``: the monitoring report of a deployment as JSON.
+
+The same document as ``stalwart monitor report --json`` (drift against the training
+profile, distributions, predictions and quality over time, skew, alerts), built from the
+registry's database on a worker thread. Query: ``since`` (a duration ago or an ISO time,
+default ``24h``) and ``until`` (default now). Distributions of served features are data
+about the traffic, so reading them needs the admin bearer token, like the prediction log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stalwart.config import Settings
+from stalwart.durations import parse_seconds
+from stalwart.errors import ConfigError, NotFound, RequestError
+from stalwart.monitoring.report import build_report
+from stalwart.monitoring.report_document import ReportDocument
+from stalwart.serving.auth import BearerAuth
+from stalwart.serving.codec import shown
+from stalwart.serving.middleware import request_info
+from stalwart.storage import Database
+
+__all__ = ["monitoring_routes"]
+
+_MAX_SPAN = dt.timedelta(days=400)
+
+
+def monitoring_routes(database: Database, deployments: frozenset[str], auth: BearerAuth, settings: Settings) -> list[Route]:
+    """The report route over ``database``, for the declared ``deployments``."""
+
+    async def get_monitoring(request: Request) -> Response:
+        request_info(request.scope).endpoint = "/v1/deployments/{name}/monitoring"
+        auth.require(request)
+        name: str = request.path_params["name"]
+        if name not in deployments:
+            raise NotFound(
+                f"no deployment '{shown(name)}' in this server's project; GET /v1/deployments lists them"
+            )
+        now = dt.datetime.now(dt.UTC)
+        since = _instant(request.query_params.get("since", "24h"), "since", now)
+        until = _instant(request.query_params.get("until"), "until", now) if "until" in request.query_params else now
+        if until <= since:
+            raise RequestError("until must be after since", field="until")
+        if until - since > _MAX_SPAN:
+            raise RequestError(f"since to until spans over {_MAX_SPAN.days} days; narrow it", field="since")
+        doc = await asyncio.to_thread(build_report, database, name, since, until, settings=settings)
+        return Response(ReportDocument.from_dict(doc).to_json(), media_type="application/json")
+
+    return [Route("/v1/deployments/{name}/monitoring", get_monitoring, methods=["GET"])]
+
+
+def _instant(text: str | None, field: str, now: dt.datetime) -> dt.datetime:
+    """A duration ago (``24h``) or an ISO 8601 time (UTC when it names no zone)."""
+    if text is None or len(text) > 64:
+        raise RequestError(f"{field}: give a duration ago (24h) or an ISO 8601 time", field=field)
+    try:
+        return now - dt.timedelta(seconds=parse_seconds(text, field))
+    except ConfigError:
+        pass
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise RequestError(
+            f"{field}: {shown(text)} is neither a duration (24h, 90m) nor an ISO 8601 time", field=field
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
