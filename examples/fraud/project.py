@@ -6,6 +6,7 @@ Serve it with ``stalwart serve --project examples/fraud/project.py``.
 import numpy as np
 
 from stalwart import (
+    Alert,
     Deployment,
     Entity,
     FeatureSet,
@@ -64,3 +65,8 @@ card_activity = FeatureSet(
 )
 
 fraud = Deployment("fraud", model="fraud", description="Scores a card transaction before it is recorded")
+
+# Drift of any served feature from the training data over the last hour (PSI against the
+# training profile the registry recorded). `stalwart demo` replays a shifted stretch of
+# traffic to show it firing; `stalwart monitor report --deployment fraud` shows where.
+drift = Alert("fraud-drift", "fraud", "psi", threshold=0.25, window="1h", for_="0", severity="warning")

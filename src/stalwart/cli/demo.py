@@ -87,6 +87,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         ok = _tour(base, x_test, y_test, feature_count, np)
         if fraud is not None:
             ok &= _fraud_tour(base, fraud)
+            ok &= _monitoring_tour(base, app, fraud, settings)
         console.print("\n[green]demo OK[/]" if ok else "\n[red]demo FAILED: see the responses above[/]")
     finally:
         if once:
@@ -109,6 +110,7 @@ class _Fraud:
     project: Any
     card: int
     usual_amount: float
+    recent: Any  # the last day's transactions (a DataFrame), to replay as traffic
 
 
 def _fraud_setup(settings: Any) -> _Fraud:
@@ -137,7 +139,7 @@ def _fraud_setup(settings: Any) -> _Fraud:
     recent = frame[frame["ts"] > frame["ts"].max() - 86_400]
     card = int(recent["card_id"].value_counts().index[0])
     usual = float(frame.loc[frame["card_id"] == card, "amount"].median())
-    return _Fraud(load_project(FRAUD_EXAMPLE / "project.py"), card, usual)
+    return _Fraud(load_project(FRAUD_EXAMPLE / "project.py"), card, usual, recent)
 
 
 def _fraud_tour(base: str, fraud: _Fraud) -> bool:
@@ -171,6 +173,71 @@ def _fraud_tour(base: str, fraud: _Fraud) -> bool:
         highlight=False, soft_wrap=True,
     )
     return bool(probabilities[1] > probabilities[0])
+
+
+def _monitoring_tour(base: str, app: Any, fraud: _Fraud, settings: Any) -> bool:
+    """Replay a stretch of ordinary traffic, then one where electronics purchases cost three
+    times as much: the project's drift alert (examples/fraud/project.py) fires on the
+    features that moved, and the HTML report shows them against the training data."""
+    import datetime as dt
+
+    from stalwart.monitoring.report import build_report
+    from stalwart.monitoring.report_document import ReportDocument
+    from stalwart.monitoring.report_html import render_html
+
+    alerting = app.state.alerting
+    live = app.state.live_profiles
+    if alerting is None or live is None:
+        console.print("[red]monitoring: the fraud project declares no alert, or live profiles are off[/]")
+        return False
+    usual = fraud.recent.sample(n=min(600, len(fraud.recent)), random_state=1)
+    shifted = fraud.recent.sample(n=min(600, len(fraud.recent)), random_state=2).assign(
+        merchant_category="electronics", amount=lambda f: f["amount"] * 3
+    )
+    console.print("\n[bold]monitoring[/]: 600 ordinary transactions, then 600 electronics purchases at 3x the amount")
+    began = dt.datetime.now(dt.UTC)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("ordinary traffic", total=None)
+        if not _replay(base, usual):
+            return False
+        live.flush()  # write this minute's profile now rather than when the minute ends
+        quiet = alerting.engine.evaluate()
+        progress.update(task, description="shifted traffic")
+        if not _replay(base, shifted):
+            return False
+        live.flush()
+        fired = alerting.engine.evaluate()
+    before = sorted(t.column for t in quiet if t.to_state.value == "firing")
+    firing = sorted(t.column for t in fired if t.to_state.value == "firing")
+    console.print(f"alert 'fraud-drift' (PSI > 0.25 over the last hour) after ordinary traffic: "
+                  f"{', '.join(before) or 'quiet'}")
+    table = Table("feature", "PSI", "drifted")
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    doc = ReportDocument.from_dict(build_report(app.state.registry.db, "fraud", began - dt.timedelta(hours=1), until, settings=settings))
+    for column in sorted(doc.drift.columns, key=lambda c: -(c.score or 0.0))[:6]:
+        table.add_row(column.column, f"{column.score:.2f}" if column.score is not None else "-", "yes" if column.drifted else "no")
+    console.print(f"after the shift, firing on: [bold red]{', '.join(firing) or 'nothing'}[/]")
+    console.print(table)
+    path = settings.home / "fraud-monitoring.html"
+    path.write_text(render_html(doc), encoding="utf-8")
+    console.print(f"report: [bold]{path}[/] (open it in a browser; `stalwart monitor report --deployment fraud` makes one)")
+    return bool(firing) and not before
+
+
+def _replay(base: str, frame: Any, batch: int = 20) -> bool:
+    """POST the transactions in ``frame`` as /v1/deployments/fraud/predict requests."""
+    rows = frame.to_dict("records")
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        body = {
+            "entities": [{"card_id": int(r["card_id"])} for r in chunk],
+            "values": [{"amount": round(float(r["amount"]), 2), "merchant_category": str(r["merchant_category"])} for r in chunk],
+        }
+        result = _call("POST", f"{base}/v1/deployments/fraud/predict", body)
+        if result.status != 200:
+            console.print(f"[red]replay failed: {result.status} {result.body}[/]")
+            return False
+    return True
 
 
 def _short(value: Any) -> str:

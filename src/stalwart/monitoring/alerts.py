@@ -215,11 +215,18 @@ class AlertEngine:
         self.calibrator = calibrator
         self.audit = audit
         self.cooldown = cooldown
+        # One evaluation at a time: the scheduler's thread and a caller (``stalwart demo``,
+        # a test) may both evaluate, and two rounds over the same stored state would each
+        # make the same transition.
+        self._evaluating = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
 
     def evaluate(self, now: datetime | None = None) -> list[Transition]:
         """One evaluation of every rule, if this process leads; the transitions made."""
-        now = now or datetime.now(UTC)
+        with self._evaluating:
+            return self._evaluate(now or datetime.now(UTC))
+
+    def _evaluate(self, now: datetime) -> list[Transition]:
         stamp = now.timestamp()
         if not self.store.lead(stamp):
             self.refresh_gauges()

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stalwart.durations import Seconds
 from stalwart.errors import CallTimeout
+from stalwart.resilience.deadlines import Expired, run_until
 
 __all__ = ["TimeLimiter", "TimeoutConfig", "call_with_timeout"]
 
@@ -128,7 +129,8 @@ async def _in_caller_task(
     name: str,
     on_done: Callable[[], None] | None,
 ) -> T:
-    """The call in the caller's own task, cancelled at the limit (``asyncio.timeout``).
+    """The call in the caller's own task, cancelled at the limit (a coarse deadline,
+    :mod:`~stalwart.resilience.deadlines`: at most 5 ms late, and no timer of its own).
 
     No task is created, so the call starts at once rather than a loop turn later: on the
     request path that turn is what lets an adaptive batcher close a batch early, and a
@@ -136,13 +138,9 @@ async def _in_caller_task(
     what a late result needs: nothing of the call can run on after it, so nothing late can
     land.
     """
-    scope = asyncio.timeout(limit)
     try:
-        async with scope:
-            return await fn(*args)
-    except TimeoutError:
-        if not scope.expired():
-            raise  # the call's own TimeoutError, not our limit
+        return await run_until(fn(*args), time.monotonic() + limit)
+    except Expired:
         raise _timed_out(limit, by_deadline, name) from None
     finally:
         if on_done is not None:

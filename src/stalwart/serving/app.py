@@ -48,7 +48,7 @@ from stalwart.serving.errors import exception_handlers
 from stalwart.serving.feedback import feedback_routes
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
 from stalwart.serving.monitoring import monitoring_routes
-from stalwart.serving.oip import oip_routes
+from stalwart.serving.oip import InferFastPath, oip_routes
 from stalwart.serving.openapi import openapi_document
 from stalwart.serving.policies import ServingPolicy
 from stalwart.serving.predictions import prediction_routes
@@ -233,6 +233,7 @@ def create_app(
         middleware=[
             Middleware(Observe, metrics=metrics, access_log=settings.access_log),
             Middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds),
+            Middleware(InferFastPath, plane=plane),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

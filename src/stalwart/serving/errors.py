@@ -18,7 +18,7 @@ from stalwart import errors as e
 from stalwart.monitoring.logs import get_logger
 from stalwart.serving.codec import encode_error
 
-__all__ = ["STATUS_BY_ERROR", "error_response", "exception_handlers", "status_for"]
+__all__ = ["STATUS_BY_ERROR", "error_response", "exception_handlers", "logged_error_response", "status_for"]
 
 _log = get_logger("stalwart.serving")
 
@@ -102,7 +102,12 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
 
 
 async def _stalwart_error(request: Request, exc: Exception) -> Response:
-    request_id = request.scope.get("stalwart.request_id")
+    return logged_error_response(exc, request.scope.get("stalwart.request_id"))
+
+
+def logged_error_response(exc: Exception, request_id: str | None) -> Response:
+    """:func:`error_response` for a :class:`~stalwart.errors.StalwartError`, logged as the
+    exception handlers log it (5xx as warnings; a model's own message at info)."""
     status = status_for(exc)
     # A model's own message stays in the log, with the request id the client was given.
     detail = getattr(exc, "detail", None) or None

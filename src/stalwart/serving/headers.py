@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
 
 from stalwart.errors import RequestError
 from stalwart.resilience import Priority, parse_priority
@@ -20,9 +20,9 @@ __all__ = ["deadline_of", "priority_of"]
 _MAX_TIMEOUT_MS = 600_000
 
 
-def deadline_of(request: Request) -> float | None:
+def deadline_of(headers: Headers) -> float | None:
     """The request's deadline on the ``time.monotonic()`` clock, or None."""
-    raw = request.headers.get("x-request-timeout")
+    raw = headers.get("x-request-timeout")
     if raw is None:
         return None
     try:
@@ -37,8 +37,8 @@ def deadline_of(request: Request) -> float | None:
     return time.monotonic() + ms / 1000
 
 
-def priority_of(request: Request) -> Priority:
-    raw = request.headers.get("x-stalwart-priority")
+def priority_of(headers: Headers) -> Priority:
+    raw = headers.get("x-stalwart-priority")
     if raw is None:
         return Priority.NORMAL
     return parse_priority(raw)

@@ -10,7 +10,6 @@ stream per request, which costs more than the model call for a small tabular mod
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from stalwart.monitoring.tracing import (
     new_span_id,
     parse_traceparent,
 )
+from stalwart.resilience.deadlines import Expired, run_until
 from stalwart.serving.errors import error_response
 
 __all__ = ["BodyLimit", "Observe", "RequestInfo"]
@@ -191,8 +191,9 @@ class BodyLimit:
 
 def _with_deadline(receive: Receive, timeout: float) -> Receive:
     """``receive``, raising BodyTimeout when the body is not complete ``timeout`` seconds
-    from now. Once it is, later calls (waiting for a disconnect) are not limited."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    from now. Once it is, later calls (waiting for a disconnect) are not limited. The
+    deadline is a coarse one (:mod:`~stalwart.resilience.deadlines`): no timer per request."""
+    deadline = time.monotonic() + timeout
     complete = False
 
     async def timed_receive() -> Message:
@@ -200,9 +201,8 @@ def _with_deadline(receive: Receive, timeout: float) -> Receive:
         if complete:
             return await receive()
         try:
-            async with asyncio.timeout_at(deadline):
-                message = await receive()
-        except TimeoutError:
+            message = await run_until(receive(), deadline)
+        except Expired:
             raise BodyTimeout(timeout) from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             complete = True

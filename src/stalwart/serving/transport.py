@@ -53,7 +53,9 @@ class DeadlineProtocol(asyncio.Protocol):
         )
         self.loop = _loop or asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # When the awaited headers or body are due (loop time), checked by the loop's
+        # sweep: a timer per request cost more than the rest of this class.
+        self._due: float | None = None
         self._waiting_for = "headers"  # or "body" of self._cycle
         self._cycle: Any = None  # the request whose body is awaited, once its headers are in
 
@@ -61,10 +63,11 @@ class DeadlineProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.inner.connection_made(transport)
+        _sweep_of(self.loop).add(self)
         self._arm("headers", self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._timer is None:
+        if self._due is None:
             self._arm("headers", self.header_timeout)  # a next request's first bytes
         self.inner.data_received(data)
         self._advance()
@@ -75,6 +78,7 @@ class DeadlineProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        _sweep_of(self.loop).discard(self)
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -96,18 +100,15 @@ class DeadlineProtocol(asyncio.Protocol):
             self._disarm()
 
     def _arm(self, waiting_for: str, seconds: float) -> None:
-        self._disarm()
         self._waiting_for = waiting_for
-        self._timer = self.loop.call_later(seconds, self._expired)
+        self._due = self.loop.time() + seconds
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._due = None
         self._waiting_for = "headers"
 
     def _expired(self) -> None:
-        self._timer = None
+        self._due = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -121,6 +122,43 @@ class DeadlineProtocol(asyncio.Protocol):
                 return
             transport.write(_TIMED_OUT)
         transport.close()
+
+
+class _Sweep:
+    """A loop's open connections, checked against their deadlines every ``_SWEEP_SECONDS``
+    (so a deadline is enforced up to that much late) while any is open."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.connections: set[DeadlineProtocol] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: DeadlineProtocol) -> None:
+        self.connections.add(protocol)
+        if self.timer is None:
+            self.timer = self.loop.call_later(_SWEEP_SECONDS, self.run)
+
+    def discard(self, protocol: DeadlineProtocol) -> None:
+        self.connections.discard(protocol)
+
+    def run(self) -> None:
+        now = self.loop.time()
+        for protocol in [p for p in self.connections if p._due is not None and p._due <= now]:
+            protocol._expired()
+        self.timer = self.loop.call_later(_SWEEP_SECONDS, self.run) if self.connections else None
+
+
+_SWEEP_SECONDS = 0.1
+_sweeps: dict[asyncio.AbstractEventLoop, _Sweep] = {}
+
+
+def _sweep_of(loop: asyncio.AbstractEventLoop) -> _Sweep:
+    sweep = _sweeps.get(loop)
+    if sweep is None:
+        for stale in [other for other in _sweeps if other.is_closed()]:
+            del _sweeps[stale]
+        sweep = _sweeps[loop] = _Sweep(loop)
+    return sweep
 
 
 def deadline_protocol(header_timeout: float, body_timeout: float) -> type[DeadlineProtocol]:

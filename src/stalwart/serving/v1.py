@@ -49,7 +49,7 @@ def v1_routes(plane: DataPlane) -> list[Route]:
     async def predict(request: Request) -> Response:
         info = request_info(request.scope)
         info.endpoint = "/v1/deployments/{name}/predict"
-        call = PredictCall(request.path_params["name"], await request.body(), info, deadline_of(request), priority_of(request))
+        call = PredictCall(request.path_params["name"], await request.body(), info, deadline_of(request.headers), priority_of(request.headers))
         prediction = await plane.predict(call)
         headers = {"X-Stalwart-Degraded": prediction.degraded.header()} if prediction.degraded is not None else None
         return json_response(prediction.body(), headers=headers)
