@@ -66,7 +66,13 @@ card_activity = FeatureSet(
 
 fraud = Deployment("fraud", model="fraud", description="Scores a card transaction before it is recorded")
 
-# Drift of any served feature from the training data over the last hour (PSI against the
-# training profile the registry recorded). `stalwart demo` replays a shifted stretch of
-# traffic to show it firing; `stalwart monitor report --deployment fraud` shows where.
-drift = Alert("fraud-drift", "fraud", "psi", threshold=0.25, window="1h", for_="0", severity="warning")
+# Drift of the transaction's amount against the card's habits, over the last hour (PSI
+# against the training profile the registry recorded). `stalwart demo` replays a stretch of
+# electronics purchases at three times their amount to show it firing; `stalwart monitor
+# report --deployment fraud` shows every feature against the training data. (A rule on
+# column "*" would watch every feature; replayed history scored "now" also moves the window
+# counts, which is why the demo's rule names one column.)
+amount_drift = Alert(
+    "amount-drift", "fraud", "psi", column="feature:amount_to_mean_30d",
+    threshold=0.25, window="1h", for_="0", severity="warning",
+)

@@ -182,7 +182,7 @@ def _monitoring_tour(base: str, app: Any, fraud: _Fraud, settings: Any) -> bool:
     import datetime as dt
 
     from stalwart.monitoring.report import build_report
-    from stalwart.monitoring.report_document import ReportDocument
+    from stalwart.monitoring.report_document import ReportDocument, sorted_columns
     from stalwart.monitoring.report_html import render_html
 
     alerting = app.state.alerting
@@ -209,13 +209,14 @@ def _monitoring_tour(base: str, app: Any, fraud: _Fraud, settings: Any) -> bool:
         fired = alerting.engine.evaluate()
     before = sorted(t.column for t in quiet if t.to_state.value == "firing")
     firing = sorted(t.column for t in fired if t.to_state.value == "firing")
-    console.print(f"alert 'fraud-drift' (PSI > 0.25 over the last hour) after ordinary traffic: "
-                  f"{', '.join(before) or 'quiet'}")
-    table = Table("feature", "PSI", "drifted")
+    console.print(f"alert 'amount-drift' (PSI of amount_to_mean_30d > 0.25 over the last hour) after "
+                  f"ordinary traffic: {', '.join(before) or 'quiet'}")
+    table = Table("feature", "method", "score", "drifted")
     until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
     doc = ReportDocument.from_dict(build_report(app.state.registry.db, "fraud", began - dt.timedelta(hours=1), until, settings=settings))
-    for column in sorted(doc.drift.columns, key=lambda c: -(c.score or 0.0))[:6]:
-        table.add_row(column.column, f"{column.score:.2f}" if column.score is not None else "-", "yes" if column.drifted else "no")
+    for column in sorted_columns(doc.drift.columns)[:6]:
+        score = "-" if column.score is None else f"{column.score:.2f}"
+        table.add_row(column.column, column.method, score, "yes" if column.drifted else "no")
     console.print(f"after the shift, firing on: [bold red]{', '.join(firing) or 'nothing'}[/]")
     console.print(table)
     path = settings.home / "fraud-monitoring.html"
