@@ -23,6 +23,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from stalwart.config import Settings
+from stalwart.errors import ConfigError
 from stalwart.monitoring.alert_metrics import AlertMetrics
 from stalwart.monitoring.alert_store import AlertStore
 from stalwart.monitoring.alert_webhooks import WebhookNotifier, describe_url
@@ -257,14 +258,19 @@ def test_the_server_evaluates_declared_alerts_and_posts_them(settings: Settings,
     assert [e.action for e in query_events(registry.db, subject="fraud")] == ["alert.firing"]
 
 
-def test_a_project_with_alerts_but_no_metric_source_serves_and_says_so(settings: Settings, registry: Registry) -> None:
-    """Without a metric source the server still starts; the alerts are not evaluated, and
-    the log says why."""
-    project = Project.of(Deployment("fraud", model="fraud"), RULE)
-    with structlog.testing.capture_logs() as logs:
-        app = create_app(settings, registry=registry, project=project)
-    assert app.state.alerting is None
-    assert any("no metric source" in entry["event"] for entry in logs)
+def test_a_project_with_alerts_is_evaluated_on_the_servers_own_metrics(settings: Settings, registry: Registry) -> None:
+    """Without a metric source given, the server's own (live profiles against training
+    profiles, labels: MonitorSource) evaluates the rules, with a calibrator learned from the
+    training profile; a rule on a metric it does not compute fails the start, named."""
+    from stalwart.monitoring.monitor import MonitorSource
+
+    drift = Alert("amount-drift", "fraud", "psi", column="feature:amount", threshold=0.2)
+    app = create_app(settings, registry=registry, project=Project.of(Deployment("fraud", model="fraud"), drift))
+    assert app.state.alerting is not None
+    assert isinstance(app.state.alerting.engine.source, MonitorSource)
+    assert app.state.alerting.engine.calibrator is not None
+    with pytest.raises(ConfigError, match="alert 'amount-high' metric: metric 'mean' is not one Stalwart computes"):
+        create_app(settings, registry=registry, project=Project.of(Deployment("fraud", model="fraud"), RULE))
 
 
 def _note() -> Any:
@@ -278,7 +284,6 @@ def test_webhook_urls_stay_out_of_the_recorded_settings() -> None:
     """The settings the audit log records at start leave the webhook URLs out (they are
     secrets), and a bad entry is reported by position, never quoted."""
     from stalwart.config import load_settings
-    from stalwart.errors import ConfigError
     from stalwart.registry.audit import settings_view
 
     settings = Settings(alert_webhooks="https://u:pw@hooks.example.com/T0K3N, http://127.0.0.1:9/x")

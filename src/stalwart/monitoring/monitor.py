@@ -163,15 +163,21 @@ class MonitorSource:
     def __init__(self, database: Database) -> None:
         self._db = database
 
+    @staticmethod
+    def check(metric: str) -> None:
+        """ConfigError unless this source computes ``metric``."""
+        if metric in _DRIFT_METRICS or metric in _QUALITY or metric.removeprefix("estimated_") in _QUALITY:
+            return
+        raise ConfigError(
+            f"metric {metric!r} is not one Stalwart computes; use one of "
+            f"{', '.join(sorted(_DRIFT_METRICS | _QUALITY))} or estimated_<quality metric>"
+        )
+
     def values(self, deployment: str, metric: str, window_seconds: float, now: datetime) -> Mapping[str, Observation]:
+        self.check(metric)
         since = now - timedelta(seconds=window_seconds)
-        if metric in _QUALITY or (metric.startswith("estimated_") and metric[len("estimated_"):] in _QUALITY):
-            return self._quality(deployment, metric, since, now)
         if metric not in _DRIFT_METRICS:
-            raise ConfigError(
-                f"metric {metric!r} is not one Stalwart computes; use one of "
-                f"{', '.join(sorted(_DRIFT_METRICS | _QUALITY))} or estimated_<quality metric>"
-            )
+            return self._quality(deployment, metric, since, now)
         window = read_window(self._db, deployment, since, now)
         if metric == "rows":
             return {"": Observation(float(window.current.rows), rows=window.current.rows)}

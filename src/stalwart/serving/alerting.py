@@ -10,7 +10,7 @@ same transaction as the state), the server's Prometheus registry, and the webhoo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection
 
 from stalwart.config import Settings
+from stalwart.errors import ConfigError
 from stalwart.monitoring.alert_metrics import AlertMetrics
 from stalwart.monitoring.alert_stats import ReferenceCalibrator
 from stalwart.monitoring.alert_store import AlertStore
@@ -34,7 +35,7 @@ from stalwart.monitoring.alerts import (
 from stalwart.monitoring.drift import column_drift
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.monitor import MonitorSource
-from stalwart.project import Project
+from stalwart.project import Alert, Project
 from stalwart.registry import Registry
 from stalwart.registry.audit import append_event, process_actor
 from stalwart.storage import Database
@@ -48,10 +49,18 @@ _log = get_logger("stalwart.alerts")
 _CALIBRATED = ("psi", "js", "ks", "wasserstein", "hellinger", "drift")
 
 
-def monitor_source(database: Database, calibrator: Calibrator | None = None) -> tuple[MetricSource, Calibrator]:
+def monitor_source(
+    database: Database, alerts: Iterable[Alert], calibrator: Calibrator | None = None
+) -> tuple[MetricSource, Calibrator]:
     """The server's own metric source (:class:`~stalwart.monitoring.monitor.MonitorSource`:
     live profiles against the training profile, labels) and a calibrator that draws its
-    reference from the training profile's quantiles (``calibrator`` when given)."""
+    reference from the training profile's quantiles (``calibrator`` when given). A rule on
+    a metric the source does not compute fails here, at start, naming the rule."""
+    for alert in alerts:
+        try:
+            MonitorSource.check(alert.metric)
+        except ConfigError as exc:
+            raise ConfigError(f"alert '{alert.name}' metric: {exc.message}") from None
     source = MonitorSource(database)
     if calibrator is None:
         scores = {metric: _exact_score(None if metric == "drift" else metric) for metric in _CALIBRATED}

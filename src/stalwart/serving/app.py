@@ -215,7 +215,7 @@ def create_app(
     # --- end of request taps ---
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
     if alert_source is None and project.alerts:
-        alert_source, alert_calibrator = monitor_source(registry.db, alert_calibrator)
+        alert_source, alert_calibrator = monitor_source(registry.db, project.alerts.values(), alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
     auth = BearerAuth.from_settings(settings)
     routes = [
