@@ -129,10 +129,13 @@ class Spool:
         """Everything before ``position`` is delivered: record it, drop finished segments."""
         if position <= self._cursor:
             return
+        finished = position.segment > self._cursor.segment
         self._cursor = position
         tmp = self.directory / "cursor.tmp"
         tmp.write_text(f"{position.segment} {position.offset}")
         os.replace(tmp, self.directory / "cursor")
+        if not finished:
+            return  # no segment was finished: nothing to drop, no directory to list
         for segment in self._segments():
             if segment < position.segment:
                 with contextlib.suppress(FileNotFoundError):
