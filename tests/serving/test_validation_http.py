@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
@@ -77,6 +78,18 @@ def test_v2_clips_and_reports_what_it_changed(shop: Any) -> None:
     assert response.status_code == 200, response.text
     report = response.json()["parameters"]["stalwart_validation"]
     assert report == {"clipped": {"income": [1]}}
+
+
+def test_the_access_line_names_the_features_never_the_values(shop: Any) -> None:
+    """A request's values stay out of the access log: its line counts the violations and
+    names the features, the values (and per-row lists) are in the response and the record."""
+    server = shop[0]
+    with structlog.testing.capture_logs() as logs:
+        response = server.post("/v2/models/shop/infer", json=_v2([30.0, 40.0], [20000.0, 987654321.5]))
+    assert response.status_code == 200, response.text
+    (line,) = [entry for entry in logs if entry.get("path") == "/v2/models/shop/infer"]
+    assert line["validation"] == {"violations": 1, "rejected": 0, "features": ["income"]}
+    assert "987654321" not in repr(line)
 
 
 def test_deployment_overrides_the_schema_policy(shop: Any) -> None:

@@ -485,7 +485,19 @@ def _log_exchange(info: RequestInfo, exchange: Exchange) -> None:
     for stage, ms in exchange.timings.items():
         fields[stage] = round(ms, 3)
     if exchange.validation is not None:
-        fields["validation"] = exchange.validation.summary
+        fields["validation"] = _log_summary(exchange.validation.summary)
+
+
+def _log_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Validation on the access line: counts and the features involved, never the values
+    (a request's values may be personal; the prediction record keeps them, redacted as
+    declared) nor per-row lists, whose size the client chooses."""
+    line: dict[str, Any] = {"violations": summary.get("violations", 0)}
+    if line["violations"]:
+        line["rejected"] = summary.get("rejected", 0)
+        details = summary.get("details") or ()
+        line["features"] = sorted({str(d.get("feature")) for d in details if isinstance(d, dict)})
+    return line
 
 
 def _decode_predict(body: bytes) -> PredictRequest:
