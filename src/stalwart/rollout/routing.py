@@ -81,7 +81,9 @@ class Router:
     checked here, so a bad state fails when it is loaded, naming the field.
     """
 
-    __slots__ = ("_canary", "_canary_at", "_prefix", "_primary", "_shadow_plan", "canary_weight", "salt", "shadows")
+    __slots__ = (
+        "_canary", "_canary_at", "_fixed", "_prefix", "_primary", "_shadow_plan", "canary_weight", "salt", "shadows",
+    )
 
     def __init__(
         self,
@@ -108,14 +110,15 @@ class Router:
                 raise ConfigError(f"shadows[{name!r}]: a shadow's name must differ from the primary's and the canary's")
             checked[name] = _check_share(rate, f"shadows[{name!r}]")
         self.shadows: Mapping[str, float] = MappingProxyType(checked)
-        # Decided once, here: weights 0 and 1 need no hash, nor do shadows at rate 1; shadows
-        # at rate 0 are left out. Each plan entry: name, its hash state (None: every key).
-        self._canary_at = _threshold(self.canary_weight)
-        self._prefix = _prefix(_CANARY, salt)
+        # Decided once, here: weights 0 and 1 need no hash (``_canary_at`` None, ``_fixed``
+        # answers), nor do shadows at rate 1 (no hash state); shadows at rate 0 are left out.
         self._primary = RouteDecision(primary)
         self._canary = RouteDecision(canary)
-        self._shadow_plan: tuple[tuple[str, hashlib.blake2b | None, int], ...] = tuple(
-            (name, None if rate >= 1.0 else _prefix(_SHADOW, salt, name), _threshold(rate))
+        self._fixed = self._canary if self.canary_weight >= 1.0 else self._primary
+        self._canary_at = _threshold(self.canary_weight) if 0.0 < self.canary_weight < 1.0 else None
+        self._prefix = _prefix(_CANARY, salt)
+        self._shadow_plan: tuple[tuple[str, hashlib.blake2b | None, bytes], ...] = tuple(
+            (name, None, b"") if rate >= 1.0 else (name, _prefix(_SHADOW, salt, name), _threshold(rate))
             for name, rate in checked.items()
             if rate > 0.0
         )
@@ -126,14 +129,12 @@ class Router:
         if isinstance(key, str):
             key = key.encode("utf-8", "surrogatepass")
         at = self._canary_at
-        if at == 0:
-            decision = self._primary
-        elif at > _TOP:
-            decision = self._canary
+        if at is None:
+            decision = self._fixed
         else:
             h = self._prefix.copy()
             h.update(key)
-            decision = self._canary if int.from_bytes(h.digest(), "big") >> 11 < at else self._primary
+            decision = self._canary if h.digest() < at else self._primary
         if not self._shadow_plan:
             return decision
         shadows = []
@@ -141,7 +142,7 @@ class Router:
             if prefix is not None:
                 h = prefix.copy()
                 h.update(key)
-                if int.from_bytes(h.digest(), "big") >> 11 >= threshold:
+                if h.digest() >= threshold:
                     continue
             shadows.append(name)
         return RouteDecision(decision.variant, tuple(shadows)) if shadows else decision
@@ -263,13 +264,14 @@ _CANARY = b"stalwart.canary"
 _SHADOW = b"stalwart.shadow"
 _BITS = 53  # a bucket is the digest's top 53 bits: exact as a float, so bucket < weight is exact
 _SCALE = float(1 << _BITS)
-_TOP = 1 << _BITS
 
 
-def _threshold(share: float) -> int:
-    # A key is taken when its top-53-bit integer b satisfies b < share * 2**53, i.e.
-    # b < ceil(share * 2**53): the integer form of bucket < share, exactly.
-    return math.ceil(share * _SCALE) if share < 1.0 else _TOP + 1
+def _threshold(share: float) -> bytes:
+    # For 0 < share < 1: with d the digest as a 64-bit integer and b = d >> 11 its top 53
+    # bits, bucket < share  <=>  b < share * 2**53  <=>  b < T = ceil(share * 2**53)
+    # <=>  d < T << 11 (< 2**64, as T < 2**53). Digests compare as big-endian integers when
+    # compared as bytes, which skips an int conversion per hash.
+    return (math.ceil(share * _SCALE) << 11).to_bytes(8, "big")
 
 
 def _prefix(person: bytes, *parts: str) -> hashlib.blake2b:
