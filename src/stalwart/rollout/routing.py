@@ -216,10 +216,10 @@ def sample_ratio_mismatch(
 
     ``observed`` counts requests per variant; a variant in ``weights`` and not in
     ``observed`` counted none. ``weights`` gives each variant's share in [0, 1], summing
-    to 1. Counts of a variant with weight 0 are a mismatch outright. With no requests, or
+    to 1 (within 1e-6; they are renormalised). Counts of a variant with weight 0 are a mismatch outright. With no requests, or
     a single variant of positive weight, there is nothing to test: p is 1. The chi-squared
-    approximation needs an expected count of about 5 or more per variant; at fewer, treat
-    the p-value as rough (it is conservative at this threshold only roughly).
+    approximation wants an expected count of about 5 or more per variant; below that the
+    p-value is only approximate (the controller's minimum requests per step is far above).
 
     Negative or non-integer counts, unknown variants, weights outside [0, 1] or not summing
     to 1 are a :class:`ConfigError` naming the field.
