@@ -1,0 +1,1 @@
+"""Canary and shadow deployments: routing, anytime-valid analysis, shadow comparisons."""
