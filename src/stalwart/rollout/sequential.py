@@ -44,8 +44,8 @@ enough to settle a pass or a fail against that tolerance.
 
 **Metrics.** Rates (errors, degradations, validation violations, accuracy when labels
 exist, tail-latency exceedances) are :class:`Proportion`: ``s²`` uses the Agresti-Caffo
-adjusted rate ``(x + 1) / (n + 2)`` so that an arm with no events does not claim zero
-variance. Latency is compared as the mean of log-latency (a ratio of geometric means; the
+adjusted rate ``(x + 1) / (n + 2)``, or the pooled rate of both arms where that gives more
+variance, so that an arm with few or no events does not claim a certainty it lacks. Latency is compared as the mean of log-latency (a ratio of geometric means; the
 log tames latency's heavy tail) and its tail as the rate of requests slower than a fixed
 threshold, the primary's p99 before the step: a direct anytime-valid p99 difference needs
 quantile confidence sequences for two samples, and the exceedance rate says what users
@@ -195,10 +195,16 @@ def two_proportions(
     xc, nc = np.asarray(events_c, np.float64), np.asarray(n_c, np.float64)
     xp, np_ = np.asarray(events_p, np.float64), np.asarray(n_p, np.float64)
     estimate = xc / nc - xp / np_
-    # Agresti-Caffo: one pseudo-event and one pseudo-non-event per arm, for the variance only,
-    # so 0 errors out of 300 is not read as a rate known exactly.
+    # Each arm's variance is the larger of its own (Agresti-Caffo: one pseudo-event and one
+    # pseudo-non-event, so 0 errors out of 300 is not a rate known exactly) and the pooled
+    # one. A small canary arm with a rare event often shows none; its own estimate then
+    # understates its variance, and A/A runs at 1 % with the canary at 10 % of traffic
+    # crossed alpha (0.0505) with the own estimate alone; the pooled one alone is too
+    # narrow once the arms really differ.
     ac, ap = (xc + 1.0) / (nc + 2.0), (xp + 1.0) / (np_ + 2.0)
-    variance = ac * (1.0 - ac) / nc + ap * (1.0 - ap) / np_
+    pooled = (xc + xp + 1.0) / (nc + np_ + 2.0)
+    floor = pooled * (1.0 - pooled)
+    variance = np.maximum(ac * (1.0 - ac), floor) / nc + np.maximum(ap * (1.0 - ap), floor) / np_
     return np.asarray(estimate), np.asarray(variance)
 
 
