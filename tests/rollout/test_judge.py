@@ -74,8 +74,10 @@ def test_small_samples_are_inconclusive_never_pass_even_when_the_canary_looks_pe
         judgement = Judge(rules).judge({"error_rate": Arms(canary, Proportion(5_000, 50))}, window=WINDOW)
         (verdict,) = judgement.verdicts
         assert verdict.decision == "inconclusive"
-        assert "too little data" in verdict.reason and "500 needed" in verdict.reason
-        assert verdict.effect is not None and verdict.lower is not None  # the numbers are still shown
+        assert "too little data" in verdict.reason
+        assert "500 needed" in verdict.reason
+        assert verdict.effect is not None
+        assert verdict.lower is not None
         assert judgement.recommendation == "continue"
 
 
@@ -94,8 +96,10 @@ def test_many_errors_roll_back() -> None:
     judgement = Judge(_rules()).judge(observations, window=WINDOW)
     verdict = next(v for v in judgement.verdicts if v.metric == "error_rate")
     assert verdict.decision == "fail"
-    assert verdict.lower is not None and verdict.lower > 0.005
-    assert verdict.p_value is not None and verdict.p_value < 1e-6
+    assert verdict.lower is not None
+    assert verdict.lower > 0.005
+    assert verdict.p_value is not None
+    assert verdict.p_value < 1e-6
     assert judgement.recommendation == "rollback"
     assert "error_rate" in judgement.reason
 
@@ -195,7 +199,7 @@ def test_bad_rules_and_observations_are_config_errors_naming_them() -> None:
         MetricRule.rate("e", max_rise=-0.01)
     with pytest.raises(ConfigError, match="'e': scale"):
         MetricRule.rate("e", max_rise=0.0)
-    with pytest.raises(ConfigError, match="'e'.*alpha"):
+    with pytest.raises(ConfigError, match=r"'e'.*alpha"):
         MetricRule.rate("e", max_rise=0.01, alpha="high")
     with pytest.raises(ConfigError, match="repeated: e"):
         Judge([MetricRule.rate("e", max_rise=0.01), MetricRule.rate("e", max_rise=0.02)])

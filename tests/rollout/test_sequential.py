@@ -9,6 +9,7 @@ Figures quoted in docs/rollouts.md come from these (``pytest -s`` prints them).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +36,7 @@ Array = npt.NDArray[np.float64]
 
 def _rates(
     rng: np.random.Generator, p_c: float, p_p: float, b_c: int, b_p: int
-) -> tuple[Array, Array, Array, Array]:
+) -> tuple[npt.NDArray[Any], ...]:
     """Cumulative events and counts per run and look, a batch of b_c and b_p per look."""
     looks = np.arange(1, LOOKS + 1)
     x_c = rng.binomial(b_c, p_c, (RUNS, LOOKS)).cumsum(axis=1)
@@ -175,7 +176,7 @@ def test_good_canary_is_eventually_cleared_and_never_failed() -> None:
     failed = ((estimate - width > 0.005)[:, looked]).any(axis=1).mean()
     passed = _first_look((estimate + width <= 0.005) & looked)
     cleared = passed < LOOKS
-    print(f"\nA/A pass: {cleared.mean():.4f} of runs, median n per arm {np.median(n_c[passed[cleared]]):.0f}")
+    print(f"\nA/A: failed in {failed:.4f} of runs; passed in {cleared.mean():.4f}, median n per arm {np.median(n_c[passed[cleared]]):.0f}")
     assert failed <= ALPHA / 2
     assert cleared.mean() >= 0.9
 
@@ -211,7 +212,9 @@ def test_compare_reads_the_sufficient_statistics() -> None:
     a, b = rng.normal(1.0, 2.0, 3_000), rng.normal(1.2, 1.5, 1_000)
     half = Moments.of(a[:1_234]).merge(Moments.of(a[1_234:]))
     whole = Moments.of(a)
-    assert half.n == whole.n and half.total == pytest.approx(whole.total) and half.total_sq == pytest.approx(whole.total_sq)
+    assert half.n == whole.n
+    assert half.total == pytest.approx(whole.total)
+    assert half.total_sq == pytest.approx(whole.total_sq)
     assert whole.variance == pytest.approx(np.var(a, ddof=1), rel=1e-9)
     found = compare(Moments.of(b), whole, alpha=ALPHA, scale=0.1)
     assert found is not None
@@ -220,7 +223,9 @@ def test_compare_reads_the_sufficient_statistics() -> None:
     assert found.z == pytest.approx(found.effect / se, rel=1e-6)
     assert found.lower < found.effect < found.upper
     rates = compare(Proportion(400, 20), Proportion(600, 12), alpha=ALPHA, scale=0.01)
-    assert rates is not None and rates.canary == 0.05 and rates.primary == 0.02
+    assert rates is not None
+    assert rates.canary == 0.05
+    assert rates.primary == 0.02
 
 
 def test_too_few_to_estimate_is_none_and_bad_input_is_refused() -> None:

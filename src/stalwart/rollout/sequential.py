@@ -19,10 +19,10 @@ estimated variance and ``τ`` the mixture's scale::
     V      = s_c² / n_c + s_p² / n_p
     log Λ  = ½ log(V / (V + τ²)) + τ² d̂² / (2 V (V + τ²))
     p      = min(1, 1 / Λ)                       (always-valid p-value for d = 0)
-    CS     = d̂ ± sqrt( V (V + τ²) / τ² · (log((V + τ²) / V) + 2 log(1 / α)) )
+    CS     = d̂ ± sqrt( V (V + τ²) / τ² · (log((V + τ²) / V) + 2 log(1 / alpha)) )
 
-By Ville's inequality the probability that ``p`` *ever* drops to ``α`` under ``d = 0``, or
-that the interval *ever* misses the true ``d``, is at most ``α`` (asymptotically: the
+By Ville's inequality the probability that ``p`` *ever* drops to ``alpha`` under ``d = 0``, or
+that the interval *ever* misses the true ``d``, is at most ``alpha`` (asymptotically: the
 variance is estimated). A controller may keep the running minimum of ``p`` and the running
 intersection of the intervals (Johari et al.); both stay valid.
 
@@ -38,7 +38,7 @@ arms may change between looks (the canary's weight rises by step): the mixture i
 information ``1 / V``, which grows with every observation whichever arm it lands in.
 
 **The scale τ** is where the interval is tightest relative to its width: at the optimum
-(``τ² ≈ 7.9 V`` for ``α = 0.05``) the half-width is about ``1.08 τ``. Rules set ``τ`` to
+(``τ² ≈ 7.9 V`` for ``alpha = 0.05``) the half-width is about ``1.08 τ``. Rules set ``τ`` to
 their tolerance by default, so the interval is sharpest just when it becomes narrow
 enough to settle a pass or a fail against that tolerance.
 
@@ -175,7 +175,7 @@ def mixture_log_lr(estimate: npt.ArrayLike, variance: npt.ArrayLike, scale: floa
 
 
 def always_valid_p(estimate: npt.ArrayLike, variance: npt.ArrayLike, scale: float) -> FloatArray:
-    """``min(1, 1/Λ)``: the chance it ever reaches ``α`` under no difference is at most ``α``."""
+    """``min(1, 1/Λ)``: the chance it ever reaches ``alpha`` under no difference is at most ``alpha``."""
     log_lr = mixture_log_lr(estimate, variance, scale)
     return np.asarray(np.exp(-np.maximum(log_lr, 0.0)))
 
