@@ -1,8 +1,8 @@
 """Anytime-valid comparisons of a canary with its primary, from running sums.
 
 A rollout controller looks at its canary again and again; a fixed-sample test read at every
-look rejects a true null far more often than its level (about 40 % of A/A runs at a 5 %
-level after 200 looks; ``tests/rollout/test_sequential.py`` measures it). Every comparison
+look rejects a true null far more often than its level (26 to 39 % of A/A runs at a 5 %
+level over 200 looks; ``tests/rollout/test_sequential.py`` measures it). Every comparison
 here stays valid however often it is read and whenever the controller stops.
 
 **Method: one construction for every metric.** The difference ``d`` of two means (canary
