@@ -1,1 +1,1 @@
-"""Canary and shadow deployments: routing, analysis and the rollout controller (issue 14)."""
+"""Canary and shadow deployments: sticky routing, anytime-valid analysis, shadow comparisons (issue 14; the controller comes next)."""
