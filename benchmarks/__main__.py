@@ -3,8 +3,8 @@
 Suites: ``serving`` (issue 2: the endpoint's overhead), ``batching`` (issue 5: adaptive
 batching on and off), ``predictions`` (issue 12: the prediction log's cost), ``drift``
 (issue 13: drift scores from sketches and raw values), ``alerts`` (issue 13: false alarms
-per day and detection delay) and ``profiles`` (issue 13: live profiles' cost per request);
-the last three start no server. With no suite named, all run. Each report is printed and written to
+per day and detection delay), ``profiles`` (issue 13: live profiles' cost per request) and
+``shadow`` (issue 14: shadow submits and paired comparison); the last four start no server. With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
 
@@ -19,6 +19,7 @@ from benchmarks import (
     bench_alerts,
     bench_drift,
     bench_live_profiles,
+    bench_shadow,
     prediction_tap,
     serving,
 )
@@ -40,6 +41,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     ),
     "drift": lambda a: bench_drift.run(bench_drift.Options(repeats=a.repeats)),
     "alerts": lambda a: bench_alerts.run(bench_alerts.Options()),
+    "shadow": lambda a: bench_shadow.run(bench_shadow.Options(runs=a.repeats)),
 }
 # Suites that drive a server with wrk; the others run in-process.
 NEEDS_WRK = frozenset({"serving", "predictions", "batching"})

@@ -267,7 +267,7 @@ async def test_submits_stay_cheap_and_the_loop_responsive(behaviour: str) -> Non
     assert empty < 20e-6, empty
     assert full < 20e-6, full
     assert full < 3 * empty + 2e-6, (empty, full)  # O(1): a long queue costs nothing more
-    assert ticker.worst < 0.05, ticker.worst
+    assert ticker.worst < 0.1, ticker.worst  # a blocked loop would show the 0.1 s time limit and more
     assert statistics.median(ticker.lags) < 0.005
     assert outcomes > 0  # the workers ran (answered, raised or timed out) meanwhile
     await runner.close(0.2)
