@@ -54,23 +54,23 @@ async def run_until(awaitable: Awaitable[T], deadline: float) -> T:
     try:
         result = await awaitable
     except asyncio.CancelledError:
-        if armed.fired:
-            if task.uncancel() <= cancelling:
-                raise Expired from None
-        else:
-            armed.disarm()
+        if _settle(armed, task, cancelling):
+            raise Expired from None
         raise
-    except BaseException:
-        if armed.fired:
-            task.uncancel()
-        else:
-            armed.disarm()
+    except BaseException:  # cleanup only: whatever the call raised goes on up unchanged
+        _settle(armed, task, cancelling)
         raise
-    if armed.fired:  # it fired as the result arrived: the cancellation was not delivered
-        task.uncancel()
-    else:
-        armed.disarm()
+    _settle(armed, task, cancelling)  # fired as the result arrived: the cancel is taken back
     return result
+
+
+def _settle(armed: _Armed, task: asyncio.Task[object], cancelling: int) -> bool:
+    """Disarm ``armed``, or, when it fired, take back its cancellation of ``task``; True
+    when the deadline alone cancelled the task (no other cancellation is pending)."""
+    if not armed.fired:
+        armed.disarm()
+        return False
+    return task.uncancel() <= cancelling
 
 
 class _Armed:
