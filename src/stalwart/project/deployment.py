@@ -31,6 +31,13 @@ mistake:
   (:class:`stalwart.monitoring.quality.OutputReading`): ``{"score": "probability",
   "positive": "fraud"}``; by default ``predict`` is the class and ``predict_proba`` the scores.
 
+- ``canary`` and ``canary_weight``: another model version (``"fraud:3"``) answering a share of
+  the requests, chosen by a sticky hash of the first entity's key (or the
+  ``X-Stalwart-Routing-Key`` header, else the request id): the same entity gets the same
+  variant, and raising the weight only moves entities to the canary. The answer says which
+  variant answered (``variant`` in the body, ``X-Stalwart-Variant``). A rollout controller
+  that moves the weight by itself is not built yet.
+
 The degradation ladder, tried in order when the model call fails (an open breaker, a
 timeout, a model error): ``fallback`` (another model, usually simpler), the entity's
 ``last_good`` prediction if no older than that (a duration, :mod:`stalwart.durations`),
@@ -74,6 +81,8 @@ class Deployment:
     default_prediction: Mapping[str, Any] | None = None
     log: Mapping[str, Any] | None = None
     quality: Mapping[str, Any] | None = None
+    canary: str | None = None  # another model version answering a sticky share of entities
+    canary_weight: float = 0.0  # that share, in [0, 1]
     model_name: str = field(init=False)
     model_version: int | None = field(init=False)
 
@@ -85,6 +94,13 @@ class Deployment:
         object.__setattr__(self, "model_version", version)
         if self.fallback is not None:
             parse_model_ref(self.fallback, f"deployment '{self.name}' fallback")
+        if self.canary is not None:
+            parse_model_ref(self.canary, f"deployment '{self.name}' canary")
+        weight = self.canary_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+            raise ConfigError(f"deployment '{self.name}' canary_weight: {weight!r} must be a number from 0 to 1")
+        if weight and self.canary is None:
+            raise ConfigError(f"deployment '{self.name}' canary_weight: {weight} is set but no canary model is named; add canary='model:version'")
         if self.last_good is not None:
             # Checked here so a typo fails where the project declares it, not at serve time.
             parse_seconds(self.last_good, f"deployment '{self.name}' last_good", positive=True)

@@ -52,6 +52,7 @@ from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Arrays, Exchange, ValidationNote
 from stalwart.registry import ModelVersion, Signature
 from stalwart.resilience import Admission, LoadShedder, Priority
+from stalwart.rollout.routing import routing_key
 from stalwart.serving.chains import Chains
 from stalwart.serving.codec import check_request, decode_json, decode_request
 from stalwart.serving.degradation import Degradation, LastGoodStore, worst
@@ -104,6 +105,7 @@ class PredictCall:
     info: RequestInfo
     deadline: float | None = None
     priority: Priority = Priority.NORMAL
+    routing_key: str | None = None  # X-Stalwart-Routing-Key
 
 
 @dataclass(slots=True)
@@ -282,7 +284,7 @@ class DataPlane:
                 outcome.request = request
             check_entity_count(request.entities, self.policy.max_entities)
             keys = _entity_keys(request.entities)
-            variant = self._route(policy, request)
+            variant = self._route(policy, request, call)
             deadline = call.deadline
             if deadline is not None and policy.fallback is not None:
                 now = time.monotonic()
@@ -306,10 +308,16 @@ class DataPlane:
             self.metrics.degraded.labels(name, step.level, step.reason).inc()
         return prediction
 
-    def _route(self, policy: DeploymentPolicy, request: PredictRequest) -> Variant:
-        """The variant that answers this request. Rollouts plug in here: a canary chosen by
-        a sticky hash of the routing key, shadows copied off the critical path."""
-        return policy.primary
+    def _route(self, policy: DeploymentPolicy, request: PredictRequest, call: PredictCall) -> Variant:
+        """The variant that answers this request: the canary for the share of routing keys
+        its weight gives it (a sticky hash: ``rollout/routing.py``), else the primary. The
+        key is ``X-Stalwart-Routing-Key``, else the first entity, else the request id."""
+        router, canary = policy.router, policy.canary
+        if router is None or canary is None:
+            return policy.primary
+        first = request.entities[0] if request.entities else None
+        key = routing_key(first if isinstance(first, dict) else None, call.routing_key, call.info.request_id)
+        return canary if router.route(key).variant == canary.name else policy.primary
 
     async def _serve(
         self,

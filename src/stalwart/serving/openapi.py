@@ -72,6 +72,13 @@ _PRIORITY = {
     "schema": {"type": "string"},
     "description": "low, normal (default) or high; load shedding turns lower priorities away first",
 }
+_ROUTING_KEY = {
+    "name": "X-Stalwart-Routing-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 256},
+    "description": "what picks the variant when a deployment has a canary (default: the first entity's key); the same key, the same variant",
+}
 _DEPLOYMENT = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _SCHEMAS: dict[str, Any] = {
@@ -366,7 +373,8 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _v1_paths() -> dict[str, Any]:
     degraded_header = {
-        "X-Stalwart-Degraded": {"description": "level; reason=... when a step of the ladder answered", "schema": {"type": "string"}}
+        "X-Stalwart-Degraded": {"description": "level; reason=... when a step of the ladder answered", "schema": {"type": "string"}},
+        "X-Stalwart-Variant": {"description": "the variant whose model answered (primary, canary, fallback)", "schema": {"type": "string"}},
     }
     unauthorised = _error("no bearer token, or not the admin token")
     named = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -470,7 +478,7 @@ def _v1_paths() -> dict[str, Any]:
         "/v1/deployments/{name}/predict": {
             "post": {
                 "summary": "Predict for entities: features computed online, then the model",
-                "parameters": [_DEPLOYMENT, _REQUEST_ID, _TIMEOUT, _PRIORITY],
+                "parameters": [_DEPLOYMENT, _REQUEST_ID, _TIMEOUT, _PRIORITY, _ROUTING_KEY],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref("PredictRequest")}}},
                 "responses": {
                     "200": answered,

@@ -27,6 +27,7 @@ from stalwart.errors import ConfigError
 from stalwart.monitoring.quality import OutputReading
 from stalwart.project import Deployment, parse_model_ref
 from stalwart.resilience import GuardConfig, ShedderConfig
+from stalwart.rollout.routing import Router
 from stalwart.serving.batching import BatchingPolicy
 from stalwart.validation.policy import PolicyOverrides
 
@@ -99,6 +100,8 @@ class DeploymentPolicy:
     default_prediction: Mapping[str, Any] | None
     source_guard: GuardConfig | None
     log: LogPolicy
+    canary: Variant | None = None
+    router: Router | None = None  # set with a canary: who answers, by a sticky hash
 
     @classmethod
     def build(cls, deployment: Deployment) -> DeploymentPolicy:
@@ -117,6 +120,12 @@ class DeploymentPolicy:
         if deployment.fallback:
             model, version = parse_model_ref(deployment.fallback, f"{where} fallback")
             fallback = Variant("fallback", model, version, ChainSpec(f"deployment/{name}/fallback", name, guard, validation))
+        canary, router = None, None
+        if deployment.canary:
+            model, version = parse_model_ref(deployment.canary, f"{where} canary")
+            canary = Variant("canary", model, version, ChainSpec(f"deployment/{name}/canary", name, guard, validation))
+            # The salt names the canary: a new canary version reshuffles who gets it.
+            router = Router(f"{name}:{deployment.canary}", deployment.canary_weight)
         source_guard = (
             _validated(GuardConfig, deployment.source_guard, f"{where} source_guard")
             if deployment.source_guard is not None
@@ -133,6 +142,8 @@ class DeploymentPolicy:
             last_good_seconds=last_good,
             default_prediction=dict(deployment.default_prediction) if deployment.default_prediction is not None else None,
             source_guard=source_guard,
+            canary=canary,
+            router=router,
         )
 
 

@@ -49,10 +49,18 @@ def v1_routes(plane: DataPlane) -> list[Route]:
     async def predict(request: Request) -> Response:
         info = request_info(request.scope)
         info.endpoint = "/v1/deployments/{name}/predict"
-        call = PredictCall(request.path_params["name"], await request.body(), info, deadline_of(request.headers), priority_of(request.headers))
+        headers = request.headers
+        call = PredictCall(
+            request.path_params["name"], await request.body(), info, deadline_of(headers), priority_of(headers),
+            routing_key=headers.get("x-stalwart-routing-key"),
+        )
         prediction = await plane.predict(call)
-        headers = {"X-Stalwart-Degraded": prediction.degraded.header()} if prediction.degraded is not None else None
-        return json_response(prediction.body(), headers=headers)
+        answer: dict[str, str] = {}
+        if prediction.variant is not None:
+            answer["X-Stalwart-Variant"] = prediction.variant
+        if prediction.degraded is not None:
+            answer["X-Stalwart-Degraded"] = prediction.degraded.header()
+        return json_response(prediction.body(), headers=answer or None)
 
     return [
         Route("/v1/deployments", list_deployments, methods=["GET"]),
