@@ -117,6 +117,8 @@ def served_versions(database: Database, deployment: str, since: datetime, until:
 
 def training_profile(database: Database, model: str, version: int) -> Profile | None:
     """The training profile the registry recorded for ``model`` version ``version``."""
+    # The registry's SchemaStore.profile reads the same row; monitoring sits below the
+    # registry in the layers, so it reads the table itself.
     mp = t.model_profiles
     with database.read() as conn:
         body = conn.execute(

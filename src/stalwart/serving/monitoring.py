@@ -17,8 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stalwart.config import Settings
-from stalwart.durations import parse_seconds
 from stalwart.errors import ConfigError, NotFound, RequestError
+from stalwart.monitoring.prediction_reads import datetime_ns, parse_time
 from stalwart.monitoring.report import build_report
 from stalwart.monitoring.report_document import ReportDocument
 from stalwart.serving.auth import BearerAuth
@@ -56,17 +56,12 @@ def monitoring_routes(database: Database, deployments: frozenset[str], auth: Bea
 
 
 def _instant(text: str | None, field: str, now: dt.datetime) -> dt.datetime:
-    """A duration ago (``24h``) or an ISO 8601 time (UTC when it names no zone)."""
+    """A duration ago (``24h``) or an ISO 8601 time, read as the CLI and
+    ``stalwart.read_predictions`` read them (``parse_time``); a bad one is the client's 400."""
     if text is None or len(text) > 64:
         raise RequestError(f"{field}: give a duration ago (24h) or an ISO 8601 time", field=field)
     try:
-        return now - dt.timedelta(seconds=parse_seconds(text, field))
-    except ConfigError:
-        pass
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise RequestError(
-            f"{field}: {shown(text)} is neither a duration (24h, 90m) nor an ISO 8601 time", field=field
-        ) from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+        ns = parse_time(text, field, now_ns=datetime_ns(now)) or 0  # a str is never None
+    except ConfigError as exc:
+        raise RequestError(exc.message, field=field) from None
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
