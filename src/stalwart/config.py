@@ -138,6 +138,17 @@ class Settings(BaseSettings):
     admin_tokens: dict[str, SecretStr] = Field(
         default_factory=dict, description='named control-plane tokens, as JSON: {"alice": "..."}; the audit log names who acted'
     )
+    # Rollouts (stalwart.rollout): run-time routes and the canary controller.
+    routes_poll_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="how often each replica reads the deployments' routes (a change is served within this)"
+    )
+    rollout_controller: bool = Field(
+        default=True, description="run the canary rollout controller (one replica at a time leads it, by a database lock)"
+    )
+    rollout_lag_seconds: float = Field(
+        default=5.0, ge=0, le=600,
+        description="the controller judges records older than this: a slow request is logged late, and must not be missed",
+    )
     # Alerts (stalwart.monitoring.alerts): evaluated when the project declares any.
     alert_interval_seconds: float = Field(default=60.0, gt=0, le=86_400, description="how often alert rules are evaluated")
     alert_webhooks: Annotated[tuple[SecretStr, ...], NoDecode] = Field(

@@ -76,6 +76,7 @@ __all__ = [
     "RegistryError",
     "RequestError",
     "ResilienceError",
+    "RolloutConflict",
     "SchemaNotFound",
     "SchemaVersionError",
     "SinkUnavailable",
@@ -244,6 +245,12 @@ class NotFound(StalwartError):
 
 class AuthError(StalwartError):
     """A control-plane call lacks a valid bearer token."""
+
+
+class RolloutConflict(StalwartError):
+    """A rollout or route change that the deployment's current state forbids (starting a
+    second rollout, pausing one that is not running); the message says what state it is in
+    and what would work (HTTP 409)."""
 
 
 class NotReady(StalwartError):

@@ -220,7 +220,7 @@ def test_two_engines_on_one_postgres_database_send_one_notification(pg_url: str)
             th.start()
         for th in threads:
             th.join(30)
-        leader = next(e for e in engines if e.store._pg_conn is not None)
+        leader = next(e for e in engines if e.store._leadership._pg_conn is not None)
         follower = next(e for e in engines if e is not leader)
         assert follower.evaluate() == []
         leader.store.release()

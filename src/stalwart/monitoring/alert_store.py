@@ -5,30 +5,22 @@ State is in the database, not in memory, so a restarted evaluator, or another re
 takes over, continues where the last one stopped: a firing alert stays firing without being
 sent again, a pending one keeps the time its condition began.
 
-Leadership: on PostgreSQL, a session-level advisory lock (``pg_try_advisory_lock``) held on
-a connection of its own for as long as this process evaluates; the server releases it when
-the connection or the process dies, so another replica takes over at its next tick. On
-SQLite, whose processes share one file on one machine, a lease row in ``alert_leases``
-renewed at every tick; another process takes it over once it expires.
+Leadership: one process evaluates, the holder of a database lock
+(:class:`~stalwart.storage.leadership.Leadership`: an advisory lock on PostgreSQL, a lease
+row on SQLite); another replica takes over when it goes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from stalwart.errors import StorageError
 from stalwart.storage import Database
 from stalwart.storage import tables as t
+from stalwart.storage.leadership import Leadership
 
 __all__ = ["AlertStore", "StateRow", "TransitionRow"]
 
@@ -75,82 +67,19 @@ class AlertStore:
         """``lease_seconds``: how long a SQLite lease lasts unrenewed (make it a few
         evaluation intervals); ``holder`` names this process in it."""
         self.db = db
+        self._leadership = Leadership(db, _LEASE, lock_id=_LOCK_ID, lease_seconds=lease_seconds, holder=holder)
         self.lease_seconds = lease_seconds
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"[:200]
-        self._pg_conn: Connection | None = None
-        self._lock = threading.Lock()
+        self.holder = self._leadership.holder
 
     # -- leadership --------------------------------------------------------------------
 
     def lead(self, now: float | None = None) -> bool:
-        """Whether this process is the one evaluator now (taking the lock or lease if it is
-        free, renewing it if held). A database error is "no": nobody evaluates on a
-        database that cannot record what it decides."""
-        with self._lock:
-            try:
-                if self.db.dialect == "postgresql":
-                    return self._lead_pg()
-                return self._lead_lease(time.time() if now is None else now)
-            except (SQLAlchemyError, StorageError):
-                self._drop_pg()
-                return False
+        """Whether this process is the one evaluator now (:meth:`Leadership.lead`)."""
+        return self._leadership.lead(now)
 
     def release(self) -> None:
         """Give up leadership (at shutdown), so another replica takes over at once."""
-        with self._lock:
-            if self.db.dialect == "postgresql":
-                if self._pg_conn is not None:
-                    # An error means the connection is gone, and the lock with it.
-                    with contextlib.suppress(SQLAlchemyError):
-                        self._pg_conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK_ID})")
-                self._drop_pg()
-                return
-            leases = t.alert_leases
-            with contextlib.suppress(SQLAlchemyError, StorageError):  # else the lease expires on its own
-                self.db.transact(lambda c: c.execute(leases.delete().where(leases.c.name == _LEASE, leases.c.holder == self.holder)))
-
-    def _lead_pg(self) -> bool:
-        if self._pg_conn is not None:
-            # Still ours only while the session lives: a cheap round trip says whether it does.
-            try:
-                self._pg_conn.exec_driver_sql("SELECT 1").scalar()
-                return True
-            except SQLAlchemyError:
-                self._drop_pg()
-        conn = self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_LOCK_ID})").scalar())
-        except SQLAlchemyError:
-            conn.close()
-            raise
-        if not got:
-            conn.close()
-            return False
-        self._pg_conn = conn
-        return True
-
-    def _drop_pg(self) -> None:
-        if self._pg_conn is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                self._pg_conn.invalidate()  # never back into the pool: it may hold the lock
-                self._pg_conn.close()
-            self._pg_conn = None
-
-    def _lead_lease(self, now: float) -> bool:
-        leases = t.alert_leases
-
-        def take(conn: Connection) -> bool:
-            row = conn.execute(select(leases).where(leases.c.name == _LEASE)).one_or_none()
-            expires = now + self.lease_seconds
-            if row is None:
-                conn.execute(leases.insert().values(name=_LEASE, holder=self.holder, expires_at=expires))
-                return True
-            if row.holder != self.holder and float(row.expires_at) > now:
-                return False
-            conn.execute(leases.update().where(leases.c.name == _LEASE).values(holder=self.holder, expires_at=expires))
-            return True
-
-        return self.db.transact(take)
+        self._leadership.release()
 
     # -- state -------------------------------------------------------------------------
 

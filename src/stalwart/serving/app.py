@@ -36,8 +36,9 @@ from stalwart.monitoring.sinks import open_store
 from stalwart.pipeline import Stage
 from stalwart.project import Project, load_project
 from stalwart.registry import ModelVersion, Registry
-from stalwart.registry.audit import record_settings
+from stalwart.registry.audit import process_actor, record_settings
 from stalwart.registry.flavors import Predictor
+from stalwart.rollout.routes import RouteStore
 from stalwart.serving.alerting import build_alerting, monitor_source
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall
@@ -55,6 +56,7 @@ from stalwart.serving.predictions import prediction_routes
 from stalwart.serving.profile_tap import ProfileTap, open_live_profiles
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
+from stalwart.serving.route_sync import RouteSync
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
 from stalwart.serving.tap import PredictionTap, open_prediction_log
 from stalwart.serving.taps import compose
@@ -148,6 +150,7 @@ def create_app(
         for listener in listeners:
             await listener.start()
         await repository.start()
+        await route_sync.start()  # the routes in the database, before the first request
         if predictions is not None:
             predictions.start()
         if alerting is not None:
@@ -163,6 +166,7 @@ def create_app(
                 gc.unfreeze()  # the process may go on (tests, an embedding app): collect as usual
             if alerting is not None:
                 await asyncio.to_thread(alerting.stop)  # joins its threads, releases its lock
+            await route_sync.stop()
             await repository.stop()
             for listener in listeners:
                 await listener.stop()
@@ -198,6 +202,9 @@ def create_app(
         return json_response(document)
 
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
+    route_sync = RouteSync(
+        RouteStore(registry.db), deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor()
+    )
     # --- request taps: tracing first (it may replace the request's trace ids, which the
     # taps after it record), then the prediction log, live profiles, then the caller's. Each is None when
     # off, and compose() of nothing is None: the data plane then builds no Outcome at all.
@@ -243,6 +250,7 @@ def create_app(
     app.state.repository = repository
     app.state.metrics = metrics
     app.state.deployments = deployments
+    app.state.route_sync = route_sync
     app.state.plane = plane
     app.state.predictions = predictions
     app.state.live_profiles = live_profiles

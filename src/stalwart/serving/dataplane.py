@@ -14,8 +14,10 @@ what comes back. Everything between is here, once, in this order::
 
 Two extension points are marked in the code and in docs/architecture.md:
 
-- **Routing** (:meth:`DataPlane._route`): which variant of a deployment answers a request.
-  Today every request goes to the primary; canaries and shadows plug in there.
+- **Routing** (:meth:`DataPlane._route`): which variant of a deployment answers a request:
+  the canary for its sticky share of routing keys, else the primary. The deployment's
+  policy (its variants and router) may be swapped at run time (``serving/route_sync.py``);
+  a request reads it once, at its start.
 - **The tap** (:class:`RequestTap`): called once per request, whatever its outcome
   (answered, rejected, degraded, shed, failed), with an :class:`Outcome`, after the answer
   is made. The prediction log and live profiles plug in there. It must not block: it is on
@@ -114,7 +116,7 @@ class Prediction:
 
     request_id: str
     deployment: str
-    variant: str | None  # None: no model answered now (a last good or default prediction)
+    variant: str  # the variant the request was routed to ("primary", "canary"), whoever answered
     model: tuple[str, int] | None  # None: no model answered ever (the declared default)
     predictions: list[dict[str, Any]]
     id: str | None = None
@@ -151,7 +153,8 @@ class Outcome:
     entrypoint: str  # "/v2" or "/v1"
     info: RequestInfo
     deployment: str | None = None
-    variant: str | None = None
+    variant: str | None = None  # the variant whose chain the request last went through
+    routed: str | None = None  # /v1: the variant it was routed to (a rollout's arm)
     exchange: Exchange | None = None
     inferred: Inferred | None = None
     prediction: Prediction | None = None
@@ -285,6 +288,8 @@ class DataPlane:
             check_entity_count(request.entities, self.policy.max_entities)
             keys = _entity_keys(request.entities)
             variant = self._route(policy, request, call)
+            if outcome is not None:
+                outcome.routed = variant.name
             deadline = call.deadline
             if deadline is not None and policy.fallback is not None:
                 now = time.monotonic()
@@ -292,7 +297,7 @@ class DataPlane:
             try:
                 prediction = await self._serve(policy, variant, request, call, deadline, admission, outcome)
             except LADDER_ERRORS as exc:
-                prediction = await self._step_down(policy, request, keys, call, exc, admission, outcome)
+                prediction = await self._step_down(policy, variant.name, request, keys, call, exc, admission, outcome)
             else:
                 if policy.last_good_seconds is not None and keys is not None and prediction.degraded is None:
                     # Only undegraded answers are "good": one made on default features is not.
@@ -388,6 +393,7 @@ class DataPlane:
     async def _step_down(
         self,
         policy: DeploymentPolicy,
+        routed: str,
         request: PredictRequest,
         keys: list[tuple[Any, ...]] | None,
         call: PredictCall,
@@ -395,7 +401,9 @@ class DataPlane:
         admission: Admission,
         outcome: Outcome | None,
     ) -> Prediction:
-        """The rest of the ladder, after the primary failed with ``failure``."""
+        """The rest of the ladder, after the ``routed`` variant failed with ``failure``.
+        The answer keeps the routed variant's name (the arm a rollout judges it in: a canary
+        that fails over has failed); ``degraded`` and ``model`` say who really answered."""
         name = policy.deployment.name
         reason = type(failure).__name__
         detail = getattr(failure, "message", str(failure))
@@ -407,6 +415,7 @@ class DataPlane:
             else:
                 step = Degradation("fallback_model", reason, detail)
                 prediction.degraded = worst([step, *([prediction.degraded] if prediction.degraded else [])])
+                prediction.variant = routed
                 return prediction
         request_id = call.info.request_id
         if policy.last_good_seconds is not None and keys is not None:
@@ -414,12 +423,12 @@ class DataPlane:
             if recalled is not None:
                 model = recalled[0]["model"]
                 return Prediction(
-                    request_id, name, None, (model["name"], model["version"]) if model else None,
+                    request_id, name, routed, (model["name"], model["version"]) if model else None,
                     [r["prediction"] for r in recalled], id=request.id, degraded=Degradation("last_good", reason, detail),
                 )
         if policy.default_prediction is not None:
             return Prediction(
-                request_id, name, None, None, [dict(policy.default_prediction) for _ in request.entities],
+                request_id, name, routed, None, [dict(policy.default_prediction) for _ in request.entities],
                 id=request.id, degraded=Degradation("default", reason, detail),
             )
         raise failure

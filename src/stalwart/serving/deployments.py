@@ -24,6 +24,7 @@ from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.project import Deployment, FeatureRef, Project, RequestField, Source
 from stalwart.registry import ModelVersion
 from stalwart.resilience import Guard
+from stalwart.rollout.routes import Routes
 from stalwart.serving.chains import Chains, make_guard
 from stalwart.serving.policies import DeploymentPolicy
 from stalwart.serving.repository import ModelRepository
@@ -64,7 +65,7 @@ class Deployments:
     def __init__(
         self,
         project: Project,
-        policies: Mapping[str, DeploymentPolicy],
+        policies: dict[str, DeploymentPolicy],
         repository: ModelRepository,
         pool: DatabasePool,
         chains: Chains,
@@ -85,6 +86,11 @@ class Deployments:
         # One guard per deployment and source, shared by every model version it serves.
         self._source_guards: dict[tuple[str, str], Guard] = {}
 
+    def set_routes(self, name: str, routes: Routes) -> None:
+        """Serve ``routes`` for the deployment from the next request on (a run-time change:
+        ``serving/route_sync.py``); requests already routed finish where they were sent."""
+        self.policies[name] = self.policy(name).with_routes(routes)
+
     def deployments(self) -> list[Deployment]:
         return list(self.project.deployments.values())
 
@@ -98,9 +104,14 @@ class Deployments:
 
     async def describe(self, name: str) -> dict[str, Any]:
         deployment = self.project.deployment(name)
-        info: dict[str, Any] = {"name": name, "model": deployment.model, "description": deployment.description}
+        policy = self.policy(name)
+        primary = policy.primary
+        info: dict[str, Any] = {
+            "name": name, "model": deployment.model, "description": deployment.description,
+            "routes": policy.routes.to_dict(),
+        }
         try:
-            mv = await self.repository.describe(deployment.model_name, deployment.model_version)
+            mv = await self.repository.describe(primary.model, primary.version)
             plan = await self.plan(deployment, mv)
         except StalwartError as exc:
             info.update(ready=False, error=exc.message)

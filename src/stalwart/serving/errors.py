@@ -38,6 +38,7 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (e.NotFound, 404),
     (e.AuthError, 401),
     (e.IllegalStateTransition, 409),
+    (e.RolloutConflict, 409),
     (e.NotReady, 503),
     (e.Overloaded, 503),
     (e.CallNotPermitted, 503),

@@ -374,7 +374,7 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
 def _v1_paths() -> dict[str, Any]:
     degraded_header = {
         "X-Stalwart-Degraded": {"description": "level; reason=... when a step of the ladder answered", "schema": {"type": "string"}},
-        "X-Stalwart-Variant": {"description": "the variant whose model answered (primary, canary, fallback)", "schema": {"type": "string"}},
+        "X-Stalwart-Variant": {"description": "the variant the request was routed to (primary or canary); when it failed over, `degraded` and `model` in the body say who answered", "schema": {"type": "string"}},
     }
     unauthorised = _error("no bearer token, or not the admin token")
     named = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}

@@ -16,7 +16,7 @@ deployment and the field, raised at start, never in a request.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +27,7 @@ from stalwart.errors import ConfigError
 from stalwart.monitoring.quality import OutputReading
 from stalwart.project import Deployment, parse_model_ref
 from stalwart.resilience import GuardConfig, ShedderConfig
+from stalwart.rollout.routes import Routes, declared_routes
 from stalwart.rollout.routing import Router
 from stalwart.serving.batching import BatchingPolicy
 from stalwart.validation.policy import PolicyOverrides
@@ -76,7 +77,7 @@ class ChainSpec:
 class Variant:
     """One model a deployment can answer with, and the chain in front of it."""
 
-    name: str  # "primary", "fallback" (later: a canary's or a shadow's name)
+    name: str  # "primary", "canary", "fallback", or "shadow:<name>"
     model: str
     version: int | None  # None: the latest registered version
     chain: ChainSpec
@@ -100,8 +101,12 @@ class DeploymentPolicy:
     default_prediction: Mapping[str, Any] | None
     source_guard: GuardConfig | None
     log: LogPolicy
+    guard: GuardConfig  # each model variant's chain: breaker, bulkhead, time limit
+    validation: PolicyOverrides | None
+    routes: Routes  # who answers now (the project's declaration, or as changed at run time)
     canary: Variant | None = None
-    router: Router | None = None  # set with a canary: who answers, by a sticky hash
+    router: Router | None = None  # set with a canary or shadows: who answers, who shadows
+    shadows: tuple[Variant, ...] = ()
 
     @classmethod
     def build(cls, deployment: Deployment) -> DeploymentPolicy:
@@ -112,20 +117,10 @@ class DeploymentPolicy:
         validation = PolicyOverrides.parse(deployment.validation, source=f"{where} validation") if deployment.validation else None
         last_good = parse_seconds(deployment.last_good, f"{where} last_good", positive=True) if deployment.last_good is not None else None
         name = deployment.name
-        primary = Variant(
-            "primary", deployment.model_name, deployment.model_version,
-            ChainSpec(f"deployment/{name}/primary", name, guard, validation),
-        )
         fallback = None
         if deployment.fallback:
             model, version = parse_model_ref(deployment.fallback, f"{where} fallback")
             fallback = Variant("fallback", model, version, ChainSpec(f"deployment/{name}/fallback", name, guard, validation))
-        canary, router = None, None
-        if deployment.canary:
-            model, version = parse_model_ref(deployment.canary, f"{where} canary")
-            canary = Variant("canary", model, version, ChainSpec(f"deployment/{name}/canary", name, guard, validation))
-            # The salt names the canary: a new canary version reshuffles who gets it.
-            router = Router(f"{name}:{deployment.canary}", deployment.canary_weight)
         source_guard = (
             _validated(GuardConfig, deployment.source_guard, f"{where} source_guard")
             if deployment.source_guard is not None
@@ -133,18 +128,45 @@ class DeploymentPolicy:
         )
         log = _validated(LogPolicy, deployment.log, f"{where} log") if deployment.log is not None else LogPolicy()
         OutputReading.from_mapping(deployment.quality, where)  # checked at start; read by the quality reports
+        routes = declared_routes(deployment)
         return cls(
             deployment=deployment,
             log=log,
-            primary=primary,
             fallback=fallback,
             shedding=shedding,
             last_good_seconds=last_good,
             default_prediction=dict(deployment.default_prediction) if deployment.default_prediction is not None else None,
             source_guard=source_guard,
-            canary=canary,
-            router=router,
+            guard=guard,
+            validation=validation,
+            **_variants(name, routes, guard, validation),
         )
+
+    def with_routes(self, routes: Routes) -> DeploymentPolicy:
+        """These policies serving ``routes`` (a change made at run time): the same ladder,
+        shedding and guards' configuration, other variants."""
+        return replace(self, **_variants(self.deployment.name, routes, self.guard, self.validation))
+
+
+def _variants(name: str, routes: Routes, guard: GuardConfig, validation: PolicyOverrides | None) -> dict[str, Any]:
+    """A deployment's primary, canary, shadows and router, from its routes. Each variant
+    has a chain (and so a guard, breaker and batcher) of its own, named by its role: a canary
+    that fails opens the canary's breaker, never the primary's."""
+
+    def variant(role: str, ref: str, where: str) -> Variant:
+        model, version = parse_model_ref(ref, f"deployment '{name}' {where}")
+        return Variant(role, model, version, ChainSpec(f"deployment/{name}/{role}", name, guard, validation))
+
+    primary = variant("primary", routes.primary, "model")
+    canary = variant("canary", routes.canary, "canary") if routes.canary is not None else None
+    shadows = tuple(variant(f"shadow:{s}", spec.model, f"shadows[{s!r}]") for s, spec in routes.shadows.items())
+    router = None
+    if canary is not None or shadows:
+        router = Router(
+            routes.salt or name, routes.canary_weight if canary is not None else 0.0,
+            shadows={v.name: routes.shadows[v.name.removeprefix("shadow:")].rate for v in shadows},
+        )
+    return {"routes": routes, "primary": primary, "canary": canary, "shadows": shadows, "router": router}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +177,7 @@ class ServingPolicy:
     model_guard: GuardConfig  # /v2: each model's chain, unless it has a limit of its own
     model_guards: Mapping[str, GuardConfig]  # /v2: models with a time limit of their own
     model_shedding: ShedderConfig  # /v2: each model's shedder
-    deployments: Mapping[str, DeploymentPolicy]
+    deployments: dict[str, DeploymentPolicy]  # swapped per deployment when its routes change
     max_entities: int  # /v1: entities one request may name
 
     @classmethod

@@ -124,7 +124,7 @@ def to_record(
         latency_ms=round(item.latency_ms, 3),
         trace_id=info.trace_id or None,
         deployment=outcome.deployment,
-        variant=outcome.variant,
+        variant=outcome.routed if outcome.routed is not None else outcome.variant,
         model=info.model or None,
         version=int(info.version) if info.version.isdigit() else None,
         error=type(outcome.error).__name__ if outcome.error is not None else None,

@@ -55,12 +55,10 @@ def v1_routes(plane: DataPlane) -> list[Route]:
             routing_key=headers.get("x-stalwart-routing-key"),
         )
         prediction = await plane.predict(call)
-        answer: dict[str, str] = {}
-        if prediction.variant is not None:
-            answer["X-Stalwart-Variant"] = prediction.variant
+        answer = {"X-Stalwart-Variant": prediction.variant}
         if prediction.degraded is not None:
             answer["X-Stalwart-Degraded"] = prediction.degraded.header()
-        return json_response(prediction.body(), headers=answer or None)
+        return json_response(prediction.body(), headers=answer)
 
     return [
         Route("/v1/deployments", list_deployments, methods=["GET"]),

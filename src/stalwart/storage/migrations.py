@@ -88,6 +88,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "alerts: state per (rule, column), transition history, the evaluator's lease",
         _create(tables.alert_states, tables.alert_history, tables.alert_leases),
     ),
+    Migration(
+        8,
+        "rollouts: each deployment's run-time routes, rollouts and their events",
+        _create(tables.deployment_routes, tables.rollouts, tables.rollout_events),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -200,8 +200,9 @@ feedback = Table(
 
 # Alerts (stalwart.monitoring.alerts): the state of each (rule, column), so a restarted or
 # newly elected evaluator neither re-fires what is firing nor forgets what is pending; every
-# transition, in order; and the lease that names the one process evaluating (SQLite; on
-# PostgreSQL a session advisory lock does that job and the table stays empty).
+# transition, in order; and the leases that name the one process leading (evaluating alerts,
+# controlling rollouts: stalwart.storage.leadership) on SQLite; on PostgreSQL a session
+# advisory lock does that job and the table stays empty.
 alert_states = Table(
     "alert_states",
     metadata,
@@ -241,6 +242,60 @@ alert_leases = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(200), nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+# Rollouts (stalwart.rollout): each deployment's variants as they are now (``routes``: the
+# primary, the canary and its weight, the shadows and their rates, the routing salt), which
+# the CLI, the admin API and the controller change at run time and every replica polls by
+# ``revision``; ``declared`` is the hash of the project file's declaration the row last took,
+# so a changed project file resets the row and an unchanged one leaves run-time changes be.
+deployment_routes = Table(
+    "deployment_routes",
+    metadata,
+    Column("deployment", String(200), primary_key=True),
+    Column("routes", JSON, nullable=False),
+    Column("declared", String(64), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("actor", String(200), nullable=False),
+)
+
+# A canary rollout: its plan, where it stands, and the controller's running evidence (so a
+# controller that dies is resumed by another from here); one running rollout per deployment.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("deployment", String(200), nullable=False),
+    Column("canary", String(200), nullable=False),  # "model:version"
+    Column("primary", String(200), nullable=False),  # what the primary was when it started
+    Column("salt", String(200), nullable=False),
+    Column("plan", JSON, nullable=False),
+    Column("state", String(20), nullable=False),  # running | paused | held | promoted | rolled_back
+    Column("step", Integer, nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("step_started_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("evidence", JSON, nullable=True),
+    Index("ix_rollouts_deployment_state", "deployment", "state"),
+)
+
+# Every look and decision of a rollout, in order, with its numbers (the rollout report's data).
+rollout_events = Table(
+    "rollout_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("ix_rollout_events_rollout", "rollout_id", "id"),
 )
 
 # Live profiles (stalwart.monitoring.live_profiles): one serialised Profile per deployment,
