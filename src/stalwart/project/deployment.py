@@ -35,8 +35,14 @@ mistake:
   the requests, chosen by a sticky hash of the first entity's key (or the
   ``X-Stalwart-Routing-Key`` header, else the request id): the same entity gets the same
   variant, and raising the weight only moves entities to the canary. The answer says which
-  variant answered (``variant`` in the body, ``X-Stalwart-Variant``). A rollout controller
-  that moves the weight by itself is not built yet.
+  variant answered (``variant`` in the body, ``X-Stalwart-Variant``).
+- ``shadows``: model versions that see a sampled copy of the requests and never answer
+  (``{"next": "fraud:4"}``, or ``{"next": {"model": "fraud:4", "rate": 0.25}}``).
+- ``rollout``: the plan of this deployment's canary rollouts (:mod:`stalwart.rollout.plan`:
+  ``{"steps": [0.05, 0.25, 0.5], "min_seconds": "5m", "min_requests": 1000}``); ``stalwart
+  rollout start`` moves the canary's weight step by step, judging it against the primary,
+  and promotes it or rolls it back by itself. All of these are the declaration; the CLI and
+  the admin API change them at run time (``docs/rollouts.md``).
 
 The degradation ladder, tried in order when the model call fails (an open breaker, a
 timeout, a model error): ``fallback`` (another model, usually simpler), the entity's
@@ -83,6 +89,8 @@ class Deployment:
     quality: Mapping[str, Any] | None = None
     canary: str | None = None  # another model version answering a sticky share of entities
     canary_weight: float = 0.0  # that share, in [0, 1]
+    shadows: Mapping[str, Any] | None = None  # name -> "model:version" or {"model": ..., "rate": 0.25}
+    rollout: Mapping[str, Any] | None = None  # the plan `stalwart rollout start` uses (stalwart.rollout.plan)
     model_name: str = field(init=False)
     model_version: int | None = field(init=False)
 

@@ -41,7 +41,7 @@ from stalwart.registry.audit import append_event
 from stalwart.storage import Database
 from stalwart.storage import tables as t
 
-__all__ = ["RouteStore", "Routes", "ShadowRoute", "declared_routes", "new_salt"]
+__all__ = ["RouteStore", "Routes", "ShadowRoute", "declared_routes", "new_salt", "parse_shadow"]
 
 
 class ShadowRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -101,7 +101,7 @@ def declared_routes(deployment: Deployment) -> Routes:
         canary=deployment.canary,
         canary_weight=float(deployment.canary_weight),
         salt=_salt(deployment.name, deployment.canary),
-        shadows={name: _shadow(deployment.name, name, spec) for name, spec in shadows.items()},
+        shadows={name: parse_shadow(spec, f"deployment '{deployment.name}' shadows[{name!r}]") for name, spec in shadows.items()},
     )
 
 
@@ -125,8 +125,11 @@ class RouteStore:
                     return _routes(row), int(row.revision)
                 revision = 1 if row is None else int(row.revision) + 1
                 _write(conn, name, declared, digest, revision, actor, insert=row is None)
-                action = "routes.declare" if row is None else "routes.reset"
-                append_event(conn, actor, action, f"deployment/{name}", {"routes": declared.to_dict(), "revision": revision})
+                if row is not None:  # a first declaration is the project file's, already on record
+                    append_event(conn, actor, "routes.reset", f"deployment/{name}", {
+                        "before": _routes(row).to_dict(), "after": declared.to_dict(), "revision": revision,
+                        "reason": "the project file declares other variants than the ones these routes were made from",
+                    })
                 return declared, revision
 
             try:
@@ -200,8 +203,10 @@ def _salt(deployment: str, canary: str | None) -> str:
     return f"{deployment}:{canary}" if canary else deployment
 
 
-def _shadow(deployment: str, name: str, spec: Any) -> ShadowRoute:
-    where = f"deployment '{deployment}' shadows[{name!r}]"
+def parse_shadow(spec: Any, where: str) -> ShadowRoute:
+    """A shadow's declaration, ``"model:version"`` or ``{"model": ..., "rate": 0.25}``."""
+    if isinstance(spec, ShadowRoute):
+        return spec
     if isinstance(spec, str):
         return ShadowRoute(model=spec)
     if isinstance(spec, Mapping):

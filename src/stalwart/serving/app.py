@@ -38,7 +38,8 @@ from stalwart.project import Project, load_project
 from stalwart.registry import ModelVersion, Registry
 from stalwart.registry.audit import process_actor, record_settings
 from stalwart.registry.flavors import Predictor
-from stalwart.rollout.routes import RouteStore
+from stalwart.rollout.controller import Controller, ControllerLoop
+from stalwart.rollout.rollouts import RolloutStore
 from stalwart.serving.alerting import build_alerting, monitor_source
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall
@@ -56,6 +57,7 @@ from stalwart.serving.predictions import prediction_routes
 from stalwart.serving.profile_tap import ProfileTap, open_live_profiles
 from stalwart.serving.repository import ModelRepository
 from stalwart.serving.responses import json_response
+from stalwart.serving.rollouts import rollout_routes
 from stalwart.serving.route_sync import RouteSync
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
 from stalwart.serving.tap import PredictionTap, open_prediction_log
@@ -151,6 +153,8 @@ def create_app(
             await listener.start()
         await repository.start()
         await route_sync.start()  # the routes in the database, before the first request
+        if controller is not None:
+            controller.start()
         if predictions is not None:
             predictions.start()
         if alerting is not None:
@@ -166,6 +170,8 @@ def create_app(
                 gc.unfreeze()  # the process may go on (tests, an embedding app): collect as usual
             if alerting is not None:
                 await asyncio.to_thread(alerting.stop)  # joins its threads, releases its lock
+            if controller is not None:
+                await controller.stop()  # releases its lock: another replica takes over at once
             await route_sync.stop()
             await repository.stop()
             for listener in listeners:
@@ -202,8 +208,14 @@ def create_app(
         return json_response(document)
 
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
+    rollout_store = RolloutStore(registry.db)
     route_sync = RouteSync(
-        RouteStore(registry.db), deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor()
+        rollout_store.routes, deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor()
+    )
+    controller = (
+        ControllerLoop(Controller(rollout_store, project, lag_seconds=settings.rollout_lag_seconds))
+        if settings.rollout_controller and project.deployments
+        else None
     )
     # --- request taps: tracing first (it may replace the request's trace ids, which the
     # taps after it record), then the prediction log, live profiles, then the caller's. Each is None when
@@ -232,6 +244,7 @@ def create_app(
         *prediction_routes(store, auth, log=settings.prediction_log),
         *feedback_routes(registry, auth, settings),
         *monitoring_routes(registry.db, frozenset(project.deployments), auth, settings),
+        *rollout_routes(rollout_store, registry, project, auth),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
@@ -251,6 +264,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.deployments = deployments
     app.state.route_sync = route_sync
+    app.state.rollout_controller = controller
     app.state.plane = plane
     app.state.predictions = predictions
     app.state.live_profiles = live_profiles
