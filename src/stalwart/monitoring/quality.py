@@ -59,6 +59,7 @@ __all__ = [
     "OutputReading",
     "WindowQuality",
     "classification_metrics",
+    "classified_rows",
     "quality_over_time",
     "regression_metrics",
 ]
@@ -196,6 +197,25 @@ def quality_over_time(
     for index in range(count):
         windows.append(rows.window(index, first + index * width, estimator))
     return windows
+
+
+def classified_rows(
+    records: Sequence[LoggedPrediction], labels: Mapping[tuple[str, int], Label], reading: OutputReading
+) -> tuple[Array, Array] | None:
+    """The labelled prediction rows of ``records``, read as :func:`quality_over_time` reads
+    them (the predicted class from ``reading.predicted``, else the scores' argmax or
+    threshold; classes matched to labels as in the module docstring): for each, the index
+    of its record in ``records`` and whether its predicted class is its label.
+
+    ``labels`` maps ``(request id, row)`` to the row's label. None when the rows are a
+    regression's (their labels are numbers and there are no scores): a regression has no
+    "correct". Rows whose class cannot be read are left out, as from realised metrics.
+    """
+    rows = _Rows.build(list(records), {key: _Label(value, 0) for key, value in labels.items()}, reading, 0, 1)
+    if rows.task != "classification":
+        return None
+    kept = rows.labelled
+    return rows.record[kept], rows.predicted[kept] == rows.label[kept]
 
 
 def classification_metrics(labels: Array, predicted: Array, scores: Array | None, n_classes: int) -> dict[str, float]:
@@ -345,6 +365,7 @@ class _Rows:
     def __init__(self) -> None:
         self.bucket: Array = np.empty(0, np.int64)
         self.time_ns: Array = np.empty(0, np.int64)
+        self.record: Array = np.empty(0, np.int64)  # each row's index in the records it was built from
         self.predicted: Array = np.empty(0)
         self.scores: Array | None = None
         self.labelled: Array = np.empty(0, bool)
@@ -356,12 +377,13 @@ class _Rows:
     @classmethod
     def build(cls, records: list[LoggedPrediction], labels: dict[tuple[str, int], _Label], reading: OutputReading, first: int, width: int) -> _Rows:
         times: list[int] = []
+        owners: list[int] = []
         predicted: list[Any] = []
         scores: list[Any] = []
         label_values: list[Any] = []
         received: list[int] = []
         score_name = reading.score
-        for record in records:
+        for number, record in enumerate(records):
             outputs = record.outputs or {}
             if score_name is None:
                 score_name = next((name for name in SCORE_OUTPUTS if isinstance(outputs.get(name), list)), None)
@@ -370,6 +392,7 @@ class _Rows:
             n = record.rows if record.rows is not None else _length(pred_column, score_column)
             for row in range(n):
                 times.append(record.time_ns)
+                owners.append(number)
                 predicted.append(_at(pred_column, row))
                 scores.append(_at(score_column, row))
                 label = labels.get((record.request_id, row))
@@ -377,6 +400,7 @@ class _Rows:
                 received.append(0 if label is None else label.received_ns)
         rows = cls()
         rows.time_ns = np.asarray(times, dtype=np.int64)
+        rows.record = np.asarray(owners, dtype=np.int64)
         rows.bucket = (rows.time_ns - first) // width
         rows.received_ns = np.asarray(received, dtype=np.int64)
         has_scores = any(s is not None for s in scores)
