@@ -14,13 +14,10 @@ section with nothing to show says why, with the builder's note when it gave one.
 
 from __future__ import annotations
 
-import datetime as dt
-import html
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stalwart._version import __version__
+from stalwart.monitoring import report_markup as markup
 from stalwart.monitoring import report_plots as plots
 from stalwart.monitoring.report_document import (
     ColumnDrift,
@@ -30,6 +27,10 @@ from stalwart.monitoring.report_document import (
     sorted_alerts,
     sorted_columns,
 )
+
+# The shared pieces under the short names this module has always used.
+_e, _figure, _table, _card = markup.escape, markup.figure, markup.table, markup.card
+_num, _p, _pct, _time, _span = markup.num, markup.p_value, markup.pct, markup.time, markup.span
 
 __all__ = ["MAX_DISTRIBUTION_PLOTS", "render_html"]
 
@@ -70,16 +71,10 @@ def render_html(document: ReportDocument | Mapping[str, Any]) -> str:
             _quality(doc),
             _alerts(doc),
             _skew(doc),
-            f'<footer>Stalwart {_e(__version__)} · generated {_e(_time(doc.generated_at))} · '
-            "self-contained: this file fetches nothing</footer>",
+            markup.footer(doc.generated_at),
         ]
     )
-    title = f"Monitoring report: {doc.deployment}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
-    )
+    return markup.page(f"Monitoring report: {doc.deployment}", body)
 
 
 # -- sections -------------------------------------------------------------------------
@@ -321,11 +316,6 @@ def _skew(doc: ReportDocument) -> str:
 # -- small pieces ---------------------------------------------------------------------
 
 
-def _e(text: object) -> str:
-    """Escaped for HTML text and quoted attributes: every string from data goes through here."""
-    return html.escape(str(text), quote=True)
-
-
 def _empty(doc: ReportDocument, section: str, default: str | None = None) -> str:
     reason = doc.notes.get(section) or default or _EMPTY[section]
     return f"<p class=empty>{_e(reason)}</p>"
@@ -333,19 +323,6 @@ def _empty(doc: ReportDocument, section: str, default: str | None = None) -> str
 
 def _note(doc: ReportDocument, section: str) -> str:
     return f"<p class=note>{_e(doc.notes[section])}</p>"
-
-
-def _figure(svg: str, kind: str, caption: str) -> str:
-    return f"<figure class=plot data-plot={kind}>{plots.scope_ids(svg, kind + '-')}<figcaption>{_e(caption)}</figcaption></figure>"
-
-
-def _table(headers: Sequence[str], rows: Sequence[str]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    return f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-
-
-def _card(title: str, value: str, detail: str, bad: bool) -> str:
-    return f'<div class="card{" bad" if bad else ""}"><div class=label>{_e(title)}</div><div class=value>{_e(value)}</div><div class=detail>{_e(detail)}</div></div>'
 
 
 def _badge(severity: str) -> str:
@@ -365,84 +342,3 @@ def _value_vs(value: float | None, threshold: float | None) -> str:
     if value is None:
         return ""
     return f": {_num(value)}" + ("" if threshold is None else f" (threshold {_num(threshold)})")
-
-
-def _num(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    return f"{value:.3g}" if abs(value) < 1e5 else f"{value:,.0f}"
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
-def _time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _span(delta: dt.timedelta) -> str:
-    seconds = delta.total_seconds()
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.3g} {unit}"
-    return f"{seconds:.3g} s"
-
-
-_CSS = """
-:root{--fg:#111827;--muted:#6b7280;--line:#e5e7eb;--bad:#b91c1c;--badbg:#fef2f2;--good:#047857;--goodbg:#ecfdf5;
---warn:#d97706;--info:#2563eb;--ref:#9aa5b1;--cur:#1d4ed8}
-*{box-sizing:border-box}
-body{margin:0;color:var(--fg);background:#f9fafb;font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-main{max-width:1180px;margin:0 auto;padding:24px}
-header h1{margin:0;font-size:22px;font-weight:600}
-header .name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#eef2ff;padding:1px 6px;border-radius:4px}
-.window{color:var(--muted);margin:4px 0 10px}
-nav{display:flex;flex-wrap:wrap;gap:14px;border-bottom:1px solid var(--line);padding-bottom:8px}
-nav a{color:var(--cur);text-decoration:none}
-section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin:18px 0}
-h2{margin:0 0 10px;font-size:18px;font-weight:600}
-h3{margin:16px 0 8px;font-size:15px;font-weight:600}
-.verdict{font-weight:600;padding:8px 12px;border-radius:6px;margin:0 0 12px}
-.verdict.bad{color:var(--bad);background:var(--badbg)}
-.verdict.good{color:var(--good);background:var(--goodbg)}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(200px,1fr));gap:12px}
-.card{border:1px solid var(--line);border-radius:6px;padding:10px 12px}
-.card.bad{border-color:var(--bad)}
-.card .label{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.card .value{font-size:24px;font-weight:600}
-.card.bad .value{color:var(--bad)}
-.card .detail{color:var(--muted);font-size:12px}
-.explain,.empty,.note,figcaption{color:var(--muted)}
-.empty{font-style:italic}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{text-align:left;padding:4px 8px;border-bottom:1px solid var(--line);vertical-align:top}
-th{font-weight:600;color:var(--muted);white-space:nowrap}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;overflow-wrap:anywhere;min-width:14ch}
-tr.drifted td.name{color:var(--bad);font-weight:600}
-.verdict-tag{font-size:12px;padding:0 6px;border-radius:8px;white-space:nowrap}
-.verdict-tag.bad{color:var(--bad);background:var(--badbg)}
-.verdict-tag.good{color:var(--good);background:var(--goodbg)}
-.badge{font-size:12px;padding:0 6px;border-radius:8px;color:#fff;background:var(--muted)}
-.badge.critical{background:var(--bad)}.badge.warning{background:var(--warn)}.badge.info{background:var(--info)}
-ul.firing{margin:0;padding-left:20px}
-figure{margin:8px 0}
-figure.plot svg{display:block;width:100%;height:auto}
-figcaption{font-size:12px;margin-top:2px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px}
-figure.small{border:1px solid var(--line);border-radius:6px;padding:6px;margin:0}
-figure.small.drifted{border-color:var(--bad)}
-figure.small figcaption{color:var(--fg);font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;overflow-wrap:anywhere}
-figure.small .meta{font-family:system-ui,sans-serif;color:var(--muted)}
-.legend .swatch{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-1px;border-radius:2px}
-.swatch.reference{background:var(--ref)}.swatch.current{background:var(--cur)}.swatch.drifted{background:var(--bad)}
-footer{color:var(--muted);font-size:12px;text-align:center;margin:24px 0}
-"""
