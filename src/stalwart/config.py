@@ -146,7 +146,7 @@ class Settings(BaseSettings):
         default=True, description="run the canary rollout controller (one replica at a time leads it, by a database lock)"
     )
     rollout_lag_seconds: float = Field(
-        default=5.0, ge=0, le=600,
+        default=15.0, ge=0, le=600,
         description="the controller judges records older than this: a slow request is logged late, and must not be missed",
     )
     # Alerts (stalwart.monitoring.alerts): evaluated when the project declares any.

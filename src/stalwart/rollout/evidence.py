@@ -262,7 +262,9 @@ def default_rules(**overrides: MetricRule | None) -> tuple[MetricRule, ...]:
         "violation_rate": MetricRule.rate("violation_rate", max_rise=0.005, alpha=alpha),
         "latency": MetricRule.latency("latency", max_ratio_rise=0.10, alpha=alpha),
         "tail_latency": MetricRule.tail_latency("tail_latency", max_rise=0.01, alpha=alpha),
-        "score_shift": MetricRule.score_shift("score_shift", max_shift=0.02, alpha=alpha, on_fail="hold", required=False),
+        # Rolls back: a retrained model whose scores move this far is suspect, and a rollback
+        # is cheap to undo (start again with a wider tolerance when the shift is wanted).
+        "score_shift": MetricRule.score_shift("score_shift", max_shift=0.02, alpha=alpha, required=False),
         "accuracy": MetricRule.accuracy("accuracy", max_drop=0.02, alpha=alpha),
     }
     for name, rule in overrides.items():
