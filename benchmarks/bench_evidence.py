@@ -14,8 +14,9 @@ tenth of them to the canary, 1 % failed. Medians of ``--runs``:
   run, its watermark just before them): the indexed range read in chunks, each record's
   JSON decoded for its validation summary and outputs, both arms' moments and sketches;
 - **the read alone**: the same range's rows fetched without counting them;
-- **observations + judge**, **to_dict + from_dict** of the evidence, and one
-  :func:`latency_threshold` (the newest 50,000 primary latencies).
+- **observations + judge**, **to_dict + from_dict** of the evidence, one
+  :func:`latency_threshold` (the newest 50,000 primary latencies), and one
+  :func:`accuracy` with every row of the new records labelled.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
+from stalwart.monitoring.feedback import FeedbackItem, store_feedback
 from stalwart.monitoring.records import PredictionRecord
 from stalwart.monitoring.sinks.sql import SqlSink
-from stalwart.rollout.evidence import Evidence, default_rules, latency_threshold
+from stalwart.rollout.evidence import Evidence, accuracy, default_rules, latency_threshold
 from stalwart.rollout.judge import Judge
 from stalwart.storage import Database
 from stalwart.storage.tables import predictions
@@ -130,6 +132,14 @@ def run(options: Options) -> str:
             state_ms = _median_ms(lambda: Evidence.from_dict(evidence.to_dict()), options.runs)
             threshold_ms = _median_ms(lambda: latency_threshold(db, "fraud", first_new), options.runs)
             size = len(str(evidence.to_dict()))
+            labels = [
+                FeedbackItem(label=(i + row) % 2, request_id=f"req-{i:08d}", row=row)
+                for i in range(options.history, options.history + options.records)
+                for row in (0, 1)
+            ]
+            for start in range(0, len(labels), 5_000):
+                store_feedback(db, labels[start : start + 5_000], now_ns=until)
+            accuracy_ms = _median_ms(lambda: accuracy(db, "fraud", first_new, until), options.runs)
         finally:
             db.dispose()
     per_record = advance_ms / options.records * 1e3
@@ -147,6 +157,7 @@ def run(options: Options) -> str:
         f"| `observations` + `Judge.judge` (7 rules) | {judge_ms:.2f} ms |",
         f"| `Evidence.to_dict` + `from_dict` ({size:,} characters) | {state_ms:.2f} ms |",
         f"| `latency_threshold` (newest 50,000 primary latencies) | {threshold_ms:.1f} ms |",
+        f"| `accuracy` ({2 * options.records:,} labelled rows) | {accuracy_ms:.1f} ms |",
     ]
     return "\n".join(lines) + "\n"
 
