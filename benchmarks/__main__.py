@@ -4,8 +4,9 @@ Suites: ``serving`` (issue 2: the endpoint's overhead), ``batching`` (issue 5: a
 batching on and off), ``predictions`` (issue 12: the prediction log's cost), ``drift``
 (issue 13: drift scores from sketches and raw values), ``alerts`` (issue 13: false alarms
 per day and detection delay), ``profiles`` (issue 13: live profiles' cost per request),
-``routing`` (issue 14: canary and shadow routing's cost per request) and ``shadow`` (issue 14:
-shadow submits and paired comparison); the last five start no server. With no suite named, all run. Each report is printed and written to
+``routing`` (issue 14: canary and shadow routing's cost per request), ``shadow`` (issue 14:
+shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout controller's look
+at the prediction log); the last six start no server. With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
 
@@ -19,6 +20,7 @@ from benchmarks import (
     batching,
     bench_alerts,
     bench_drift,
+    bench_evidence,
     bench_live_profiles,
     bench_routing,
     bench_shadow,
@@ -45,6 +47,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "alerts": lambda a: bench_alerts.run(bench_alerts.Options()),
     "routing": lambda a: bench_routing.run(bench_routing.Options(repeats=a.repeats)),
     "shadow": lambda a: bench_shadow.run(bench_shadow.Options(runs=a.repeats)),
+    "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
 }
 # Suites that drive a server with wrk; the others run in-process.
 NEEDS_WRK = frozenset({"serving", "predictions", "batching"})

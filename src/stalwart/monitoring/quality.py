@@ -41,7 +41,7 @@ import datetime as dt
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from sqlalchemy import select
@@ -311,8 +311,7 @@ def _records(database: Database, deployment: str, variant: str | None, start: in
         after = (int(page[-1][0]), str(page[-1][1]))
 
 
-@dataclass(frozen=True)
-class _Label:
+class _Label(NamedTuple):  # a tuple: built once per labelled row, several times cheaper than a frozen dataclass
     value: Label
     received_ns: int
 
