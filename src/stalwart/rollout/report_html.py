@@ -19,13 +19,13 @@ at most :data:`MAX_DECISION_ROWS` decisions listed (the newest) and
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from stalwart.monitoring import report_markup as markup
 from stalwart.monitoring.report_figures import Window
 from stalwart.monitoring.report_markup import escape as _e
+from stalwart.rollout import report_numbers as numbers
 from stalwart.rollout import report_plots as plots
 from stalwart.rollout.history import Event, Look, LookVerdict, RolloutHistory
 
@@ -187,7 +187,7 @@ def _verdicts(h: RolloutHistory, looks: Sequence[Event]) -> str:
     window = f" over {_when(look.window.start)} → {_when(look.window.end)}" if look.window is not None else ""
     parts.append(f"<p class=explain>Look at {_e(_when(event.time))}{_e(window)}, step {_e(_step(event))}, canary weight {markup.pct(event.weight)}.</p>")
     rules = {r.name: r for r in h.plan.rules}
-    rows = [_verdict_row(v, plots.metric_unit(rules.get(v.metric), v)) for v in look.verdicts]
+    rows = [_verdict_row(v, numbers.metric_unit(rules.get(v.metric), v)) for v in look.verdicts]
     if rows:
         parts.append(markup.table(
             ["metric", "decision", "canary", "primary", "effect", "relative effect", "interval", "tolerance",
@@ -206,13 +206,12 @@ def _verdicts(h: RolloutHistory, looks: Sequence[Event]) -> str:
     return "".join(parts)
 
 
-def _verdict_row(v: LookVerdict, unit: plots.Unit) -> str:
-    interval = "—" if v.lower is None or v.upper is None else f"[{_effect(v.lower, unit)}, {_effect(v.upper, unit)}]"
+def _verdict_row(v: LookVerdict, unit: numbers.Unit) -> str:
     return (
         f"<tr class=decision-{_tag(v.decision)}><td class=name>{_e(v.metric)}</td><td>{_decision(v.decision)}</td>"
-        f"<td class=num>{_e(_level(v.canary, unit))}</td><td class=num>{_e(_level(v.primary, unit))}</td>"
-        f"<td class=num>{_e(_effect(v.effect, unit))}</td><td class=num>{markup.pct(v.relative_effect)}</td>"
-        f"<td class=num>{_e(interval)}</td><td class=num>{_e(_tolerance(v, unit))}</td>"
+        f"<td class=num>{_e(numbers.level(v.canary, unit))}</td><td class=num>{_e(numbers.level(v.primary, unit))}</td>"
+        f"<td class=num>{_e(numbers.effect(v.effect, unit))}</td><td class=num>{markup.pct(v.relative_effect)}</td>"
+        f"<td class=num>{_e(numbers.interval(v.lower, v.upper, unit))}</td><td class=num>{_e(numbers.tolerance(v, unit))}</td>"
         f"<td class=num>{markup.p_value(v.p_value)}</td><td class=num>{v.n_canary:,} / {v.n_primary:,}</td></tr>"
         f"<tr class=why><td></td><td colspan=9>{_e(v.reason)}</td></tr>"
     )
@@ -326,35 +325,6 @@ def _tag(word: str) -> str:
 _TAGS: Final = frozenset(
     ("pass", "fail", "inconclusive", "start", "step", "weight", "pause", "resume", "hold", "promote", "rollback", "look")
 )
-
-
-def _level(value: float | None, unit: plots.Unit) -> str:
-    """An arm's rate or mean, as its unit reads."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    if unit == "rate":
-        return f"{100 * value:.2f}%"
-    if unit == "ratio":
-        return markup.num(math.exp(min(value, 700.0)))
-    return markup.num(value)
-
-
-def _effect(value: float | None, unit: plots.Unit) -> str:
-    """A difference, as its unit reads (signed)."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    if unit == "rate":
-        return f"{100 * value:+.2f} pp"
-    if unit == "ratio":
-        return f"{math.expm1(min(value, 700.0)):+.1%}"
-    return f"{value:+.3g}"
-
-
-def _tolerance(v: LookVerdict, unit: plots.Unit) -> str:
-    if v.tolerance is None:
-        return "—"
-    bound = {"lower_is_better": "rise", "higher_is_better": "drop", "two_sided": "shift"}.get(v.direction, "change")
-    return f"{bound} ≤ {_effect(v.tolerance, unit).lstrip('+')}"
 
 
 def _step(event: Event) -> str:

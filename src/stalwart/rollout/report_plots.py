@@ -12,10 +12,11 @@ decision markers (:data:`MAX_LABELS` of them labelled) and :data:`MAX_METRIC_PAN
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import math
 from collections.abc import Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from stalwart.monitoring.report_figures import (
     time_axis,
 )
 from stalwart.rollout.history import Event, Look, LookVerdict, PlanRule, RolloutHistory
+from stalwart.rollout.report_numbers import metric_unit, plot_value
 
 __all__ = [
     "DECISION_COLORS",
@@ -38,11 +40,9 @@ __all__ = [
     "MAX_MARKERS",
     "MAX_METRIC_PANELS",
     "MAX_WEIGHT_POINTS",
-    "Unit",
     "arm_requests",
     "effects_plot",
     "metric_names",
-    "metric_unit",
     "requests_plot",
     "thin",
     "weight_changes",
@@ -76,10 +76,6 @@ _UNLABELLED: Final = frozenset(("step",))
 _REQUEST_KEYS: Final = ("requests", "n", "count", "total")
 
 T = TypeVar("T")
-
-Unit = Literal["rate", "ratio", "plain"]
-"""How a metric's numbers read: a rate (effects in percentage points), a log-scale mean
-(effects as a ratio minus one, in %), or as they are."""
 
 
 def thin(items: Sequence[T], limit: int) -> list[T]:
@@ -115,15 +111,6 @@ def metric_names(history: RolloutHistory, looks: Sequence[Look]) -> list[str]:
                 seen.add(verdict.metric)
                 names.append(verdict.metric)
     return names
-
-
-def metric_unit(rule: PlanRule | None, verdict: LookVerdict | None = None) -> Unit:
-    """How ``rule``'s numbers read: its ``log_scale`` and ``kind``, else the verdict's method."""
-    if rule is not None and rule.log_scale:
-        return "ratio"
-    if (rule is not None and rule.kind == "proportion") or (verdict is not None and "proportions" in verdict.method):
-        return "rate"
-    return "plain"
 
 
 def arm_requests(look: Look, arm: str) -> int | None:
@@ -239,16 +226,15 @@ def _effect_panel(ax: Any, metric: str, rule: PlanRule | None, looks: Sequence[E
     verdicts = [(event, v) for event in looks if (v := _verdict(event.look, metric)) is not None]
     last = verdicts[-1][1] if verdicts else None
     unit = metric_unit(rule, last)
-    shown = _SHOWN[unit]
     ax.set_title(clip(metric, 40) + _TITLES[unit])
     if not verdicts:
         ax.text(0.5, 0.5, "no look yet", ha="center", va="center", transform=ax.transAxes, color=COLORS["threshold"])
         ax.set_yticks([])
         return
     times = [_time(event.at) for event, _ in verdicts]
-    effect = [shown(v.effect) for _, v in verdicts]
-    lower = [shown(v.lower) for _, v in verdicts]
-    upper = [shown(v.upper) for _, v in verdicts]
+    effect = [plot_value(v.effect, unit) for _, v in verdicts]
+    lower = [plot_value(v.lower, unit) for _, v in verdicts]
+    upper = [plot_value(v.upper, unit) for _, v in verdicts]
     decisions = [v.decision for _, v in verdicts]
     ax.fill_between(times, lower, upper, color=COLORS["reference"], alpha=0.3, linewidth=0)
     ax.plot(times, effect, color=COLORS["reference"], linewidth=0.8)
@@ -264,9 +250,9 @@ def _effect_panel(ax: Any, metric: str, rule: PlanRule | None, looks: Sequence[E
     if tolerance is not None and math.isfinite(tolerance):
         # The tolerance bounds a rise, a drop, or both (judge.decide); unknown: a rise.
         if direction in ("lower_is_better", "two_sided", ""):
-            lines.append(shown(tolerance))
+            lines.append(plot_value(tolerance, unit))
         if direction in ("higher_is_better", "two_sided"):
-            lines.append(shown(-tolerance))
+            lines.append(plot_value(-tolerance, unit))
     for y in lines:
         ax.axhline(y, color=COLORS["drifted"], linestyle="--", linewidth=0.9)
     ax.set_ylim(*_limits(effect, lower, upper, lines))
@@ -290,23 +276,11 @@ def _verdict(look: Look | None, metric: str) -> LookVerdict | None:
 
 
 def _weight_at(points: Sequence[tuple[float, float]], at: float) -> float:
-    weight = points[0][1]
-    for t, w in points:
-        if t > at:
-            break
-        weight = w
-    return weight
+    """The weight in force at ``at``: the last change at or before it (the first before any)."""
+    i = bisect.bisect_right(points, at, key=lambda p: p[0])
+    return points[max(i - 1, 0)][1]
 
 
-def _percent_ratio(value: float | None) -> float:
-    return math.nan if value is None or not math.isfinite(value) else 100.0 * math.expm1(min(value, 700.0))
-
-
-def _points(value: float | None) -> float:
-    return 100.0 * nan(value)
-
-
-_SHOWN: Final = {"rate": _points, "ratio": _percent_ratio, "plain": nan}
 _TITLES: Final = {"rate": " (canary - primary, pp)", "ratio": " (canary / primary - 1, %)", "plain": " (canary - primary)"}
 
 
