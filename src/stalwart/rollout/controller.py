@@ -54,6 +54,7 @@ from stalwart.rollout.judge import Judge, Judgement, MetricRule
 from stalwart.rollout.plan import RolloutPlan
 from stalwart.rollout.rollouts import Rollout, RolloutStore
 from stalwart.rollout.routing import sample_ratio_mismatch
+from stalwart.rollout.sequential import Proportion
 from stalwart.storage.leadership import Leadership
 
 __all__ = ["SETTLE_SECONDS", "Controller", "ControllerLoop", "Look", "rules_for"]
@@ -113,6 +114,9 @@ class Controller:
         self.settle_seconds = settle_seconds
         self.leadership = leadership or Leadership(store.db, _LEASE, lock_id=_LOCK_ID, lease_seconds=30.0)
         self._looked: dict[int, float] = {}  # rollout id -> when this process last looked
+        # Reading labels costs ~30 µs per labelled row (evidence.accuracy): once a minute per
+        # rollout and step, not at every look; labels arrive slowly anyway.
+        self._accuracy: dict[tuple[int, int], tuple[float, dict[str, Proportion]]] = {}
 
     def tick(self, now: float | None = None) -> list[Rollout]:
         """Look at each running rollout that is due, if this process leads; the rollouts
@@ -166,7 +170,7 @@ class Controller:
         rules = rules_for(rollout.plan)
         if evidence.slow_ms is None:
             rules = tuple(r for r in rules if r.name != "tail_latency")
-        labelled = accuracy(db, name, evidence.start_ns, max(evidence.watermark_ns, evidence.start_ns), reading)
+        labelled = self._labelled(rollout, evidence, reading, now)
         judgement = Judge(rules).judge(evidence.observations(labelled, rules=rules), window=evidence.window())
         counts = {arm: tally.requests for arm, tally in evidence.tallies.items()}
         weight = rollout.weight
@@ -179,6 +183,20 @@ class Controller:
             "elapsed_seconds": round(now - rollout.step_started_at, 3),
         }
         return Look(decision, reason, detail), evidence
+
+
+    def _labelled(self, rollout: Rollout, evidence: Evidence, reading: OutputReading, now: float) -> dict[str, Proportion]:
+        key = (rollout.id, rollout.step)
+        cached = self._accuracy.get(key)
+        if cached is not None and now - cached[0] < _ACCURACY_EVERY_SECONDS:
+            return cached[1]
+        found = accuracy(self.store.db, rollout.deployment, evidence.start_ns, max(evidence.watermark_ns, evidence.start_ns), reading)
+        self._accuracy = {k: v for k, v in self._accuracy.items() if k[0] != rollout.id}  # older steps' go
+        self._accuracy[key] = (now, found)
+        return found
+
+
+_ACCURACY_EVERY_SECONDS = 60.0
 
 
 def _decide(rollout: Rollout, judgement: Judgement, srm: bool, canary_requests: int, now: float) -> tuple[str, str]:
