@@ -7,7 +7,8 @@ The data plane never reads a setting or a declaration per request: it is handed 
 - the batching policy each model version's batcher gets;
 - for each deployment a :class:`DeploymentPolicy`: its variants (each a model reference and
   the :class:`ChainSpec` put in front of it), its ladder (fallback variant, last good,
-  default prediction), its shedding and its feature sources' guard.
+  default prediction), its shedding and its feature sources' guard, and its shadows (each a
+  variant whose chain runs the model on a batcher and executor of its own: ``isolated``).
 
 Mistakes in a deployment's policies are :class:`~stalwart.errors.ConfigError` naming the
 deployment and the field, raised at start, never in a request.
@@ -16,7 +17,7 @@ deployment and the field, raised at start, never in a request.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -70,13 +71,16 @@ class ChainSpec:
     label: str  # the metrics' deployment label: a deployment name, or "model:<name>"
     guard: GuardConfig | None = None
     validation: PolicyOverrides | None = None
+    # True for a shadow: the model runs on a batcher and executor of this entry's own, never
+    # on the version's shared ones, so a shadow that hangs cannot hold the primary's threads.
+    isolated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
     """One model a deployment can answer with, and the chain in front of it."""
 
-    name: str  # "primary", "fallback" (later: a canary's or a shadow's name)
+    name: str  # "primary", "canary", "fallback", or a shadow's name
     model: str
     version: int | None  # None: the latest registered version
     chain: ChainSpec
@@ -101,7 +105,10 @@ class DeploymentPolicy:
     source_guard: GuardConfig | None
     log: LogPolicy
     canary: Variant | None = None
-    router: Router | None = None  # set with a canary: who answers, by a sticky hash
+    router: Router | None = None  # set with a canary or shadows: who answers and who shadows, by a sticky hash
+    shadows: tuple[Variant, ...] = ()  # see a copy of the requests; never answer one
+    shadow_time_limits: Mapping[str, float] = field(default_factory=dict)  # seconds, by shadow name
+    reading: OutputReading = field(default_factory=OutputReading)  # a prediction's class and score (pairing)
 
     @classmethod
     def build(cls, deployment: Deployment) -> DeploymentPolicy:
@@ -124,15 +131,31 @@ class DeploymentPolicy:
         if deployment.canary:
             model, version = parse_model_ref(deployment.canary, f"{where} canary")
             canary = Variant("canary", model, version, ChainSpec(f"deployment/{name}/canary", name, guard, validation))
-            # The salt names the canary: a new canary version reshuffles who gets it.
-            router = Router(f"{name}:{deployment.canary}", deployment.canary_weight)
+        # Each shadow has a chain entry of its own: its own breaker and bulkhead, its own
+        # validation metrics label, and (isolated) its own batcher and model threads.
+        shadows = tuple(
+            Variant(
+                spec.name, spec.model_name, spec.model_version,
+                ChainSpec(f"deployment/{name}/shadow:{spec.name}", f"{name}/shadow:{spec.name}", guard, validation, isolated=True),
+            )
+            for spec in deployment.shadow_specs
+        )
+        if canary is not None or shadows:
+            # The salt names the canary: a new canary version reshuffles who gets it (and
+            # which keys each shadow samples); without one, the deployment's name.
+            salt = f"{name}:{deployment.canary}" if deployment.canary else name
+            rates = {spec.name: spec.rate for spec in deployment.shadow_specs}
+            try:
+                router = Router(salt, deployment.canary_weight, rates)
+            except ConfigError as exc:
+                raise ConfigError(f"{where} {exc.message}") from None
         source_guard = (
             _validated(GuardConfig, deployment.source_guard, f"{where} source_guard")
             if deployment.source_guard is not None
             else DEFAULT_SOURCE_GUARD
         )
         log = _validated(LogPolicy, deployment.log, f"{where} log") if deployment.log is not None else LogPolicy()
-        OutputReading.from_mapping(deployment.quality, where)  # checked at start; read by the quality reports
+        reading = OutputReading.from_mapping(deployment.quality, where)  # also read by the quality reports
         return cls(
             deployment=deployment,
             log=log,
@@ -144,6 +167,9 @@ class DeploymentPolicy:
             source_guard=source_guard,
             canary=canary,
             router=router,
+            shadows=shadows,
+            shadow_time_limits={spec.name: spec.time_limit for spec in deployment.shadow_specs},
+            reading=reading,
         )
 
 

@@ -88,6 +88,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         "alerts: state per (rule, column), transition history, the evaluator's lease",
         _create(tables.alert_states, tables.alert_history, tables.alert_leases),
     ),
+    # 8 is the lead's (runtime routing); this branch starts at 9.
+    Migration(9, "shadow pairs: per-minute paired reports of each shadow against the client's answers, per replica", _create(tables.shadow_pairs)),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
