@@ -18,6 +18,7 @@ from stalwart.cli.models import models_app
 from stalwart.cli.monitor import monitor_app
 from stalwart.cli.output import print_error
 from stalwart.cli.schemas import schema_app
+from stalwart.cli.shadow import shadow_app
 from stalwart.cli.validate import validate_command
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(log_app, name="log")
 app.add_typer(audit_app, name="audit")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(shadow_app, name="shadow")
 app.command("validate")(validate_command)
 
 

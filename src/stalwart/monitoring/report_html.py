@@ -31,7 +31,19 @@ from stalwart.monitoring.report_document import (
     sorted_columns,
 )
 
-__all__ = ["MAX_DISTRIBUTION_PLOTS", "render_html"]
+__all__ = [
+    "MAX_DISTRIBUTION_PLOTS",
+    "card",
+    "escape",
+    "figure",
+    "number",
+    "p_value",
+    "page",
+    "percent",
+    "render_html",
+    "table",
+    "time_text",
+]
 
 MAX_DISTRIBUTION_PLOTS = 48
 """Features drawn as small multiples (the most severe); the table lists every feature."""
@@ -74,7 +86,13 @@ def render_html(document: ReportDocument | Mapping[str, Any]) -> str:
             "self-contained: this file fetches nothing</footer>",
         ]
     )
-    title = f"Monitoring report: {doc.deployment}"
+    return page(f"Monitoring report: {doc.deployment}", body)
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page in the report's style: ``title`` (escaped here) and
+    ``body`` (HTML, every string from data already escaped). Other reports (the shadow
+    report) build their pages with it and the pieces below, for one house style."""
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -446,3 +464,15 @@ figure.small .meta{font-family:system-ui,sans-serif;color:var(--muted)}
 .swatch.reference{background:var(--ref)}.swatch.current{background:var(--cur)}.swatch.drifted{background:var(--bad)}
 footer{color:var(--muted);font-size:12px;text-align:center;margin:24px 0}
 """
+
+
+# The pieces of a page, public for other reports in the same style (see ``page``): escaping,
+# tables, cards, figures and number formats.
+escape = _e
+table = _table
+card = _card
+figure = _figure
+number = _num
+p_value = _p
+percent = _pct
+time_text = _time

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_QUALITY_METRICS",
     "MAX_SCORE_LINES",
     "MAX_TIMELINE_ROWS",
+    "PALETTE",
     "Window",
     "alert_rows",
     "alerts_plot",
@@ -49,7 +50,9 @@ __all__ = [
     "predictions_plot",
     "quality_metrics",
     "quality_plot",
+    "render_figure",
     "scope_ids",
+    "time_axis",
 ]
 
 MAX_CATEGORIES = 12  # bars per categorical plot; the rest summed as "(other)"
@@ -69,6 +72,8 @@ COLORS = {
     "info": "#2563eb",
 }
 _CYCLE = ("#1d4ed8", "#b91c1c", "#047857", "#7c3aed", "#d97706", "#0e7490", "#be185d", "#4b5563", "#65a30d")
+PALETTE = _CYCLE
+"""Colours for series, in order (other reports' plots use them too: one house style)."""
 
 _RC = {
     "svg.fonttype": "none",
@@ -379,6 +384,18 @@ def _clip(text: str, limit: int = 32) -> str:
 
 
 # -- figures and SVG ------------------------------------------------------------------
+
+
+def render_figure(size: tuple[float, float], draw: Callable[[Any], None]) -> str:
+    """A bare matplotlib Figure of ``size`` inches, drawn by ``draw(figure)`` in the
+    report's style (rcParams, text as text, fixed ids salt), as inline SVG: how other
+    reports (the shadow report) draw plots that look like these."""
+    return _render(size, draw)
+
+
+def time_axis(ax: Any, window: Window, ticks: int = 8) -> None:
+    """Dates on ``ax``'s x axis spanning ``window``, as every plot over time here has."""
+    _time_axis(ax, window, ticks)
 
 
 def _render(size: tuple[float, float], draw: Callable[[Any], None]) -> str:

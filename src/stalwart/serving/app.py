@@ -247,7 +247,8 @@ def create_app(
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
     # Shadows: copies of sampled requests, off the critical path; their series on /metrics.
     shadows = Shadows(
-        plane.serve_shadow, registry.db, ShadowMetrics(metrics.registry), policies=lambda: deployments.policies
+        plane.serve_shadow, registry.db, ShadowMetrics(metrics.registry),
+        policies=lambda: deployments.policies, flush_seconds=settings.shadow_flush_seconds,
     )
     plane.shadows = shadows
     if alert_source is None and project.alerts:
