@@ -18,7 +18,9 @@ _lock = threading.Lock()
 
 
 def set_mode(name: str, mode: str, **options: Any) -> None:
-    """``ok``, ``raise``, ``hang`` (until set back) or ``slow`` (``seconds=``)."""
+    """``ok``, ``raise``, ``hang`` (until set back) or ``slow`` (``seconds=``); with
+    ``threads="prefix"``, only calls on threads whose name starts so misbehave (the same
+    model object, called from a shadow's executor, ``stalwart-shadow-...``)."""
     with _lock:
         CONTROL[name] = {"mode": mode, **options}
 
@@ -35,11 +37,18 @@ class Switchable:
         self.scale = scale
 
     def predict(self, x: Any) -> Any:
+        self._misbehave()
+        return self.scale * self._matrix(x).sum(axis=1)
+
+    def _misbehave(self) -> None:
         with _lock:
             state = CONTROL.setdefault(self.name, {"mode": "ok"})
             state["calls"] = state.get("calls", 0) + 1
             mode = state["mode"]
             seconds = float(state.get("seconds", 0.0))
+            threads = state.get("threads")
+        if threads is not None and not threading.current_thread().name.startswith(threads):
+            return
         if mode == "raise":
             raise RuntimeError(f"{self.name} is broken")
         if mode == "hang":
@@ -48,7 +57,26 @@ class Switchable:
                 time.sleep(0.005)
         if mode == "slow":
             time.sleep(seconds)
+
+    @staticmethod
+    def _matrix(x: Any) -> Any:
         if isinstance(x, dict):
             x = np.column_stack([np.asarray(v, dtype=np.float64) for v in x.values()])
         matrix = np.asarray(x, dtype=np.float64)
-        return self.scale * matrix.reshape(len(matrix), -1).sum(axis=1)
+        return matrix.reshape(len(matrix), -1)
+
+
+class SwitchableClassifier(Switchable):
+    """A classifier on ``scale * sum(row)``: class ``"fraud"`` at ``threshold`` or above,
+    else ``"ok"``, with ``predict_proba`` ``[1 - p, p]``, p = min(1, score / (2 threshold));
+    misbehaves as :class:`Switchable` does."""
+
+    def __init__(self, name: str, scale: float = 1.0, threshold: float = 50.0) -> None:
+        super().__init__(name, scale)
+        self.threshold = threshold
+
+    def predict(self, x: Any) -> Any:
+        self._misbehave()
+        score = self.scale * self._matrix(x).sum(axis=1)
+        p = np.clip(score / (2 * self.threshold), 0.0, 1.0)
+        return {"predict": np.where(score >= self.threshold, "fraud", "ok").astype(object), "predict_proba": np.column_stack([1 - p, p])}

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     live_profiles_minute_retention_hours: float | None = Field(default=48.0, gt=0, description="minute buckets older are deleted")
     live_profiles_hour_retention_days: float | None = Field(default=30.0, gt=0, description="hour buckets older are deleted")
     live_profiles_day_retention_days: float | None = Field(default=None, gt=0, description="day buckets older are deleted (unset: kept)")
+    # Shadows (stalwart.serving.shadows): shadow answers paired with the clients', per minute.
+    shadow_flush_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="how often paired shadow answers are written to the registry's database"
+    )
     nats_url: str | None = Field(default=None, description="NATS server for the nats sink, e.g. nats://127.0.0.1:4222")
     nats_subject: str = Field(default="stalwart.predictions", description="subject (and stream STALWART_PREDICTIONS) of records")
     otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint; tracing is off without one")

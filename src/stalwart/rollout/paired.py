@@ -244,6 +244,16 @@ class PairedReport:
         return sum(self._confusion.values())
 
     @property
+    def agreed(self) -> int:
+        """Labelled pairs where both gave the same class."""
+        return self._agree
+
+    @property
+    def scored(self) -> int:
+        """Answered pairs where both gave a finite score."""
+        return self._diff.n
+
+    @property
     def agreement(self) -> float | None:
         """Share of labelled pairs where both gave the same class (``None`` before any)."""
         labelled = self.labelled
@@ -291,6 +301,24 @@ class PairedReport:
         """Quantiles of ``shadow - primary`` (KLL), ``None`` before any scored pair."""
         return _quantiles(self._diff_sketch, qs)
 
+    def score_difference_histogram(self, bins: int = 30) -> tuple[list[float], list[float]] | None:
+        """The distribution of ``shadow - primary`` as ``bins`` equal-width bins from the
+        smallest difference to the largest: (edges, each bin's share of the scored pairs),
+        from the KLL sketch (shares within its rank error); ``None`` before any scored pair."""
+        sketch = self._diff_sketch
+        if sketch.is_empty():
+            return None
+        if not 1 <= bins <= 1000:
+            raise ConfigError(f"bins must be between 1 and 1000, not {bins}")
+        low, high = float(sketch.get_min_value()), float(sketch.get_max_value())
+        if high <= low:
+            return [low, low], [1.0]
+        step = (high - low) / bins
+        inner = [low + step * i for i in range(1, bins)]
+        # Masses of (-inf, e1), [e1, e2), ..., [e_last, +inf): the first and last hold the ends.
+        masses = [float(m) for m in sketch.get_pmf(inner)] if inner else [1.0]
+        return [low, *inner, high], masses
+
     def latency_quantiles(self, side: str, qs: tuple[float, ...] = (0.5, 0.99)) -> list[float] | None:
         """Quantiles of one side's latency in seconds (``side`` is "primary" or "shadow")."""
         return _quantiles(self._latency[_side(side)], qs)
@@ -299,6 +327,11 @@ class PairedReport:
         """The report as JSON-safe data (no NaN or infinity): ``summary`` for readers,
         ``state`` (sketches in base64) for :meth:`from_dict`."""
         return {"format": _FORMAT, "summary": self._summary(), "state": self._state()}
+
+    def to_state(self) -> dict[str, Any]:
+        """Only what :meth:`from_dict` reads (no ``summary``): no statistic is computed, so
+        a writer never imports scipy."""
+        return {"format": _FORMAT, "state": self._state()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PairedReport:

@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from stalwart.errors import ConfigError, DeploymentNotFound
 from stalwart.hashing import canonical_json
 from stalwart.project import Deployment, parse_model_ref
+from stalwart.project.deployment import DEFAULT_SHADOW_TIME_LIMIT
 from stalwart.registry.audit import append_event
 from stalwart.storage import Database
 from stalwart.storage import tables as t
@@ -49,6 +50,7 @@ class ShadowRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     model: str  # "name" or "name:version"
     rate: float = 1.0
+    time_limit: float = DEFAULT_SHADOW_TIME_LIMIT  # seconds: a call not answered by then is abandoned
 
 
 class Routes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -78,6 +80,10 @@ class Routes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             rate = shadow.rate
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or not 0 <= rate <= 1:
                 raise ConfigError(f"routes.shadows[{name!r}].rate: {rate!r} must be a number from 0 to 1")
+            if not (math.isfinite(shadow.time_limit) and shadow.time_limit > 0):
+                raise ConfigError(f"routes.shadows[{name!r}].time_limit: {shadow.time_limit!r} must be a positive number of seconds")
+            if name in ("primary", "canary", "fallback"):
+                raise ConfigError(f"routes.shadows: a shadow cannot be named {name!r} (a variant's role)")
 
     def with_weight(self, weight: float) -> Routes:
         return msgspec.structs.replace(self, canary_weight=weight)
@@ -95,13 +101,12 @@ class Routes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def declared_routes(deployment: Deployment) -> Routes:
     """The routes a deployment's declaration in the project file gives."""
-    shadows = getattr(deployment, "shadows", None) or {}
     return Routes(
         primary=deployment.model,
         canary=deployment.canary,
         canary_weight=float(deployment.canary_weight),
         salt=_salt(deployment.name, deployment.canary),
-        shadows={name: parse_shadow(spec, f"deployment '{deployment.name}' shadows[{name!r}]") for name, spec in shadows.items()},
+        shadows={s.name: ShadowRoute(model=s.model, rate=s.rate, time_limit=s.time_limit) for s in deployment.shadow_specs},
     )
 
 

@@ -34,9 +34,11 @@ cancelled and, until it actually stops, kept in a set of abandoned calls (bounde
 a thread. Cancelling the awaiting task cancels only the asyncio future of
 ``run_in_executor``, so the shadow's task ends at once, but the thread keeps running the
 model until it returns, and its result is thrown away. That thread is occupied meanwhile.
-Shadows must therefore run their models on executors of their own (each version's batcher
-has one), never the primary's: a hung shadow then exhausts only its own threads, its calls
-queue behind them and time out here (counted as ``timeout``), and the primary is untouched.
+Shadows must therefore run their models on executors of their own, never the primary's
+(the server gives each shadow's chain a batcher and a small executor of its own, even for
+the very version the primary serves: ``serving/chains.py``, ``serving/app.py``): a hung
+shadow then exhausts only its own threads, its calls queue behind them and time out here
+(counted as ``timeout``), and the primary is untouched.
 """
 
 from __future__ import annotations
@@ -87,6 +89,16 @@ class ShadowMetrics:
             "stalwart_shadow_abandoned",
             "Timed-out shadow calls that have not stopped yet (a call ignoring cancellation)",
             ("shadow",),
+            registry=registry,
+        )
+        self.write_failures = Counter(
+            "stalwart_shadow_pair_write_failures",
+            "Failed writes of paired shadow answers to the database (kept in memory and retried)",
+            registry=registry,
+        )
+        self.unwritten = Counter(
+            "stalwart_shadow_pairs_unwritten",
+            "Paired shadow answers dropped from memory unwritten (the database refused writes for long)",
             registry=registry,
         )
 

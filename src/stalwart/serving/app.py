@@ -40,6 +40,7 @@ from stalwart.registry.audit import process_actor, record_settings
 from stalwart.registry.flavors import Predictor
 from stalwart.rollout.controller import Controller, ControllerLoop
 from stalwart.rollout.rollouts import RolloutStore
+from stalwart.rollout.shadow_runner import ShadowMetrics
 from stalwart.serving.alerting import build_alerting, monitor_source
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall
@@ -55,11 +56,12 @@ from stalwart.serving.openapi import openapi_document
 from stalwart.serving.policies import ServingPolicy
 from stalwart.serving.predictions import prediction_routes
 from stalwart.serving.profile_tap import ProfileTap, open_live_profiles
-from stalwart.serving.repository import ModelRepository
+from stalwart.serving.repository import LoadedModel, ModelRepository
 from stalwart.serving.responses import json_response
 from stalwart.serving.rollouts import rollout_routes
 from stalwart.serving.route_sync import RouteSync
 from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
+from stalwart.serving.shadows import Shadows
 from stalwart.serving.tap import PredictionTap, open_prediction_log
 from stalwart.serving.taps import compose
 from stalwart.serving.v1 import control_routes, v1_routes
@@ -72,9 +74,12 @@ if TYPE_CHECKING:
     from stalwart.monitoring.alerts import Calibrator, MetricSource
     from stalwart.serving.tracing import Tracing
 
-__all__ = ["create_app"]
+__all__ = ["SHADOW_MODEL_THREADS", "create_app"]
 
 _log = get_logger("stalwart.serving")
+
+SHADOW_MODEL_THREADS = 2
+"""Threads of each shadow chain's own model executor (see ``isolated_pipeline``)."""
 
 
 def create_app(
@@ -131,9 +136,29 @@ def create_app(
         batchers.append(batcher)
         return BatchCall(batcher)
 
+    shadow_executors: list[ThreadPoolExecutor] = []
+
+    def isolated_pipeline(entry: str, loaded: LoadedModel) -> Stage:
+        # A shadow's chain: a batcher and a small executor of its own, never the version's
+        # shared ones (the primary's), even for the very version the primary serves. A
+        # model call that hangs holds a thread for good (Python cannot kill one): here it
+        # can only hold this shadow's. No batch metrics: they would mix with the version's.
+        mv = loaded.version
+        own = ThreadPoolExecutor(
+            max_workers=SHADOW_MODEL_THREADS,
+            thread_name_prefix=f"stalwart-shadow-{entry.rpartition('/')[2]}",
+            initializer=one_native_thread,
+        )
+        shadow_executors.append(own)
+        if not policy.enabled:
+            return ModelCall(DirectRunner(loaded.predictor, mv.ref, own))
+        batcher = AdaptiveBatcher(loaded.predictor, mv.signature, mv.ref, own, policy)
+        batchers.append(batcher)
+        return BatchCall(batcher)
+
     validation_metrics = ValidationMetrics(metrics.registry)
     resilience_metrics = ResilienceMetrics(metrics.registry)
-    chains = Chains(registry, validation_metrics, resilience_metrics)
+    chains = Chains(registry, validation_metrics, resilience_metrics, isolated=isolated_pipeline)
     repository = ModelRepository(
         registry,
         pipeline_for,
@@ -161,6 +186,7 @@ def create_app(
             alerting.start()
         if live_profiles is not None:
             live_profiles.start()
+        shadows.start()
         if settings.gc_freeze:
             _freeze_garbage()
         try:
@@ -173,6 +199,9 @@ def create_app(
             if controller is not None:
                 await controller.stop()  # releases its lock: another replica takes over at once
             await route_sync.stop()
+            # Before the batchers close: queued shadow calls finish (within a bound), then
+            # every pair still in memory is written.
+            await shadows.close()
             await repository.stop()
             for listener in listeners:
                 await listener.stop()
@@ -191,6 +220,8 @@ def create_app(
             if live_profiles is not None:
                 await asyncio.to_thread(live_profiles.close)  # writes the open minutes
             executor.shutdown(wait=False, cancel_futures=True)
+            for own in shadow_executors:
+                own.shutdown(wait=False, cancel_futures=True)  # a hung shadow's thread is not waited for
             pool.dispose()
             if store is not None:
                 store.close()
@@ -233,6 +264,12 @@ def create_app(
     plane_tap = compose(tracing, prediction_tap, profile_tap, tap)
     # --- end of request taps ---
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
+    # Shadows: copies of sampled requests, off the critical path; their series on /metrics.
+    shadows = Shadows(
+        plane.serve_shadow, registry.db, ShadowMetrics(metrics.registry),
+        policies=lambda: deployments.policies, flush_seconds=settings.shadow_flush_seconds,
+    )
+    plane.shadows = shadows
     if alert_source is None and project.alerts:
         alert_source, alert_calibrator = monitor_source(registry.db, project.alerts.values(), alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
@@ -266,6 +303,7 @@ def create_app(
     app.state.route_sync = route_sync
     app.state.rollout_controller = controller
     app.state.plane = plane
+    app.state.shadows = shadows
     app.state.predictions = predictions
     app.state.live_profiles = live_profiles
     app.state.tracing = tracing

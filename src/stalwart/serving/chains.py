@@ -11,13 +11,19 @@ front of it each entrypoint (``/v2`` for the model, or a deployment's variant) g
 Stages that are not configured are not built. Chains are cached; when someone attaches
 or activates a schema, the registry poll drops the chains of that version and the next
 request builds them again with the new schema.
+
+An ``isolated`` entry (a deployment's shadow) ends not in the version's shared pipeline but
+in a pipeline of its own, made once per entry and version by the ``isolated`` factory the
+app gives (a batcher on an executor of its own): a shadow of the very version the primary
+serves still never queues behind, or occupies, the primary's model threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from stalwart.errors import StalwartError
+from stalwart.errors import ConfigError, StalwartError
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.metrics import ResilienceMetrics
 from stalwart.pipeline import Stage
@@ -36,7 +42,10 @@ from stalwart.serving.repository import LoadedModel
 from stalwart.validation.stage import ValidationMetrics, ValidationStage
 from stalwart.validation.validator import Validator
 
-__all__ = ["Chains", "make_guard"]
+__all__ = ["Chains", "IsolatedPipelines", "make_guard"]
+
+IsolatedPipelines = Callable[[str, LoadedModel], Stage]
+"""Makes the pipeline of an isolated chain entry for a loaded version (see the module docstring)."""
 
 _log = get_logger("stalwart.resilience")
 _STATES = tuple(state.value for state in BreakerState)
@@ -45,8 +54,17 @@ _STATES = tuple(state.value for state in BreakerState)
 class Chains:
     """Builds, caches and refreshes entrypoint chains."""
 
-    def __init__(self, registry: Registry, validation_metrics: ValidationMetrics, resilience_metrics: ResilienceMetrics) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        validation_metrics: ValidationMetrics,
+        resilience_metrics: ResilienceMetrics,
+        *,
+        isolated: IsolatedPipelines | None = None,
+    ) -> None:
         self._registry = registry
+        self._isolated = isolated
+        self._pipelines: dict[tuple[str, str, int], Stage] = {}  # isolated entries' own, kept across rebuilds
         self._validation_metrics = validation_metrics
         self._resilience_metrics = resilience_metrics
         self._chains: dict[tuple[str, str, int], Stage] = {}
@@ -93,7 +111,7 @@ class Chains:
     def _build(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
         mv = loaded.version
         key = (spec.entry, mv.name, mv.version)
-        stage: Stage = loaded.pipeline
+        stage: Stage = self._pipeline(spec, loaded) if spec.isolated else loaded.pipeline
         if spec.guard is not None:
             guard = self._guards.get(key)
             if guard is None:
@@ -112,6 +130,16 @@ class Chains:
             stage = ValidationStage(validator, stage, deployment=spec.label, metrics=self._validation_metrics)
         self._chains[key] = stage
         return stage
+
+
+    def _pipeline(self, spec: ChainSpec, loaded: LoadedModel) -> Stage:
+        if self._isolated is None:
+            raise ConfigError(f"chain {spec.entry!r} must run on a pipeline of its own, and this server makes none")
+        key = (spec.entry, loaded.version.name, loaded.version.version)
+        pipeline = self._pipelines.get(key)
+        if pipeline is None:
+            pipeline = self._pipelines[key] = self._isolated(spec.entry, loaded)
+        return pipeline
 
 
 def make_guard(name: str, config: GuardConfig, metrics: ResilienceMetrics) -> Guard:

@@ -14,10 +14,13 @@ what comes back. Everything between is here, once, in this order::
 
 Two extension points are marked in the code and in docs/architecture.md:
 
-- **Routing** (:meth:`DataPlane._route`): which variant of a deployment answers a request:
-  the canary for its sticky share of routing keys, else the primary. The deployment's
-  policy (its variants and router) may be swapped at run time (``serving/route_sync.py``);
-  a request reads it once, at its start.
+- **Routing** (:meth:`DataPlane._route`): which variant of a deployment answers a request
+  (the primary, or the canary for its share of routing keys) and which shadows see a copy.
+  The deployment's policy (its variants and router) may be swapped at run time
+  (``serving/route_sync.py``); a request reads it once, at its start. Once the answer is
+  ready, each sampled shadow gets the request through
+  :class:`~stalwart.serving.shadows.Shadows` (:meth:`DataPlane.serve_shadow` runs it, off the
+  critical path: no shedder, no ladder, no tap).
 - **The tap** (:class:`RequestTap`): called once per request, whatever its outcome
   (answered, rejected, degraded, shed, failed), with an :class:`Outcome`, after the answer
   is made. The prediction log and live profiles plug in there. It must not block: it is on
@@ -68,6 +71,7 @@ from stalwart.serving.policies import (
     Variant,
 )
 from stalwart.serving.repository import ModelRepository
+from stalwart.serving.shadows import ShadowCall, Shadows
 
 __all__ = ["DataPlane", "InferCall", "Inferred", "Outcome", "PredictCall", "Prediction", "RequestTap"]
 
@@ -212,6 +216,8 @@ class DataPlane:
         self.metrics = metrics
         self.last_good = LastGoodStore()
         self._tap = tap
+        # Set by the app once built (it needs serve_shadow); None: shadows are not run.
+        self.shadows: Shadows | None = None
         self._models: dict[str, _ModelEntry] = {}
         self._shedders = {name: LoadShedder(name, p.shedding) for name, p in policy.deployments.items()}
 
@@ -287,18 +293,23 @@ class DataPlane:
                 outcome.request = request
             check_entity_count(request.entities, self.policy.max_entities)
             keys = _entity_keys(request.entities)
-            variant = self._route(policy, request, call)
+            variant, shadows = self._route(policy, request, call)
             if outcome is not None:
                 outcome.routed = variant.name
             deadline = call.deadline
             if deadline is not None and policy.fallback is not None:
                 now = time.monotonic()
                 deadline = now + max(0.0, deadline - now) * PRIMARY_SHARE_OF_DEADLINE
+            start = time.perf_counter()
             try:
-                prediction = await self._serve(policy, variant, request, call, deadline, admission, outcome)
+                prediction = await self._serve(policy, variant, request, info, deadline, admission, outcome)
             except LADDER_ERRORS as exc:
+                if shadows:  # the shadows still answer: who failed alone is part of the comparison
+                    self._shadow(policy, shadows, request, info, None, time.perf_counter() - start)
                 prediction = await self._step_down(policy, variant.name, request, keys, call, exc, admission, outcome)
             else:
+                if shadows:
+                    self._shadow(policy, shadows, request, info, prediction, time.perf_counter() - start)
                 if policy.last_good_seconds is not None and keys is not None and prediction.degraded is None:
                     # Only undegraded answers are "good": one made on default features is not.
                     model = {"name": prediction.model[0], "version": prediction.model[1]} if prediction.model else None
@@ -313,29 +324,57 @@ class DataPlane:
             self.metrics.degraded.labels(name, step.level, step.reason).inc()
         return prediction
 
-    def _route(self, policy: DeploymentPolicy, request: PredictRequest, call: PredictCall) -> Variant:
+    def _route(self, policy: DeploymentPolicy, request: PredictRequest, call: PredictCall) -> tuple[Variant, tuple[str, ...]]:
         """The variant that answers this request: the canary for the share of routing keys
-        its weight gives it (a sticky hash: ``rollout/routing.py``), else the primary. The
-        key is ``X-Stalwart-Routing-Key``, else the first entity, else the request id."""
-        router, canary = policy.router, policy.canary
-        if router is None or canary is None:
-            return policy.primary
+        its weight gives it (a sticky hash: ``rollout/routing.py``), else the primary; and
+        the shadows that sample the key. The key is ``X-Stalwart-Routing-Key``, else the
+        first entity, else the request id."""
+        router = policy.router
+        if router is None:
+            return policy.primary, ()
         first = request.entities[0] if request.entities else None
         key = routing_key(first if isinstance(first, dict) else None, call.routing_key, call.info.request_id)
-        return canary if router.route(key).variant == canary.name else policy.primary
+        decision = router.route(key)
+        canary = policy.canary
+        variant = canary if canary is not None and decision.variant == canary.name else policy.primary
+        return variant, decision.shadows
+
+    def _shadow(
+        self,
+        policy: DeploymentPolicy,
+        shadows: tuple[str, ...],
+        request: PredictRequest,
+        info: RequestInfo,
+        answer: Prediction | None,
+        latency: float,
+    ) -> None:
+        """Hand the sampled shadows their copies (O(1) each; nothing here is awaited)."""
+        if self.shadows is not None:
+            arrived = info.arrived_ns or time.time_ns()
+            self.shadows.submit(policy, shadows, request, info.request_id, arrived, answer, latency)
+
+    async def serve_shadow(self, call: ShadowCall) -> Prediction:
+        """A shadow's answer to its copy of a request: the variant path (plan, features,
+        chain with the shadow's own breaker and executor) within the shadow's time limit,
+        outside the deployment's shedder and ladder and never shown to the taps."""
+        request = call.request
+        if request.return_features:  # the copy: nobody reads a shadow's features back
+            request = msgspec.structs.replace(request, return_features=False)
+        deadline = time.monotonic() + call.time_limit
+        return await self._serve(call.policy, call.variant, request, RequestInfo(call.request_id), deadline, None, None)
 
     async def _serve(
         self,
         policy: DeploymentPolicy,
         variant: Variant,
         request: PredictRequest,
-        call: PredictCall,
+        info: RequestInfo,
         deadline: float | None,
-        admission: Admission,
+        admission: Admission | None,
         outcome: Outcome | None,
     ) -> Prediction:
-        """One variant's answer, due by ``deadline``: its plan, its features, its chain."""
-        info = call.info
+        """One variant's answer, due by ``deadline``: its plan, its features, its chain.
+        ``admission`` None: outside the shedder (a shadow)."""
         loaded = await self.repository.get(variant.model, variant.version)
         plan = await self.deployments.plan(policy.deployment, loaded.version)
         start = time.perf_counter()
@@ -343,7 +382,8 @@ class DataPlane:
             request.entities, request.values, deadline=deadline, gaps=self.chains.validates(loaded)
         )
         features_ms = (time.perf_counter() - start) * 1000
-        admission.queued()  # waiting for the model from here; fetching features is not queueing
+        if admission is not None:
+            admission.queued()  # waiting for the model from here; fetching features is not queueing
         if resolved.degraded:
             info.fields["features_degraded"] = resolved.degraded
         if resolved.cache:
@@ -364,7 +404,7 @@ class DataPlane:
             model=mv.name,
             version=mv.version,
             deadline=deadline,
-            on_service_start=admission.start,
+            on_service_start=admission.start if admission is not None else None,
         )
         exchange.timings.features_ms = features_ms
         exchange.timings.features_start = start
@@ -409,7 +449,7 @@ class DataPlane:
         detail = getattr(failure, "message", str(failure))
         if policy.fallback is not None:
             try:
-                prediction = await self._serve(policy, policy.fallback, request, call, call.deadline, admission, outcome)
+                prediction = await self._serve(policy, policy.fallback, request, call.info, call.deadline, admission, outcome)
             except LADDER_ERRORS as exc:
                 detail = f"{detail}; the fallback failed too: {getattr(exc, 'message', exc)}"
             else:

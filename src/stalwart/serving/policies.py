@@ -7,7 +7,8 @@ The data plane never reads a setting or a declaration per request: it is handed 
 - the batching policy each model version's batcher gets;
 - for each deployment a :class:`DeploymentPolicy`: its variants (each a model reference and
   the :class:`ChainSpec` put in front of it), its ladder (fallback variant, last good,
-  default prediction), its shedding and its feature sources' guard.
+  default prediction), its shedding and its feature sources' guard, and its shadows (each a
+  variant whose chain runs the model on a batcher and executor of its own: ``isolated``).
 
 Mistakes in a deployment's policies are :class:`~stalwart.errors.ConfigError` naming the
 deployment and the field, raised at start, never in a request.
@@ -16,7 +17,7 @@ deployment and the field, raised at start, never in a request.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,13 +72,16 @@ class ChainSpec:
     label: str  # the metrics' deployment label: a deployment name, or "model:<name>"
     guard: GuardConfig | None = None
     validation: PolicyOverrides | None = None
+    # True for a shadow: the model runs on a batcher and executor of this entry's own, never
+    # on the version's shared ones, so a shadow that hangs cannot hold the primary's threads.
+    isolated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
     """One model a deployment can answer with, and the chain in front of it."""
 
-    name: str  # "primary", "canary", "fallback", or "shadow:<name>"
+    name: str  # "primary", "canary", "fallback", or a shadow's name
     model: str
     version: int | None  # None: the latest registered version
     chain: ChainSpec
@@ -105,8 +109,10 @@ class DeploymentPolicy:
     validation: PolicyOverrides | None
     routes: Routes  # who answers now (the project's declaration, or as changed at run time)
     canary: Variant | None = None
-    router: Router | None = None  # set with a canary or shadows: who answers, who shadows
-    shadows: tuple[Variant, ...] = ()
+    router: Router | None = None  # set with a canary or shadows: who answers and who shadows, by a sticky hash
+    shadows: tuple[Variant, ...] = ()  # see a copy of the requests; never answer one
+    shadow_time_limits: Mapping[str, float] = field(default_factory=dict)  # seconds, by shadow name
+    reading: OutputReading = field(default_factory=OutputReading)  # a prediction's class and score (pairing)
 
     @classmethod
     def build(cls, deployment: Deployment) -> DeploymentPolicy:
@@ -127,7 +133,7 @@ class DeploymentPolicy:
             else DEFAULT_SOURCE_GUARD
         )
         log = _validated(LogPolicy, deployment.log, f"{where} log") if deployment.log is not None else LogPolicy()
-        OutputReading.from_mapping(deployment.quality, where)  # checked at start; read by the quality reports
+        reading = OutputReading.from_mapping(deployment.quality, where)  # also read by the quality reports
         routes = declared_routes(deployment)
         return cls(
             deployment=deployment,
@@ -139,6 +145,7 @@ class DeploymentPolicy:
             source_guard=source_guard,
             guard=guard,
             validation=validation,
+            reading=reading,
             **_variants(name, routes, guard, validation),
         )
 
@@ -159,14 +166,26 @@ def _variants(name: str, routes: Routes, guard: GuardConfig, validation: PolicyO
 
     primary = variant("primary", routes.primary, "model")
     canary = variant("canary", routes.canary, "canary") if routes.canary is not None else None
-    shadows = tuple(variant(f"shadow:{s}", spec.model, f"shadows[{s!r}]") for s, spec in routes.shadows.items())
+    # Each shadow has a chain entry of its own: its own breaker and bulkhead, its own
+    # validation metrics label, and (isolated) its own batcher and model threads.
+    shadows = []
+    for shadow, spec in routes.shadows.items():
+        model, version = parse_model_ref(spec.model, f"deployment '{name}' shadows[{shadow!r}]")
+        chain = ChainSpec(f"deployment/{name}/shadow:{shadow}", f"{name}/shadow:{shadow}", guard, validation, isolated=True)
+        shadows.append(Variant(shadow, model, version, chain))
     router = None
     if canary is not None or shadows:
-        router = Router(
-            routes.salt or name, routes.canary_weight if canary is not None else 0.0,
-            shadows={v.name: routes.shadows[v.name.removeprefix("shadow:")].rate for v in shadows},
-        )
-    return {"routes": routes, "primary": primary, "canary": canary, "shadows": shadows, "router": router}
+        try:
+            router = Router(
+                routes.salt or name, routes.canary_weight if canary is not None else 0.0,
+                shadows={s: spec.rate for s, spec in routes.shadows.items()},
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"deployment '{name}' {exc.message}") from None
+    return {
+        "routes": routes, "primary": primary, "canary": canary, "shadows": tuple(shadows), "router": router,
+        "shadow_time_limits": {s: spec.time_limit for s, spec in routes.shadows.items()},
+    }
 
 
 @dataclass(frozen=True, slots=True)

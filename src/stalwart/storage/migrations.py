@@ -93,6 +93,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "rollouts: each deployment's run-time routes, rollouts and their events",
         _create(tables.deployment_routes, tables.rollouts, tables.rollout_events),
     ),
+    Migration(9, "shadow pairs: per-minute paired reports of each shadow against the client's answers, per replica", _create(tables.shadow_pairs)),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

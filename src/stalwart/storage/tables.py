@@ -319,3 +319,23 @@ profile_buckets = Table(
     Index("ix_profile_buckets_read", "deployment", "granularity", "bucket_start"),
     Index("ix_profile_buckets_retention", "granularity", "bucket_start"),
 )
+
+# Shadow pairs (stalwart.rollout.shadow_store): one serialised PairedReport per deployment,
+# shadow, minute bucket and replica: the shadow's answers against the client's. Each
+# replica writes only its own rows (merging into them when it writes a bucket again), as
+# profile_buckets; readers merge across replicas and buckets. ``bucket_start`` is whole
+# seconds since the epoch (UTC), a multiple of 60. ``models`` counts requests per side and
+# model reference ({"primary": {"fraud:2": 120}, "shadow": {"fraud:3": 118}}).
+shadow_pairs = Table(
+    "shadow_pairs",
+    metadata,
+    Column("deployment", String, primary_key=True),
+    Column("shadow", String, primary_key=True),
+    Column("bucket_start", BigInteger, primary_key=True),
+    Column("replica", String, primary_key=True),
+    Column("pairs", BigInteger, nullable=False),
+    Column("models", JSON, nullable=False),
+    Column("report", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_shadow_pairs_read", "deployment", "bucket_start"),
+)
