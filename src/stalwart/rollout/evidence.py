@@ -132,8 +132,10 @@ class Evidence:
     ) -> Progress:
         """Count the records of ``deployment`` with ``time_ns`` in ``(watermark, until_ns]``
         (see the module docstring: pass ``until_ns = now - lag``), reading at most
-        ``max_rows`` of them, :data:`_CHUNK` at a time. ``reading`` says where the model's
-        score is (a deployment's ``quality`` declaration)."""
+        ``max_rows`` of them, 2,000 at a time. ``reading`` says where the model's score is
+        (a deployment's ``quality`` declaration). A look that fails (the database is down:
+        StorageError) changes nothing: the tallies and the watermark move together, at
+        its end."""
         if max_rows < 1:
             raise ConfigError(f"max_rows: at least 1 record per look, not {max_rows!r}")
         if until_ns < self.watermark_ns:
