@@ -46,10 +46,29 @@ class Browser:
         """The value a script's ``return`` gives, run synchronously in the page."""
         return _call("POST", f"{self._url}/execute/sync", {"script": script, "args": list(args)})
 
+    def figures(self) -> list[dict[str, Any]]:
+        """Each ``figure.plot`` of a report page as the browser draws it: its ``kind``
+        (``data-plot``), its SVG's box (``width``, ``height``, ``right``) and how many of its
+        shapes and texts have a non-empty box (``drawn``; a plot whose drawing failed has none)."""
+        figures: list[dict[str, Any]] = self.run(_FIGURES_JS)
+        return figures
+
     def console(self) -> list[dict[str, Any]]:
         """What the page logged (messages, errors, failed requests) since the last call."""
         entries: list[dict[str, Any]] = _call("POST", f"{self._url}/se/log", {"type": "browser"})
         return entries
+
+
+_FIGURES_JS = """
+return [...document.querySelectorAll('figure.plot')].map(f => {
+  const svg = f.querySelector(':scope > svg');
+  if (!svg) return {kind: f.dataset.plot, width: 0, height: 0, drawn: 0, right: 0};
+  const box = svg.getBoundingClientRect();
+  const drawn = [...svg.querySelectorAll('path, use, text')].filter(e => {
+    const b = e.getBBox(); return b.width > 0 || b.height > 0; }).length;
+  return {kind: f.dataset.plot, width: box.width, height: box.height, drawn: drawn, right: box.right};
+});
+"""
 
 
 @contextmanager

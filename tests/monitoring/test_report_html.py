@@ -22,18 +22,6 @@ from tests.monitoring.report_factory import NASTY, empty_document, fraud_documen
 # One figure per section that draws over time, besides the per-feature small multiples.
 TIME_PLOTS = {"drift-over-time", "predictions", "quality", "alerts"}
 
-# What each plot looks like in the browser: its box, and how many of its shapes and texts
-# have a non-empty box of their own (a plot whose drawing failed has none).
-_PLOTS_JS = """
-return [...document.querySelectorAll('figure.plot')].map(f => {
-  const svg = f.querySelector(':scope > svg');
-  if (!svg) return {kind: f.dataset.plot, width: 0, height: 0, drawn: 0, right: 0};
-  const box = svg.getBoundingClientRect();
-  const drawn = [...svg.querySelectorAll('path, use, text')].filter(e => {
-    const b = e.getBBox(); return b.width > 0 || b.height > 0; }).length;
-  return {kind: f.dataset.plot, width: box.width, height: box.height, drawn: drawn, right: box.right};
-});
-"""
 _PAGE_JS = """
 const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
 return {
@@ -66,7 +54,7 @@ def test_the_report_draws_every_plot_in_headless_chromium(document: ReportDocume
     logs no error and fetches nothing."""
     with headless_chromium() as browser:
         browser.open(page)
-        figures: list[dict[str, Any]] = browser.run(_PLOTS_JS)
+        figures = browser.figures()
         facts: dict[str, Any] = browser.run(_PAGE_JS)
         console = browser.console()
 

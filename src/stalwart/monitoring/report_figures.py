@@ -94,12 +94,15 @@ def matplotlib_module(module: str) -> Any:
     return require(module, extra="report", purpose="plots in the HTML reports (stalwart monitor report, stalwart rollout report)")
 
 
-def time_axis(ax: Any, window: Window, ticks: int = 8) -> None:
+def time_axis(ax: Any, window: Window, ticks: int = 8, *, min_ticks: int = 5) -> None:
     """Dates on the x axis, spanning ``window``: every plot over time on a page lines up,
-    and a series of one point still has a width."""
+    and a series of one point still has a width. ``ticks`` and ``min_ticks`` bound the
+    number of ticks (matplotlib's ``AutoDateLocator``; its default ``min_ticks`` of 5 leaves
+    some spans with no interval that fits, and it warns: 2 with ``ticks >= 5``, or 3 with
+    ``ticks >= 8``, fit every span from seconds to years)."""
     ax.set_xlim(naive(window[0]), naive(window[1]))
     mdates = matplotlib_module("matplotlib.dates")
-    locator = mdates.AutoDateLocator(maxticks=ticks)
+    locator = mdates.AutoDateLocator(minticks=min_ticks, maxticks=ticks)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 

@@ -174,7 +174,7 @@ class RolloutHistory(msgspec.Struct, frozen=True, kw_only=True):
         Raises :class:`~stalwart.errors.ConfigError` naming the field that does not read."""
         row = dict(rollout)
         if "plan" in row and row["plan"] is not None:
-            row["plan"] = _mapping(row["plan"], "rollout: $.plan")
+            row["plan"] = _mapping(row["plan"], f"rollout {rollout.get('id', '?')}: $.plan")
         elif "plan" in row:
             del row["plan"]
         row["events"] = ()

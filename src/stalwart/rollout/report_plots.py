@@ -158,7 +158,7 @@ def weight_plot(history: RolloutHistory, *, window: Window) -> str:
         if handles:
             kinds = sorted(handles, key=lambda k: list(EVENT_STYLES).index(k) if k in EVENT_STYLES else len(EVENT_STYLES))
             ax.legend([handles[k] for k in kinds], [clip(k, 16) for k in kinds], loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        time_axis(ax, window)
+        time_axis(ax, window, min_ticks=3)
         fig.tight_layout(pad=0.5)
 
     return render_svg((10.5, 2.6), draw)
@@ -184,7 +184,7 @@ def effects_plot(
         for ax in axes[len(drawn) :]:
             ax.set_visible(False)
         for ax in axes[: len(drawn)]:
-            time_axis(ax, window, ticks=5)
+            time_axis(ax, window, ticks=5, min_ticks=2)
         handles = [
             matplotlib_module("matplotlib.lines").Line2D([], [], linestyle="none", marker="o", markersize=4, color=color)
             for color in DECISION_COLORS.values()
@@ -213,7 +213,7 @@ def requests_plot(looks: Sequence[Event], *, window: Window) -> str:
         ax.set_ylabel("requests")
         ax.set_xlabel("UTC")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        time_axis(ax, window)
+        time_axis(ax, window, min_ticks=3)
         fig.tight_layout(pad=0.5)
 
     return render_svg((10.5, 2.3), draw)
