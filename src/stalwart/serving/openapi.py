@@ -36,6 +36,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     }
 
 
+def _with(responses: dict[str, Any], code: str, response: dict[str, Any]) -> dict[str, Any]:
+    return {code: response, **responses}
+
+
 def _error(description: str) -> dict[str, Any]:
     return _json(ref("Error"), description)
 
@@ -445,6 +449,58 @@ def _v1_paths() -> dict[str, Any]:
                 "503": ERROR_RESPONSES["503"],
             },
         }
+    }
+    changed: dict[str, Any] = {
+        "400": ERROR_RESPONSES["400"],
+        "401": unauthorised,
+        "404": _error("no such deployment, model version or action"),
+        "408": ERROR_RESPONSES["408"],
+        "409": _error("the deployment's rollout is not in a state for this (one open at a time; pause takes a running one)"),
+        "413": ERROR_RESPONSES["413"],
+        "503": ERROR_RESPONSES["503"],
+    }
+    body = {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}}
+    control["/v1/deployments/{name}/routes"] = {
+        "get": {
+            "summary": "The deployment's variants as every replica serves them: primary, canary and weight, salt, shadows",
+            "parameters": [_DEPLOYMENT, _REQUEST_ID],
+            "responses": {"200": _json({"type": "object"}, "the routes and their revision"), "404": _error("no such deployment"), "503": ERROR_RESPONSES["503"]},
+        },
+        "put": {
+            "summary": "Set the canary, its weight or the shadows by hand (not while a rollout is open; admin token)",
+            "security": [{"bearer": []}],
+            "parameters": [_DEPLOYMENT, _REQUEST_ID],
+            "requestBody": body,
+            "responses": _with(changed, "200", _json({"type": "object"}, "the new routes and revision")),
+        },
+    }
+    control["/v1/deployments/{name}/rollout"] = {
+        "get": {
+            "summary": "The deployment's open rollout (else its last) and its newest events",
+            "parameters": [_DEPLOYMENT, _REQUEST_ID, {"name": "events", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000}}],
+            "responses": {
+                "200": _json({"type": "object"}, "the rollout and its events"),
+                "400": _error("events is not a whole number from 0 to 1000"),
+                "404": _error("no such deployment, or it has had no rollout"),
+                "503": ERROR_RESPONSES["503"],
+            },
+        },
+        "post": {
+            "summary": "Start a canary rollout: {\"canary\": \"model:version\", \"plan\": {...}} (admin token)",
+            "security": [{"bearer": []}],
+            "parameters": [_DEPLOYMENT, _REQUEST_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": _with(changed, "201", _json({"type": "object"}, "the rollout, at its first step")),
+        },
+    }
+    control["/v1/deployments/{name}/rollout/{action}"] = {
+        "post": {
+            "summary": "pause, resume, promote or roll back the deployment's rollout (admin token)",
+            "security": [{"bearer": []}],
+            "parameters": [_DEPLOYMENT, {"name": "action", "in": "path", "required": True, "schema": {"type": "string", "enum": ["pause", "resume", "promote", "rollback"]}}, _REQUEST_ID],
+            "requestBody": body,
+            "responses": _with(changed, "200", _json({"type": "object"}, "the rollout in its new state")),
+        },
     }
     control["/v1/feedback"] = {
         "post": {
