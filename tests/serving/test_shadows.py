@@ -118,10 +118,12 @@ def test_shadows_that_fail_hang_or_crawl_never_touch_the_primarys_answers(
         health = server.get("/v1/deployments/payments/health").json()
     assert len(latencies["payments"]) == len(latencies["plain"]) == 120
     shadowed_p50, plain_p50 = statistics.median(latencies["payments"]), statistics.median(latencies["plain"])
-    shadowed_max = max(latencies["payments"])
+    shadowed_p95 = statistics.quantiles(latencies["payments"], n=20)[-1]
     # A hung shadow on the primary's threads would make requests wait for the guard's 1 s
-    # (and then degrade); a slow one on them, 0.5 s each.
-    assert shadowed_max < 0.4, (shadowed_max, plain_p50)
+    # (and then degrade); a slow one on them, 0.5 s each. The bounds leave room for a
+    # shared machine's hiccups, not for either.
+    assert max(latencies["payments"]) < 0.9, latencies["payments"]
+    assert shadowed_p95 < 0.25, (shadowed_p95, plain_p50)
     assert shadowed_p50 < plain_p50 * 2 + 0.01, (shadowed_p50, plain_p50)
     # Every shadow call that gave no answer is counted, by shadow and reason.
     assert _metric(metrics, "stalwart_shadow_dropped_total", shadow="payments/raises", reason="error") > 0
