@@ -6,7 +6,9 @@ batching on and off), ``predictions`` (issue 12: the prediction log's cost), ``d
 per day and detection delay), ``profiles`` (issue 13: live profiles' cost per request),
 ``routing`` (issue 14: canary and shadow routing's cost per request), ``shadow`` (issue 14:
 shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout controller's look
-at the prediction log); the last six start no server. With no suite named, all run. Each report is printed and written to
+at the prediction log), which start no server; and ``shadow-serving`` (issue 14: the
+primary's latency with every request shadowed, against no shadow, through a real server).
+With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
 
@@ -24,6 +26,7 @@ from benchmarks import (
     bench_live_profiles,
     bench_routing,
     bench_shadow,
+    bench_shadow_serving,
     prediction_tap,
     serving,
 )
@@ -48,9 +51,10 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "routing": lambda a: bench_routing.run(bench_routing.Options(repeats=a.repeats)),
     "shadow": lambda a: bench_shadow.run(bench_shadow.Options(runs=a.repeats)),
     "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
+    "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,13 @@ from typer.testing import CliRunner
 import stalwart
 from stalwart.cli.main import app
 from stalwart.config import Settings
+from stalwart.errors import ConfigError
 from stalwart.monitoring.live_profiles import merged_profile
 from stalwart.project import Deployment, Project, RequestSource
 from stalwart.registry import Registry
 from stalwart.rollout.shadow_store import read_pairs
 from stalwart.serving.app import create_app as create_server
+from stalwart.serving.policies import DeploymentPolicy
 from tests.faults import Switchable, SwitchableClassifier, set_mode
 from tests.servers import LiveServer, start_server
 
@@ -116,10 +118,12 @@ def test_shadows_that_fail_hang_or_crawl_never_touch_the_primarys_answers(
         health = server.get("/v1/deployments/payments/health").json()
     assert len(latencies["payments"]) == len(latencies["plain"]) == 120
     shadowed_p50, plain_p50 = statistics.median(latencies["payments"]), statistics.median(latencies["plain"])
-    shadowed_max = max(latencies["payments"])
+    shadowed_p95 = statistics.quantiles(latencies["payments"], n=20)[-1]
     # A hung shadow on the primary's threads would make requests wait for the guard's 1 s
-    # (and then degrade); a slow one on them, 0.5 s each.
-    assert shadowed_max < 0.4, (shadowed_max, plain_p50)
+    # (and then degrade); a slow one on them, 0.5 s each. The bounds leave room for a
+    # shared machine's hiccups, not for either.
+    assert max(latencies["payments"]) < 0.9, latencies["payments"]
+    assert shadowed_p95 < 0.25, (shadowed_p95, plain_p50)
     assert shadowed_p50 < plain_p50 * 2 + 0.01, (shadowed_p50, plain_p50)
     # Every shadow call that gave no answer is counted, by shadow and reason.
     assert _metric(metrics, "stalwart_shadow_dropped_total", shadow="payments/raises", reason="error") > 0
@@ -209,3 +213,78 @@ def test_a_healthy_shadow_is_paired_and_reported(settings: Settings, registry: R
     result = cli.invoke(app, ["shadow", "report", "payments", "--shadow", "other"])
     assert result.exit_code == 0, result.output
     assert "No shadow named 'other' answered" in result.stdout
+
+
+def test_a_replaced_policy_shadows_with_its_own_runner_and_the_old_one_is_closed(settings: Settings, registry: Registry) -> None:
+    """When a deployment's policy is replaced at run time (another shadow version), the next
+    requests shadow to the new version through a runner of its own, and the runner no
+    policy names any more is closed at the next flush."""
+    for name in ("cls-primary", "cls-next"):
+        set_mode(name, "ok")
+    registry.register("fraud", SwitchableClassifier("cls-primary", 1.0, threshold=50.0), sample=SAMPLE)  # v1
+    registry.register("fraud", SwitchableClassifier("cls-next", 1.0, threshold=40.0), sample=SAMPLE)  # v2
+    deployment = Deployment("payments", model="fraud:1", features=[SOURCE.amount], shadows={"next": "fraud:2"})
+    settings = settings.model_copy(update={"shadow_flush_seconds": 0.2})
+    since = time.time()
+    server_app = create_server(settings, registry=registry, project=Project.of(deployment, SOURCE))
+    with start_server(settings, app=server_app) as server:
+        for amount in range(20):
+            _predict(server, "payments", float(amount), amount)
+        shadows = server_app.state.shadows
+        assert shadows.runners == 1
+        replaced = Deployment("payments", model="fraud:1", features=[SOURCE.amount], shadows={"next": "fraud:1"})
+        server_app.state.deployments.policies = {"payments": DeploymentPolicy.build(replaced)}
+        for amount in range(20, 50):
+            _predict(server, "payments", float(amount), amount)
+        deadline = time.monotonic() + 10
+        while shadows.runners != 1 or read_pairs(registry.db, "payments", since=since - 60).get("next") is None:
+            assert time.monotonic() < deadline, shadows.runners
+            time.sleep(0.05)
+    models = read_pairs(registry.db, "payments", since=since - 60)["next"].models
+    assert models["shadow"] == {"fraud:2": 20, "fraud:1": 30}
+
+
+@pytest.mark.parametrize(
+    ("shadows", "message"),
+    [
+        ({"next": "m:two"}, r"deployment 'p' shadows\['next'\]\.model: model 'm:two' must be 'name' or 'name:version'"),
+        ({"next": {"model": "m:3", "rate": 1.5}}, r"shadows\['next'\]\.rate: 1\.5 must be a number from 0 to 1"),
+        ({"next": {"model": "m:3", "rate": True}}, r"shadows\['next'\]\.rate: True must be a number"),
+        ({"next": {"model": "m:3", "sample": 0.5}}, r"shadows\['next'\]\.sample: unknown field; a shadow takes model, rate, time_limit"),
+        ({"next": {"rate": 0.5}}, r"shadows\['next'\]\.model: name the shadow's model"),
+        ({"next": {"model": "m:3", "time_limit": "-1s"}}, r"shadows\['next'\]\.time_limit"),
+        ({"next": {"model": "m:3", "time_limit": 0}}, r"shadows\['next'\]\.time_limit"),
+        ({"canary": "m:3"}, r"shadows\['canary'\]: 'canary' names a variant already"),
+        ({"bad name": "m:3"}, r"shadows: shadow name 'bad name' may hold only letters"),
+        (["m:3"], r"deployment 'p' shadows: \['m:3'\] must map each shadow's name"),
+        ({"next": 3}, r"shadows\['next'\]: 3 must be 'model:version'"),
+    ],
+)
+def test_shadow_declarations_are_checked_where_declared(shadows: Any, message: str) -> None:
+    """A mistake in a shadow is a ConfigError naming the deployment and the field, raised
+    where the project declares it."""
+    with pytest.raises(ConfigError, match=message):
+        Deployment("p", model="m:1", shadows=shadows)
+
+
+def test_shadows_get_chains_and_sample_rates_of_their_own() -> None:
+    """Each shadow is a variant with its own chain entry (its own breaker, and isolated:
+    its own batcher and executor); the router samples each by its rate, under the
+    deployment's name as salt, or the canary's when there is one."""
+    policy = DeploymentPolicy.build(
+        Deployment("p", model="m:1", shadows={"next": "m:2", "half": {"model": "m:1", "rate": 0.5, "time_limit": "300ms"}})
+    )
+    assert [(v.name, v.model, v.version) for v in policy.shadows] == [("next", "m", 2), ("half", "m", 1)]
+    assert [v.chain.entry for v in policy.shadows] == ["deployment/p/shadow:next", "deployment/p/shadow:half"]
+    assert all(v.chain.isolated for v in policy.shadows)
+    assert not policy.primary.chain.isolated
+    assert dict(policy.shadow_time_limits) == {"next": 2.0, "half": 0.3}
+    assert policy.router is not None
+    assert (policy.router.salt, dict(policy.router.shadows), policy.router.canary_weight) == ("p", {"next": 1.0, "half": 0.5}, 0.0)
+    sampled = [policy.router.route(f"key-{i}").shadows for i in range(2000)]
+    assert all("next" in s for s in sampled)
+    assert 0.45 < sum("half" in s for s in sampled) / 2000 < 0.55
+    canaried = DeploymentPolicy.build(Deployment("p", model="m:1", canary="m:3", canary_weight=0.1, shadows={"next": "m:2"}))
+    assert canaried.router is not None
+    assert canaried.router.salt == "p:m:3"
+    assert DeploymentPolicy.build(Deployment("p", model="m:1")).router is None

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -147,7 +149,7 @@ def create_app(
         own = ThreadPoolExecutor(
             max_workers=SHADOW_MODEL_THREADS,
             thread_name_prefix=f"stalwart-shadow-{entry.rpartition('/')[2]}",
-            initializer=one_native_thread,
+            initializer=_shadow_thread,
         )
         shadow_executors.append(own)
         if not policy.enabled:
@@ -323,6 +325,15 @@ def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | N
     if provider is not None:
         return Tracing(provider)
     return Tracing(otlp_provider(settings), owned=True)
+
+
+def _shadow_thread() -> None:
+    """A shadow's model thread: one OpenMP thread, as every model thread, and a lower CPU
+    priority (nice 10, Linux: per thread), so that when cores are scarce the kernel runs the
+    primary's threads first."""
+    one_native_thread()
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: run at the usual priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _freeze_garbage() -> None:

@@ -81,7 +81,10 @@ _ROUTING_KEY = {
     "in": "header",
     "required": False,
     "schema": {"type": "string", "maxLength": 256},
-    "description": "what picks the variant when a deployment has a canary (default: the first entity's key); the same key, the same variant",
+    "description": (
+        "what picks the variant when a deployment has a canary, and which shadows see a copy of the request "
+        "(default: the first entity's key); the same key, the same variant and shadows"
+    ),
 }
 _DEPLOYMENT = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
