@@ -64,7 +64,13 @@ card_activity = FeatureSet(
     ],
 )
 
-fraud = Deployment("fraud", model="fraud", description="Scores a card transaction before it is recorded")
+# Pinned to a version: a new one is rolled out as a canary (`stalwart rollout start fraud
+# --canary fraud:2`), judged against this one and promoted or rolled back, rather than
+# served to everyone the moment it is registered (model="fraud" would follow the latest).
+fraud = Deployment(
+    "fraud", model="fraud:1", description="Scores a card transaction before it is recorded",
+    rollout={"steps": [0.05, 0.25, 0.5], "min_seconds": "5m", "min_requests": 1000},
+)
 
 # Drift of the transaction's amount against the card's habits, over the last hour (PSI
 # against the training profile the registry recorded). `stalwart demo` replays a stretch of

@@ -4,10 +4,11 @@ responsive whether the shadow answers, raises, is slow or hangs; what is dropped
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -217,6 +218,18 @@ async def test_queue_full_drops_are_counted_and_refused() -> None:
     assert _dropped(registry, "closed") == 10
 
 
+@pytest.fixture
+def _frozen_heap() -> Iterator[None]:
+    """The heap earlier tests left, frozen out of the collector (as `stalwart serve` freezes
+    what it loaded, STALWART_GC_FREEZE): a full collection of a whole suite's objects, set off
+    by the raised exceptions' cycles, would be measured here as the loop's lag."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.mark.usefixtures("_frozen_heap")
 @pytest.mark.parametrize("behaviour", ["hangs", "raises", "slow"])
 async def test_submits_stay_cheap_and_the_loop_responsive(behaviour: str) -> None:
     """With a shadow that hangs, raises or is slow, 20,000 submits cost microseconds each
@@ -266,7 +279,9 @@ async def test_submits_stay_cheap_and_the_loop_responsive(behaviour: str) -> Non
     empty, full = statistics.median(costs_empty), statistics.median(costs_full)
     assert empty < 20e-6, empty
     assert full < 20e-6, full
-    assert full < 3 * empty + 2e-6, (empty, full)  # O(1): a long queue costs nothing more
+    # O(1): a long queue costs nothing more (an O(n) submit would cost milliseconds here; the
+    # margin is for a shared machine's scheduling noise)
+    assert full < 3 * empty + 5e-6, (empty, full)
     assert ticker.worst < 0.1, ticker.worst  # a blocked loop would show the 0.1 s time limit and more
     assert statistics.median(ticker.lags) < 0.005
     assert outcomes > 0  # the workers ran (answered, raised or timed out) meanwhile

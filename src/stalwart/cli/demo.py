@@ -49,7 +49,11 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
 
     if home.exists():
         shutil.rmtree(home)
-    settings = Settings(home=home, log_format="json", log_level="warning", registry_poll_seconds=0.5)
+    # Rollouts judged at once (no 15 s lag: the demo's model answers in milliseconds).
+    settings = Settings(
+        home=home, log_format="json", log_level="warning", registry_poll_seconds=0.5,
+        rollout_lag_seconds=1.0, routes_poll_seconds=0.2,
+    )
     console.rule("[bold]Stalwart demo")
     console.print(f"registry: SQLite under [cyan]{home}/[/] (reset for this run)")
 
@@ -88,6 +92,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         if fraud is not None:
             ok &= _fraud_tour(base, fraud)
             ok &= _monitoring_tour(base, app, fraud, settings)
+            ok &= _rollout_tour(base, fraud, settings)
         console.print("\n[green]demo OK[/]" if ok else "\n[red]demo FAILED: see the responses above[/]")
     finally:
         if once:
@@ -111,6 +116,7 @@ class _Fraud:
     card: int
     usual_amount: float
     recent: Any  # the last day's transactions (a DataFrame), to replay as traffic
+    frame: Any  # every generated transaction, to train the next versions on
 
 
 def _fraud_setup(settings: Any) -> _Fraud:
@@ -139,7 +145,7 @@ def _fraud_setup(settings: Any) -> _Fraud:
     recent = frame[frame["ts"] > frame["ts"].max() - 86_400]
     card = int(recent["card_id"].value_counts().index[0])
     usual = float(frame.loc[frame["card_id"] == card, "amount"].median())
-    return _Fraud(load_project(FRAUD_EXAMPLE / "project.py"), card, usual, recent)
+    return _Fraud(load_project(FRAUD_EXAMPLE / "project.py"), card, usual, recent, frame)
 
 
 def _fraud_tour(base: str, fraud: _Fraud) -> bool:
@@ -223,6 +229,86 @@ def _monitoring_tour(base: str, app: Any, fraud: _Fraud, settings: Any) -> bool:
     path.write_text(render_html(doc), encoding="utf-8")
     console.print(f"report: [bold]{path}[/] (open it in a browser; `stalwart monitor report --deployment fraud` makes one)")
     return bool(firing) and not before
+
+
+# The demo's rollouts: two quick steps judged on a few hundred requests, so only clear
+# differences are decided (a real plan is the project's: 5, 25, 50 % over minutes).
+_DEMO_PLAN: dict[str, Any] = {
+    "steps": [0.25, 0.5],
+    "min_seconds": 2,
+    "min_requests": 60,
+    "look_seconds": 0.5,
+    "rules": {
+        "error_rate": {"tolerance": 0.05, "min_n": 60},
+        "degradation_rate": {"tolerance": 0.05, "min_n": 60},
+        "violation_rate": {"tolerance": 0.05, "min_n": 60},
+        "latency": {"tolerance": 0.7, "min_n": 60},
+        "score_shift": {"tolerance": 0.1, "min_n": 60},
+        "tail_latency": None,
+        "accuracy": None,
+    },
+}
+
+
+def _rollout_tour(base: str, fraud: _Fraud, settings: Any) -> bool:
+    """Retrain the fraud model and roll the new version out as a canary: judged against
+    the primary on live traffic, it is promoted step by step. Then a deliberately broken
+    version (trained on flipped labels) goes out and the controller rolls it back."""
+    import runpy
+
+    from stalwart.registry import Registry
+    from stalwart.rollout.history import RolloutHistory
+    from stalwart.rollout.report_html import render
+    from stalwart.rollout.rollouts import RolloutStore
+
+    trainer = runpy.run_path(str(FRAUD_EXAMPLE / "train.py"))
+    token = {"Authorization": f"Bearer {settings.resolved_admin_token()}"}
+    console.print("\n[bold]rollouts[/]: a retrained version goes out as a canary; then a broken one")
+    outcomes, ids = [], []
+    for label, frame in (("retrained", fraud.frame), ("broken: trained on flipped labels", fraud.frame.assign(is_fraud=1 - fraud.frame["is_fraud"]))):
+        mv, _ = trainer["train"](frame, settings)
+        started = _call("POST", f"{base}/v1/deployments/fraud/rollout", {"canary": mv.ref, "plan": _DEMO_PLAN, "reason": f"demo: {label}"}, token)
+        if started.status != 201:
+            console.print(f"[red]rollout of {mv.ref} did not start: {started.status} {started.body}[/]")
+            return False
+        ids.append(int(started.body["rollout"]["id"]))
+        state = _drive(base, fraud, f"{mv.ref} ({label})")
+        rollout = state["rollout"]
+        style = "green" if rollout["state"] == "promoted" else "bold red"
+        console.print(f"{mv.ref} ({label}): [{style}]{rollout['state']}[/] — {rollout['reason']}", highlight=False)
+        outcomes.append(rollout["state"])
+    registry = Registry.open(settings)
+    try:
+        store = RolloutStore(registry.db)
+        for found in map(store.get, ids):
+            path = settings.home / f"fraud-rollout-{found.id}.html"
+            path.write_text(render(RolloutHistory.from_rows(found.to_dict(), store.events(found.id))), encoding="utf-8")
+            console.print(f"report: [bold]{path}[/] (`stalwart rollout report fraud` makes one)")
+    finally:
+        registry.db.dispose()
+    return outcomes == ["promoted", "rolled_back"]
+
+
+def _drive(base: str, fraud: _Fraud, what: str, timeout: float = 90.0) -> dict[str, Any]:
+    """Replay transactions one per request while the controller judges, until it decides."""
+    rows = fraud.recent.sample(frac=1.0, random_state=3).to_dict("records")
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(f"rolling out {what}", total=None)
+        i = 0
+        while time.monotonic() < deadline:
+            for _ in range(25):
+                r = rows[i % len(rows)]
+                i += 1
+                body = {"entities": [{"card_id": int(r["card_id"])}], "values": [{"amount": round(float(r["amount"]), 2), "merchant_category": str(r["merchant_category"])}]}
+                _call("POST", f"{base}/v1/deployments/fraud/predict", body)
+            state = _call("GET", f"{base}/v1/deployments/fraud/rollout?events=0").body
+            rollout = state["rollout"]
+            progress.update(task, description=f"rolling out {what}: {rollout['state']} at {rollout['weight']:.0%}, {i} requests")
+            if rollout["state"] not in ("running", "paused"):
+                break
+    return state
 
 
 def _replay(base: str, frame: Any, batch: int = 20) -> bool:
@@ -333,9 +419,9 @@ class _Reply:
     headers: dict[str, str]
 
 
-def _call(method: str, url: str, body: Any = None) -> _Reply:
+def _call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> _Reply:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})  # noqa: S310 - our own loopback server
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})  # noqa: S310 - our own loopback server
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own loopback server
             return _Reply(response.status, json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()})

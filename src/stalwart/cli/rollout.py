@@ -57,8 +57,11 @@ def start(
     for key, value in (("min_seconds", min_seconds), ("min_requests", min_requests), ("look_seconds", look)):
         if value is not None:
             plan[key] = value
+    from stalwart.config import load_settings
+
     store, registry, loaded, actor = _parts(project)
-    rollout = start_rollout(store, registry, loaded, name, canary, plan=plan, actor=actor, reason=reason)
+    log = load_settings().prediction_log
+    rollout = start_rollout(store, registry, loaded, name, canary, plan=plan, actor=actor, reason=reason, prediction_log=log)
     weights = ", ".join(f"{s.weight:.0%}" for s in rollout.plan.steps)
     console.print(
         f"rollout [bold]{rollout.id}[/]: {rollout.primary} → [bold]{rollout.canary}[/] on '{name}', "

@@ -35,14 +35,41 @@ def start_rollout(
     plan: Mapping[str, Any] | None = None,
     actor: str,
     reason: str = "",
+    prediction_log: str = "auto",
 ) -> Rollout:
     """Start rolling ``canary`` out on ``deployment``: the deployment's declared plan
-    (``Deployment(rollout=...)``), with the fields of ``plan`` over it."""
+    (``Deployment(rollout=...)``), with the fields of ``plan`` over it. ``prediction_log``
+    is the server's ``STALWART_PREDICTION_LOG``: the controller judges from its SQL records."""
     declared = project.deployment(deployment)  # DeploymentNotFound
+    if prediction_log not in ("auto", "sql"):
+        raise ConfigError(
+            f"rollouts are judged from the prediction log in the database, and this one goes to "
+            f"{prediction_log!r}; set STALWART_PREDICTION_LOG=sql (or auto) to roll out with a controller"
+        )
     name, version = parse_model_ref(canary, "canary")
     registry.get(name, version)  # ModelNotFound, VersionNotFound
     merged = {**(declared.rollout or {}), **(plan or {})}
-    return store.start(deployment, canary, plan_of(merged, "rollout"), actor=actor, reason=reason)
+    routes, _ = store.routes.get(deployment)
+    primary = _pinned(registry, routes.primary, canary, deployment)
+    return store.start(deployment, canary, plan_of(merged, "rollout"), actor=actor, reason=reason, primary=primary)
+
+
+def _pinned(registry: Registry, primary: str, canary: str, deployment: str) -> str:
+    """The primary as a pinned version: a rollout compares two fixed versions, so a primary
+    that follows the latest version (``model="fraud"``) is pinned to the one it serves now.
+    When the latest already is the canary, the deployment has been serving it all along."""
+    name, version = parse_model_ref(primary, "primary")
+    if version is not None:
+        return primary
+    latest = registry.get(name).version
+    ref = f"{name}:{latest}"
+    if ref == canary:
+        raise RolloutConflict(
+            f"deployment '{deployment}' follows the latest version of '{name}', which is {canary} already: every request "
+            f"has gone to it since it was registered. Pin the deployment's model to the version to compare with "
+            f"(Deployment(model='{name}:<version>')), then roll {canary} out"
+        )
+    return ref
 
 
 def set_routes(

@@ -45,19 +45,19 @@ from typing import Any
 
 import msgspec
 
-from stalwart.errors import ConfigError, StalwartError
+from stalwart.errors import StalwartError
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.quality import OutputReading
 from stalwart.project import Project
-from stalwart.rollout.evidence import Evidence, accuracy, default_rules, latency_threshold
-from stalwart.rollout.judge import Judge, Judgement, MetricRule
+from stalwart.rollout.evidence import Evidence, accuracy, latency_threshold
+from stalwart.rollout.judge import Judge, Judgement
 from stalwart.rollout.plan import RolloutPlan
 from stalwart.rollout.rollouts import Rollout, RolloutStore
 from stalwart.rollout.routing import sample_ratio_mismatch
 from stalwart.rollout.sequential import Proportion
 from stalwart.storage.leadership import Leadership
 
-__all__ = ["SETTLE_SECONDS", "Controller", "ControllerLoop", "Look", "rules_for"]
+__all__ = ["SETTLE_SECONDS", "Controller", "ControllerLoop", "Look", "plan_of"]
 
 _log = get_logger("stalwart.rollout")
 
@@ -75,25 +75,6 @@ class Look(msgspec.Struct, frozen=True):
     decision: str  # continue | step | promote | hold | rollback
     reason: str
     detail: dict[str, Any]
-
-
-def rules_for(plan: RolloutPlan) -> tuple[MetricRule, ...]:
-    """The default rules with the plan's overrides (``{"error_rate": {"tolerance":
-    0.01}}`` changes fields of a rule, ``None`` drops it); a mistake is a ConfigError."""
-    base: dict[str, MetricRule] = {rule.name: rule for rule in default_rules()}
-    overrides: dict[str, MetricRule | None] = {}
-    for name, fields in plan.rules.items():
-        if name not in base:
-            raise ConfigError(f"rollout.rules: no rule named {name!r}; the rules are {', '.join(base)}")
-        if fields is None:
-            overrides[name] = None
-            continue
-        try:
-            overrides[name] = msgspec.convert({**msgspec.to_builtins(base[name]), **fields, "name": name}, MetricRule)
-        except (msgspec.ValidationError, ConfigError) as exc:
-            raise ConfigError(f"rollout.rules[{name!r}]: {getattr(exc, 'message', exc)}") from None
-    rules: tuple[MetricRule, ...] = default_rules(**overrides)
-    return rules
 
 
 class Controller:
@@ -167,7 +148,7 @@ class Controller:
         until_ns = int((now - self.lag_seconds) * 1e9)
         if until_ns >= evidence.start_ns:
             evidence.advance(db, name, until_ns, reading=reading)
-        rules = rules_for(rollout.plan)
+        rules = rollout.plan.judged_by()
         if evidence.slow_ms is None:
             rules = tuple(r for r in rules if r.name != "tail_latency")
         labelled = self._labelled(rollout, evidence, reading, now)
@@ -203,11 +184,12 @@ def _decide(rollout: Rollout, judgement: Judgement, srm: bool, canary_requests: 
     plan = rollout.plan
     step = plan.steps[rollout.step]
     elapsed = now - rollout.step_started_at
-    failed = [v.metric for v in judgement.verdicts if v.decision == "fail"]
+    failed = [v for v in judgement.verdicts if v.decision == "fail"]
+    why = "; ".join(f"{v.metric}: {v.reason}" for v in failed)
     if judgement.recommendation == "rollback":
-        return "rollback", f"the canary failed {', '.join(failed)}: {judgement.reason}"
+        return "rollback", f"the canary failed {why}"
     if judgement.recommendation == "hold":
-        return "hold", f"the canary failed {', '.join(failed)} (a rule that holds for a person): {judgement.reason}"
+        return "hold", f"the canary failed a rule that holds for a person: {why}"
     if srm:
         return "hold", (
             f"sample ratio mismatch: {canary_requests} canary requests is not the {step.weight:.0%} the weight gives; "
@@ -264,5 +246,5 @@ class ControllerLoop:
 def plan_of(declared: Mapping[str, Any] | None, where: str) -> RolloutPlan:
     """A deployment's declared plan (``Deployment(rollout=...)``), checked with its rules."""
     plan = RolloutPlan.parse(declared, where)
-    rules_for(plan)
+    plan.judged_by()
     return plan

@@ -29,10 +29,12 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stalwart.durations import parse_seconds
 from stalwart.errors import ConfigError
+from stalwart.rollout.judge import MetricRule
 
 __all__ = ["DEFAULT_STEPS", "RolloutPlan", "Step"]
 
@@ -100,6 +102,29 @@ class RolloutPlan(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def judged_by(self) -> tuple[MetricRule, ...]:
+        """The rules this plan judges by: the defaults (``stalwart.rollout.evidence``) with
+        the plan's overrides (``{"error_rate": {"tolerance": 0.01}}`` changes fields of a
+        rule, ``None`` drops it); a mistake is a ConfigError naming the rule."""
+        from stalwart.rollout.evidence import (
+            default_rules,  # evidence reads the log: only when judged
+        )
+
+        base: dict[str, MetricRule] = {rule.name: rule for rule in default_rules()}
+        overrides: dict[str, MetricRule | None] = {}
+        for name, fields in self.rules.items():
+            if name not in base:
+                raise ConfigError(f"rollout.rules: no rule named {name!r}; the rules are {', '.join(base)}")
+            if fields is None:
+                overrides[name] = None
+                continue
+            try:
+                overrides[name] = msgspec.convert({**msgspec.to_builtins(base[name]), **fields, "name": name}, MetricRule)
+            except (msgspec.ValidationError, ConfigError) as exc:
+                raise ConfigError(f"rollout.rules[{name!r}]: {getattr(exc, 'message', exc)}") from None
+        rules: tuple[MetricRule, ...] = default_rules(**overrides)
+        return rules
 
 
 def _step(step: Any, defaults: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -67,7 +67,8 @@ class Rollout(msgspec.Struct, frozen=True, kw_only=True):
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, without the controller's evidence state (large, internal)."""
         data = {f: getattr(self, f) for f in self.__struct_fields__ if f not in ("plan", "evidence")}
-        data["plan"] = self.plan.to_dict()
+        # The rules as judged (the defaults with the plan's overrides), for people and reports.
+        data["plan"] = {**self.plan.to_dict(), "rules": [msgspec.to_builtins(r) for r in self.plan.judged_by()]}
         return data
 
 
@@ -122,10 +123,19 @@ class RolloutStore:
     # -- people ------------------------------------------------------------------------
 
     def start(
-        self, deployment: str, canary: str, plan: RolloutPlan, *, actor: str, reason: str = "", now: float | None = None
+        self,
+        deployment: str,
+        canary: str,
+        plan: RolloutPlan,
+        *,
+        actor: str,
+        reason: str = "",
+        primary: str | None = None,
+        now: float | None = None,
     ) -> Rollout:
         """Start a rollout of ``canary`` ("model:version") on ``deployment`` at the plan's
-        first step. The caller checks that the version exists (the registry)."""
+        first step; ``primary`` pins the primary's version for it (when the routes name
+        the model only). The caller checks that the versions exist (the registry)."""
         _, version = parse_model_ref(canary, "canary")
         if version is None:
             raise ConfigError(f"canary: {canary!r} names no version; give 'model:version' (a rollout pins what it rolls out)")
@@ -140,18 +150,19 @@ class RolloutStore:
                     f"deployment '{deployment}' already has rollout {found.id} of {found.canary} ({found.state}); "
                     f"promote or roll it back first (stalwart rollout promote|rollback {deployment})"
                 )
-            if canary == routes.primary:
+            pinned = primary or routes.primary
+            if canary == pinned:
                 raise RolloutConflict(f"deployment '{deployment}' already serves {canary} as its primary")
             salt = new_salt(deployment, canary)
             values = {
-                "deployment": deployment, "canary": canary, "primary": routes.primary, "salt": salt,
+                "deployment": deployment, "canary": canary, "primary": pinned, "salt": salt,
                 "plan": plan.to_dict(), "state": "running", "step": 0, "weight": weight, "started_at": stamp,
                 "step_started_at": stamp, "updated_at": stamp, "reason": reason or None, "evidence": None,
             }
             rollout_id = int(conn.execute(t.rollouts.insert().values(**values).returning(t.rollouts.c.id)).scalar_one())
             rollout = _rollout_from(rollout_id, values)
             self.routes.change(
-                deployment, lambda r: msgspec.structs.replace(r, canary=canary, canary_weight=weight, salt=salt),
+                deployment, lambda r: msgspec.structs.replace(r, primary=pinned, canary=canary, canary_weight=weight, salt=salt),
                 actor=actor, action="rollout.start", detail={"rollout": rollout_id}, conn=conn,
             )
             _event(conn, rollout, "start", actor, {"reason": reason, "plan": plan.to_dict()}, stamp)

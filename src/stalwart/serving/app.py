@@ -283,7 +283,7 @@ def create_app(
         *prediction_routes(store, auth, log=settings.prediction_log),
         *feedback_routes(registry, auth, settings),
         *monitoring_routes(registry.db, frozenset(project.deployments), auth, settings),
-        *rollout_routes(rollout_store, registry, project, auth),
+        *rollout_routes(rollout_store, registry, project, auth, prediction_log=settings.prediction_log),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]

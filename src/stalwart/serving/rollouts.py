@@ -62,8 +62,11 @@ _start_decoder = msgspec.json.Decoder(_StartBody)
 _action_decoder = msgspec.json.Decoder(_ActionBody)
 
 
-def rollout_routes(store: RolloutStore, registry: Registry, project: Project, auth: BearerAuth) -> list[Route]:
-    """The routes and rollout endpoints of ``project``'s deployments."""
+def rollout_routes(
+    store: RolloutStore, registry: Registry, project: Project, auth: BearerAuth, *, prediction_log: str = "auto"
+) -> list[Route]:
+    """The routes and rollout endpoints of ``project``'s deployments (``prediction_log``:
+    where the server's records go; a rollout needs them in the database)."""
 
     def deployment_of(request: Request, endpoint: str) -> str:
         request_info(request.scope).endpoint = endpoint
@@ -94,7 +97,10 @@ def rollout_routes(store: RolloutStore, registry: Registry, project: Project, au
         actor = auth.require(request)
         body = decode_json(await request.body(), _start_decoder, field="body", hint=_START_HINT)
         rollout = await asyncio.to_thread(
-            lambda: start_rollout(store, registry, project, name, body.canary, plan=body.plan, actor=actor, reason=body.reason)
+            lambda: start_rollout(
+                store, registry, project, name, body.canary, plan=body.plan, actor=actor, reason=body.reason,
+                prediction_log=prediction_log,
+            )
         )
         return json_response({"rollout": rollout.to_dict()}, status=201)
 
