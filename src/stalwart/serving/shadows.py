@@ -93,7 +93,7 @@ class Shadows:
         metrics: ShadowMetrics,
         *,
         policies: Callable[[], Mapping[str, DeploymentPolicy]],
-        workers: int = 4,
+        workers: int = 2,  # calls in flight per shadow: its share of a saturated server (docs/rollouts.md)
         queue_size: int = 1024,
         flush_seconds: float = 10.0,
         replica: str | None = None,
