@@ -146,7 +146,7 @@ class VersionNotFound(RegistryError):
 class DeploymentNotFound(RegistryError):
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"deployment '{name}' does not exist; list deployments with 'stalwart deployments list'"
+            f"deployment '{name}' does not exist; the project file declares them (GET /v1/deployments lists a server's)"
         )
         self.name = name
 

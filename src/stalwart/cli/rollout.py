@@ -175,11 +175,19 @@ def _shadows(specs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _store() -> Any:
+    """The rollout store of the settings' database, with the project's deployments in it
+    when a project file is named (as a server would have put them)."""
     from stalwart.config import load_settings
+    from stalwart.project import load_project
     from stalwart.registry import Registry
+    from stalwart.registry.audit import process_actor
     from stalwart.rollout.rollouts import RolloutStore
 
-    return RolloutStore(Registry.open(load_settings()).db)
+    settings = load_settings()
+    store = RolloutStore(Registry.open(settings).db)
+    if settings.project is not None:
+        store.routes.sync_declared(load_project(settings.project).deployments, process_actor(), reset=False)
+    return store
 
 
 def _parts(project: Path | None) -> tuple[Any, Any, Any, str]:
@@ -194,4 +202,8 @@ def _parts(project: Path | None) -> tuple[Any, Any, Any, str]:
     if settings.project is None:
         fail("name the project file with --project or STALWART_PROJECT")
     registry = Registry.open(settings)
-    return RolloutStore(registry.db), registry, load_project(settings.project), process_actor()
+    project_ = load_project(settings.project)
+    store = RolloutStore(registry.db)
+    actor = process_actor()
+    store.routes.sync_declared(project_.deployments, actor, reset=False)  # before any server ran here
+    return store, registry, project_, actor

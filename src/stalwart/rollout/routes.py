@@ -116,9 +116,13 @@ class RouteStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def sync_declared(self, deployments: Mapping[str, Deployment], actor: str) -> dict[str, tuple[Routes, int]]:
+    def sync_declared(
+        self, deployments: Mapping[str, Deployment], actor: str, *, reset: bool = True
+    ) -> dict[str, tuple[Routes, int]]:
         """Each deployment's routes and revision, after taking the project's declaration
-        where the row is new or was made from another declaration (the module docstring)."""
+        where the row is new or was made from another declaration (the module docstring).
+        ``reset=False`` only adds the rows that are missing (the CLI: a command run with
+        another copy of the project file must not undo what the servers serve)."""
         found: dict[str, tuple[Routes, int]] = {}
         for name, deployment in deployments.items():
             declared = declared_routes(deployment)
@@ -126,7 +130,7 @@ class RouteStore:
 
             def take(conn: Connection, name: str = name, declared: Routes = declared, digest: str = digest) -> tuple[Routes, int]:
                 row = _row(conn, name, lock=True)
-                if row is not None and row.declared == digest:
+                if row is not None and (row.declared == digest or not reset):
                     return _routes(row), int(row.revision)
                 revision = 1 if row is None else int(row.revision) + 1
                 _write(conn, name, declared, digest, revision, actor, insert=row is None)
