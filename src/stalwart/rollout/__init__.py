@@ -1,1 +1,1 @@
-"""Canary and shadow deployments: sticky routing, anytime-valid analysis, shadow comparisons (issue 14; the controller comes next)."""
+"""Canary and shadow deployments: run-time routes, sticky routing, rollouts judged by anytime-valid tests (the controller), shadow comparisons."""
