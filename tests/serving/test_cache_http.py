@@ -189,7 +189,7 @@ def test_a_changed_definition_never_reads_the_old_definitions_values(fraud_copy:
         ('Window("tx_count_1h", agg="count", window="1h")', 'Window("tx_count_1h", agg="count", window="2h")'),
         # The model was trained on the old definition: serve it these features anyway (the
         # skew guard would refuse otherwise), to see which values the cache hands out.
-        ('fraud = Deployment("fraud", model="fraud",', 'fraud = Deployment("fraud", model="fraud", features=[*(card_activity[n] for n in card_activity.feature_names), txn.amount],'),
+        ('"fraud", model="fraud:1",', '"fraud", model="fraud:1", features=[*(card_activity[n] for n in card_activity.feature_names), txn.amount],'),
     )
     new_project = load_project(changed)
     old_set, new_set = old_project.feature_sets[SET], new_project.feature_sets[SET]

@@ -67,8 +67,8 @@ def test_a_failing_sql_source_serves_stale_then_defaults_and_its_breaker_recover
             # A TTL short enough to be past within the test; the same FeatureSet version.
             ('cache={"ttl": "1m", "max_staleness": "10m"}', 'cache={"ttl": "1s", "max_staleness": "10m", "xfetch_beta": 0}'),
             (
-                'fraud = Deployment("fraud", model="fraud",',
-                'fraud = Deployment("fraud", model="fraud", source_guard={"breaker": {"sliding_window_size": 4, '
+                '"fraud", model="fraud:1",',
+                '"fraud", model="fraud:1", source_guard={"breaker": {"sliding_window_size": 4, '
                 '"minimum_number_of_calls": 4, "wait_duration_in_open_state": "500ms", '
                 '"permitted_number_of_calls_in_half_open_state": 1}},',
             ),
