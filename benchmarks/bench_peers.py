@@ -121,7 +121,9 @@ def run(options: Options) -> str:
         "",
         "Details: req/s as median (lowest to highest run), p50 / p99 ms, server CPU per request "
         "(every thread and child process), peak RSS (each process's own peak, summed), "
-        "processes, failed requests.",
+        "processes, failed requests (of which answered with a non-2xx status; Stalwart's, where we looked, were "
+        "503s from its load shedding, which refuses a request that would queue longer than "
+        "allowed).",
         "",
         _details(series, footprints),
         "",
@@ -152,7 +154,7 @@ def _table(series: dict[str, dict[int, Series]], footprints: dict[str, _Footprin
 
 
 def _details(series: dict[str, dict[int, Series]], footprints: dict[str, _Footprint]) -> str:
-    header = ["server", "c", "req/s", "p50 / p99 ms", "CPU/request µs", "peak RSS MiB", "processes", "failed"]
+    header = ["server", "c", "req/s", "p50 / p99 ms", "CPU/request µs", "peak RSS MiB", "processes", "failed (non-2xx)"]
     rows = []
     for name in (*PEERS, STALWART):
         for c in CONCURRENCIES:
@@ -161,7 +163,7 @@ def _details(series: dict[str, dict[int, Series]], footprints: dict[str, _Footpr
             rows.append([
                 name, str(c), f"{fmt_rps(s.rps)} ({fmt_rps(min(values))} to {fmt_rps(max(values))})",
                 f"{fmt_ms(s.p50)} / {fmt_ms(s.p99)}", f"{s.cpu:.0f}",
-                f"{footprints[name].memory.peak / _MIB:.0f}", str(footprints[name].processes), str(s.errors),
+                f"{footprints[name].memory.peak / _MIB:.0f}", str(footprints[name].processes), f"{s.errors} ({s.non2xx})",
             ])
     return markdown_table(header, rows)
 

@@ -153,6 +153,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int  # non-2xx responses plus socket errors
+    non2xx: int = 0  # of which answers with a status other than 2xx or 3xx
 
     @property
     def ok(self) -> bool:
@@ -177,14 +178,15 @@ def parse_wrk(output: str) -> WrkResult:
     total = re.search(r"^\s*(\d+) requests in", output, re.M)
     if not (p50 and p99 and rps and total):
         raise RuntimeError(f"cannot read wrk's output:\n{output}")
-    errors = 0
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    if non2xx:
-        errors += int(non2xx.group(1))
+    statuses = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    non2xx = int(statuses.group(1)) if statuses else 0
+    errors = non2xx
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     if sock:
         errors += sum(int(g) for g in sock.groups())
-    return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)), errors)
+    return WrkResult(
+        float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)), errors, non2xx
+    )
 
 
 def lua_script(workdir: Path, body: bytes) -> Path:
@@ -259,6 +261,10 @@ class Series:
     @property
     def errors(self) -> int:
         return sum(r.errors for r in self.runs)
+
+    @property
+    def non2xx(self) -> int:
+        return sum(r.non2xx for r in self.runs)
 
     @property
     def spread(self) -> float:
