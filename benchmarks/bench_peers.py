@@ -76,6 +76,7 @@ class _Footprint:
 
 def run(options: Options) -> str:
     """Run the suite; returns the markdown report."""
+    mlserver_peer.ensure_environment()  # before anything starts: it may take a minute, or fail
     with Arena(models=(PEER_MODEL,), prepare=prepare_peer_home) as arena:
         estimator = arena.estimator(PEER_MODEL)
         floor = in_process(estimator, arena.x_test[:1], min(options.seconds, 3.0))
