@@ -179,7 +179,7 @@ def _verdict(series: dict[str, dict[int, Series]]) -> list[str]:
         f"- c=64: {fmt_rps(ours[64].rps)} req/s with p99 {fmt_ms(ours[64].p99)} ms "
         f"(target ≥ 10,000 and < 20 ms: {_met(ours[64].rps >= 10_000 and ours[64].p99 < 20)})",
         f"- c=64: {ratio:.1f}x MLServer's req/s (target ≥ 12x: {_met(ratio >= 12)})",
-        f"- c=1: p50 {delta:+.2f} ms against the minimal endpoint (target ≤ +0.15: {_met(delta <= 0.15)})",
+        f"- c=1: p50 {delta:+.3f} ms against the minimal endpoint (target ≤ +0.15: {_met(delta <= 0.15)})",
     ]
 
 
