@@ -11,9 +11,10 @@ import contextlib
 import gc
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -137,7 +138,10 @@ def create_app(
             predictor, mv.signature, mv.ref, own, policy,
             metrics=batch_metrics, model=mv.name, version=str(mv.version),
         )
-        return _owned(BatchCall(batcher), batcher, own, threads, limits.max_calls, prefix, omp, 1)
+        # Closed, its queue gauge goes: the gauge reads the batcher, which the metrics must
+        # not keep alive (with its model) once the version is unloaded.
+        forget = partial(batch_metrics.forget, mv.name, str(mv.version)) if batch_metrics is not None else None
+        return _owned(BatchCall(batcher), batcher, own, threads, limits.max_calls, prefix, omp, 1, forget)
 
     def isolated_pipeline(entry: str, loaded: LoadedModel) -> Pipeline:
         # A shadow's chain: a batcher and a small executor of its own, never the version's
@@ -335,6 +339,7 @@ def _owned(
     prefix: str,
     omp_threads: int,
     concurrency: int,
+    forget: Callable[[], None] | None = None,
 ) -> Pipeline:
     """A pipeline with what it owns: closing it closes the batcher (queued callers get
     NotReady) and shuts the executor down without waiting (its idle threads exit; a hung
@@ -343,6 +348,8 @@ def _owned(
     async def close() -> None:
         if batcher is not None:
             await batcher.close()
+        if forget is not None:
+            forget()
         executor.shutdown(wait=False, cancel_futures=True)
 
     return Pipeline(

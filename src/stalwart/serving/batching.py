@@ -168,7 +168,6 @@ class AdaptiveBatcher:
         self._series: BatchSeries | None = (
             metrics.series(model, version, lambda: self._queued_rows) if metrics else None
         )
-        self._forget: Callable[[], None] | None = (lambda: metrics.forget(model, version)) if metrics else None
 
     @property
     def queued_rows(self) -> int:
@@ -215,9 +214,6 @@ class AdaptiveBatcher:
     async def close(self) -> None:
         """Stop batching: queued and in-flight callers get :class:`NotReady`, later ones too."""
         self._closed = True
-        if self._forget is not None:
-            self._forget()
-            self._forget = None
         self._fail_queued(_shutting_down())
         worker, self._worker = self._worker, None
         if worker is not None and not worker.done():
