@@ -11,7 +11,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -276,7 +275,7 @@ def test_a_versions_calls_in_flight_are_limited(settings: Settings, registry: Re
         assert server.post("/v2/models/blocking/infer", json=_body()).status_code == 200
 
 
-def test_unloading_closes_the_pipeline_and_releases_the_threads(settings: Settings, registry: Registry, tmp_path: Path) -> None:
+def test_unloading_closes_the_pipeline_and_releases_the_threads(settings: Settings, registry: Registry) -> None:
     """A version unloaded to make room has its executor threads stopped and its chains
     dropped; a request that resolved it just before still gets its answer, from the
     version loaded again."""

@@ -154,6 +154,10 @@ class BatchMetrics:
     def forget(self, model: str, version: str) -> None:
         """Drop the version's queue gauge (its batcher closed): the gauge reads the batcher,
         which must not be kept alive by the metrics once its version is unloaded."""
+        # set_function leaves the child and its sampling closure in a reference cycle, which
+        # only a full collection frees (never, once gc.freeze() froze it): point it at a
+        # function that holds nothing before letting the child go.
+        self.queue_rows.labels(model, version).set_function(_nothing)
         with contextlib.suppress(KeyError):
             self.queue_rows.remove(model, version)
 
@@ -167,6 +171,10 @@ class BatchMetrics:
             model_time=self.model_time.labels(model, version),
             failures=self.failures.labels(model, version),
         )
+
+
+def _nothing() -> float:
+    return 0.0
 
 
 class ResilienceMetrics:
