@@ -23,7 +23,7 @@ from stalwart.config import ModelLimits, Settings
 from stalwart.registry import Registry
 from tests import models
 from tests.servers import LiveServer, start_server
-from tests.serving.conftest import metric
+from tests.serving.conftest import FraudCopy, metric, predict_body, recent_card
 
 ROWS = [[1.0, 2.0, 3.0]]
 CELLS = 500_000  # float64 values each Ballast version holds: 4 MB
@@ -206,8 +206,9 @@ def test_a_load_slower_than_the_requests_deadline_is_a_503_with_retry_after(sett
 def test_resources_show_memory_threads_and_limits(settings: Settings, registry: Registry) -> None:
     """GET /v1/resources: the process's RSS; no budget by default; the limits in effect
     (server-wide and per model); per loaded version its measured memory (also recorded in
-    the registry), last use, calls in flight, executor threads and OpenMP threads, which
-    the model's threads really run with."""
+    the registry), executor threads and OpenMP threads (which the model's threads really
+    run with), and, where they are counted (a call limit or a budget), its last use and
+    calls in flight."""
     _register_ballast(registry, "ballast", 1)
     registry.register("omp", models.OpenMPThreads(), sample=np.ones((2, 3)))
     configured = settings.model_copy(update={
@@ -232,8 +233,8 @@ def test_resources_show_memory_threads_and_limits(settings: Settings, registry: 
     ballast = _loaded(document, "ballast")[1]
     assert 0.9 * SIZE <= ballast["memory_bytes"] < 2.5 * SIZE
     assert ballast["measured"] is True
-    assert ballast["last_used_at"] >= before
-    assert ballast["in_flight"] == 0
+    # Neither a budget nor a call limit: its calls are not counted (nothing needs them).
+    assert (ballast["tracked"], ballast["last_used_at"], ballast["in_flight"]) == (False, None, None)
     assert ballast["protected"] is True  # the model's latest
     assert ballast["threads"] == {"max": 3, "alive": 1, "omp": 2}
     assert ballast["concurrency"] == 3  # no batching: one call per executor thread
@@ -241,6 +242,9 @@ def test_resources_show_memory_threads_and_limits(settings: Settings, registry: 
     omp = _loaded(document, "omp")[1]
     assert omp["threads"] == {"max": 1, "alive": 1, "omp": 3}
     assert omp["max_calls"] == 7
+    assert omp["tracked"] is True
+    assert omp["last_used_at"] >= before
+    assert omp["in_flight"] == 0
     assert document["memory"]["used_bytes"] == ballast["memory_bytes"] + omp["memory_bytes"]
     recorded = registry.memory.get("ballast", 1)
     assert recorded is not None
@@ -313,3 +317,32 @@ def test_unloading_closes_the_pipeline_and_releases_the_threads(settings: Settin
             assert repository.is_loaded("ballast", 1)
 
     asyncio.run(scenario())
+
+
+def test_a_deployments_model_stays_loaded_while_other_versions_come_and_go(fraud_copy: FraudCopy) -> None:
+    """Under a budget that /v2 traffic over many versions keeps full, the version a
+    deployment routes to is unloaded last (shown as protected): the deployment answers
+    every request undegraded, from its own model, and that model is never unloaded."""
+    registry = Registry.open(fraud_copy.settings)
+    try:
+        _register_ballast(registry, "ballast", 6)
+    finally:
+        registry.db.dispose()
+    card = recent_card(fraud_copy.frame)
+    # The fraud model (about 6 MB), ballast's latest (version 6, also kept to the last) and
+    # one more: versions 1 to 5 take turns in the last place.
+    settings = fraud_copy.settings.model_copy(update={"model_memory": 5 * SIZE})
+    with start_server(settings) as server:
+        for version in [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]:
+            answer = server.post(f"/v2/models/ballast/versions/{version}/infer", json=_body())
+            assert answer.status_code in (200, 503), answer.text
+            predicted = server.post("/v1/deployments/fraud/predict", json=predict_body(card))
+            assert predicted.status_code == 200, predicted.text
+            assert predicted.json()["model"] == {"name": "fraud", "version": 1}
+            assert "degraded" not in predicted.json()
+        document = _resources(server)
+        fraud = _loaded(document, "fraud")[1]
+        assert fraud["protected"] is True
+        assert document["memory"]["evictions"] >= 6
+        text = server.get("/metrics").text
+    assert metric(text, "stalwart_model_evictions_total", model="fraud", version="1") == 0

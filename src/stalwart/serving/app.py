@@ -161,6 +161,7 @@ def create_app(
     chains = Chains(
         registry, validation_metrics, resilience_metrics, isolated=isolated_pipeline,
         resolve=lambda name, version, deadline: repository.get(name, version, deadline=deadline),
+        track=settings.model_memory is not None,
     )
 
     def routed() -> list[tuple[str, int | None]]:

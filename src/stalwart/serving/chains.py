@@ -4,7 +4,7 @@ A model version's own pipeline (``LoadedModel.pipeline``) is its batcher: shared
 entrypoint, so ``/v2`` traffic and deployment traffic for one version batch together. In
 front of it each entrypoint (``/v2`` for the model, or a deployment's variant) gets
 
-    Tracked (the version's calls in flight and last use; its max_calls)
+    Tracked (the version's calls in flight and last use; its max_calls), when needed
       → ValidationStage (the version's active schema, with the entrypoint's policy overrides)
         → GuardStage (the entrypoint's breaker, bulkhead and timeout)
           → the version's pipeline
@@ -15,7 +15,10 @@ request builds them again with the new schema. When the memory budget unloads a 
 (``serving/residency.py``), its chains and isolated pipelines are dropped (:meth:`Chains.drop`);
 a request that resolved the version before that reaches a ``Tracked`` whose version is
 retired, which loads the version again and runs the request on the new chain: nothing of
-the request has run yet, so nothing runs twice.
+the request has run yet, so nothing runs twice. ``Tracked`` is built only where it is
+needed (a memory budget is set, or the model has a call limit): otherwise nothing is
+unloaded and nothing limited, and the chain costs nothing more per request (it costs about
+0.5 µs).
 
 An ``isolated`` entry (a deployment's shadow) ends not in the version's shared pipeline but
 in a pipeline of its own, made once per entry and version by the ``isolated`` factory the
@@ -76,10 +79,14 @@ class Chains:
         *,
         isolated: IsolatedPipelines | None = None,
         resolve: Resolve | None = None,
+        track: bool = False,
     ) -> None:
         """``resolve`` loads a version again for a request whose version was unloaded
-        under it (without one, that request gets :class:`NotReady`)."""
+        under it (without one, that request gets :class:`NotReady`). ``track``: count
+        every version's calls in flight and last use (versions may be unloaded: a memory
+        budget is set); without it, only versions with a call limit are tracked."""
         self._registry = registry
+        self._track = track
         self._isolated = isolated
         self._resolve = resolve
         self._pipelines: dict[tuple[str, str, int], Pipeline] = {}  # isolated entries' own, kept across rebuilds
@@ -172,7 +179,8 @@ class Chains:
             )
             stage = ValidationStage(validator, stage, deployment=spec.label, metrics=self._validation_metrics)
         limit = sys.maxsize if spec.isolated else loaded.usage.max_calls  # a shadow's calls are bounded by its runner
-        stage = Tracked(stage, loaded.usage, limit, spec, mv.name, mv.version, self)
+        if self._track or loaded.usage.max_calls != sys.maxsize:
+            stage = Tracked(stage, loaded.usage, limit, spec, mv.name, mv.version, self)
         self._chains[key] = stage
         return stage
 

@@ -41,8 +41,9 @@ its own buffers), so twice the file errs on the safe side; its first load measur
 
 @dataclass(slots=True, eq=False)
 class Usage:
-    """How a loaded version is used now. The event loop's alone: plain attributes, no lock
-    (a call's start costs two stores and an increment)."""
+    """How a loaded version is used now (counted by its chains' ``Tracked`` stage, built
+    when a memory budget or a call limit needs it). The event loop's alone: plain
+    attributes, no lock."""
 
     max_calls: int  # calls it may have in flight (sys.maxsize: no limit)
     last_used: float  # time.monotonic() when its latest call started (or it loaded)

@@ -4,13 +4,16 @@ The process's resident memory, the model memory budget and what the loaded versi
 charged against it, and per loaded version: its memory (measured at load, an estimate),
 when it loaded and was last used, its calls in flight, its model executor (threads, the
 ones alive now) and OpenMP threads, and its call limit; with the limits in effect
-server-wide and per model. Read from memory only (no database), so it is cheap to poll.
+server-wide and per model. Calls in flight and last use are counted only where something
+needs them (a memory budget, a call limit); elsewhere they are null (``tracked`` false),
+so a server without either pays nothing per request for them. Read from memory only (no database), so it is cheap to poll.
 Like ``/metrics`` it needs no token: it holds no request data.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -46,7 +49,7 @@ def resources(repository: ModelRepository, settings: Settings) -> dict[str, Any]
     protected = repository.protected()
     now, clock = time.time(), time.monotonic()
     models = [
-        _version(loaded, alive, (loaded.version.name, loaded.version.version) in protected, now, clock)
+        _version(loaded, alive, (loaded.version.name, loaded.version.version) in protected, now, clock, budget is not None)
         for loaded in sorted(repository.loaded(), key=lambda m: (m.version.name, m.version.version))
     ]
     return {
@@ -70,18 +73,20 @@ def resources(repository: ModelRepository, settings: Settings) -> dict[str, Any]
     }
 
 
-def _version(loaded: LoadedModel, alive: dict[str, int], protected: bool, now: float, clock: float) -> dict[str, Any]:
+def _version(loaded: LoadedModel, alive: dict[str, int], protected: bool, now: float, clock: float, tracks_all: bool) -> dict[str, Any]:
     mv = loaded.version
     usage = loaded.usage
     owned = loaded.owned
+    tracked = tracks_all or usage.max_calls != sys.maxsize
     return {
         "name": mv.name,
         "version": mv.version,
         "memory_bytes": loaded.memory,
         "measured": loaded.measured,
         "loaded_at": loaded.loaded_at,
-        "last_used_at": now - (clock - usage.last_used),
-        "in_flight": usage.in_flight,
+        "tracked": tracked,
+        "last_used_at": now - (clock - usage.last_used) if tracked else None,
+        "in_flight": usage.in_flight if tracked else None,
         "protected": protected,
         "threads": {
             "max": owned.threads if owned is not None else 0,
