@@ -289,7 +289,8 @@ def test_unloading_closes_the_pipeline_and_releases_the_threads(settings: Settin
     from stalwart.serving.app import create_app
 
     _register_ballast(registry, "ballast", 3)
-    app = create_app(settings.model_copy(update={"model_memory": 2 * SIZE + SIZE // 2, "preload": False}), registry=registry)
+    quiet = {"preload": False, "registry_poll_seconds": 3600.0}  # nothing loads but what the test asks for
+    app = create_app(settings.model_copy(update={"model_memory": 2 * SIZE + SIZE // 2, **quiet}), registry=registry)
 
     def threads_of(ref: str) -> int:
         return sum(1 for t in threading.enumerate() if t.name.startswith(f"stalwart-model-{ref}_"))
@@ -346,3 +347,51 @@ def test_a_deployments_model_stays_loaded_while_other_versions_come_and_go(fraud
         assert document["memory"]["evictions"] >= 6
         text = server.get("/metrics").text
     assert metric(text, "stalwart_model_evictions_total", model="fraud", version="1") == 0
+
+
+def test_a_version_that_gets_a_call_while_others_are_unloaded_is_kept(settings: Settings, registry: Registry) -> None:
+    """Making room may take several unloads, each of which awaits: a version idle when the
+    first began but called meanwhile is not unloaded after all (its call is answered), and
+    another idle version goes instead."""
+    import asyncio
+
+    from stalwart.pipeline import Exchange
+    from stalwart.serving.app import create_app
+
+    _register_ballast(registry, "ballast", 3)
+    registry.register("ballast", models.Ballast(2 * CELLS, 4000.0, seed=4), sample=np.ones((2, 3)), trust_pickle=True)
+    for version, size in ((1, SIZE), (2, SIZE), (3, SIZE), (4, 2 * SIZE)):
+        registry.memory.record("ballast", version, size, replica="earlier")  # as a server measured them before
+    # No preload, no registry poll (it would load the latest version by itself).
+    quiet = {"preload": False, "registry_poll_seconds": 3600.0}
+    app = create_app(settings.model_copy(update={"model_memory": 3 * SIZE + SIZE // 4, **quiet}), registry=registry)
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            repository, chains = app.state.repository, app.state.plane.chains
+            spec = app.state.plane.policy.model_chain("ballast")
+            second = None
+            for version in (1, 2, 3):  # used in this order: 1 is the least recently used
+                loaded = await repository.get("ballast", version)
+                await chains.get(spec, loaded)(Exchange(request_id="warm", inputs={"input-0": np.ones((1, 3))}, rows=1, outputs=("predict",)))
+                second = loaded if version == 2 else second
+            assert second is not None
+            call = Exchange(request_id="late", inputs={"input-0": np.ones((1, 3))}, rows=1, outputs=("predict",))
+            calls: list[asyncio.Task[None]] = []
+            unload = repository._on_unloaded  # the app's: drops the version's chains
+
+            async def first_unload_then_a_call(loaded: Any) -> None:
+                if not calls:  # version 2 is called while version 1 is being unloaded
+                    calls.append(asyncio.ensure_future(chains.get(spec, second)(call)))
+                    await asyncio.sleep(0)
+                await unload(loaded)
+
+            repository._on_unloaded = first_unload_then_a_call
+            await repository.get("ballast", 4)  # 8 MB: two of the three 4 MB versions must go
+            await calls[0]
+            assert call.results is not None
+            assert call.results["predict"].tolist() == [2003.0]
+            assert [repository.is_loaded("ballast", v) for v in (1, 2, 3, 4)] == [False, True, False, True]
+            assert not second.usage.retired
+
+    asyncio.run(scenario())

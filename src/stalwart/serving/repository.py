@@ -346,40 +346,54 @@ class ModelRepository:
                 f"model {mv.ref} needs {expected.describe()}, more than the whole model memory budget "
                 f"(STALWART_MODEL_MEMORY={format_bytes(budget)}); raise the budget, or serve it from a server with more memory"
             )
-        protected = self.protected()
-        candidates = [
-            Candidate(key, loaded.memory, loaded.usage, key in protected) for key, loaded in self._loaded.items()
-        ]
-        victims = choose_victims(expected.bytes, self.memory_used(), budget, candidates if evict else ())
-        if victims is None:
-            busy = sum(1 for c in candidates if not c.usage.idle)
-            raise MemoryBudgetExceeded(
-                f"model {mv.ref} needs {expected.describe()}, and the model memory budget "
-                f"(STALWART_MODEL_MEMORY={format_bytes(budget)}) holds {format_bytes(self.memory_used())} of "
-                f"versions{f', {busy} of them serving requests now' if busy else ''}; retry shortly",
-                retry_after=_RETRY_SECONDS,
-            )
         held = allocated_bytes()
-        for victim in victims:
-            await self._unload(victim.key, f"to make room for {mv.ref}")
-        if victims:
-            # One turn of the loop: the closed batchers' tasks run their done callbacks,
-            # which hold the tasks (and through them the batchers) until then.
-            await asyncio.sleep(0)
-        if victims and gc.get_freeze_count():
+        unloaded: list[int] = []  # the charges of the versions unloaded so far
+        try:
+            while True:
+                # Chosen again after each unload (which awaits): a version idle a moment ago
+                # may have a call in flight now. Choosing and retiring a victim happen with no
+                # await between them, so no call can slip into a version being unloaded.
+                protected = self.protected()
+                candidates = [
+                    Candidate(key, loaded.memory, loaded.usage, key in protected) for key, loaded in self._loaded.items()
+                ]
+                victims = choose_victims(expected.bytes, self.memory_used(), budget, candidates if evict else ())
+                if victims is None:
+                    busy = sum(1 for c in candidates if not c.usage.idle)
+                    raise MemoryBudgetExceeded(
+                        f"model {mv.ref} needs {expected.describe()}, and the model memory budget "
+                        f"(STALWART_MODEL_MEMORY={format_bytes(budget)}) holds {format_bytes(self.memory_used())} of "
+                        f"versions{f', {busy} of them serving requests now' if busy else ''}; retry shortly",
+                        retry_after=_RETRY_SECONDS,
+                    )
+                if not victims:
+                    return
+                unloaded.append(victims[0].charge)
+                await self._unload(victims[0].key, f"to make room for {mv.ref}")
+        finally:
+            if unloaded:
+                await self._released(held, sum(unloaded))
+
+    async def _released(self, held: int | None, freed: int) -> None:
+        """After unloading versions charged ``freed`` bytes: see that their memory went."""
+        # One turn of the loop: the closed batchers' tasks run their done callbacks, which
+        # hold the tasks (and through them the batchers) until then.
+        await asyncio.sleep(0)
+        if gc.get_freeze_count():
             # Frozen objects (gc.freeze, after every load) are never collected: an unloaded
             # model held in a reference cycle would stay in memory for good. Reference
             # counting frees the usual model at once; only when less than half of what the
             # unloaded versions were charged came back is everything unfrozen and collected
             # (a full collection over a server's objects holds the event loop 0.1 to 0.2 s).
             now = allocated_bytes()
-            if held is None or now is None or held - now < sum(v.charge for v in victims) // 2:
+            if held is None or now is None or held - now < freed // 2:
                 gc.unfreeze()
                 gc.collect()
                 gc.freeze()
 
     async def _unload(self, key: tuple[str, int], reason: str) -> None:
-        """Unload an idle version: later requests load it again."""
+        """Unload an idle version: later requests load it again. Call it right after
+        seeing the version idle, with no await between (its first lines retire it)."""
         loaded = self._loaded.pop(key)
         loaded.usage.retired = True
         name, version = key
