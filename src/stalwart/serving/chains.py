@@ -18,7 +18,7 @@ retired, which loads the version again and runs the request on the new chain: no
 the request has run yet, so nothing runs twice. ``Tracked`` is built only where it is
 needed (a memory budget is set, or the model has a call limit): otherwise nothing is
 unloaded and nothing limited, and the chain costs nothing more per request (it costs about
-0.5 µs).
+0.3 µs: ``benchmarks/bench_resources.py``).
 
 An ``isolated`` entry (a deployment's shadow) ends not in the version's shared pipeline but
 in a pipeline of its own, made once per entry and version by the ``isolated`` factory the
