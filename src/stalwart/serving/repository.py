@@ -8,8 +8,8 @@ makes a request wait for a load. Other versions load on first use, once, however
 requests ask for them at the same time; a request waits for the load within its deadline
 (else 503 with Retry-After).
 
-Loads run one at a time, each measured: the process's RSS growth across it is the
-version's memory (``serving/memory.py``), shown by ``GET /v1/resources`` and the
+Loads run one at a time, each measured: the process's growth across it (RSS, or malloc's
+bytes in use, the larger) is the version's memory (``serving/memory.py``), shown by ``GET /v1/resources`` and the
 ``stalwart_model_memory_bytes`` gauge and recorded in the registry. With a memory budget
 (``STALWART_MODEL_MEMORY``), a load that would not fit first unloads the least recently
 used idle versions, or is refused (``serving/residency.py`` says which and why). Each
