@@ -7,6 +7,7 @@ counted under ``model=""``), so a scanner cannot blow up the series count.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,6 +58,26 @@ class ServingMetrics:
         )
         self.model_load_failures = Counter(
             "stalwart_model_load_failures", "Model versions that failed to load", ("model", "version"), registry=r
+        )
+        # Resources (stalwart.serving.residency): a loaded version's series is removed when
+        # it is unloaded, so the gauge sums to what is loaded now.
+        self.model_memory = Gauge(
+            "stalwart_model_memory_bytes",
+            "Memory of each loaded model version: the process's RSS growth across its load (an estimate)",
+            ("model", "version"),
+            registry=r,
+        )
+        self.model_memory_budget = Gauge(
+            "stalwart_model_memory_budget_bytes", "The loaded versions' memory budget (STALWART_MODEL_MEMORY); absent: no limit", registry=r
+        )
+        self.model_evictions = Counter(
+            "stalwart_model_evictions", "Idle model versions unloaded to make room for another within the memory budget",
+            ("model", "version"), registry=r,
+        )
+        self.model_memory_refusals = Counter(
+            "stalwart_model_memory_refusals",
+            "Model loads refused by the memory budget: too_large (more than the whole budget) or busy (versions serving requests fill it)",
+            ("model", "reason"), registry=r,
         )
         self._request_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -130,6 +151,16 @@ class BatchMetrics:
             "stalwart_batch_failures", "Batched model calls that failed", labels, registry=r
         )
 
+    def forget(self, model: str, version: str) -> None:
+        """Drop the version's queue gauge (its batcher closed): the gauge reads the batcher,
+        which must not be kept alive by the metrics once its version is unloaded."""
+        # set_function leaves the child and its sampling closure in a reference cycle, which
+        # only a full collection frees (never, once gc.freeze() froze it): point it at a
+        # function that holds nothing before letting the child go.
+        self.queue_rows.labels(model, version).set_function(_nothing)
+        with contextlib.suppress(KeyError):
+            self.queue_rows.remove(model, version)
+
     def series(self, model: str, version: str, queued_rows: Callable[[], float]) -> BatchSeries:
         """The series of one model version; the queue gauge reads ``queued_rows`` when scraped."""
         self.queue_rows.labels(model, version).set_function(queued_rows)
@@ -140,6 +171,10 @@ class BatchMetrics:
             model_time=self.model_time.labels(model, version),
             failures=self.failures.labels(model, version),
         )
+
+
+def _nothing() -> float:
+    return 0.0
 
 
 class ResilienceMetrics:
