@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, description="a request's whole body must arrive within this of its headers (else 408)"
     )
+    server: Literal["uvicorn", "granian"] = Field(
+        default="uvicorn", description="the HTTP server under the app: uvicorn (httptools) or granian (the granian extra)"
+    )
     max_connections: int = Field(
         default=2048, ge=1, description="open connections (and requests in flight) beyond which requests get 503"
     )
