@@ -6,8 +6,9 @@ batching on and off), ``predictions`` (issue 12: the prediction log's cost), ``d
 per day and detection delay), ``profiles`` (issue 13: live profiles' cost per request),
 ``routing`` (issue 14: canary and shadow routing's cost per request), ``shadow`` (issue 14:
 shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout controller's look
-at the prediction log), which start no server; and ``shadow-serving`` (issue 14: the
-primary's latency with every request shadowed, against no shadow, through a real server).
+at the prediction log), which start no server; ``shadow-serving`` (issue 14: the primary's
+latency with every request shadowed, against no shadow) and ``servers`` (issue 15: uvicorn
+against granian under the same app), through real servers.
 With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
@@ -25,6 +26,7 @@ from benchmarks import (
     bench_evidence,
     bench_live_profiles,
     bench_routing,
+    bench_servers,
     bench_shadow,
     bench_shadow_serving,
     prediction_tap,
@@ -52,9 +54,12 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "shadow": lambda a: bench_shadow.run(bench_shadow.Options(runs=a.repeats)),
     "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
     "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
+    "servers": lambda a: bench_servers.run(
+        bench_servers.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
+    ),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "servers"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=2048, ge=1, description="open connections (and requests in flight) beyond which requests get 503"
     )
+    graceful_shutdown_seconds: float = Field(
+        default=10.0, gt=0, description="on SIGTERM, requests in flight get this long to finish; then they are cancelled"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True

@@ -22,9 +22,11 @@ The settings, as granian takes them:
   backlog (``backlog``, 2048 as uvicorn's) until one closes, instead of getting uvicorn's
   503. Either way no descriptor is spent on them.
 - Graceful shutdown (SIGTERM or SIGINT): no new connections; idle ones are closed and busy
-  ones after their response; requests still running after ``graceful_seconds`` (10, as
-  uvicorn's ``timeout_graceful_shutdown``) are cancelled; then the app's lifespan
-  shutdown. A second signal cancels them at once.
+  ones after their response; requests still running after
+  ``STALWART_GRACEFUL_SHUTDOWN_SECONDS`` are cancelled (as uvicorn's
+  ``timeout_graceful_shutdown`` does); then the app's lifespan shutdown, and the signal is
+  raised again once done (as uvicorn does, so a supervisor sees it). A second signal
+  cancels the requests at once.
 - HTTP/1.1 only (no h2c), as uvicorn; no websockets (the app has none); headers up to
   granian's buffer (about 400 KiB), beyond which hyper answers 431.
 
@@ -38,6 +40,7 @@ import contextlib
 import logging
 import signal
 import threading
+from types import FrameType
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,7 +51,7 @@ from stalwart.monitoring.logs import get_logger
 
 __all__ = ["GranianServer", "ensure_granian", "run_granian"]
 
-GRACEFUL_SECONDS = 10.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BACKLOG = 2048  # uvicorn's default, so both servers queue as many unaccepted connections
 _log = get_logger("stalwart.serving")
 
@@ -74,23 +77,34 @@ class GranianServer:
         *,
         host: str | None = None,
         port: int | None = None,
-        graceful_seconds: float = GRACEFUL_SECONDS,
     ) -> None:
         self.settings = settings
         self.host = settings.host if host is None else host
         self.port = settings.port if port is None else port
-        self.graceful_seconds = graceful_seconds
         self.started = False
         self._app = _Tracked(app, self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
         self._stopping = False
         self._stop_requested = threading.Event()
+        self._signals: list[int] = []
 
     def run(self) -> None:
-        """Serve until stopped; returns once in-flight requests and the lifespan are done."""
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(self._main())
+        """Serve until stopped; returns once in-flight requests and the lifespan are done.
+        Stopped by a signal, it raises that signal again on the way out (with the handler
+        there was before), as uvicorn does."""
+        main_thread = threading.current_thread() is threading.main_thread()
+        before: dict[int, Any] = {}
+        if main_thread:
+            before = {signum: signal.signal(signum, self._on_signal) for signum in _SIGNALS}
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(self._main())
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
+        for signum in reversed(self._signals):
+            signal.raise_signal(signum)
 
     def stop(self) -> None:
         """Begin a graceful shutdown (thread-safe); a second call cancels what still runs."""
@@ -125,9 +139,6 @@ class GranianServer:
             log_dictconfig=_LOGGING,
             log_access=False,
         )
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._loop.add_signal_handler(signum, self._begin_stop)
         if self._stop_requested.is_set():
             return
         try:
@@ -135,10 +146,10 @@ class GranianServer:
         except (FatalError, ConfigurationError, OSError) as exc:
             # The port taken, or the lifespan failed (its own error is logged by the app).
             _log.error("granian could not serve", host=self.host, port=self.port, error=str(exc) or type(exc).__name__)
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                for signum in (signal.SIGINT, signal.SIGTERM):
-                    self._loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals.append(signum)
+        self.stop()
 
     def _begin_stop(self) -> None:
         if self._server is None or self._loop is None:
@@ -148,7 +159,7 @@ class GranianServer:
             return
         self._stopping = True
         self._server.stop()
-        self._loop.call_later(self.graceful_seconds, self._app.cancel_requests)
+        self._loop.call_later(self.settings.graceful_shutdown_seconds, self._app.cancel_requests)
 
 
 class _Tracked:

@@ -184,6 +184,6 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "limit_concurrency": settings.max_connections,
         # On SIGTERM, in-flight requests get this long; then the lifespan closes the
         # batchers, so a hung model call cannot keep the process from stopping.
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
     }
     return uvicorn.Config(app, **{**options, **overrides})
