@@ -62,7 +62,7 @@ def serve(
     settings = load_settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
     app_ = create_app(settings)
-    # Built before the log line: a server that is not installed is a ConfigError.
+    # Built before the log line: a server that is not installed is an error naming its extra.
     server = build_server(app_, settings)
     get_logger("stalwart.cli").info(
         "serving",

@@ -46,10 +46,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stalwart.config import Settings
-from stalwart.errors import ConfigError
 from stalwart.monitoring.logs import get_logger
 
-__all__ = ["GranianServer", "ensure_granian", "run_granian"]
+__all__ = ["GranianServer", "run_granian"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BACKLOG = 2048  # uvicorn's default, so both servers queue as many unaccepted connections
@@ -144,8 +143,14 @@ class GranianServer:
         try:
             await self._server.serve()
         except (FatalError, ConfigurationError, OSError) as exc:
-            # The port taken, or the lifespan failed (its own error is logged by the app).
-            _log.error("granian could not serve", host=self.host, port=self.port, error=str(exc) or type(exc).__name__)
+            # The lifespan failed (its own error is logged by the app).
+            _log.error("granian could not serve", host=self.host, port=self.port, error=_first_line(exc))
+        except RuntimeError as exc:
+            if self.started:
+                raise
+            # A socket that cannot be bound (the port taken): granian's RuntimeError, with a
+            # Rust backtrace after its first line when RUST_BACKTRACE is set.
+            _log.error("granian could not listen", host=self.host, port=self.port, error=_first_line(exc))
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)
@@ -200,22 +205,16 @@ class _Tracked:
             task.cancel()
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0]
+
+
 def _loop_factory() -> Any:
     try:
         import uvloop
     except ImportError:
         return asyncio.new_event_loop
     return uvloop.new_event_loop
-
-
-def ensure_granian() -> None:
-    """Raise ConfigError naming STALWART_SERVER when granian is not installed."""
-    try:
-        import granian  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "STALWART_SERVER=granian needs granian: pip install 'stalwart[granian]'"
-        ) from None
 
 
 class _QuietExperimental(logging.Filter):

@@ -48,11 +48,12 @@ def run_server(app: ASGIApp, settings: Settings) -> bool:
 
 def build_server(app: ASGIApp, settings: Settings, *, host: str | None = None, port: int | None = None) -> ServerHandle:
     """``settings.server`` ready to serve ``app``; ``host`` and ``port`` override the
-    settings'. Raises ConfigError when granian is chosen but not installed."""
+    settings'. Raises MissingExtraError when granian is chosen but not installed."""
     if settings.server == "granian":
-        from stalwart.serving.granian_transport import GranianServer, ensure_granian
+        from stalwart._optional import require
+        from stalwart.serving.granian_transport import GranianServer
 
-        ensure_granian()
+        require("granian", extra="granian", purpose="STALWART_SERVER=granian")
         return GranianServer(app, settings, host=host, port=port)
     return _Uvicorn(app, settings, host=host, port=port)
 
@@ -75,7 +76,15 @@ class _Uvicorn:
         return bool(self.server.started)
 
     def run(self) -> None:
-        self.server.run()
+        import uvicorn.config
+
+        try:
+            self.server.run()
+        except SystemExit as exc:
+            # uvicorn exits the process when it cannot bind or the lifespan fails; here that
+            # is a server that did not start, for the caller to act on.
+            if self.server.started or exc.code != uvicorn.config.STARTUP_FAILURE:
+                raise
 
     def stop(self) -> None:
         self.server.should_exit = True
