@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,14 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[float, bytes]:
 
 def _server_of(server: ServeProcess) -> str:
     return server.env["STALWART_SERVER"]
+
+
+def _rss_mib(server: ServeProcess) -> float:
+    assert server.process is not None
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
 
 
 def _fds(server: ServeProcess) -> int:
@@ -138,6 +147,26 @@ def test_silent_connections_are_closed_and_their_descriptors_freed(server: Serve
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_oversized_headers_get_431_and_cost_no_memory(server: ServeProcess) -> None:
+    """64 MiB of header lines, sent as fast as the client can: 431, the connection closed
+    once the head passes the limit (64 KiB on uvicorn, about 400 KiB on granian), long
+    before the client is done, and the server's memory not grown by what it was sent."""
+    before = _rss_mib(server)
+    with _connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: test\r\n")
+        sent = 0
+        with suppress(OSError):
+            for i in range(64):
+                sock.sendall(b"x-big-%d: " % i + b"a" * (1 << 20) + b"\r\n")
+                sent += 1
+        _elapsed, received = _closed_within(sock, SLACK)
+    assert received.startswith(b"HTTP/1.1 431"), received[:200]
+    assert sent < 32
+    assert _rss_mib(server) - before < 16
+    with _connect(server) as sock:
+        assert _request(sock).startswith(b"HTTP/1.1 200")
 
 
 def test_an_idle_keep_alive_connection_is_closed(server: ServeProcess) -> None:

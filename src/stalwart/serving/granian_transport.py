@@ -3,8 +3,8 @@
 granian is an HTTP server written in Rust (hyper on tokio): it parses HTTP/1.1 on a thread
 of its own and hands each request to the ASGI app on this process's event loop. It runs
 here embedded, one worker in this process, the app object passed in (no import string, no
-child process), so whoever calls :func:`run_granian` owns the process, its signals and
-its workers.
+child process), so whoever runs :class:`GranianServer` (through
+:func:`~stalwart.serving.server.run_server`) owns the process, its signals and its workers.
 
 The settings, as granian takes them:
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 import threading
@@ -48,19 +49,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stalwart.config import Settings
 from stalwart.monitoring.logs import get_logger
 
-__all__ = ["GranianServer", "run_granian"]
+__all__ = ["GranianServer"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BACKLOG = 2048  # uvicorn's default, so both servers queue as many unaccepted connections
 _log = get_logger("stalwart.serving")
-
-
-def run_granian(app: ASGIApp, settings: Settings) -> bool:
-    """Serve ``app`` with granian until SIGTERM or SIGINT; False if it never started (the
-    port was taken, or the app's lifespan startup failed)."""
-    server = GranianServer(app, settings)
-    server.run()
-    return server.started
 
 
 class GranianServer:
@@ -135,7 +128,7 @@ class GranianServer:
             backpressure=settings.max_connections,
             http1_settings=HTTP1Settings(header_read_timeout=max(1, round(head_seconds * 1000)), keep_alive=True),
             log_level=LogLevels.warning,
-            log_dictconfig=_LOGGING,
+            log_dictconfig=copy.deepcopy(_LOGGING),  # granian writes into the one it is given
             log_access=False,
         )
         if self._stop_requested.is_set():
