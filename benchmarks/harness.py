@@ -279,8 +279,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def environment_notes(duration: float, repeats: int) -> str:
-    """What a reader needs to judge the figures: machine, pins, client placement, method."""
+def environment_notes(duration: float, repeats: int, servers: str = "uvicorn") -> str:
+    """What a reader needs to judge the figures: machine, pins, client placement, method
+    (``servers``: what serves the contestants, uvicorn unless said)."""
     try:
         load = os.getloadavg()
         load_text = f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
@@ -298,7 +299,7 @@ def environment_notes(duration: float, repeats: int) -> str:
         f"- machine: {platform.machine()} {cores} cores, Python {platform.python_version()}, "
         f"load average at start {load_text} (the machine may be shared)",
         f"- numeric threads pinned: {', '.join(f'{k}=1' for k in PINNED_THREADS)}",
-        f"- servers: uvicorn, one worker, loop/http auto ({', '.join(loops)}), loopback only",
+        f"- servers: {servers}, one worker, loop/http auto ({', '.join(loops)}), loopback only",
         f"- client: wrk -t1 --timeout 10s --latency, one row per request, {duration:g} s per "
         f"point, median of {repeats} runs, contestants interleaved",
         f"- the client shares the machine: wrk's one thread takes up to one of the {cores} "

@@ -76,8 +76,14 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, description="a request's whole body must arrive within this of its headers (else 408)"
     )
+    server: Literal["uvicorn", "granian"] = Field(
+        default="uvicorn", description="the HTTP server under the app: uvicorn (httptools) or granian (the granian extra)"
+    )
     max_connections: int = Field(
         default=2048, ge=1, description="open connections (and requests in flight) beyond which requests get 503"
+    )
+    graceful_shutdown_seconds: float = Field(
+        default=10.0, gt=0, description="on SIGTERM, requests in flight get this long to finish; then they are cancelled"
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

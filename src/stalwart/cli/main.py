@@ -47,12 +47,10 @@ def serve(
     project: Annotated[Path | None, typer.Option(help="project file with feature definitions")] = None,
 ) -> None:
     """Serve every registered model over the Open Inference Protocol."""
-    import uvicorn
-
     from stalwart.config import load_settings
     from stalwart.monitoring.logs import configure_logging, get_logger
     from stalwart.serving.app import create_app
-    from stalwart.serving.transport import server_config
+    from stalwart.serving.server import build_server
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -64,16 +62,18 @@ def serve(
     settings = load_settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
     app_ = create_app(settings)
+    # Built before the log line: a server that is not installed is an error naming its extra.
+    server = build_server(app_, settings)
     get_logger("stalwart.cli").info(
         "serving",
         url=f"http://{settings.host}:{settings.port}",
+        server=settings.server,
         registry=app_.state.registry.db.describe(),
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,
     )
-    # Timeouts, keep-alive and the connection limit from STALWART_* (serving/transport.py).
-    server = uvicorn.Server(server_config(app_, settings))
+    # Timeouts, keep-alive and the connection limit from STALWART_* (serving/server.py).
     server.run()
-    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+    if not server.started:  # the port was taken, or the lifespan failed
         raise typer.Exit(3)
 
 

@@ -6,6 +6,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = ["console", "err_console", "fail", "print_error"]
 
@@ -14,8 +15,9 @@ err_console = Console(stderr=True)
 
 
 def print_error(message: str) -> None:
-    """Print ``message`` to stderr as an error."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``message`` to stderr as an error (as written: its brackets, such as the
+    extra in ``pip install 'stalwart[granian]'``, are not read as markup)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

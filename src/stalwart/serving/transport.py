@@ -7,7 +7,10 @@ they like. :class:`DeadlineProtocol` wraps uvicorn's own HTTP/1.1 protocol and c
 connection whose request headers do not arrive within ``header_timeout`` of the request's
 first byte (of the connection, for its first request), or whose body does not arrive
 within ``body_timeout`` (plus a grace: the app's :class:`~stalwart.serving.middleware.BodyLimit`
-answers 408 at ``body_timeout`` when it is reading).
+answers 408 at ``body_timeout`` when it is reading). httptools sets no limit on a request's
+head, so uvicorn would buffer as many header bytes as a client sends until the header
+deadline: beyond :data:`MAX_HEAD_BYTES` the answer is 431 and the connection is closed
+(h11 has its own 16 KiB limit; granian, about 400 KiB).
 
 It also makes one write of a response: uvicorn writes a response's head when the app
 starts it and its body when the app sends it, two ``send`` system calls where one would
@@ -27,13 +30,20 @@ import uvicorn
 
 from stalwart.config import Settings
 
-__all__ = ["DeadlineProtocol", "deadline_protocol", "server_config"]
+__all__ = ["MAX_HEAD_BYTES", "DeadlineProtocol", "deadline_protocol", "server_config"]
+
+MAX_HEAD_BYTES = 64 * 1024
+"""The request line and headers of one request, at most (nginx allows 32 KiB by default)."""
 
 # After the app's own 408 (BodyLimit) has had its chance: the connection goes regardless.
 _BODY_GRACE_SECONDS = 1.0
 _TIMED_OUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 27\r\nconnection: close\r\n\r\nrequest headers too slow.\r\n"
+)
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 28\r\nconnection: close\r\n\r\nrequest headers too large.\r\n"
 )
 
 
@@ -63,6 +73,7 @@ class DeadlineProtocol(asyncio.Protocol):
         self._due: float | None = None
         self._waiting_for = "headers"  # or "body" of self._cycle
         self._cycle: Any = None  # the request whose body is awaited, once its headers are in
+        self._head_bytes = 0  # received while waiting for the current request's headers
 
     # asyncio.Protocol, forwarded to uvicorn's protocol around the deadline bookkeeping.
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,8 +95,12 @@ class DeadlineProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._due is None:
             self._arm("headers", self.header_timeout)  # a next request's first bytes
+        if self._waiting_for == "headers":
+            self._head_bytes += len(data)
         self.inner.data_received(data)
         self._advance()
+        if self._waiting_for == "headers" and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()
 
     def eof_received(self) -> bool | None:
         result: bool | None = self.inner.eof_received()
@@ -117,10 +132,22 @@ class DeadlineProtocol(asyncio.Protocol):
     def _arm(self, waiting_for: str, seconds: float) -> None:
         self._waiting_for = waiting_for
         self._due = self.loop.time() + seconds
+        self._head_bytes = 0
 
     def _disarm(self) -> None:
         self._due = None
         self._waiting_for = "headers"
+        self._head_bytes = 0
+
+    def _refuse_head(self) -> None:
+        transport = self.transport
+        self._disarm()
+        if transport is None or transport.is_closing():
+            return
+        cycle = self.inner.cycle
+        if cycle is None or cycle.response_complete:  # nothing of an earlier request's answer to cut
+            transport.write(_TOO_LARGE)
+        transport.close()
 
     def _expired(self) -> None:
         self._due = None
@@ -240,6 +267,6 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "limit_concurrency": settings.max_connections,
         # On SIGTERM, in-flight requests get this long; then the lifespan closes the
         # batchers, so a hung model call cannot keep the process from stopping.
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
     }
     return uvicorn.Config(app, **{**options, **overrides})
