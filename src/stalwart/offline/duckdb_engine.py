@@ -60,10 +60,10 @@ def _literal(value: Any) -> str:
 
 
 def _kind(sql_type: str) -> ColumnKind | None:
-    base = sql_type.upper()
+    base = sql_type.upper().strip('"')
     if base in _NUMBER_TYPES or base.startswith("DECIMAL"):
         return "number"
-    if base == "VARCHAR":
+    if base in ("VARCHAR", "NULL"):  # a column of nothing but nulls: objects in numpy
         return "string"
     return None
 
@@ -273,9 +273,11 @@ class Compiler:
         for set_plan in self.plan.sets:
             source, kinds = self.register_source(set_plan)
             set_plan.check_kinds(kinds, "duckdb")
-            source = self._matching(source, set_plan, event_types)
+            current, source = self._keyed(ctes, current, source, set_plan, event_types)
             current = self._latest(ctes, current, source, set_plan)
             current = self._windows(ctes, current, source, set_plan)
+            ctes.append(f"done{set_plan.index} AS (SELECT * EXCLUDE ({', '.join(set_plan.join_keys)}) FROM {current})")
+            current = f"done{set_plan.index}"
         computed = [set_plan.name(f.name) for set_plan in self.plan.sets for f in [*set_plan.latest, *(w for ws in set_plan.windows.values() for w in ws)]]
         columns = [*event_columns, *computed, *order_columns]
         select = ", ".join(quote(c) for c in dict.fromkeys(columns))
@@ -285,24 +287,27 @@ class Compiler:
         with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
         return f"{with_clause}SELECT {select} FROM {current}{order}"
 
-    def _matching(self, source: str, set_plan: SetPlan, event_types: dict[str, str]) -> str:
-        """The source as the events can join it: when a key is a number on one side and a
-        string on the other, no row can match (as in numpy, where "17" is not 17)."""
+    def _keyed(self, ctes: list[str], current: str, source: str, set_plan: SetPlan, event_types: dict[str, str]) -> tuple[str, str]:
+        """Both sides with the set's join keys (:attr:`SetPlan.join_keys`); the source
+        without its own key columns, which must not mix into the events' in the union."""
         source_types = self._types(source)
-        for key in set_plan.keys:
-            if _kind(event_types[key]) != _kind(source_types[key]):
-                casts = ", ".join(f"TRY_CAST({quote(k)} AS {event_types[k]}) AS {quote(k)}" for k in set_plan.keys)
-                name = f"{source}_unmatched"
-                self.conn.execute(f"CREATE VIEW {name} AS SELECT * REPLACE ({casts}) FROM {source} WHERE false")
-                return name
-        return source
+        i = set_plan.index
+        exprs = []
+        for key, name in zip(set_plan.keys, set_plan.join_keys, strict=True):
+            text = _kind(event_types[key]) != _kind(source_types[key])
+            exprs.append((f"CAST({quote(key)} AS VARCHAR)" if text else quote(key)) + f" AS {name}")
+        keyed = ", ".join(exprs)
+        originals = ", ".join(quote(k) for k in set_plan.keys)
+        ctes.append(f"keyed{i} AS (SELECT *, {keyed} FROM {current})")
+        ctes.append(f"src{i} AS (SELECT * EXCLUDE ({originals}), {keyed} FROM {source})")
+        return f"keyed{i}", f"src{i}"
 
     def _latest(self, ctes: list[str], current: str, source: str, set_plan: SetPlan) -> str:
         if not set_plan.latest:
             return current
         i = set_plan.index
-        keys = ", ".join(quote(k) for k in set_plan.keys)
-        on = " AND ".join(f"e.{quote(k)} = s.{quote(k)}" for k in set_plan.keys)
+        keys = ", ".join(set_plan.join_keys)
+        on = " AND ".join(f"e.{k} = s.{k}" for k in set_plan.join_keys)
         columns = list(dict.fromkeys(f.column for f in set_plan.latest))
         picked = ", ".join(f"s.{set_plan.value_column(c)} AS __l{i}_{set_plan.columns.index(c)}" for c in columns)
         ctes.append(
@@ -327,7 +332,7 @@ class Compiler:
         if not set_plan.windows:
             return current
         i = set_plan.index
-        keys = ", ".join(quote(k) for k in set_plan.keys)
+        keys = ", ".join(set_plan.join_keys)
         columns = list(dict.fromkeys(w.column for ws in set_plan.windows.values() for w in ws if w.column is not None))
         values = [set_plan.value_column(c) for c in columns]
         one = f"__one{i}"

@@ -60,6 +60,13 @@ class SetPlan:
     def name(self, feature: str) -> str:
         return internal_name(self.index, feature)
 
+    @property
+    def join_keys(self) -> list[str]:
+        """The internal names of the entity key columns both sides are joined on (the keys
+        themselves, or their text where one side holds numbers and the other strings: the
+        numpy engine compares such keys as text, so "17" is 17)."""
+        return [f"__k{self.index}_{j}" for j in range(len(self.keys))]
+
     def value_column(self, column: str) -> str:
         """The internal name of a source value column."""
         return f"__v{self.index}_{self.columns.index(column)}"

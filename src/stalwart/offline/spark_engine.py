@@ -76,7 +76,7 @@ def spark_session(master: str = "local[2]", *, shuffle_partitions: int = 4, app:
 def _kind(spark_type: str) -> ColumnKind | None:
     if spark_type in _NUMBER_TYPES or spark_type.startswith("decimal"):
         return "number"
-    if spark_type == "string":
+    if spark_type in ("string", "void"):  # void: a column of nothing but nulls (objects in numpy)
         return "string"
     return None
 
@@ -160,8 +160,8 @@ class SparkEngine:
         for set_plan in plan.sets:
             source, kinds = self._source(set_plan, job.root, pool)
             set_plan.check_kinds(kinds, "spark")
-            source = _matching(source, set_plan, event_types)
-            events = _features(events, source, set_plan)
+            events, source = _keyed(events, source, set_plan, event_types)
+            events = _features(events, source, set_plan).drop(*set_plan.join_keys)
         return events
 
     def _events(self, job: Job) -> Any:
@@ -237,7 +237,7 @@ def _features(events: Any, source: Any, set_plan: SetPlan) -> Any:
     from pyspark.sql import functions as F
 
     i = set_plan.index
-    keys = set_plan.keys
+    keys = set_plan.join_keys
     kind, one = f"__kind{i}", f"__one{i}"
     union = events.withColumn(kind, F.lit(1)).unionByName(
         source.withColumn(kind, F.lit(0)).withColumn(one, F.lit(1)), allowMissingColumns=True
@@ -282,16 +282,17 @@ def _aggregate(feature: Window, set_plan: SetPlan, one: str, spec: Any) -> Any:
     return F.coalesce(extreme.over(spec), default)
 
 
-def _matching(source: Any, set_plan: SetPlan, event_types: dict[str, str]) -> Any:
-    """The source as the events can join it: a number key on one side and a string on the
-    other never match (as in numpy, where "17" is not 17)."""
+def _keyed(events: Any, source: Any, set_plan: SetPlan, event_types: dict[str, str]) -> tuple[Any, Any]:
+    """Both sides with the set's join keys (:attr:`SetPlan.join_keys`); the source
+    without its own key columns, which must not mix into the events' in the union."""
     from pyspark.sql import functions as F
 
     source_types = dict(source.dtypes)
-    for key in set_plan.keys:
-        if _kind(event_types[key]) != _kind(source_types[key]):
-            return source.limit(0).select(*[F.col(c).cast(event_types[c]) if c in set_plan.keys else F.col(c) for c in source.columns])
-    return source
+    for key, name in zip(set_plan.keys, set_plan.join_keys, strict=True):
+        text = _kind(event_types[key]) != _kind(source_types[key])
+        events = events.withColumn(name, F.col(_q(key)).cast("string") if text else F.col(_q(key)))
+        source = source.withColumn(name, F.col(_q(key)).cast("string") if text else F.col(_q(key)))
+    return events, source.drop(*set_plan.keys)
 
 
 def _ts_column(frame: Any, column: str) -> Any:
