@@ -47,7 +47,8 @@ class NumpyEngine:
         pq = require("pyarrow.parquet", extra="features", purpose="writing training sets")
         dates = np.datetime_as_string(to_ns(events[plan.timestamp]).astype("datetime64[ns]"), unit="D")
         prepare_output(job.output)
-        table = pa.Table.from_pandas(built.frame.assign(**{job.partition: dates}), preserve_index=False)
+        carried = {c: events[c].to_numpy() for c in plan.carry if c not in built.frame.columns}
+        table = pa.Table.from_pandas(built.frame.assign(**carried, **{job.partition: dates}), preserve_index=False)
         pq.write_to_dataset(table, str(job.output), partition_cols=[job.partition], compression="zstd")
         built.rows, built.frame, built.path = len(table), None, job.output
         return built

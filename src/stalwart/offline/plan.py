@@ -107,6 +107,7 @@ class Plan:
     timestamp: str
     label: str | None
     keys: list[str] = field(default_factory=list)  # every entity key column, first-use order
+    carry: list[str] = field(default_factory=list)  # further event columns kept (an event id)
 
     @property
     def features(self) -> list[str]:
@@ -117,12 +118,15 @@ class Plan:
         return any(s.transforms for s in self.sets)
 
     def output_columns(self) -> list[str]:
-        """An output row: entity keys, the event time, the features in order, the label."""
-        return [*self.keys, self.timestamp, *self.features, *([self.label] if self.label else [])]
+        """An output row: entity keys, the event time, the features in order, the label,
+        the carried columns."""
+        row = [*self.keys, self.timestamp, *self.features, *([self.label] if self.label else [])]
+        return row + [c for c in self.carry if c not in row]
 
     def event_columns(self) -> list[str]:
-        """The event columns a query carries along: keys, time, label, request values."""
-        wanted = [*self.keys, self.timestamp, *([self.label] if self.label else [])]
+        """The event columns a query carries along: keys, time, label, carried columns,
+        request values."""
+        wanted = [*self.keys, self.timestamp, *([self.label] if self.label else []), *self.carry]
         wanted += [f.name for f in self.request_fields]
         return list(dict.fromkeys(wanted))
 
@@ -134,8 +138,9 @@ class Plan:
         return set_plan.name(ref.name)
 
 
-def make_plan(refs: Sequence[FeatureRef | RequestField], *, timestamp: str, label: str | None) -> Plan:
-    """The plan of a flattened feature list (:func:`stalwart.project.feature_refs`)."""
+def make_plan(refs: Sequence[FeatureRef | RequestField], *, timestamp: str, label: str | None, carry: Sequence[str] = ()) -> Plan:
+    """The plan of a flattened feature list (:func:`stalwart.project.feature_refs`);
+    ``carry`` names event columns the output keeps besides keys, time and label."""
     refs = list(refs)
     sets: list[SetPlan] = []
     for index, feature_set in enumerate(feature_sets_of(refs)):
@@ -154,7 +159,7 @@ def make_plan(refs: Sequence[FeatureRef | RequestField], *, timestamp: str, labe
             transforms=[f for f in closure if isinstance(f, Transform)],
             columns=feature_set.source_columns(wanted),
         ))
-    plan = Plan(refs=refs, sets=sets, request_fields=request_fields_of(refs), timestamp=timestamp, label=label, keys=key_columns(refs))
+    plan = Plan(refs=refs, sets=sets, request_fields=request_fields_of(refs), timestamp=timestamp, label=label, keys=key_columns(refs), carry=list(carry))
     clash = set(plan.keys) & {timestamp, *([label] if label else [])}
     if clash:
         raise ConfigError(f"column {sorted(clash)} is both an entity key and the timestamp or label; rename one")
