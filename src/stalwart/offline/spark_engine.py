@@ -199,6 +199,7 @@ class SparkEngine:
                     raise ConfigError(f"source '{source.name}': {path} does not exist")
                 reader = spark.read.option("basePath", str(path)) if source.is_dataset else spark.read
                 raw = reader.parquet(*map(str, files)).select("*", "_metadata.file_path", "_metadata.row_index")
+                raw = _nulls_as_strings(raw, files[0])
                 uris = F.array(*[F.lit("file:" + str(f.resolve())) for f in files])
                 order = (F.array_position(uris, F.col("file_path")) - 1) * F.lit(_FILE_STRIDE) + F.col("row_index")
             else:
@@ -315,6 +316,18 @@ def _ts_column(frame: Any, column: str) -> Any:
     if kind == "string":
         return F.unix_micros(F.to_timestamp(col)) * F.lit(1000)
     raise ConfigError(f"cannot read timestamps of type {kind} in column '{column}'; use datetimes or epoch seconds")
+
+
+def _nulls_as_strings(frame: Any, file: Path) -> Any:
+    """Columns of nothing but nulls (Parquet's null type, which Spark reads as integers)
+    as strings: numpy holds them as objects."""
+    from pyspark.sql import functions as F
+
+    pa = require("pyarrow", extra="spark", purpose="the Spark engine")
+    pq = require("pyarrow.parquet", extra="spark", purpose="the Spark engine")
+    schema = pq.read_schema(file)
+    empty = [name for name in schema.names if pa.types.is_null(schema.field(name).type)]
+    return frame.withColumns({name: F.col(_q(name)).cast("string") for name in empty}) if empty else frame
 
 
 def _is_nanos(frame: Any, column: str) -> bool:

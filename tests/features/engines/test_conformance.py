@@ -188,10 +188,10 @@ def test_generated_data_gives_the_numpy_engines_values(engine: OfflineEngine) ->
     """On generated rows and events (ties, gaps, NaN and null categories, empty windows,
     unknown entities, rows after the events) every aggregate, latest value and transform
     equals the numpy engine's. Each example is a batch of cases; Spark, whose jobs cost
-    seconds, runs two large batches, DuckDB many batches of any size."""
+    seconds, runs one large batch, DuckDB many batches of any size."""
     spark = engine.name == "spark"
 
-    @settings(max_examples=2 if spark else 10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=1 if spark else 10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(cases=st.lists(_CASE, min_size=10 if spark else 1, max_size=12))
     def check(cases: list[tuple[list[Any], list[Any]]]) -> None:
         _check_generated(engine, cases)
