@@ -8,7 +8,9 @@ per day and detection delay), ``profiles`` (issue 13: live profiles' cost per re
 shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout controller's look
 at the prediction log), which start no server; ``shadow-serving`` (issue 14: the
 primary's latency with every request shadowed, against no shadow, through a real server);
-``servers`` (issue 15: uvicorn against granian under the same app); and ``peers`` (issue 15:
+``servers`` (issue 15: uvicorn against granian under the same app); ``engines`` (issue 17:
+a training set of 10 features over 10 million events on numpy, DuckDB and Spark, with
+``--events N`` and ``--big`` for 100 million on DuckDB); and ``peers`` (issue 15:
 Stalwart beside the minimal endpoint and MLServer 1.7.1, in MLServer's own virtual
 environment, made on first use; 10 s per point and 2 runs unless told).
 With no suite named, all run. Each report is printed and written to
@@ -25,6 +27,7 @@ from benchmarks import (
     batching,
     bench_alerts,
     bench_drift,
+    bench_engines,
     bench_evidence,
     bench_live_profiles,
     bench_peers,
@@ -58,6 +61,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
     "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
     "peers": lambda a: bench_peers.run(bench_peers.Options(seconds=a.seconds, repeats=a.repeats)),
+    "engines": lambda a: bench_engines.run(bench_engines.Options(events=a.events, big=a.big)),
     "servers": lambda a: bench_servers.run(
         bench_servers.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
@@ -92,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "--outputs", nargs="*", default=None, choices=["predict", "predict_proba"],
         help="outputs the batching suite's requests name (default: none, so both)",
     )
+    parser.add_argument("--events", type=int, default=10_000_000, help="engines suite: events in the training set")
+    parser.add_argument("--big", action="store_true", help="engines suite: also DuckDB on 100 million events")
     args = parser.parse_args(argv)
     unknown = [name for name in args.suites if name not in SUITES]
     if unknown:

@@ -96,9 +96,11 @@ def _check(report: Any, logged: dict[str, Any], hour: int) -> None:
     drifted = {c.column: c.drifted for c in window.drift.columns}
     assert drifted["feature:amount"] is (hour == 1)
     if hour == 0:
-        assert window.labelled == len(logged["truth"]) and window.correct == logged["correct"]
+        assert window.labelled == len(logged["truth"])
+        assert window.correct == logged["correct"]
     else:
-        assert window.labelled == 0 and window.accuracy is None
+        assert window.labelled == 0
+        assert window.accuracy is None
 
 
 @pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.slow)])
@@ -116,7 +118,8 @@ def test_profiles_drift_and_accuracy_from_the_log(request: pytest.FixtureRequest
         report = backfill(settings, "fraud", since, since + timedelta(hours=1), engine=chosen, log_dir=logged["dir"])
         _check(report, logged, hour)
     empty = backfill(settings, "fraud", START - timedelta(days=2), START - timedelta(days=1), engine=chosen, log_dir=logged["dir"])
-    assert empty.records == 0 and empty.versions == []
+    assert empty.records == 0
+    assert empty.versions == []
 
 
 def test_the_backfill_command(settings: Settings, logged: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,5 +135,6 @@ def test_the_backfill_command(settings: Settings, logged: dict[str, Any], monkey
     ])
     assert result.exit_code == 0, (result.output, result.exception)
     document = json.loads(result.stdout)
-    assert document["records"] == 120 and len(document["hours"]) == 2
+    assert document["records"] == 120
+    assert len(document["hours"]) == 2
     assert document["versions"][0]["drift"]["drifted"] is True

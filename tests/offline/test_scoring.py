@@ -94,7 +94,8 @@ def test_scores_match_the_model_and_rejected_rows_are_reported(scored_project: t
     for row in rows:
         if row["status"] == "scored":
             assert np.allclose(row["predict_proba"], expected[row["event_id"]], rtol=1e-9)
-            assert row["validation"] is None and row["error"] is None
+            assert row["validation"] is None
+            assert row["error"] is None
 
 
 def test_rows_the_model_refuses_are_reported_with_its_error(scored_project: tuple[Project, Any, pd.DataFrame], settings: Settings, tmp_path: Path) -> None:
@@ -108,9 +109,11 @@ def test_rows_the_model_refuses_are_reported_with_its_error(scored_project: tupl
     assert (summary.scored, summary.rejected, summary.failed) == (78, 0, 2)
     assert summary.violations == {("amount", "not_finite", "flagged"): 2}
     rows = {r["event_id"]: r for r in pq.read_table(tmp_path / "scores.parquet").to_pylist()}
-    assert rows[3]["status"] == "failed" and rows[3]["error"].startswith("ValueError: Input X contains NaN")
+    assert rows[3]["status"] == "failed"
+    assert rows[3]["error"].startswith("ValueError: Input X contains NaN")
     assert json.loads(rows[17]["validation"])[0]["action"] == "flagged"
-    assert rows[4]["status"] == "scored" and rows[4]["predict_proba"] is not None
+    assert rows[4]["status"] == "scored"
+    assert rows[4]["predict_proba"] is not None
 
 
 def test_a_deployments_overrides_apply(scored_project: tuple[Project, Any, pd.DataFrame], settings: Settings, tmp_path: Path) -> None:
@@ -146,4 +149,5 @@ def test_the_score_command(scored_project: tuple[Project, Any, pd.DataFrame], ho
     assert (summary["rows"], summary["scored"], summary["failed"], summary["model"]) == (80, 78, 2, "fraud:1")
     assert pq.read_metadata(out).num_rows == 80
     bad = CliRunner().invoke(app, ["score", "--model", "fraud", "--events", str(events_path), "-o", str(out), "--engine", "pandas", "--project", str(project.root / "project.py")])
-    assert bad.exit_code == 1 and "--engine must be one of numpy, duckdb, spark" in bad.output
+    assert bad.exit_code == 1
+    assert "--engine must be one of numpy, duckdb, spark" in bad.output

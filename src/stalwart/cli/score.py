@@ -41,7 +41,8 @@ def score_command(
     """Score events with a registered model, as serving would; rows that fail validation
     are reported in the output, never dropped."""
     from stalwart.config import load_settings
-    from stalwart.offline.engine import ENGINES, OfflineEngine, resolve_engine
+    from stalwart.offline.engine import OfflineEngine
+    from stalwart.offline.engines import ENGINES, resolve_engine
     from stalwart.offline.scoring import score_events
     from stalwart.project import load_project
     from stalwart.validation.policy import PolicyOverrides

@@ -6,7 +6,8 @@ same definitions, with the same values.
 >>> ts = build_training_set("events/", [activity], engine="duckdb", output="training/")  # doctest: +SKIP
 """
 
-from stalwart.offline.engine import ENGINES, Computed, Job, OfflineEngine, resolve_engine
+from stalwart.offline.engine import Computed, Job, OfflineEngine
+from stalwart.offline.engines import ENGINES, resolve_engine
 from stalwart.offline.training import build_training_set
 
 __all__ = ["ENGINES", "Computed", "Job", "OfflineEngine", "build_training_set", "resolve_engine"]

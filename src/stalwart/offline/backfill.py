@@ -37,7 +37,8 @@ from stalwart.monitoring.feedback import LoggedPrediction
 from stalwart.monitoring.monitor import baseline_profile, training_profile
 from stalwart.monitoring.profiles import Profile
 from stalwart.monitoring.quality import OutputReading, classified_rows
-from stalwart.offline.engine import OfflineEngine, resolve_engine
+from stalwart.offline.engine import OfflineEngine
+from stalwart.offline.engines import resolve_engine
 from stalwart.storage import Database
 from stalwart.storage import tables as t
 
@@ -261,7 +262,7 @@ def _spark(engine: Any, directory: Path, deployment: str, since_ns: int, until_n
     return [row.asDict() for row in collected]
 
 
-def _PART_SCHEMA() -> Any:  # noqa: N802 - a schema, named as the constant it stands for
+def _PART_SCHEMA() -> Any:
     pa = require("pyarrow", extra="duckdb", purpose="the log backfill")
     return pa.schema([
         ("variant", pa.string()), ("model", pa.string()), ("version", pa.int64()), ("hour", pa.int64()),
@@ -349,7 +350,7 @@ class _Group:
         if found is None:
             return 0, 0
         _records, right = found
-        return int(len(right)), int(np.count_nonzero(right))
+        return len(right), int(np.count_nonzero(right))
 
 
 def _decode(text: str | None) -> dict[str, Any]:

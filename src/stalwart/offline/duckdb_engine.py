@@ -34,7 +34,15 @@ from stalwart.offline.batches import Finish
 from stalwart.offline.engine import Computed, Job
 from stalwart.offline.outputs import collect, write_parquet
 from stalwart.offline.plan import ColumnKind, Plan, SetPlan
-from stalwart.offline.sources import ORDER, ROW, TS, csv_batches, events_table, sql_batches, with_event_columns
+from stalwart.offline.sources import (
+    ORDER,
+    ROW,
+    TS,
+    csv_batches,
+    events_table,
+    sql_batches,
+    with_event_columns,
+)
 from stalwart.project import CallableSource, FileSource, Source, SqlSource, Window
 from stalwart.storage import DatabasePool
 

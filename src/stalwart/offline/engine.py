@@ -8,10 +8,8 @@ Three engines compute the same point-in-time features from the same definitions:
 - ``spark`` (:mod:`stalwart.offline.spark_engine`): distributed.
 
 An engine is anything with a ``name`` and :meth:`OfflineEngine.compute`; pass a configured
-one (``DuckDBEngine(memory_limit="4GB")``, ``SparkEngine(session)``) or its name.
-
->>> resolve_engine("duckdb").name  # doctest: +SKIP
-'duckdb'
+one (``DuckDBEngine(memory_limit="4GB")``, ``SparkEngine(session)``) or its name
+(:func:`stalwart.offline.engines.resolve_engine`).
 """
 
 from __future__ import annotations
@@ -22,15 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stalwart.config import Settings
-from stalwart.errors import ConfigError
 from stalwart.offline.plan import Plan
 
 if TYPE_CHECKING:
     from stalwart.monitoring.profiles import Profile
 
-__all__ = ["ENGINES", "Computed", "Job", "OfflineEngine", "resolve_engine"]
-
-ENGINES = ("numpy", "duckdb", "spark")
+__all__ = ["Computed", "Job", "OfflineEngine"]
 
 
 @dataclass(frozen=True)
@@ -78,22 +73,3 @@ class OfflineEngine(Protocol):
         label) for every event, point-in-time correct; for in-memory events, the feature
         columns only (the caller keeps the events' own columns)."""
         ...
-
-
-def resolve_engine(engine: str | OfflineEngine) -> OfflineEngine:
-    """The engine named (with its defaults), or the configured one given."""
-    if not isinstance(engine, str):
-        return engine
-    if engine == "numpy":
-        from stalwart.offline.numpy_engine import NumpyEngine
-
-        return NumpyEngine()
-    if engine == "duckdb":
-        from stalwart.offline.duckdb_engine import DuckDBEngine
-
-        return DuckDBEngine()
-    if engine == "spark":
-        from stalwart.offline.spark_engine import SparkEngine
-
-        return SparkEngine()
-    raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")

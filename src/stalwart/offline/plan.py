@@ -75,7 +75,8 @@ class SetPlan:
         """Refuse, before running, what only the numpy engine can give: aggregates other
         than count over strings, and defaults of another type than their column (numpy
         makes such a column hold objects of both types; a SQL column has one type)."""
-        for feature in [*self.latest, *(w for ws in self.windows.values() for w in ws)]:
+        features: list[Latest | Window] = [*self.latest, *(w for ws in self.windows.values() for w in ws)]
+        for feature in features:
             column = feature.column
             if column is None:
                 continue

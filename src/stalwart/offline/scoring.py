@@ -34,7 +34,8 @@ from stalwart._optional import require
 from stalwart.config import Settings
 from stalwart.errors import ConfigError, ModelError, StalwartError
 from stalwart.offline.batches import arrow_to_numpy
-from stalwart.offline.engine import Job, OfflineEngine, resolve_engine
+from stalwart.offline.engine import Job, OfflineEngine
+from stalwart.offline.engines import resolve_engine
 from stalwart.offline.plan import Plan, make_plan
 from stalwart.project import Deployment, Project
 from stalwart.registry import ModelVersion, Registry
@@ -225,7 +226,7 @@ def _score_batch(
     arrays = [batch.column(names.index(c)) for c in names if c not in plan.features]
     out_names = [c for c in names if c not in plan.features]
     status = np.where(rejected, "rejected", np.where(failed, "failed", "scored"))
-    error = [None] * n
+    error: list[str | None] = [None] * n
     for position, message in errors.items():
         error[int(keep[position])] = message
     arrays += [

@@ -37,8 +37,16 @@ from stalwart.monitoring.profiles import Profile
 from stalwart.offline.batches import Finish
 from stalwart.offline.engine import Computed, Job
 from stalwart.offline.outputs import batch_profile, collect, merge_profiles, prepare_output
-from stalwart.offline.plan import ColumnKind, Plan, SetPlan
-from stalwart.offline.sources import ORDER, ROW, TS, csv_batches, events_table, sql_batches, with_event_columns
+from stalwart.offline.plan import ColumnKind, SetPlan
+from stalwart.offline.sources import (
+    ORDER,
+    ROW,
+    TS,
+    csv_batches,
+    events_table,
+    sql_batches,
+    with_event_columns,
+)
 from stalwart.project import CallableSource, FileSource, Source, SqlSource, Window
 from stalwart.storage import DatabasePool
 
@@ -67,6 +75,7 @@ def spark_session(master: str = "local[2]", *, shuffle_partitions: int = 4, app:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", "false")
+        .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")  # no _SUCCESS files among the partitions
     )
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
@@ -257,10 +266,10 @@ def _features(events: Any, source: Any, set_plan: SetPlan) -> Any:
             if feature.max_age_ns is not None:
                 value = F.when(F.col(TS) - F.col(f"{last}.ts") <= F.lit(feature.max_age_ns), value)
             columns.append(F.coalesce(value, F.lit(feature.default)).alias(set_plan.name(feature.name)))
-    for width, features in set_plan.windows.items():
-        spec = W.partitionBy(*keys).orderBy(TS).rangeBetween(-(width - 1), W.currentRow)
-        for feature in features:
-            columns.append(_aggregate(feature, set_plan, one, spec).alias(set_plan.name(feature.name)))
+    for width, aggregates in set_plan.windows.items():
+        frame = W.partitionBy(*keys).orderBy(TS).rangeBetween(-(width - 1), W.currentRow)
+        for aggregate in aggregates:
+            columns.append(_aggregate(aggregate, set_plan, one, frame).alias(set_plan.name(aggregate.name)))
     kept = [F.col(_q(c)) for c in union.columns if c not in helpers]
     return union.select(*kept, *columns, F.col(kind)).where(F.col(kind) == 1).drop(kind)
 
@@ -351,7 +360,7 @@ def _q(name: str) -> str:
 def _arrow_schema(frame: Any) -> Any:
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    return to_arrow_schema(frame.schema)
+    return to_arrow_schema(frame.schema, timezone="UTC")
 
 
 def _spark_schema(schema: Any) -> Any:

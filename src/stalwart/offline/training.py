@@ -26,7 +26,8 @@ from stalwart.features.readers import SourceReader
 from stalwart.features.training import TrainingSet
 from stalwart.features.training import build_training_set as build_in_memory
 from stalwart.offline.batches import arrow_to_numpy
-from stalwart.offline.engine import Job, OfflineEngine, resolve_engine
+from stalwart.offline.engine import Job, OfflineEngine
+from stalwart.offline.engines import resolve_engine
 from stalwart.offline.numpy_engine import NumpyEngine
 from stalwart.offline.plan import make_plan
 from stalwart.project import feature_refs

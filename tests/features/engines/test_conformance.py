@@ -22,7 +22,16 @@ from stalwart.config import Settings
 from stalwart.features.training import TrainingSet
 from stalwart.offline import build_training_set
 from stalwart.offline.engine import OfflineEngine
-from stalwart.project import Entity, FeatureSet, FileSource, Latest, RequestSource, SqlSource, Transform, Window
+from stalwart.project import (
+    Entity,
+    FeatureSet,
+    FileSource,
+    Latest,
+    RequestSource,
+    SqlSource,
+    Transform,
+    Window,
+)
 from stalwart.storage import Database
 from tests.features.conftest import events_for, load_table, make_transactions
 
@@ -249,15 +258,18 @@ def test_big_sets_go_to_partitioned_parquet_with_a_merged_profile(engine: Offlin
     reference = build_training_set(events, [fs, TXN.amount], label="label")
     out = tmp_path / "training"
     written = build_training_set(events_dir, [fs, TXN.amount], label="label", engine=engine, output=out)
-    assert written.frame is None and written.path == out and written.rows == len(events)
-    dates = sorted(p.name for p in out.iterdir())
+    assert written.frame is None
+    assert written.path == out
+    assert written.rows == len(events)
+    dates = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert dates == sorted({f"event_date={d}" for d in events["ts"].dt.strftime("%Y-%m-%d")})
     back = pads.dataset(str(out), partitioning="hive").to_table().to_pandas()
     keys = ["card_id", "ts", "label", "amount"]
     expected = reference.frame.assign(ts=reference.frame["ts"].map(lambda t: t.value)).sort_values(keys).reset_index(drop=True)
     back = back.assign(ts=pd.to_datetime(back["ts"], utc=True).map(lambda t: t.value)).sort_values(keys).reset_index(drop=True)
     assert_same_rows(expected, back, reference.features)
-    assert written.profile is not None and reference.profile is not None
+    assert written.profile is not None
+    assert reference.profile is not None
     assert written.profile.rows == reference.profile.rows == len(events)
     for name in reference.features:
         mine, theirs = written.profile[name], reference.profile[name]
