@@ -203,6 +203,7 @@ def _where(since_ns: int, until_ns: int) -> tuple[list[str], list[str]]:
 def _duckdb(directory: Path, deployment: str, since_ns: int, until_ns: int, labels: Any, reading: OutputReading) -> list[dict[str, Any]]:
     from stalwart.offline.duckdb_engine import DuckDBEngine
 
+    duckdb = require("duckdb", extra="duckdb", purpose="the log backfill")
     conn = DuckDBEngine().connect()
     try:
         conn.register("labels_arrow", labels)
@@ -222,11 +223,11 @@ def _duckdb(directory: Path, deployment: str, since_ns: int, until_ns: int, labe
         """  # noqa: S608 - the pattern and dates are ours, quoted; values are parameters
         try:
             reader = conn.sql(query, params={"deployment": deployment, "since": since_ns, "until": until_ns}).to_arrow_reader(65_536)
-        except Exception as exc:  # duckdb's error classes vary by version; all are its own
-            if "No files found" in str(exc):
+            return [part for batch in reader for part in summarize_records(batch, reading)]
+        except duckdb.Error as exc:
+            if "No files found" in str(exc):  # no segment at all yet
                 return []
-            raise ConfigError(f"reading the prediction log failed: {exc}") from exc
-        return [part for batch in reader for part in summarize_records(batch, reading)]
+            raise ConfigError(f"reading the prediction log at {directory} failed: {exc}") from exc
     finally:
         conn.close()
 

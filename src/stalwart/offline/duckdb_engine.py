@@ -161,15 +161,17 @@ class DuckDBEngine:
         :data:`ROW`, or a path to Parquet events), as a stream of result batches: event
         columns, then computed ones under their internal names; in event order when
         ``ordered``; with a ``partition`` column (the event's UTC date) when named."""
+        duckdb = require("duckdb", extra="duckdb", purpose="the DuckDB engine")
         conn = self.connect()
         pool = DatabasePool(settings)
         try:
-            query = Compiler(conn, plan, root, pool).compile(events, ordered=ordered, partition=partition)
+            # Errors can surface while compiling (a missing column), starting the query, or
+            # mid-stream (a cast): all are DuckDB's, said as one feature error.
             try:
-                reader = conn.sql(query).to_arrow_reader(self.batch_rows)
-            except Exception as exc:  # duckdb's error classes vary by version; all are its own
-                raise FeatureError(f"the DuckDB engine failed: {exc}") from exc
-            yield from reader
+                query = Compiler(conn, plan, root, pool).compile(events, ordered=ordered, partition=partition)
+                yield from conn.sql(query).to_arrow_reader(self.batch_rows)
+            except duckdb.Error as exc:
+                raise FeatureError(f"the DuckDB engine failed: {exc}; check the sources' columns and types") from exc
         finally:
             pool.dispose()
             conn.close()
