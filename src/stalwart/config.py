@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=2048, ge=1, description="open connections (and requests in flight) beyond which requests get 503"
     )
+    workers: int = Field(
+        default=1, ge=1, le=256,
+        description="server processes sharing the port (SO_REUSEPORT) under one supervisor; 1: the server is this process",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True

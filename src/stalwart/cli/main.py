@@ -45,14 +45,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="interface to bind [env STALWART_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="port to bind [env STALWART_PORT]")] = None,
     project: Annotated[Path | None, typer.Option(help="project file with feature definitions")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="server processes sharing the port, under one supervisor [env STALWART_WORKERS]")
+    ] = None,
 ) -> None:
     """Serve every registered model over the Open Inference Protocol."""
-    import uvicorn
-
     from stalwart.config import load_settings
     from stalwart.monitoring.logs import configure_logging, get_logger
-    from stalwart.serving.app import create_app
-    from stalwart.serving.transport import server_config
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -61,8 +60,19 @@ def serve(
         overrides["port"] = port
     if project is not None:
         overrides["project"] = project
+    if workers is not None:
+        overrides["workers"] = workers
     settings = load_settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
+    if settings.workers > 1:
+        # A supervisor of worker processes, each one server like the one below (serving/workers.py).
+        from stalwart.serving.workers import run_workers
+
+        raise typer.Exit(run_workers(settings))
+
+    from stalwart.serving.app import create_app
+    from stalwart.serving.transport import run_server
+
     app_ = create_app(settings)
     get_logger("stalwart.cli").info(
         "serving",
@@ -71,9 +81,7 @@ def serve(
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,
     )
     # Timeouts, keep-alive and the connection limit from STALWART_* (serving/transport.py).
-    server = uvicorn.Server(server_config(app_, settings))
-    server.run()
-    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+    if not run_server(app_, settings):  # as uvicorn.run: the port was taken, or the lifespan failed
         raise typer.Exit(3)
 
 

@@ -13,7 +13,7 @@ import io
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
 import msgspec
@@ -48,9 +48,12 @@ def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     level: Literal["debug", "info", "warning", "error"] = "info",
     stream: Any = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> None:
-    """Send structured logs to ``stream`` (stdout by default) as JSON or console lines."""
+    """Send structured logs to ``stream`` (stdout by default) as JSON or console lines.
+    ``fields`` are on every line (a worker process's ``worker``: which one wrote it)."""
     global _access_writer
+    extra = dict(fields or {})
     out: Any = stream if stream is not None else sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     _access_writer = _structlog_access
@@ -73,9 +76,10 @@ def configure_logging(
             target = binary if binary is not None else out
             factory = structlog.BytesLoggerFactory(target)
             if _LEVELS[level] <= logging.INFO:
-                _access_writer = _direct_access(target, encoder)
+                _access_writer = _direct_access(target, encoder, extra)
     structlog.configure(
         processors=[
+            *([_with_fields(extra)] if extra else []),
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
@@ -98,7 +102,18 @@ _secret_keys: dict[str, bool] = {}
 _MAX_REMEMBERED_KEYS = 4096
 
 
-def _direct_access(target: Any, encoder: msgspec.json.Encoder) -> Any:
+def _with_fields(fields: dict[str, Any]) -> Any:
+    """A processor putting ``fields`` on every line (the line's own keys win)."""
+
+    def add(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+        return event
+
+    return add
+
+
+def _direct_access(target: Any, encoder: msgspec.json.Encoder, extra: dict[str, Any]) -> Any:
     write = target.write
     flush = getattr(target, "flush", None)
 
@@ -108,6 +123,7 @@ def _direct_access(target: Any, encoder: msgspec.json.Encoder) -> Any:
             "logger": "stalwart.access",
             "level": "info",
             "timestamp": dt.datetime.now(tz=dt.UTC).isoformat().replace("+00:00", "Z"),
+            **extra,
             **fields,
         }
         _redact_secrets(None, "info", line)

@@ -9,20 +9,25 @@ first byte (of the connection, for its first request), or whose body does not ar
 within ``body_timeout`` (plus a grace: the app's :class:`~stalwart.serving.middleware.BodyLimit`
 answers 408 at ``body_timeout`` when it is reading).
 
->>> config = server_config(app, settings)  # doctest: +SKIP
->>> uvicorn.Server(config).run()           # doctest: +SKIP
+:func:`run_server` runs one server process's HTTP server: ``stalwart serve`` calls it once,
+and each worker of ``stalwart serve --workers N`` (:mod:`stalwart.serving.workers`) calls it
+with ``reuse_port``, so that N processes each own a listening socket on the same port.
+
+>>> run_server(app, settings)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import uvicorn
 
 from stalwart.config import Settings
 
-__all__ = ["DeadlineProtocol", "deadline_protocol", "server_config"]
+__all__ = ["DeadlineProtocol", "bind_sockets", "deadline_protocol", "run_server", "server_config"]
 
 # After the app's own 408 (BodyLimit) has had its chance: the connection goes regardless.
 _BODY_GRACE_SECONDS = 1.0
@@ -187,3 +192,74 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "timeout_graceful_shutdown": 10,
     }
     return uvicorn.Config(app, **{**options, **overrides})
+
+
+def run_server(
+    app: Any, settings: Settings, *, reuse_port: bool = False, on_ready: Callable[[], None] | None = None
+) -> bool:
+    """Serve ``app`` on ``settings.host``/``settings.port`` until SIGTERM or SIGINT (then in-flight
+    requests drain and the lifespan closes); whether the server started (False: the port was
+    taken or the lifespan failed).
+
+    ``reuse_port``: bind with ``SO_REUSEPORT``, so that the workers of one supervisor share
+    the port (each its own listening socket; the kernel spreads new connections across
+    them). The socket is bound before the app starts and listens only once it has: a worker
+    still loading its models is sent no connection. ``on_ready``: called once it listens."""
+    server = _Server(server_config(app, settings), on_ready)
+    sockets = bind_sockets(settings.host, settings.port, reuse_port=True) if reuse_port else None
+    try:
+        server.run(sockets=sockets)
+    finally:
+        for sock in sockets or ():
+            sock.close()
+    return server.started
+
+
+def bind_sockets(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+    """Sockets bound (not listening) to every address ``host`` resolves to, with
+    ``SO_REUSEADDR``; with ``reuse_port`` also ``SO_REUSEPORT``, so that any process of this
+    user may bind the same port alike (without it, binding fails while any socket is bound
+    there, with ``SO_REUSEPORT`` or not). Port 0 picks one free port, the same for every
+    address."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in _addresses(host, port):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's own servers
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
+    """The (family, address) pairs ``host`` resolves to for listening, without duplicates."""
+    found: list[tuple[int, tuple[Any, ...]]] = []
+    for family, _, _, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, address) not in found:
+            found.append((family, address))
+    if not found:
+        raise OSError(f"{host!r} resolves to no IPv4 or IPv6 address")
+    return found
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling ``on_ready`` once it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready()
