@@ -60,6 +60,8 @@ def test_settings_come_from_stalwart_variables(monkeypatch: pytest.MonkeyPatch, 
         ("STALWART_LOG_LEVEL", "loud"),
         ("STALWART_PRELOAD", "perhaps"),
         ("STALWART_REGISTRY_POLL_SECONDS", "-1"),
+        ("STALWART_WORKERS", "0"),
+        ("STALWART_WORKERS", "many"),
     ],
 )
 def test_an_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
