@@ -7,7 +7,8 @@ per day and detection delay), ``profiles`` (issue 13: live profiles' cost per re
 ``routing`` (issue 14: canary and shadow routing's cost per request), ``shadow`` (issue 14:
 shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout controller's look
 at the prediction log), which start no server; and ``shadow-serving`` (issue 14: the
-primary's latency with every request shadowed, against no shadow, through a real server).
+primary's latency with every request shadowed, against no shadow, through a real server)
+and ``workers`` (issue 15: ``stalwart serve --workers N``, N = 1, 2, 4).
 With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
@@ -27,6 +28,7 @@ from benchmarks import (
     bench_routing,
     bench_shadow,
     bench_shadow_serving,
+    bench_workers,
     prediction_tap,
     serving,
 )
@@ -52,9 +54,10 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "shadow": lambda a: bench_shadow.run(bench_shadow.Options(runs=a.repeats)),
     "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
     "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
+    "workers": lambda a: bench_workers.run(bench_workers.Options(seconds=a.seconds, repeats=a.repeats, workers=tuple(a.workers))),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "workers"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--outputs", nargs="*", default=None, choices=["predict", "predict_proba"],
         help="outputs the batching suite's requests name (default: none, so both)",
+    )
+    parser.add_argument(
+        "--workers", nargs="+", type=int, default=[1, 2, 4], metavar="N",
+        help="workers suite: the worker counts compared (default: 1 2 4)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.suites if name not in SUITES]

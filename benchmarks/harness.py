@@ -384,6 +384,21 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process has used so far."""
+    """CPU seconds (user + system, every thread) a process and its live children (the
+    workers of ``stalwart serve --workers N``) have used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    total = (int(fields[11]) + int(fields[12])) / _TICKS
+    for child in child_pids(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += process_cpu(child)
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    """The process ids of the live children of ``pid`` (every thread's)."""
+    children: list[int] = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                children += [int(c) for c in (task / "children").read_text().split()]
+    return children
