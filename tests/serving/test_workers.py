@@ -1,8 +1,8 @@
 """``stalwart serve --workers 2`` as a real process: both workers answer on one port, any
 worker's /metrics counts every worker's requests, a killed worker is started again while
 the other answers, SIGTERM drains and exits 0 with every prediction record stored once,
-workers never outlive their supervisor, and a server whose workers cannot start exits
-non-zero."""
+workers never outlive their supervisor, a server whose workers cannot start exits
+non-zero, and without Redis a feature-cache invalidation reaches every worker."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from stalwart.monitoring.sinks import PredictionStore, Query, open_sink
 from stalwart.registry import Registry
 from tests.faults import Switchable
 from tests.processes import ServeProcess
+from tests.serving.conftest import FraudCopy, predict_body, recent_card
 
 SAMPLE = pd.DataFrame({"x": [float(i) for i in range(60)]})
 V2 = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [4.0]}]}
@@ -108,6 +109,16 @@ def _answered(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> 
         value for (name, labels), value in samples.items()
         if name == "stalwart_requests_total" and ("endpoint", "/v2/models/{model}/infer") in labels and ("status", "200") in labels
     )
+
+
+def _worker_of(server: ServeProcess, request_id: str) -> int:
+    """The worker whose access line has this request (written just after its response)."""
+    lines = _wait_for(
+        lambda: [line for line in _lines(server) if line.get("event") == "request" and line.get("request_id") == request_id],
+        10, server, f"no access line for {request_id}",
+    )
+    worker: int = lines[0]["worker"]
+    return worker
 
 
 def _alive(pid: int) -> bool:
@@ -292,3 +303,39 @@ def test_workers_that_cannot_start_stop_the_server_non_zero(tmp_path: Path) -> N
     assert _events(server, "worker could not start; stopping the server")
     assert "this project is broken" in server.log.read_text()
     assert not _events(server, "serving")
+
+
+def test_without_redis_an_invalidation_reaches_every_worker(fraud_copy: FraudCopy, tmp_path: Path) -> None:
+    """No Redis: each worker caches features in its own memory. A row written through one
+    worker (which invalidates the card's cached features) is seen at once by every worker,
+    though the cache's TTL is a minute: the supervisor passes the invalidation on."""
+    token = "workers-token"
+    server = _start(
+        fraud_copy.home, tmp_path / "serve.log",
+        STALWART_PROJECT=str(fraud_copy.settings.project), STALWART_ADMIN_TOKEN=token, STALWART_PYTHON_MODULES="examples",
+    )
+    try:
+        card = recent_card(fraud_copy.frame)
+
+        def features() -> tuple[int, dict[str, Any]]:
+            response = httpx.post(server.url + "/v1/deployments/fraud/predict", json=predict_body(card), timeout=10)
+            assert response.status_code == 200, response.text
+            return _worker_of(server, response.headers["x-request-id"]), response.json()["features"][0]
+
+        before = [features() for _ in range(20)]
+        assert {worker for worker, _ in before} == {0, 1}  # both workers hold the card's features
+        assert len({json.dumps(f, sort_keys=True) for _, f in before}) == 1
+        old = before[0][1]
+        row = {"card_id": card, "ts": time.time() - 1, "amount": 123.25, "merchant_category": "fuel", "is_fraud": 0}
+        written = httpx.post(
+            server.url + "/v1/sources/transactions/rows", json={"rows": [row]}, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert written.status_code == 200, written.text
+        assert written.json()["invalidated"] is True
+        time.sleep(0.2)  # the relay is asynchronous: a message to the supervisor, then to the other worker
+        after = [features() for _ in range(20)]
+        assert {worker for worker, _ in after} == {0, 1}
+        assert [f["tx_count_1h"] for _, f in after] == [old["tx_count_1h"] + 1] * 20
+        assert all(f["last_amount"] == 123.25 for _, f in after)
+    finally:
+        server.stop()

@@ -16,6 +16,9 @@ started). The supervisor, the ``stalwart serve`` process itself, serves nothing:
   it keeps dying within :data:`STABLE_SECONDS` of its start), logged with its exit status;
   a slot whose worker died :data:`MAX_FAILED_STARTS` times in a row before listening is
   given up on, and then the whole server stops (exit 3): a crash loop is an operator's call;
+- without Redis, a feature-cache invalidation made by one worker (a source write, POST
+  /v1/features/.../invalidate) is passed to the others over their links, so no worker
+  serves a value another one dropped (with Redis, its channel reaches every worker);
 - SIGTERM or SIGINT is passed to every worker, which stops accepting, drains its requests
   and closes (a second one forces them, as for ``stalwart serve``); workers still alive
   after :data:`DRAIN_SECONDS` are killed. Then it exits 0.
@@ -49,7 +52,16 @@ from stalwart.monitoring.logs import get_logger
 from stalwart.registry import Registry
 from stalwart.serving.transport import bind_sockets
 
-__all__ = ["DRAIN_SECONDS", "MAX_FAILED_STARTS", "READY", "STABLE_SECONDS", "Supervisor", "run_workers"]
+__all__ = [
+    "DRAIN_SECONDS",
+    "INVALIDATION",
+    "LINK_MESSAGE_BYTES",
+    "MAX_FAILED_STARTS",
+    "READY",
+    "STABLE_SECONDS",
+    "Supervisor",
+    "run_workers",
+]
 
 _log = get_logger("stalwart.workers")
 
@@ -61,8 +73,12 @@ MAX_FAILED_STARTS = 5
 DRAIN_SECONDS = 30.0
 """How long workers get to drain after SIGTERM before they are killed (their own limit for
 requests in flight is 10 s, then their lifespan closes)."""
-READY = b"ready\n"
-"""What a worker sends over its link once it listens."""
+READY = b"R"
+"""A worker to its supervisor: it listens (see :mod:`stalwart.serving.worker`)."""
+INVALIDATION = b"I"
+"""The tag of a feature-cache invalidation, passed from one worker to the others."""
+LINK_MESSAGE_BYTES = 64 * 1024
+"""The longest message on a link (a worker sends none longer)."""
 _METRICS_PREFIX = "stalwart-metrics-"
 _POLL_SECONDS = 0.5
 
@@ -211,22 +227,36 @@ class Supervisor:
         if link is None:
             return
         try:
-            data = link.recv(64)
+            data = link.recv(LINK_MESSAGE_BYTES)
         except OSError:
             data = b""
-        if data.startswith(READY):
+        if data == READY:
             slot.ready = True
             slot.failed_starts = 0
+        elif data[:1] == INVALIDATION:
+            self._pass_on(data, slot)
         elif not data:  # the worker is gone (its exit is read below, once it is reaped)
             self._close_link(slot)
             if slot.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     slot.process.wait(timeout=1)
 
+    def _pass_on(self, message: bytes, sender: _Slot) -> None:
+        """An invalidation, to every other worker that serves (one still starting has
+        nothing cached yet)."""
+        for slot in self.slots:
+            if slot is sender or not slot.ready or slot.link is None:
+                continue
+            try:
+                slot.link.send(message, socket.MSG_DONTWAIT)
+            except OSError as exc:
+                # Its link is full or gone: it is dying (restarted with an empty cache).
+                _log.warning("an invalidation did not reach a worker", worker=slot.index, error=str(exc))
+
     # --- starting and ending workers -----------------------------------------------------
 
     def _start(self, slot: _Slot) -> None:
-        ours, theirs = socket.socketpair()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             slot.process = subprocess.Popen(  # noqa: S603 - this interpreter and our own module, no input of anyone's
                 [sys.executable, "-m", "stalwart.serving.worker", str(slot.index), str(theirs.fileno())],
