@@ -10,7 +10,7 @@ worker, and it must show what all of them did. The supervisor gives every worker
 a per-process file there (its multiprocess mode) and :func:`exposition` merges the files
 of every worker: counters and histograms add up (a dead worker's counts stay in the
 totals), and each gauge says how its workers' values combine (``multiprocess_mode``, every
-one a ``live`` mode, so a dead worker's gauges go with it; docs/serving.md lists them). A
+one a ``live`` mode, so a dead worker's gauges go with it; docs/workers.md lists them). A
 gauge read by a function when scraped (:func:`gauge_function`) is written to the file by
 :func:`sample` instead: each worker every :data:`SAMPLE_SECONDS`, the scraped one at the
 scrape. Without the variable (one process, the default) none of this happens: values are

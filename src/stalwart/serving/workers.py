@@ -362,11 +362,13 @@ def _worker_env(settings: Settings, port: int, metrics: Path) -> dict[str, str]:
     """The workers' environment: this one, with what the command line set and what the
     supervisor resolved as ``STALWART_*``, and the metrics directory."""
     env = dict(os.environ)
+    # STALWART_WORKERS stays N: a worker never reads it (it is one server), and the audit
+    # log's record of the settings says how the server runs.
     env.update(
         {
             "STALWART_HOST": settings.host,
             "STALWART_PORT": str(port),
-            "STALWART_WORKERS": "1",  # a worker is one server, never a supervisor
+            "STALWART_WORKERS": str(settings.workers),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         }
     )
