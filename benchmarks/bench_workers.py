@@ -6,7 +6,9 @@ access log and prediction log on) with ``STALWART_WORKERS`` = 1, 2, ... side by 
 run: wrk ``-t1 --timeout 10s`` at c=1 and c=64, numeric libraries pinned to one thread,
 the contestants interleaved within each repeat; medians of the repeats. CPU per request
 counts the supervisor and every worker. A worker is a whole server, so N workers also cost
-N times a server's memory (RSS summed over the workers, after the runs).
+N times a server's memory (RSS summed over the workers, after the runs). Errors are
+responses other than 200: on a shared machine, mostly 503s from load shedding when a
+stall (another job taking the cores) holds requests past the model's queueing budget.
 
 Run from a worktree::
 
@@ -73,7 +75,7 @@ def run(options: Options) -> str:
     return "\n".join([
         "# Worker processes (issue 15)",
         "",
-        environment_notes(options.seconds, options.repeats),
+        environment_notes(options.seconds, options.repeats).replace("uvicorn, one worker", "uvicorn, N worker processes"),
         "",
         "`breast-cancer` v2 (gradient boosting, 100 trees), one row per `/v2` request "
         "(`predict_proba`), `stalwart serve --workers N` on its defaults. Medians of the runs; "

@@ -14,8 +14,9 @@ started). The supervisor, the ``stalwart serve`` process itself, serves nothing:
   or project error, as ``stalwart serve`` exits; 3: the server could not start);
 - a worker that dies later is started again after a backoff (0.5 s, doubling to 30 s while
   it keeps dying within :data:`STABLE_SECONDS` of its start), logged with its exit status;
-  a slot whose worker died :data:`MAX_FAILED_STARTS` times in a row before listening is
-  given up on, and then the whole server stops (exit 3): a crash loop is an operator's call;
+  when a worker has died :data:`MAX_FAILED_STARTS` times in a row before listening and no
+  other worker serves, the server stops (exit 3): a crash loop with nothing serving is the
+  operator's (or the orchestrator's) call;
 - without Redis, a feature-cache invalidation made by one worker (a source write, POST
   /v1/features/.../invalidate) is passed to the others over their links, so no worker
   serves a value another one dropped (with Redis, its channel reaches every worker);
@@ -43,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -58,6 +59,7 @@ __all__ = [
     "LINK_MESSAGE_BYTES",
     "MAX_FAILED_STARTS",
     "READY",
+    "RESTART_BACKOFF",
     "STABLE_SECONDS",
     "Supervisor",
     "run_workers",
@@ -66,10 +68,11 @@ __all__ = [
 _log = get_logger("stalwart.workers")
 
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+"""Seconds before a dead worker is started again, by how many times in a row it died soon after its start."""
 STABLE_SECONDS = 30.0
-"""A worker that lived this long after its start is restarted without delay's growth."""
+"""A worker that dies this long or more after its start is restarted after the shortest delay."""
 MAX_FAILED_STARTS = 5
-"""Deaths in a row before listening after which a slot, and the server, is given up."""
+"""Deaths in a row before listening after which, if no other worker serves, the server stops."""
 DRAIN_SECONDS = 30.0
 """How long workers get to drain after SIGTERM before they are killed (their own limit for
 requests in flight is 10 s, then their lifespan closes)."""
@@ -129,7 +132,6 @@ class _Slot:
     failed_starts: int = 0  # deaths in a row before it listened
     quick_deaths: int = 0  # deaths in a row within STABLE_SECONDS of a start: the backoff's step
     restart_at: float | None = None
-    exits: list[int] = field(default_factory=list)
 
 
 class Supervisor:
@@ -283,7 +285,6 @@ class Supervisor:
         code = process.returncode
         self._close_link(slot)
         slot.process = None
-        slot.exits.append(code)
         _mark_dead(self.metrics, process.pid)
         status = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exit {code}"
         if self.stopping:
@@ -292,7 +293,8 @@ class Supervisor:
         lived = time.monotonic() - slot.started_at
         if not slot.ready:
             slot.failed_starts += 1
-            if not self._all_ready_once or slot.failed_starts >= MAX_FAILED_STARTS:
+            serving = any(s.ready for s in self.slots if s is not slot)
+            if not self._all_ready_once or (slot.failed_starts >= MAX_FAILED_STARTS and not serving):
                 _log.error(
                     "worker could not start; stopping the server",
                     worker=slot.index, pid=process.pid, status=status, attempts=slot.failed_starts,
