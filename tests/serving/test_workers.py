@@ -252,12 +252,17 @@ def test_sigterm_drains_exits_zero_and_every_worker_records_each_request_once(tm
     assert workers == {0, 1}
 
 
-def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
-    """A supervisor killed outright (SIGKILL: no chance to pass anything on) leaves no
-    worker behind: each sees its link close, drains and exits."""
-    server = _start(_home(tmp_path), tmp_path / "serve.log")
+def test_port_zero_is_one_port_for_all_and_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """``--port 0``: the supervisor picks one free port and every worker serves on it. A
+    supervisor killed outright (SIGKILL: no chance to pass anything on) leaves no worker
+    behind: each sees its link close, drains and exits."""
+    server = _start(_home(tmp_path), tmp_path / "serve.log", STALWART_PORT="0")
     try:
         (serving,) = _events(server, "serving")
+        url = serving["url"]
+        assert not url.endswith(":0")
+        ids = [httpx.post(url + INFER, json=V2, timeout=10).headers["x-request-id"] for _ in range(30)]
+        assert {_worker_of(server, rid) for rid in ids} == {0, 1}
         assert server.process is not None
         server.process.kill()
         server.process.wait(10)

@@ -49,6 +49,7 @@ from pathlib import Path
 from types import FrameType
 
 from stalwart.config import Settings
+from stalwart.errors import ConfigError
 from stalwart.monitoring.logs import get_logger
 from stalwart.registry import Registry
 from stalwart.serving.transport import bind_sockets
@@ -88,7 +89,11 @@ _POLL_SECONDS = 0.5
 
 def run_workers(settings: Settings) -> int:
     """Serve with ``settings.workers`` worker processes until SIGTERM or SIGINT; the exit
-    status (see the module docstring)."""
+    status (see the module docstring). Linux only: elsewhere a ConfigError."""
+    if not sys.platform.startswith("linux"):
+        # Elsewhere SO_REUSEPORT does not spread connections (the last socket bound gets
+        # them all) and Unix sockets have no SOCK_SEQPACKET for the workers' links.
+        raise ConfigError(f"STALWART_WORKERS={settings.workers} needs Linux; run one worker per process here (STALWART_WORKERS=1)")
     sockets = _reserve_port(settings)
     if sockets is None:
         return 3
