@@ -44,8 +44,9 @@ _log = get_logger("stalwart.workers")
 
 def main(argv: list[str]) -> int:
     """Run worker ``argv[0]`` (its index) linked by the inherited descriptor ``argv[1]``;
-    the exit status: 0 after a drain, 1 for a configuration or project error, 3 when
-    the server could not start (as ``stalwart serve``)."""
+    the exit status: after a drain, SIGTERM's (the signal re-raised) or 130 (SIGINT); 1
+    for a configuration or project error; 3 when the server could not start (as
+    ``stalwart serve``)."""
     index, fd = int(argv[0]), int(argv[1])
     link = _Link(socket.socket(fileno=fd))
     link.watch()
@@ -60,7 +61,11 @@ def main(argv: list[str]) -> int:
     if cache.redis is None:
         cache.invalidator.peers = link.relay
         link.receive = cache.invalidator.receive
-    return 0 if run_server(app, settings, reuse_port=True, on_ready=link.ready) else 3
+    try:
+        return 0 if run_server(app, settings, reuse_port=True, on_ready=link.ready) else 3
+    except KeyboardInterrupt:
+        # SIGINT, passed on by the supervisor: the server drained, then re-raised it.
+        return 128 + signal.SIGINT
 
 
 class _Link:
