@@ -13,8 +13,8 @@ started). The supervisor, the ``stalwart serve`` process itself, serves nothing:
   first time all of them did, it stops the others and exits non-zero (1: a configuration
   or project error, as ``stalwart serve`` exits; 3: the server could not start);
 - a worker that dies later is started again after a backoff (0.5 s, doubling to 30 s while
-  it keeps dying within :data:`STABLE_SECONDS` of its start), logged with its exit status;
-  when a worker has died :data:`MAX_FAILED_STARTS` times in a row before listening and no
+  it keeps dying before or within :data:`STABLE_SECONDS` of listening), logged with its
+  exit status; when a worker has died :data:`MAX_FAILED_STARTS` times in a row before listening and no
   other worker serves, the server stops (exit 3): a crash loop with nothing serving is the
   operator's (or the orchestrator's) call;
 - without Redis, a feature-cache invalidation made by one worker (a source write, POST
@@ -71,7 +71,7 @@ _log = get_logger("stalwart.workers")
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 """Seconds before a dead worker is started again, by how many times in a row it died soon after its start."""
 STABLE_SECONDS = 30.0
-"""A worker that dies this long or more after its start is restarted after the shortest delay."""
+"""A worker that dies this long or more after it began to listen is restarted after the shortest delay."""
 MAX_FAILED_STARTS = 5
 """Deaths in a row before listening after which, if no other worker serves, the server stops."""
 DRAIN_SECONDS = 30.0
@@ -134,8 +134,9 @@ class _Slot:
     link: socket.socket | None = None
     started_at: float = 0.0
     ready: bool = False
+    ready_at: float = 0.0
     failed_starts: int = 0  # deaths in a row before it listened
-    quick_deaths: int = 0  # deaths in a row within STABLE_SECONDS of a start: the backoff's step
+    quick_deaths: int = 0  # deaths in a row before or within STABLE_SECONDS of listening: the backoff's step
     restart_at: float | None = None
 
 
@@ -239,6 +240,7 @@ class Supervisor:
             data = b""
         if data == READY:
             slot.ready = True
+            slot.ready_at = time.monotonic()
             slot.failed_starts = 0
         elif data[:1] == INVALIDATION:
             self._pass_on(data, slot)
@@ -257,7 +259,7 @@ class Supervisor:
             try:
                 slot.link.send(message, socket.MSG_DONTWAIT)
             except OSError as exc:
-                # Its link is full or gone: it is dying (restarted with an empty cache).
+                # Its link is full (the worker does not read it: stuck or dying) or gone.
                 _log.warning("an invalidation did not reach a worker", worker=slot.index, error=str(exc))
 
     # --- starting and ending workers -----------------------------------------------------
@@ -290,22 +292,26 @@ class Supervisor:
         code = process.returncode
         self._close_link(slot)
         slot.process = None
+        listened, slot.ready = slot.ready, False
         _mark_dead(self.metrics, process.pid)
         status = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exit {code}"
         if self.stopping:
             _log.info("worker stopped", worker=slot.index, pid=process.pid, status=status)
             return None
         lived = time.monotonic() - slot.started_at
-        if not slot.ready:
+        if not listened:
             slot.failed_starts += 1
-            serving = any(s.ready for s in self.slots if s is not slot)
+            serving = any(s.ready for s in self.slots)
             if not self._all_ready_once or (slot.failed_starts >= MAX_FAILED_STARTS and not serving):
                 _log.error(
                     "worker could not start; stopping the server",
                     worker=slot.index, pid=process.pid, status=status, attempts=slot.failed_starts,
                 )
                 return code if code in (1, 2) else 3
-        slot.quick_deaths = slot.quick_deaths + 1 if lived < STABLE_SECONDS else 0
+        # Time to start is not time served: a slow start (models loading on a busy host)
+        # followed by a quick death is a quick death.
+        quick = not listened or time.monotonic() - slot.ready_at < STABLE_SECONDS
+        slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
         delay = RESTART_BACKOFF[min(max(slot.quick_deaths - 1, 0), len(RESTART_BACKOFF) - 1)]
         slot.restart_at = time.monotonic() + delay
         _log.warning(
