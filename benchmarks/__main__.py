@@ -6,9 +6,12 @@ batching on and off), ``predictions`` (issue 12: the prediction log's cost), ``d
 per day and detection delay), ``profiles`` (issue 13: live profiles' cost per request),
 ``routing`` (issue 14: canary and shadow routing's cost per request), ``shadow`` (issue 14:
 shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout controller's look
-at the prediction log), which start no server; and ``shadow-serving`` (issue 14: the
-primary's latency with every request shadowed, against no shadow, through a real server)
-and ``workers`` (issue 15: ``stalwart serve --workers N``, N = 1, 2, 4).
+at the prediction log), which start no server; ``shadow-serving`` (issue 14: the
+primary's latency with every request shadowed, against no shadow, through a real server);
+``servers`` (issue 15: uvicorn against granian under the same app); ``workers`` (issue 15:
+``stalwart serve --workers N``, N = 1, 2, 4); and ``peers`` (issue 15: Stalwart beside the
+minimal endpoint and MLServer 1.7.1, in MLServer's own virtual environment, made on first
+use; 10 s per point and 2 runs unless told).
 With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
@@ -25,7 +28,9 @@ from benchmarks import (
     bench_drift,
     bench_evidence,
     bench_live_profiles,
+    bench_peers,
     bench_routing,
+    bench_servers,
     bench_shadow,
     bench_shadow_serving,
     bench_workers,
@@ -54,17 +59,26 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "shadow": lambda a: bench_shadow.run(bench_shadow.Options(runs=a.repeats)),
     "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
     "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
+    "peers": lambda a: bench_peers.run(bench_peers.Options(seconds=a.seconds, repeats=a.repeats)),
+    "servers": lambda a: bench_servers.run(
+        bench_servers.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
+    ),
     "workers": lambda a: bench_workers.run(bench_workers.Options(seconds=a.seconds, repeats=a.repeats, workers=tuple(a.workers))),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "workers"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "workers"})
+# --seconds and --repeats when not given: these, or a suite's own.
+DEFAULTS = {"seconds": 3.0, "repeats": 3}
+SUITE_DEFAULTS = {"peers": {"seconds": 10.0, "repeats": 2}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("suites", nargs="*", metavar="suite", help=f"one of {', '.join(SUITES)} (default: all)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="wrk duration per point (default 3)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per point; medians are reported (default 3)")
+    parser.add_argument("--seconds", type=float, default=None, help="wrk duration per point (default 3; peers 10)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs per point; medians are reported (default 3; peers 2)"
+    )
     parser.add_argument(
         "--models", nargs="+", default=["logistic", "gbm"], choices=["logistic", "gbm"],
         help="demo models to serve (default: both)",
@@ -95,11 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in chosen:
         print(f"running the {name} suite…", file=sys.stderr, flush=True)
-        report = SUITES[name](args)
+        report = SUITES[name](_with_defaults(args, name))
         path = write_results(name, report)
         print(report)
         print(f"(written to {path})", file=sys.stderr)
     return 0
+
+
+def _with_defaults(args: argparse.Namespace, suite: str) -> argparse.Namespace:
+    """``args`` with what was not given filled in by the suite's defaults."""
+    filled = argparse.Namespace(**vars(args))
+    for key, value in {**DEFAULTS, **SUITE_DEFAULTS.get(suite, {})}.items():
+        if getattr(filled, key) is None:
+            setattr(filled, key, value)
+    return filled
 
 
 if __name__ == "__main__":

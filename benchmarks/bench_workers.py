@@ -20,18 +20,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from benchmarks.contest import Arena
 from benchmarks.harness import (
     Series,
     Server,
-    child_pids,
     environment_notes,
     fmt_ms,
     fmt_rps,
     markdown_table,
     run_matrix,
+    tree_memory,
 )
 from benchmarks.models import DEMO_MODELS
 
@@ -99,12 +98,7 @@ def _wait_all_workers(server: Server, timeout: float = 120.0) -> None:
 
 def _rss_mib(server: Server) -> float:
     """Resident memory of a server's process and its children, MiB."""
-    total = 0
-    for pid in (server.process.pid, *child_pids(server.process.pid)):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024
+    return tree_memory(server.process.pid).rss / 2**20
 
 
 def _cell(series: Series) -> str:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -68,17 +68,19 @@ def in_process(model: Any, x: Any, seconds: float) -> InProcess:
 
 
 class Arena:
-    """The demo models in a temporary home and the servers started on it."""
+    """The demo models (or those ``prepare`` registers) in a temporary home and the servers
+    started on it."""
 
     def __init__(
         self,
         models: Sequence[DemoModel] = DEMO_MODELS,
         outputs: tuple[str, ...] | None = ("predict_proba",),
+        prepare: Callable[[Path], Any] = prepare_home,
     ) -> None:
         self.models = list(models)
         self.workdir = Path(tempfile.mkdtemp(prefix="stalwart-bench-"))
         self.home = self.workdir / "home"
-        self.x_test = prepare_home(self.home)
+        self.x_test = prepare(self.home)
         self.body = infer_body(self.x_test[0], outputs)
         self.script = lua_script(self.workdir, self.body)
         self.servers: dict[str, Server] = {}
@@ -107,12 +109,16 @@ class Arena:
         self.servers[name] = server
         return server
 
-    def add_minimal(self) -> Server:
+    def add_minimal(self, model_file: Path | None = None) -> Server:
+        """The minimal endpoint on this home's models, or on ``model_file`` (joblib) alone."""
         port = free_port()
+        env = {"BENCH_HOME": str(self.home)}
+        if model_file is not None:
+            env["BENCH_MODEL_FILE"] = str(model_file)
         server = start_server(
             MINIMAL,
             uvicorn_command("benchmarks.minimal_app:create_app", port),
-            bench_env({"BENCH_HOME": str(self.home)}),
+            bench_env(env),
             self.workdir,
         )
         self.servers[MINIMAL] = server

@@ -69,13 +69,19 @@ class Server:
         raise RuntimeError(f"{self.name} was not ready in {timeout:.0f} s:\n{tail}")
 
     def stop(self) -> None:
+        """SIGTERM (SIGKILL after 15 s); then SIGKILL whatever the server had started that
+        outlived it (a worker process it did not reap)."""
         if self.process.poll() is None:
+            children = descendants(self.process.pid)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -92,14 +98,19 @@ def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_server(name: str, argv: Sequence[str], env: Mapping[str, str], workdir: Path) -> Server:
+def start_server(
+    name: str, argv: Sequence[str], env: Mapping[str, str], workdir: Path, *, port: int | None = None
+) -> Server:
+    """Start ``argv`` in ``workdir``, output to ``<name>.log``; the server's port is ``port``
+    or else the one after ``--port`` in ``argv``."""
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             list(argv), env=dict(env), stdout=out, stderr=subprocess.STDOUT, cwd=workdir
         )
     # The port is chosen before the server binds it; a clash shows up as a failed start.
-    port = int(argv[argv.index("--port") + 1])
+    if port is None:
+        port = int(argv[argv.index("--port") + 1])
     return Server(name, port, process, log)
 
 
@@ -142,6 +153,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int  # non-2xx responses plus socket errors
+    non2xx: int = 0  # of which answers with a status other than 2xx or 3xx
 
     @property
     def ok(self) -> bool:
@@ -166,14 +178,15 @@ def parse_wrk(output: str) -> WrkResult:
     total = re.search(r"^\s*(\d+) requests in", output, re.M)
     if not (p50 and p99 and rps and total):
         raise RuntimeError(f"cannot read wrk's output:\n{output}")
-    errors = 0
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    if non2xx:
-        errors += int(non2xx.group(1))
+    statuses = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    non2xx = int(statuses.group(1)) if statuses else 0
+    errors = non2xx
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     if sock:
         errors += sum(int(g) for g in sock.groups())
-    return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)), errors)
+    return WrkResult(
+        float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)), errors, non2xx
+    )
 
 
 def lua_script(workdir: Path, body: bytes) -> Path:
@@ -217,7 +230,7 @@ class Series:
 
     runs: list[WrkResult] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
-    cpu_us: list[float] = field(default_factory=list)  # server CPU per request, all threads
+    cpu_us: list[float] = field(default_factory=list)  # server CPU per request, all threads and child processes
 
     def add(self, result: WrkResult) -> None:
         self.runs.append(result)
@@ -250,6 +263,10 @@ class Series:
         return sum(r.errors for r in self.runs)
 
     @property
+    def non2xx(self) -> int:
+        return sum(r.non2xx for r in self.runs)
+
+    @property
     def spread(self) -> float:
         """(max - min) / median of requests/s over the repeats, as a noise indicator."""
         values = [r.requests_per_s for r in self.runs]
@@ -262,8 +279,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def environment_notes(duration: float, repeats: int) -> str:
-    """What a reader needs to judge the figures: machine, pins, client placement, method."""
+def environment_notes(duration: float, repeats: int, servers: str = "uvicorn") -> str:
+    """What a reader needs to judge the figures: machine, pins, client placement, method
+    (``servers``: what serves the contestants, uvicorn unless said)."""
     try:
         load = os.getloadavg()
         load_text = f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
@@ -281,7 +299,7 @@ def environment_notes(duration: float, repeats: int) -> str:
         f"- machine: {platform.machine()} {cores} cores, Python {platform.python_version()}, "
         f"load average at start {load_text} (the machine may be shared)",
         f"- numeric threads pinned: {', '.join(f'{k}=1' for k in PINNED_THREADS)}",
-        f"- servers: uvicorn, one worker, loop/http auto ({', '.join(loops)}), loopback only",
+        f"- servers: {servers}, one worker, loop/http auto ({', '.join(loops)}), loopback only",
         f"- client: wrk -t1 --timeout 10s --latency, one row per request, {duration:g} s per "
         f"point, median of {repeats} runs, contestants interleaved",
         f"- the client shares the machine: wrk's one thread takes up to one of the {cores} "
@@ -343,12 +361,12 @@ def run_matrix(
         for connections in concurrencies:
             for (contestant, model), target in targets.items():
                 before = probe(target) if probe else (0.0, 0.0)
-                cpu_before = process_cpu(target.server.process.pid)
+                cpu_before = tree_cpu(target.server.process.pid)
                 result = wrk(
                     target.server.url + target.path, target.script,
                     connections=connections, seconds=seconds,
                 )
-                cpu = process_cpu(target.server.process.pid) - cpu_before
+                cpu = tree_cpu(target.server.process.pid) - cpu_before
                 series = results.setdefault((contestant, model, connections), Series())
                 series.add(result)
                 if result.requests:
@@ -384,21 +402,63 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process and its live children (the
-    workers of ``stalwart serve --workers N``) have used so far."""
+    """CPU seconds (user + system, every thread) one process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / _TICKS
-    for child in child_pids(pid):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            total += process_cpu(child)
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs, that are alive now."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited while we looked
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        found += children
+        pending += children
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds a process and its live descendants have used so far (a server that runs
+    its model in worker processes, as MLServer does, is charged for them)."""
+    total = 0.0
+    for each in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError):
+            total += process_cpu(each)
     return total
 
 
-def child_pids(pid: int) -> list[int]:
-    """The process ids of the live children of ``pid`` (every thread's)."""
-    children: list[int] = []
-    with contextlib.suppress(FileNotFoundError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                children += [int(c) for c in (task / "children").read_text().split()]
-    return children
+@dataclass(frozen=True)
+class Memory:
+    """Resident memory of a process and its live descendants, bytes: now (``VmRSS``), and the
+    sum of each one's own peak (``VmHWM``; at least the tree's peak, shared pages counted in
+    each process)."""
+
+    rss: int
+    peak: int
+
+
+def tree_memory(pid: int) -> Memory:
+    rss = peak = 0
+    for each in (pid, *descendants(pid)):
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        rss += _kib(fields.get("VmRSS", "0 kB"))
+        peak += _kib(fields.get("VmHWM", "0 kB"))
+    return Memory(rss, peak)
+
+
+def _kib(text: str) -> int:
+    return int(text.split()[0]) * 1024

@@ -1,9 +1,12 @@
-"""The demo's two models, trained and registered the way ``stalwart demo`` does it, and
-the test model of the shedding benchmark.
+"""The demo's two models, trained and registered the way ``stalwart demo`` does it, issue
+15's peer workload, and the test model of the shedding benchmark.
 
 ``prepare_home`` builds a ``STALWART_HOME`` with ``breast-cancer`` version 1 (a scaled
 logistic regression pipeline) and version 2 (a gradient-boosted classifier), the recipes
 of :mod:`stalwart.cli.demo`, so the benchmarks measure the models a newcomer first serves.
+``prepare_peer_home`` builds one with only ``breast-cancer`` version 1 a scikit-learn
+``HistGradientBoostingClassifier``: the workload on which Stalwart is compared with other
+servers.
 """
 
 from __future__ import annotations
@@ -68,6 +71,40 @@ def prepare_home(home: Path) -> Any:
     return x_test
 
 
+PEER_MODEL = DemoModel("hist-gbm", "HistGradientBoostingClassifier (scikit-learn defaults)", 1)
+
+
+def prepare_peer_home(home: Path) -> Any:
+    """Train issue 15's workload, a ``HistGradientBoostingClassifier`` on the demo's
+    breast-cancer split, and register it alone under ``home`` (version 1); returns the test
+    rows."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from stalwart.config import Settings
+    from stalwart.registry import Registry
+
+    x_train, x_test, y_train, _ = _data()
+    model = HistGradientBoostingClassifier(random_state=7).fit(x_train, y_train)
+    registry = Registry.open(Settings(home=home))
+    try:
+        registry.register(MODEL, model, sample=x_train[:50])
+    finally:
+        registry.db.dispose()
+    return x_test
+
+
+def registered_versions(home: Path) -> list[int]:
+    """The versions of the benchmark's model registered under ``home``, oldest first."""
+    from stalwart.config import Settings
+    from stalwart.registry import Registry
+
+    registry = Registry.open(Settings(home=home))
+    try:
+        return [mv.version for mv in registry.versions(MODEL)]
+    finally:
+        registry.db.dispose()
+
+
 def load_estimator(home: Path, version: int) -> Any:
     """The scikit-learn estimator a server loads for ``version``, read through the registry
     (sha256-verified, skops), so every contestant calls the very same object."""
@@ -96,7 +133,10 @@ def infer_body(row: Any, outputs: tuple[str, ...] | None = ("predict_proba",)) -
     return json.dumps(body).encode()
 
 
-def infer_path(version: int) -> str:
+def infer_path(version: int | None) -> str:
+    """The OIP infer path of ``version`` (None: the model's own path, its latest version)."""
+    if version is None:
+        return f"/v2/models/{MODEL}/infer"
     return f"/v2/models/{MODEL}/versions/{version}/infer"
 
 

@@ -143,3 +143,36 @@ class Picky:
             raise ValueError("value too large; secret=/etc/shadow")
         result: np.ndarray[Any, Any] = matrix.sum(axis=1)
         return result
+
+
+class Ballast:
+    """Holds ``n`` random float64 values (8n bytes, all resident: random, not zeros, which
+    the system would map lazily) and answers each row's sum plus ``offset``, so an answer
+    says which version gave it. Registered with ``trust_pickle=True``: its array loads in
+    milliseconds (the JSON artifact of a python-flavor array takes a tenth of a second per
+    megabyte), and the memory-budget tests load versions hundreds of times."""
+
+    def __init__(self, n: int, offset: float, seed: int = 0) -> None:
+        self.weights = np.random.default_rng(seed).random(n)
+        self.offset = float(offset)
+
+    def predict(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        result: np.ndarray[Any, Any] = np.asarray(x, dtype=np.float64).sum(axis=1) + self.offset
+        return result
+
+
+class SlowToLoad:
+    """A model whose loading takes ``delay`` seconds (its pickle's ``__setstate__`` sleeps)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import time
+
+        time.sleep(state["delay"])
+        self.__dict__.update(state)
+
+    def predict(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        result: np.ndarray[Any, Any] = np.asarray(x, dtype=np.float64).sum(axis=1)
+        return result

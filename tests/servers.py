@@ -1,4 +1,5 @@
-"""A real uvicorn server on a free loopback port, for tests that speak HTTP."""
+"""A real server (uvicorn, or granian with STALWART_SERVER=granian) on a free loopback port,
+for tests that speak HTTP."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 
 from stalwart.config import Settings
 from stalwart.registry import Registry
 from stalwart.serving.app import create_app
-from stalwart.serving.transport import server_config
+from stalwart.serving.server import build_server
 
 
 @dataclass
@@ -41,12 +41,11 @@ def free_port() -> int:
 
 @contextmanager
 def start_server(settings: Settings, registry: Registry | None = None, app: Any = None, *, wait_ready: bool = True) -> Iterator[LiveServer]:
-    """Run the app under uvicorn in a thread until the block exits."""
+    """Run the app under ``settings.server`` in a thread until the block exits."""
     app = app if app is not None else create_app(settings, registry=registry)
     port = free_port()
-    # The same protocol, timeouts and limits as `stalwart serve`.
-    config = server_config(app, settings, host="127.0.0.1", port=port, lifespan="on")
-    server = uvicorn.Server(config)
+    # The same server, protocol, timeouts and limits as `stalwart serve`.
+    server = build_server(app, settings, host="127.0.0.1", port=port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -66,5 +65,5 @@ def start_server(settings: Settings, registry: Registry | None = None, app: Any 
         yield LiveServer(url, app, client)
     finally:
         client.close()
-        server.should_exit = True
+        server.stop()
         thread.join(timeout=15)

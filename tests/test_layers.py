@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "stalwart.config": 0,
     "stalwart.pipeline": 0,
     "stalwart.durations": 0,
+    "stalwart.sizes": 0,
     "stalwart.hashing": 0,
     "stalwart._version": 0,
     "stalwart._optional": 0,

@@ -17,15 +17,39 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stalwart.errors import ConfigError
+from stalwart.sizes import parse_bytes
 
-__all__ = ["Settings", "is_module_path", "load_settings", "private_dir"]
+__all__ = ["ModelLimits", "Settings", "is_module_path", "load_settings", "private_dir"]
 
 _TOKEN_FILE = "admin_token"  # noqa: S105 - a file name, not a secret
 _PREDICTION_KEY_FILE = "prediction_log_key"
+
+
+def _default_model_threads() -> int:
+    return min(8, (os.cpu_count() or 1) + 2)
+
+
+class ModelLimits(BaseModel):
+    """One model's own thread and concurrency limits (``STALWART_MODEL_LIMITS``); a field
+    left out takes the server-wide setting."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threads: int | None = Field(default=None, ge=1, le=256, description="threads of each of its versions' model executor")
+    omp_threads: int | None = Field(default=None, ge=1, le=256, description="OpenMP threads per model thread")
+    max_calls: int | None = Field(default=None, ge=1, le=1_000_000, description="calls one version may have in flight")
 
 
 class Settings(BaseSettings):
@@ -60,12 +84,18 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, description="a request's whole body must arrive within this of its headers (else 408)"
     )
+    server: Literal["uvicorn", "granian"] = Field(
+        default="uvicorn", description="the HTTP server under the app: uvicorn (httptools) or granian (the granian extra)"
+    )
     max_connections: int = Field(
         default=2048, ge=1, description="open connections (and requests in flight) beyond which requests get 503"
     )
     workers: int = Field(
         default=1, ge=1, le=256,
         description="server processes sharing the port (SO_REUSEPORT) under one supervisor; 1: the server is this process",
+    )
+    graceful_shutdown_seconds: float = Field(
+        default=10.0, gt=0, description="on SIGTERM, requests in flight get this long to finish; then they are cancelled"
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -82,6 +112,27 @@ class Settings(BaseSettings):
     )
     gc_freeze: bool = Field(
         default=True, description="keep objects loaded at start out of the garbage collector's scans"
+    )
+    # Resources (stalwart.serving.residency): memory, threads and calls per model version.
+    model_memory: int | None = Field(
+        default=None,
+        description=(
+            "memory the loaded model versions may use together, bytes or 2GiB-style; past it the least "
+            "recently used idle version is unloaded (unset: no limit)"
+        ),
+    )
+    model_threads: int = Field(
+        default_factory=_default_model_threads, ge=1, le=256,
+        description="threads of each loaded version's model executor (default: cores + 2, at most 8)",
+    )
+    model_omp_threads: int = Field(default=1, ge=1, le=256, description="OpenMP threads per model thread")
+    model_max_calls: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="calls one model version may have in flight (queued for or in its model call); more get 503 (unset: no limit)",
+    )
+    model_limits: dict[str, ModelLimits] = Field(
+        default_factory=dict,
+        description='per-model threads, omp_threads and max_calls, as JSON: {"big-model": {"threads": 2, "max_calls": 32}}',
     )
     batching: bool = Field(default=True, description="batch concurrent requests per model version")
     max_batch_size: int = Field(default=64, ge=1, le=1_000_000, description="rows per batched model call")
@@ -187,6 +238,35 @@ class Settings(BaseSettings):
                 if not isinstance(name, str) or not is_module_path(name):
                     raise ValueError(f"{name!r} is not a module name (like 'mypkg' or 'mypkg.models')")
         return value
+
+    @field_validator("model_memory", mode="before")
+    @classmethod
+    def _parse_memory(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        try:
+            return parse_bytes(value, "size")
+        except ConfigError as exc:
+            raise ValueError(exc.message.removeprefix("size: ")) from None
+
+    @model_validator(mode="after")
+    def _workers_need_uvicorn(self) -> Settings:
+        if self.workers > 1 and self.server != "uvicorn":
+            # Workers share one port through SO_REUSEPORT sockets that we bind and hand to
+            # uvicorn; granian has worker processes of its own, which would not share our
+            # supervisor, metrics directory or spool rules.
+            raise ValueError("workers > 1 runs uvicorn workers: set STALWART_SERVER=uvicorn, or STALWART_WORKERS=1")
+        return self
+
+    def limits_for(self, model: str) -> ModelLimits:
+        """The thread and call limits in effect for ``model``'s versions: its own
+        ``STALWART_MODEL_LIMITS`` entry, the server-wide settings for what it leaves out."""
+        own = self.model_limits.get(model)
+        return ModelLimits(
+            threads=own.threads if own is not None and own.threads is not None else self.model_threads,
+            omp_threads=own.omp_threads if own is not None and own.omp_threads is not None else self.model_omp_threads,
+            max_calls=own.max_calls if own is not None and own.max_calls is not None else self.model_max_calls,
+        )
 
     @field_validator("alert_webhooks", mode="before")
     @classmethod

@@ -43,6 +43,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import time
 from fractions import Fraction
 from typing import Annotated
 
@@ -50,7 +51,7 @@ from pydantic import BeforeValidator
 
 from stalwart.errors import ConfigError
 
-__all__ = ["NS", "Duration", "Seconds", "format_duration", "parse_ns", "parse_seconds"]
+__all__ = ["NS", "Duration", "Seconds", "epoch_span", "format_duration", "parse_ns", "parse_seconds"]
 
 NS = 1_000_000_000
 """Nanoseconds in a second."""
@@ -163,3 +164,23 @@ def _seconds_field(value: object) -> object:
 Seconds = Annotated[float, BeforeValidator(_seconds_field)]
 """A pydantic field of float seconds that accepts every spelling of :func:`parse_seconds`.
 Bounds (``gt=0``, ``ge=0``) are the field's own."""
+
+
+def epoch_span(since: dt.datetime | float, until: dt.datetime | float | None) -> tuple[int, int]:
+    """``since`` and ``until`` (aware datetimes or seconds since the epoch; ``until`` None:
+    now) as whole seconds, rounded up; ConfigError when they are not times or out of order."""
+    lo = _epoch_seconds(since, "since")
+    hi = _epoch_seconds(until, "until") if until is not None else time.time()
+    if hi < lo:
+        raise ConfigError(f"until ({hi}) is before since ({lo}); give since <= until")
+    return math.ceil(lo), math.ceil(hi)
+
+
+def _epoch_seconds(value: dt.datetime | float, name: str) -> float:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ConfigError(f"{name} is a naive datetime; give it a timezone (datetime.now(UTC))")
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ConfigError(f"{name} must be a datetime or seconds since the epoch, not {value!r}")

@@ -31,6 +31,7 @@ says what went wrong *and* what to do next.
     ├── NotFound                    a source or feature set the request names is not in the project
     ├── AuthError                   a control-plane call without a valid bearer token
     ├── NotReady                    the server or a model is still loading
+    │   └── MemoryBudgetExceeded    a model version does not fit in STALWART_MODEL_MEMORY
     ├── FeatureError                a feature source or transform failed
     ├── CacheUnavailable            a shared cache tier (Redis) cannot be used; the cache falls
     │                               through to the next tier, so this never reaches a client
@@ -64,6 +65,7 @@ __all__ = [
     "FlavorError",
     "IllegalStateTransition",
     "InvalidFeedback",
+    "MemoryBudgetExceeded",
     "MissingExtraError",
     "ModelError",
     "ModelInputError",
@@ -254,7 +256,19 @@ class RolloutConflict(StalwartError):
 
 
 class NotReady(StalwartError):
-    """The server or the model is not ready to serve yet."""
+    """The server or the model is not ready to serve yet; ``retry_after`` (seconds), when
+    known, is how long a retry had best wait."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class MemoryBudgetExceeded(NotReady):
+    """Loading a model version would take the loaded versions past the memory budget
+    (``STALWART_MODEL_MEMORY``), even after unloading every idle one. ``retry_after`` is
+    None when the version is larger than the whole budget (no retry can help: raise the
+    budget), else seconds after which versions busy now may have become idle."""
 
 
 class FeatureError(StalwartError):

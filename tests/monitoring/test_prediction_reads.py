@@ -18,15 +18,16 @@ from stalwart.monitoring.records import Chain, PredictionRecord, encode_record
 from stalwart.monitoring.sinks.sql import SqlSink
 from tests.monitoring.records_factory import full_record
 
-NOW = time.time_ns()
+NOW = time.time_ns()  # parse_time's cases pass it as now_ns: any instant does
 
 
 @pytest.fixture
 def logged(any_db_settings: Settings) -> tuple[Settings, list[PredictionRecord]]:
     """Six records over the last three hours, one every 30 minutes (newest last)."""
     chain = Chain("replica-a")
+    now = time.time_ns()  # the test's own now, not the collection's: a long suite runs minutes before it
     records = [
-        chain.link(full_record(i, time_ns=NOW - (5 - i) * 1_800 * NS, status=200 if i % 2 else 500, error=None if i % 2 else "ModelError"))
+        chain.link(full_record(i, time_ns=now - (5 - i) * 1_800 * NS, status=200 if i % 2 else 500, error=None if i % 2 else "ModelError"))
         for i in range(6)
     ]
     records[3] = Chain("replica-b").link(full_record(3, time_ns=records[3].time_ns, deployment="churn", degraded="default", degraded_reason="timeout"))

@@ -47,7 +47,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(served: Liv
     documented = _documented_operations(document)
     assert served_ops - documented == set(), "routes missing from /openapi.json"
     assert documented - served_ops == set(), "documented routes the server does not have"
-    assert len(served_ops) == 25  # with the routes and rollout endpoints of /v1/deployments/{name}
+    assert len(served_ops) == 26  # with the routes and rollout endpoints of /v1/deployments/{name}, and /v1/resources
 
 
 def test_the_document_is_valid_openapi_3_1(document: dict[str, object]) -> None:

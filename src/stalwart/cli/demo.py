@@ -39,13 +39,12 @@ class _Trained:
 def run_demo(*, once: bool, port: int, home: Path) -> int:
     """Run the tour; returns the process exit code."""
     import numpy as np
-    import uvicorn
 
     from stalwart.config import Settings
     from stalwart.monitoring.logs import configure_logging
     from stalwart.registry import Registry
     from stalwart.serving.app import create_app
-    from stalwart.serving.transport import server_config
+    from stalwart.serving.server import build_server
 
     if home.exists():
         shutil.rmtree(home)
@@ -82,7 +81,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         console.print(f"port {port} is taken; using {fallback}")
         port = fallback
     app = create_app(settings, registry=registry, project=fraud.project if fraud else None)
-    server = uvicorn.Server(server_config(app, settings, port=port))
+    server = build_server(app, settings, port=port)
     thread = threading.Thread(target=server.run, name="stalwart-demo-server", daemon=True)
     thread.start()
     base = f"http://{settings.host}:{port}"
@@ -96,7 +95,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         console.print("\n[green]demo OK[/]" if ok else "\n[red]demo FAILED: see the responses above[/]")
     finally:
         if once:
-            server.should_exit = True
+            server.stop()
             thread.join(timeout=10)
     if once:
         return 0 if ok else 1
@@ -105,7 +104,7 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
         while thread.is_alive():
             thread.join(timeout=0.5)
     except KeyboardInterrupt:
-        server.should_exit = True
+        server.stop()
         thread.join(timeout=10)
     return 0 if ok else 1
 

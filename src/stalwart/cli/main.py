@@ -71,17 +71,21 @@ def serve(
         raise typer.Exit(run_workers(settings))
 
     from stalwart.serving.app import create_app
-    from stalwart.serving.transport import run_server
+    from stalwart.serving.server import build_server
 
     app_ = create_app(settings)
+    # Built before the log line: a server that is not installed is an error naming its extra.
+    server = build_server(app_, settings)
     get_logger("stalwart.cli").info(
         "serving",
         url=f"http://{settings.host}:{settings.port}",
+        server=settings.server,
         registry=app_.state.registry.db.describe(),
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,
     )
-    # Timeouts, keep-alive and the connection limit from STALWART_* (serving/transport.py).
-    if not run_server(app_, settings):  # as uvicorn.run: the port was taken, or the lifespan failed
+    # Timeouts, keep-alive and the connection limit from STALWART_* (serving/server.py).
+    server.run()
+    if not server.started:  # the port was taken, or the lifespan failed
         raise typer.Exit(3)
 
 

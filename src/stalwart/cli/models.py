@@ -12,6 +12,7 @@ from rich.table import Table
 from stalwart.cli.output import console, fail
 from stalwart.config import load_settings
 from stalwart.registry import Registry
+from stalwart.sizes import format_bytes
 
 models_app = typer.Typer(help="Register and inspect model versions.", no_args_is_help=True)
 
@@ -64,13 +65,18 @@ def register(
 
 @models_app.command("list")
 def list_models() -> None:
-    """Every registered model and its versions."""
-    table = Table("model", "latest", "versions", "registered")
-    for summary in _registry().models():
+    """Every registered model and its versions, with each version's memory as a server
+    last measured it at load (an estimate: the process's growth across the load)."""
+    registry = _registry()
+    memory = registry.memory.all()
+    table = Table("model", "latest", "versions", "memory (last measured)", "registered")
+    for summary in registry.models():
+        measured = [f"{v}: {format_bytes(memory[(summary.name, v)].bytes)}" for v in summary.versions if (summary.name, v) in memory]
         table.add_row(
             summary.name,
             str(summary.latest_version),
             ", ".join(map(str, summary.versions)),
+            ", ".join(measured) or "-",
             _when(summary.created_at),
         )
     console.print(table)
@@ -82,9 +88,13 @@ def show(
     version: Annotated[int | None, typer.Option(help="version (default: latest)")] = None,
 ) -> None:
     """One version's record: artifact, signature, metrics, tags."""
-    mv = _registry().get(name, version)
+    registry = _registry()
+    mv = registry.get(name, version)
     console.print(f"[bold]{mv.ref}[/]  flavor={mv.flavor}  registered {_when(mv.created_at)}")
     console.print(f"artifact  {mv.artifact_file}  ({mv.artifact_size} bytes)")
+    measured = registry.memory.get(mv.name, mv.version)
+    if measured is not None:
+        console.print(f"memory    {format_bytes(measured.bytes)} (measured at load by {measured.replica}, {_when(measured.measured_at)})")
     console.print(f"sha256    {mv.sha256}")
     if mv.trust:
         console.print(f"[yellow]trust     {mv.trust} (explicitly trusted at registration)[/]")

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from stalwart.cli.output import console, err_console, fail
+from stalwart.cli.output import console, err_console, fail, write_output
+from stalwart.cli.window import parse_window
 from stalwart.config import Settings, load_settings
-from stalwart.durations import NS
-from stalwart.errors import ConfigError, StalwartError
-from stalwart.monitoring.prediction_reads import parse_time
+from stalwart.errors import StalwartError
 from stalwart.monitoring.report_document import ReportDocument
 
 __all__ = ["monitor_app"]
@@ -59,7 +57,7 @@ def report(
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
         else:
-            _write(output, data)
+            write_output(output, data)
             err_console.print(f"wrote {output} ({len(data) / 1024:.0f} KiB)", highlight=False)
         return
     from stalwart.monitoring.report_html import render_html
@@ -69,7 +67,7 @@ def report(
     except StalwartError as exc:  # matplotlib missing: the message names the extra
         fail(exc.message)
     path = output or Path("report.html")
-    _write(path, page)
+    write_output(path, page)
     drifted = sum(1 for c in doc.drift.columns if c.drifted)
     firing = sum(1 for a in doc.alerts if a.state == "firing")
     console.print(
@@ -110,29 +108,12 @@ def _document(
             return doc
         if deployment is None:
             raise typer.BadParameter("give --deployment NAME (or --from-json FILE to render a saved report)", param_hint="--deployment")
-        start, end = _window(since, until)
+        start, end = parse_window(since, until)
         return ReportDocument.from_dict(_build(deployment, start, end, parity_sample, project))
     except StalwartError as exc:
         fail(exc.message)
 
 
-def _window(since: str, until: str | None) -> tuple[dt.datetime, dt.datetime]:
-    now = time.time_ns()
-    start = _instant(since, "--since", now)
-    end = now if until is None else _instant(until, "--until", now)
-    if end <= start:
-        raise typer.BadParameter(f"the window is empty: --until ({_iso(end)}) is not after --since ({_iso(start)})")
-    return _datetime(start), _datetime(end)
-
-
-def _instant(value: str, what: str, now: int) -> int:
-    try:
-        ns = parse_time(value, what, now_ns=now)
-    except ConfigError as exc:
-        raise typer.BadParameter(exc.message) from None
-    if ns is None:  # parse_time gives None only for None
-        raise typer.BadParameter(f"{what}: give a duration ago or an ISO time")
-    return ns
 
 
 def _build(deployment: str, since: dt.datetime, until: dt.datetime, parity_sample: int = 0, project: Path | None = None) -> dict[str, object]:
@@ -158,19 +139,3 @@ def _live_parity(settings: Settings, deployment: str, since: dt.datetime, until:
     with err_console.status(f"live parity: recomputing {sample} logged requests"):
         found = check_live_parity(load_project(settings.project), settings, deployment, since=since, until=until, sample=sample)
     return [row.to_dict() for row in found.features]
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        path.write_bytes(data)
-    except OSError as exc:
-        fail(f"cannot write {path}: {exc.strerror}; choose another path with -o")
-
-
-def _datetime(ns: int) -> dt.datetime:
-    seconds, rest = divmod(ns, NS)
-    return dt.datetime.fromtimestamp(seconds, dt.UTC) + dt.timedelta(microseconds=rest // 1_000)
-
-
-def _iso(ns: int) -> str:
-    return _datetime(ns).isoformat().replace("+00:00", "Z")

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from stalwart.cli.output import console, err_console
+from stalwart.cli.output import console, err_console, write_output
 
 __all__ = ["rollout_app"]
 
@@ -129,7 +129,7 @@ def report(
         err_console.print(f"deployment '{name}' has had no rollout")
         raise typer.Exit(1)
     page = render(RolloutHistory.from_rows(rollout.to_dict(), store.events(rollout.id, limit=events))).encode()
-    output.write_bytes(page)
+    write_output(output, page)
     console.print(f"wrote [bold]{output}[/] ({len(page) / 1024:.0f} KiB): rollout {rollout.id}, {rollout.state}", highlight=False)
 
 

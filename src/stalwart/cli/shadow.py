@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,11 +20,10 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from stalwart.cli.output import console, err_console, fail
+from stalwart.cli.output import console, err_console, fail, write_output
+from stalwart.cli.window import parse_window
 from stalwart.config import load_settings
-from stalwart.durations import NS
-from stalwart.errors import ConfigError, StalwartError
-from stalwart.monitoring.prediction_reads import parse_time
+from stalwart.errors import StalwartError
 from stalwart.monitoring.report_markup import num as _num
 from stalwart.monitoring.report_markup import p_value as _p
 from stalwart.monitoring.report_markup import pct as _pct
@@ -50,7 +48,7 @@ def report(
     differences, McNemar and paired t-tests, latency side by side, errors."""
     import msgspec
 
-    start, end = _window(since, until)
+    start, end = parse_window(since, until)
     doc = _build(name, shadow, start, end)
     if as_json:
         data = msgspec.json.encode(doc) + b"\n"
@@ -58,7 +56,7 @@ def report(
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
         else:
-            _write(output, data)
+            write_output(output, data)
             err_console.print(f"wrote {output} ({len(data) / 1024:.0f} KiB)", highlight=False)
         return
     console.print(shadow_view(doc))
@@ -69,7 +67,7 @@ def report(
             page = render_shadow_html(doc).encode()
         except StalwartError as exc:  # matplotlib missing: the message names the extra
             fail(exc.message)
-        _write(output, page)
+        write_output(output, page)
         console.print(f"wrote [bold]{output}[/] ({len(page) / 1024:.0f} KiB)", highlight=False)
 
 
@@ -158,34 +156,8 @@ def _build(name: str, shadow: str | None, start: dt.datetime, end: dt.datetime) 
         fail(exc.message)
 
 
-def _window(since: str, until: str | None) -> tuple[dt.datetime, dt.datetime]:
-    now = time.time_ns()
-    start, end = _instant(since, "--since", now), now if until is None else _instant(until, "--until", now)
-    if end <= start:
-        raise typer.BadParameter("the window is empty: --until is not after --since")
-    return _datetime(start), _datetime(end)
 
 
-def _instant(value: str, what: str, now: int) -> int:
-    try:
-        ns = parse_time(value, what, now_ns=now)
-    except ConfigError as exc:
-        raise typer.BadParameter(exc.message) from None
-    if ns is None:
-        raise typer.BadParameter(f"{what}: give a duration ago or an ISO time")
-    return ns
-
-
-def _datetime(ns: int) -> dt.datetime:
-    seconds, rest = divmod(ns, NS)
-    return dt.datetime.fromtimestamp(seconds, dt.UTC) + dt.timedelta(microseconds=rest // 1_000)
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        path.write_bytes(data)
-    except OSError as exc:
-        fail(f"cannot write {path}: {exc.strerror}; choose another path with -o")
 
 
 def _ms(seconds: float | None) -> str:

@@ -46,7 +46,6 @@ idempotent.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import threading
@@ -63,6 +62,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import Connection, and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from stalwart.durations import epoch_span
 from stalwart.errors import ConfigError, StalwartError
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.metrics import gauge_function
@@ -346,7 +346,7 @@ def read_profiles(
     named), oldest first. Times are aware datetimes or seconds since the epoch; bucket
     starts come back as UTC datetimes. ``granularity`` None picks one by the span: minutes
     up to 6 hours, hours up to 14 days, days beyond."""
-    lo, hi = _span(since, until)
+    lo, hi = epoch_span(since, until)
     if granularity is None:
         span = hi - lo
         granularity = "minute" if span <= 6 * 3600 else "hour" if span <= 14 * 86400 else "day"
@@ -392,7 +392,7 @@ def merged_profile(
         ):
             _merge_into(total, profile)
         return total
-    lo, hi = _span(since, until)
+    lo, hi = epoch_span(since, until)
     lo, hi = -(-lo // 60) * 60, -(-hi // 60) * 60
     total = Profile()
     for _bucket, profile in _select(database, deployment, _cover(lo, hi), variant, model, version):
@@ -610,22 +610,6 @@ def _merge_into(into: Profile, other: Profile) -> None:
     into.rows += other.rows
 
 
-def _span(since: datetime | float, until: datetime | float | None) -> tuple[int, int]:
-    lo = _seconds(since, "since")
-    hi = _seconds(until, "until") if until is not None else time.time()
-    if hi < lo:
-        raise ConfigError(f"until ({hi}) is before since ({lo}); give since <= until")
-    return math.ceil(lo), math.ceil(hi)
-
-
-def _seconds(value: datetime | float, name: str) -> float:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ConfigError(f"{name} is a naive datetime; give it a timezone (datetime.now(UTC))")
-        return value.timestamp()
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    raise ConfigError(f"{name} must be a datetime or seconds since the epoch, not {value!r}")
 
 
 def _step(granularity: str) -> int:

@@ -19,6 +19,7 @@ plain in-memory floats and a scrape reads this process's registry, as always.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,15 @@ def gauge_function(gauge: Gauge, read: Callable[[], float]) -> None:
         gauge.set_function(read)
     else:
         _SAMPLED.append((gauge, read))
+
+
+def stop_gauge_function(gauge: Gauge) -> None:
+    """``gauge`` no longer reads the function :func:`gauge_function` gave it, nor keeps it
+    (and what it reads) alive."""
+    if multiprocess_dir() is None:
+        gauge.set_function(_nothing)
+    else:
+        _SAMPLED[:] = [(sampled, read) for sampled, read in _SAMPLED if sampled is not gauge]
 
 
 def sample() -> None:
@@ -124,6 +134,26 @@ class ServingMetrics:
         )
         self.model_load_failures = Counter(
             "stalwart_model_load_failures", "Model versions that failed to load", ("model", "version"), registry=r
+        )
+        # Resources (stalwart.serving.residency): a loaded version's series is removed when
+        # it is unloaded, so the gauge sums to what is loaded now.
+        self.model_memory = Gauge(
+            "stalwart_model_memory_bytes",
+            "Memory of each loaded model version: the process's RSS growth across its load (an estimate)",
+            ("model", "version"),
+            registry=r,
+        )
+        self.model_memory_budget = Gauge(
+            "stalwart_model_memory_budget_bytes", "The loaded versions' memory budget (STALWART_MODEL_MEMORY); absent: no limit", registry=r
+        )
+        self.model_evictions = Counter(
+            "stalwart_model_evictions", "Idle model versions unloaded to make room for another within the memory budget",
+            ("model", "version"), registry=r,
+        )
+        self.model_memory_refusals = Counter(
+            "stalwart_model_memory_refusals",
+            "Model loads refused by the memory budget: too_large (more than the whole budget) or busy (versions serving requests fill it)",
+            ("model", "reason"), registry=r,
         )
         self._request_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -198,6 +228,16 @@ class BatchMetrics:
             "stalwart_batch_failures", "Batched model calls that failed", labels, registry=r
         )
 
+    def forget(self, model: str, version: str) -> None:
+        """Drop the version's queue gauge (its batcher closed): the gauge reads the batcher,
+        which must not be kept alive by the metrics once its version is unloaded."""
+        # set_function leaves the child and its sampling closure in a reference cycle, which
+        # only a full collection frees (never, once gc.freeze() froze it): point it at a
+        # function that holds nothing before letting the child go.
+        stop_gauge_function(self.queue_rows.labels(model, version))
+        with contextlib.suppress(KeyError):
+            self.queue_rows.remove(model, version)
+
     def series(self, model: str, version: str, queued_rows: Callable[[], float]) -> BatchSeries:
         """The series of one model version; the queue gauge reads ``queued_rows`` when scraped."""
         gauge_function(self.queue_rows.labels(model, version), queued_rows)
@@ -208,6 +248,10 @@ class BatchMetrics:
             model_time=self.model_time.labels(model, version),
             failures=self.failures.labels(model, version),
         )
+
+
+def _nothing() -> float:
+    return 0.0
 
 
 class ResilienceMetrics:

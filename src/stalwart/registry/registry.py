@@ -25,6 +25,7 @@ from stalwart.errors import ConfigError, FlavorError, ModelNotFound, VersionNotF
 from stalwart.registry.artifacts import ArtifactStore
 from stalwart.registry.audit import AuditEvent, append_event, process_actor, query_events
 from stalwart.registry.flavors import LoadPolicy, Predictor, detect_flavor, get_flavor
+from stalwart.registry.memory import MemoryRecords
 from stalwart.registry.schemas import SchemaStore, learn_from_sample
 from stalwart.registry.signature import Signature, sample_arrays
 from stalwart.storage import Database
@@ -81,6 +82,7 @@ class Registry:
         self.db = db
         self.artifacts = artifacts
         self.schemas = SchemaStore(db)
+        self.memory = MemoryRecords(db)  # each version's memory as last measured at load
         self.policy = policy if policy is not None else LoadPolicy()
 
     @classmethod

@@ -17,7 +17,6 @@ KLL sketch's rank error), and keep per-minute counts for plots over time.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from stalwart.durations import epoch_span
 from stalwart.errors import ConfigError
 from stalwart.rollout.paired import PairedReport
 from stalwart.rollout.shadow_pairs import Bucket, BucketKey, merge_models
@@ -105,7 +105,7 @@ def read_pairs(
     (``until``: now), merged across replicas and minutes, by shadow name. Times are aware
     datetimes or seconds since the epoch. More than :data:`MAX_ROWS_READ` rows in the range
     is a :class:`ConfigError` (narrow the range)."""
-    lo, hi = _span(since, until)
+    lo, hi = epoch_span(since, until)
     first, end = -(-lo // 60) * 60, -(-hi // 60) * 60
     table = t.shadow_pairs
     where = [table.c.deployment == deployment, table.c.bucket_start >= first, table.c.bucket_start < end]
@@ -176,20 +176,3 @@ def _upsert(conn: Connection, rows: list[_Row], replica: str, now: float) -> Non
             )
         )
 
-
-def _span(since: datetime | float, until: datetime | float | None) -> tuple[int, int]:
-    lo = _seconds(since, "since")
-    hi = _seconds(until, "until") if until is not None else time.time()
-    if hi < lo:
-        raise ConfigError(f"until ({hi}) is before since ({lo}); give since <= until")
-    return math.ceil(lo), math.ceil(hi)
-
-
-def _seconds(value: datetime | float, name: str) -> float:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ConfigError(f"{name} is a naive datetime; give it a timezone (datetime.now(UTC))")
-        return value.timestamp()
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    raise ConfigError(f"{name} must be a datetime or seconds since the epoch, not {value!r}")

@@ -11,9 +11,10 @@ import contextlib
 import gc
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -61,11 +62,12 @@ from stalwart.serving.openapi import openapi_document
 from stalwart.serving.policies import ServingPolicy
 from stalwart.serving.predictions import prediction_routes
 from stalwart.serving.profile_tap import ProfileTap, open_live_profiles
-from stalwart.serving.repository import LoadedModel, ModelRepository
+from stalwart.serving.repository import LoadedModel, ModelRepository, Pipeline
+from stalwart.serving.resources import resource_routes
 from stalwart.serving.responses import json_response
 from stalwart.serving.rollouts import rollout_routes
 from stalwart.serving.route_sync import RouteSync
-from stalwart.serving.runner import DirectRunner, ModelCall, one_native_thread
+from stalwart.serving.runner import DirectRunner, ModelCall, native_threads, one_native_thread
 from stalwart.serving.shadows import Shadows
 from stalwart.serving.tap import PredictionTap, open_prediction_log
 from stalwart.serving.taps import compose
@@ -123,51 +125,61 @@ def create_app(
     cache = FeatureCache.from_settings(settings, registry=metrics.registry)
     caches = bind_caches(project.feature_sets.values(), cache)
     listeners = pg_listeners([project.feature_sets[name] for name in caches], cache, settings)
-    executor = ThreadPoolExecutor(
-        max_workers=min(8, (os.cpu_count() or 1) + 2),
-        thread_name_prefix="stalwart-model",
-        initializer=one_native_thread,
-    )
-
     # Every entrypoint policy, validated once: a mistake in a deployment fails start-up.
     serving_policy = ServingPolicy.build(settings, project.deployments)
     policy = serving_policy.batching
     batch_metrics = BatchMetrics(metrics.registry) if policy.enabled else None
-    batchers: list[AdaptiveBatcher] = []
 
-    def pipeline_for(mv: ModelVersion, predictor: Predictor) -> Stage:
+    def pipeline_for(mv: ModelVersion, predictor: Predictor) -> Pipeline:
+        # Each version has an executor of its own (STALWART_MODEL_THREADS, or the model's
+        # STALWART_MODEL_LIMITS entry): unloading the version releases its threads, and a
+        # version whose calls hang holds only its own.
+        limits = settings.limits_for(mv.name)
+        threads = limits.threads or settings.model_threads
+        omp = limits.omp_threads or settings.model_omp_threads
+        prefix = f"stalwart-model-{mv.ref}"
+        own = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=prefix, initializer=native_threads, initargs=(omp,))
         if not policy.enabled:
-            return ModelCall(DirectRunner(predictor, mv.ref, executor))
+            return _owned(ModelCall(DirectRunner(predictor, mv.ref, own)), None, own, threads, limits.max_calls, prefix, omp, threads)
         batcher = AdaptiveBatcher(
-            predictor, mv.signature, mv.ref, executor, policy,
+            predictor, mv.signature, mv.ref, own, policy,
             metrics=batch_metrics, model=mv.name, version=str(mv.version),
         )
-        batchers.append(batcher)
-        return BatchCall(batcher)
+        # Closed, its queue gauge goes: the gauge reads the batcher, which the metrics must
+        # not keep alive (with its model) once the version is unloaded.
+        forget = partial(batch_metrics.forget, mv.name, str(mv.version)) if batch_metrics is not None else None
+        return _owned(BatchCall(batcher), batcher, own, threads, limits.max_calls, prefix, omp, 1, forget)
 
-    shadow_executors: list[ThreadPoolExecutor] = []
-
-    def isolated_pipeline(entry: str, loaded: LoadedModel) -> Stage:
+    def isolated_pipeline(entry: str, loaded: LoadedModel) -> Pipeline:
         # A shadow's chain: a batcher and a small executor of its own, never the version's
         # shared ones (the primary's), even for the very version the primary serves. A
         # model call that hangs holds a thread for good (Python cannot kill one): here it
         # can only hold this shadow's. No batch metrics: they would mix with the version's.
         mv = loaded.version
-        own = ThreadPoolExecutor(
-            max_workers=SHADOW_MODEL_THREADS,
-            thread_name_prefix=f"stalwart-shadow-{entry.rpartition('/')[2]}",
-            initializer=_shadow_thread,
-        )
-        shadow_executors.append(own)
+        prefix = f"stalwart-shadow-{entry.rpartition('/')[2]}"
+        own = ThreadPoolExecutor(max_workers=SHADOW_MODEL_THREADS, thread_name_prefix=prefix, initializer=_shadow_thread)
         if not policy.enabled:
-            return ModelCall(DirectRunner(loaded.predictor, mv.ref, own))
+            return _owned(ModelCall(DirectRunner(loaded.predictor, mv.ref, own)), None, own, SHADOW_MODEL_THREADS, None, prefix, 1, SHADOW_MODEL_THREADS)
         batcher = AdaptiveBatcher(loaded.predictor, mv.signature, mv.ref, own, policy)
-        batchers.append(batcher)
-        return BatchCall(batcher)
+        return _owned(BatchCall(batcher), batcher, own, SHADOW_MODEL_THREADS, None, prefix, 1, 1)
 
     validation_metrics = ValidationMetrics(metrics.registry)
     resilience_metrics = ResilienceMetrics(metrics.registry)
-    chains = Chains(registry, validation_metrics, resilience_metrics, isolated=isolated_pipeline)
+    chains = Chains(
+        registry, validation_metrics, resilience_metrics, isolated=isolated_pipeline,
+        resolve=lambda name, version, deadline: repository.get(name, version, deadline=deadline),
+        track=settings.model_memory is not None,
+    )
+
+    def routed() -> list[tuple[str, int | None]]:
+        # What deployments route to now: unloaded last when the memory budget needs room.
+        return [
+            (variant.model, variant.version)
+            for p in deployments.policies.values()
+            for variant in (p.primary, p.canary, p.fallback, *p.shadows)
+            if variant is not None
+        ]
+
     repository = ModelRepository(
         registry,
         pipeline_for,
@@ -176,7 +188,12 @@ def create_app(
         preload=settings.preload,
         on_poll=chains.refresh,
         on_loaded=_freeze_garbage if settings.gc_freeze else None,
+        on_unloaded=chains.drop,
+        memory_budget=settings.model_memory,
+        routed=routed,
     )
+    if settings.model_memory is not None:
+        metrics.model_memory_budget.set(settings.model_memory)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -227,16 +244,15 @@ def create_app(
                 _log.warning("the feature cache did not close within 5 s; going on with the shutdown")
             if tracing is not None:
                 await asyncio.to_thread(tracing.close)  # flushes buffered spans: blocking I/O
-            # Callers still queued get a clear error; nothing waits on a batch forever.
-            await asyncio.gather(*(batcher.close() for batcher in batchers))
+            # Callers still queued get a clear error; nothing waits on a batch forever. The
+            # executors are shut down without waiting: a hung model's thread is not waited for.
+            await chains.close()
+            await repository.close_pipelines()
             if predictions is not None:
                 # After the last answer: spool what is queued, deliver what the sink takes.
                 await asyncio.to_thread(predictions.close)
             if live_profiles is not None:
                 await asyncio.to_thread(live_profiles.close)  # writes the open minutes
-            executor.shutdown(wait=False, cancel_futures=True)
-            for own in shadow_executors:
-                own.shutdown(wait=False, cancel_futures=True)  # a hung shadow's thread is not waited for
             pool.dispose()
             if store is not None:
                 store.close()
@@ -297,6 +313,7 @@ def create_app(
         *feedback_routes(registry, auth, settings),
         *monitoring_routes(registry.db, frozenset(project.deployments), auth, settings),
         *rollout_routes(rollout_store, registry, project, auth, prediction_log=settings.prediction_log),
+        *resource_routes(repository, settings),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
@@ -325,6 +342,33 @@ def create_app(
     app.state.cache = cache
     app.state.alerting = alerting
     return app
+
+
+def _owned(
+    stage: Stage,
+    batcher: AdaptiveBatcher | None,
+    executor: ThreadPoolExecutor,
+    threads: int,
+    max_calls: int | None,
+    prefix: str,
+    omp_threads: int,
+    concurrency: int,
+    forget: Callable[[], None] | None = None,
+) -> Pipeline:
+    """A pipeline with what it owns: closing it closes the batcher (queued callers get
+    NotReady) and shuts the executor down without waiting (its idle threads exit; a hung
+    model's thread is not waited for)."""
+
+    async def close() -> None:
+        if batcher is not None:
+            await batcher.close()
+        if forget is not None:
+            forget()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    return Pipeline(
+        stage, close, threads=threads, omp_threads=omp_threads, max_calls=max_calls, thread_prefix=prefix, concurrency=concurrency,
+    )
 
 
 def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | None:

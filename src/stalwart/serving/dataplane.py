@@ -231,7 +231,7 @@ class DataPlane:
     async def _infer(self, call: InferCall, outcome: Outcome | None) -> Inferred:
         info = call.info
         self._require_ready()
-        loaded = await self.repository.get(call.model, call.version)
+        loaded = await self.repository.get(call.model, call.version, deadline=call.deadline)
         mv = loaded.version
         info.model, info.version = mv.name, str(mv.version)
         entry = self._model_entry(mv.name)
@@ -375,7 +375,7 @@ class DataPlane:
     ) -> Prediction:
         """One variant's answer, due by ``deadline``: its plan, its features, its chain.
         ``admission`` None: outside the shedder (a shadow)."""
-        loaded = await self.repository.get(variant.model, variant.version)
+        loaded = await self.repository.get(variant.model, variant.version, deadline=deadline)
         plan = await self.deployments.plan(policy.deployment, loaded.version)
         start = time.perf_counter()
         resolved = await plan.features.resolve(

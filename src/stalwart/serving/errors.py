@@ -89,7 +89,7 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
         if isinstance(exc, e.ModelError | e.ModelInputError) and request_id:
             message = f"{message}; the model's own message is in the server log under request {request_id}"
         retry_after = getattr(exc, "retry_after", None)
-        if isinstance(exc, e.Overloaded | e.CallNotPermitted) and retry_after is not None:
+        if isinstance(exc, e.Overloaded | e.CallNotPermitted | e.NotReady) and retry_after is not None:
             # Whole seconds, rounded up: an early retry would only be turned away again.
             headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         if isinstance(exc, e.AuthError):

@@ -339,6 +339,43 @@ _SCHEMAS: dict[str, Any] = {
             "data": {"type": "array"},
         },
     },
+    "Resources": {
+        "type": "object",
+        "required": ["process", "memory", "limits", "models", "loading"],
+        "properties": {
+            "process": {"type": "object", "description": "pid, rss_bytes (null where unreadable), threads"},
+            "memory": {
+                "type": "object",
+                "description": "budget_bytes (null: no limit), used_bytes, free_bytes, evictions and refusals since start",
+            },
+            "limits": {
+                "type": "object",
+                "description": "threads, omp_threads, max_calls and batching server-wide; models: each model's own (STALWART_MODEL_LIMITS)",
+            },
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "version", "memory_bytes", "in_flight", "threads"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "memory_bytes": {"type": "integer", "description": "RSS growth across its load: an estimate"},
+                        "measured": {"type": "boolean"},
+                        "loaded_at": {"type": "number"},
+                        "tracked": {"type": "boolean", "description": "its calls are counted (a memory budget or a call limit is set)"},
+                        "last_used_at": {"type": ["number", "null"], "description": "its latest call's start (or its load), seconds since the epoch; null when not tracked"},
+                        "in_flight": {"type": ["integer", "null"], "description": "calls in flight; null when not tracked"},
+                        "protected": {"type": "boolean", "description": "unloaded last: a deployment routes to it, or it is the latest"},
+                        "threads": {"type": "object", "description": "max (its executor), alive (now), omp (per model thread)"},
+                        "concurrency": {"type": "integer", "description": "model calls at once (1 with batching)"},
+                        "max_calls": {"type": ["integer", "null"]},
+                    },
+                },
+            },
+            "loading": {"type": "array", "items": {"type": "object"}},
+        },
+    },
     "InferenceResponse": {
         "type": "object",
         "required": ["model_name", "outputs"],
@@ -522,6 +559,10 @@ def _v1_paths() -> dict[str, Any]:
             },
         }
     }
+    control["/v1/resources"] = _get(
+        "Memory, threads and calls of the loaded model versions, against the memory budget and limits",
+        _json(ref("Resources"), "the process, the memory budget, the limits and each loaded version"), params=[], errors=(),
+    )
     answered = _json(ref("PredictResponse"), "predictions, with the model version and how they were reached")
     answered = {**answered, "headers": {**answered["headers"], **degraded_header}}
     return control | {

@@ -19,14 +19,20 @@ from stalwart.errors import ModelError, ModelInputError
 from stalwart.pipeline import Arrays, Exchange
 from stalwart.registry.flavors import Predictor
 
-__all__ = ["Blame", "DirectRunner", "ModelCall", "Runner", "call_model", "one_native_thread"]
+__all__ = ["Blame", "DirectRunner", "ModelCall", "Runner", "call_model", "native_threads", "one_native_thread"]
 
 
 def one_native_thread() -> None:
-    """Limit OpenMP to one thread in the calling thread: the model executor's initializer.
+    """:func:`native_threads` at one OpenMP thread: the default (``STALWART_MODEL_OMP_THREADS``)."""
+    native_threads(1)
+
+
+def native_threads(count: int) -> None:
+    """Limit OpenMP to ``count`` threads in the calling thread: the model executor's
+    initializer (``STALWART_MODEL_OMP_THREADS``, default 1, or a model's own limit).
 
     The server runs model calls side by side on its worker threads (and batches rows), so,
-    as the ONNX and tree flavors do with their own settings, each call gets one core.
+    as the ONNX and tree flavors do with their own settings, each call gets one core by default.
     scikit-learn's OpenMP estimators (HistGradientBoosting, for one) would otherwise start a
     team of threads per worker, and on a small machine those spin-waiting teams starve one
     another: single-row calls of the fraud example's model took p99 366 ms, with 1 s
@@ -37,7 +43,7 @@ def one_native_thread() -> None:
         from threadpoolctl import threadpool_limits
     except ImportError:  # no scikit-learn, hence no OpenMP estimator to limit
         return
-    threadpool_limits(1, user_api="openmp")
+    threadpool_limits(count, user_api="openmp")
 
 
 class Runner(Protocol):

@@ -7,13 +7,19 @@ they like. :class:`DeadlineProtocol` wraps uvicorn's own HTTP/1.1 protocol and c
 connection whose request headers do not arrive within ``header_timeout`` of the request's
 first byte (of the connection, for its first request), or whose body does not arrive
 within ``body_timeout`` (plus a grace: the app's :class:`~stalwart.serving.middleware.BodyLimit`
-answers 408 at ``body_timeout`` when it is reading).
+answers 408 at ``body_timeout`` when it is reading). httptools sets no limit on a request's
+head, so uvicorn would buffer as many header bytes as a client sends until the header
+deadline: beyond :data:`MAX_HEAD_BYTES` the answer is 431 and the connection is closed
+(h11 has its own 16 KiB limit; granian, about 400 KiB).
 
-:func:`run_server` runs one server process's HTTP server: ``stalwart serve`` calls it once,
-and each worker of ``stalwart serve --workers N`` (:mod:`stalwart.serving.workers`) calls it
-with ``reuse_port``, so that N processes each own a listening socket on the same port.
+It also makes one write of a response: uvicorn writes a response's head when the app
+starts it and its body when the app sends it, two ``send`` system calls where one would
+do (:class:`_OneWrite`). On a sandboxed kernel a system call costs microseconds; the two
+were a fifth of the server's samples at 64 connections.
 
->>> run_server(app, settings)  # doctest: +SKIP
+:func:`bind_sockets` binds the sockets of ``stalwart serve --workers N``
+(:mod:`stalwart.serving.workers`): with ``SO_REUSEPORT``, N processes each own a listening
+socket on the same port; :class:`ListeningServer` says when it listens.
 """
 
 from __future__ import annotations
@@ -27,13 +33,20 @@ import uvicorn
 
 from stalwart.config import Settings
 
-__all__ = ["DeadlineProtocol", "bind_sockets", "deadline_protocol", "run_server", "server_config"]
+__all__ = ["MAX_HEAD_BYTES", "DeadlineProtocol", "ListeningServer", "bind_sockets", "deadline_protocol", "server_config"]
+
+MAX_HEAD_BYTES = 64 * 1024
+"""The request line and headers of one request, at most (nginx allows 32 KiB by default)."""
 
 # After the app's own 408 (BodyLimit) has had its chance: the connection goes regardless.
 _BODY_GRACE_SECONDS = 1.0
 _TIMED_OUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 27\r\nconnection: close\r\n\r\nrequest headers too slow.\r\n"
+)
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 28\r\nconnection: close\r\n\r\nrequest headers too large.\r\n"
 )
 
 
@@ -63,19 +76,34 @@ class DeadlineProtocol(asyncio.Protocol):
         self._due: float | None = None
         self._waiting_for = "headers"  # or "body" of self._cycle
         self._cycle: Any = None  # the request whose body is awaited, once its headers are in
+        self._head_bytes = 0  # received while waiting for the current request's headers
 
     # asyncio.Protocol, forwarded to uvicorn's protocol around the deadline bookkeeping.
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.inner.connection_made(transport)
+        coalescing = _OneWrite(transport, self.loop)  # type: ignore[arg-type]
+        self.transport = coalescing  # type: ignore[assignment]
+        self.inner.connection_made(coalescing)
+        # A response is complete: what it wrote goes out now, in one write, before uvicorn
+        # turns to the next request (a pipelined one, or the keep-alive wait).
+        complete = self.inner.on_response_complete
+
+        def on_response_complete() -> None:
+            coalescing.flush()
+            complete()
+
+        self.inner.on_response_complete = on_response_complete
         _sweep_of(self.loop).add(self)
         self._arm("headers", self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._due is None:
             self._arm("headers", self.header_timeout)  # a next request's first bytes
+        if self._waiting_for == "headers":
+            self._head_bytes += len(data)
         self.inner.data_received(data)
         self._advance()
+        if self._waiting_for == "headers" and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()
 
     def eof_received(self) -> bool | None:
         result: bool | None = self.inner.eof_received()
@@ -107,10 +135,22 @@ class DeadlineProtocol(asyncio.Protocol):
     def _arm(self, waiting_for: str, seconds: float) -> None:
         self._waiting_for = waiting_for
         self._due = self.loop.time() + seconds
+        self._head_bytes = 0
 
     def _disarm(self) -> None:
         self._due = None
         self._waiting_for = "headers"
+        self._head_bytes = 0
+
+    def _refuse_head(self) -> None:
+        transport = self.transport
+        self._disarm()
+        if transport is None or transport.is_closing():
+            return
+        cycle = self.inner.cycle
+        if cycle is None or cycle.response_complete:  # nothing of an earlier request's answer to cut
+            transport.write(_TOO_LARGE)
+        transport.close()
 
     def _expired(self) -> None:
         self._due = None
@@ -127,6 +167,44 @@ class DeadlineProtocol(asyncio.Protocol):
                 return
             transport.write(_TIMED_OUT)
         transport.close()
+
+
+class _OneWrite:
+    """A transport that holds what is written until the response is complete (the protocol
+    calls :meth:`flush`) or the loop's next turn, whichever comes first, then writes it
+    with one call. Everything else is the real transport's."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            # A streamed response never completes in one turn: its chunks go out at the
+            # loop's next turn, not when it ends.
+            self._loop.call_soon(self.flush)
+        else:
+            self._pending.append(data)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _Sweep:
@@ -183,36 +261,18 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "log_config": None,
         "access_log": False,
         "server_header": False,
+        # Nothing here reads the client's address (no decision, no log line), so rewriting it
+        # from X-Forwarded-For on every request, as uvicorn does by default, is work for nothing.
+        "proxy_headers": False,
         "http": deadline_protocol(settings.header_timeout_seconds, settings.body_timeout_seconds),
         "timeout_keep_alive": settings.keep_alive_seconds,
         # uvicorn counts open connections and requests in flight against it; beyond, 503.
         "limit_concurrency": settings.max_connections,
         # On SIGTERM, in-flight requests get this long; then the lifespan closes the
         # batchers, so a hung model call cannot keep the process from stopping.
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
     }
     return uvicorn.Config(app, **{**options, **overrides})
-
-
-def run_server(
-    app: Any, settings: Settings, *, reuse_port: bool = False, on_ready: Callable[[], None] | None = None
-) -> bool:
-    """Serve ``app`` on ``settings.host``/``settings.port`` until SIGTERM or SIGINT (then in-flight
-    requests drain and the lifespan closes); whether the server started (False: the port was
-    taken or the lifespan failed).
-
-    ``reuse_port``: bind with ``SO_REUSEPORT``, so that the workers of one supervisor share
-    the port (each its own listening socket; the kernel spreads new connections across
-    them). The socket is bound before the app starts and listens only once it has: a worker
-    still loading its models is sent no connection. ``on_ready``: called once it listens."""
-    server = _Server(server_config(app, settings), on_ready)
-    sockets = bind_sockets(settings.host, settings.port, reuse_port=True) if reuse_port else None
-    try:
-        server.run(sockets=sockets)
-    finally:
-        for sock in sockets or ():
-            sock.close()
-    return server.started
 
 
 def bind_sockets(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
@@ -252,7 +312,7 @@ def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
     return found
 
 
-class _Server(uvicorn.Server):
+class ListeningServer(uvicorn.Server):
     """uvicorn's server, telling ``on_ready`` once it listens."""
 
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:

@@ -5,7 +5,7 @@ stalwart.serving.worker INDEX FD``, with the settings it resolved in ``STALWART_
 variables and ``FD`` one end of a socket pair, its link to the supervisor. The worker
 builds its app (its own event loop, models, batchers, caches, prediction log and
 metrics file) and serves on the shared port (``SO_REUSEPORT``, see
-:func:`~stalwart.serving.transport.run_server`) once its models have loaded: until then the
+:func:`~stalwart.serving.server.run_server`) once its models have loaded: until then the
 kernel sends its share of connections to the others, where one listening but loading
 would answer 503.
 
@@ -34,7 +34,7 @@ from stalwart.config import load_settings
 from stalwart.errors import StalwartError
 from stalwart.monitoring.logs import configure_logging, get_logger
 from stalwart.serving.app import create_app
-from stalwart.serving.transport import run_server
+from stalwart.serving.server import run_server
 from stalwart.serving.workers import INVALIDATION, LINK_MESSAGE_BYTES, READY
 
 __all__ = ["main"]

@@ -94,6 +94,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _create(tables.deployment_routes, tables.rollouts, tables.rollout_events),
     ),
     Migration(9, "shadow pairs: per-minute paired reports of each shadow against the client's answers, per replica", _create(tables.shadow_pairs)),
+    Migration(10, "model memory: each version's memory as last measured at load", _create(tables.model_memory)),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -339,3 +339,17 @@ shadow_pairs = Table(
     Column("updated_at", Float, nullable=False),
     Index("ix_shadow_pairs_read", "deployment", "bucket_start"),
 )
+
+# Model memory (stalwart.registry.memory): each version's resident memory as last measured
+# when a server loaded it (the growth of the process's RSS across the load, an estimate),
+# by which replica and when. The serving memory budget reads it as the version's expected
+# size before loading it again; ``stalwart models list`` shows it.
+model_memory = Table(
+    "model_memory",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("measured_at", Float, nullable=False),
+    Column("replica", String(200), nullable=False),
+)
