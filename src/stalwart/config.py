@@ -23,8 +23,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -249,14 +249,15 @@ class Settings(BaseSettings):
         except ConfigError as exc:
             raise ValueError(exc.message.removeprefix("size: ")) from None
 
-    @model_validator(mode="after")
-    def _workers_need_uvicorn(self) -> Settings:
-        if self.workers > 1 and self.server != "uvicorn":
-            # Workers share one port through SO_REUSEPORT sockets that we bind and hand to
-            # uvicorn; granian has worker processes of its own, which would not share our
-            # supervisor, metrics directory or spool rules.
-            raise ValueError("workers > 1 runs uvicorn workers: set STALWART_SERVER=uvicorn, or STALWART_WORKERS=1")
-        return self
+    @field_validator("workers")
+    @classmethod
+    def _workers_need_uvicorn(cls, value: int, info: ValidationInfo) -> int:
+        # Workers share one port through SO_REUSEPORT sockets that we bind and hand to
+        # uvicorn; granian has worker processes of its own, which would not share our
+        # supervisor, metrics directory or spool rules.
+        if value > 1 and info.data.get("server", "uvicorn") != "uvicorn":
+            raise ValueError("more than one worker needs STALWART_SERVER=uvicorn (granian serves in one process here)")
+        return value
 
     def limits_for(self, model: str) -> ModelLimits:
         """The thread and call limits in effect for ``model``'s versions: its own
