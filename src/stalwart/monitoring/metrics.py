@@ -11,10 +11,17 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "BatchMetrics", "BatchSeries", "ServingMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "BatchMetrics", "BatchSeries", "RouteMetrics", "ServingMetrics"]
 
 # Tabular models answer in well under a millisecond; the buckets start there.
 _LATENCY_BUCKETS = (
@@ -29,6 +36,9 @@ class ServingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process's CPU seconds, resident memory and file descriptors (process_*): what
+        # a replica costs, beside what its models are measured at (docs/operations.md).
+        ProcessCollector(registry=r)
         labels = ("model", "version", "endpoint", "status")
         self.requests = Counter(
             "stalwart_requests", "HTTP requests served", labels, registry=r
@@ -213,3 +223,43 @@ class ResilienceMetrics:
     def set_breaker_state(self, guard: str, state: str, states: tuple[str, ...]) -> None:
         for name in states:
             self.breaker_state.labels(guard, name).set(1.0 if name == state else 0.0)
+
+
+class RouteMetrics:
+    """The routes each replica serves, per deployment: the canary's share of routing keys,
+    the routes' revision (every replica shows the same once a change has reached them all)
+    and the model each variant routes to. Labels are bounded by the project's deployments
+    and the models they route to now: a replaced variant's series is removed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.canary_weight = Gauge(
+            "stalwart_route_canary_weight",
+            "Share of routing keys this replica sends to the deployment's canary (0 without one)",
+            ("deployment",),
+            registry=registry,
+        )
+        self.revision = Gauge(
+            "stalwart_route_revision",
+            "Revision of the deployment's routes this replica serves (equal on every replica once a change reached them all)",
+            ("deployment",),
+            registry=registry,
+        )
+        self.variant = Gauge(
+            "stalwart_route_variant",
+            "1 for the model each variant (primary, canary) of the deployment routes to on this replica",
+            ("deployment", "variant", "model"),
+            registry=registry,
+        )
+        self._models: dict[tuple[str, str], str] = {}
+
+    def set_routes(self, deployment: str, revision: int, primary: str, canary: str | None, canary_weight: float) -> None:
+        """Publish the routes ``deployment`` serves now (``canary`` None: it has none)."""
+        self.canary_weight.labels(deployment).set(canary_weight)
+        self.revision.labels(deployment).set(revision)
+        for variant, model in (("primary", primary), ("canary", canary)):
+            before = self._models.pop((deployment, variant), None)
+            if before is not None and before != model:
+                self.variant.remove(deployment, variant, before)
+            if model is not None:
+                self.variant.labels(deployment, variant, model).set(1.0)
+                self._models[(deployment, variant)] = model
