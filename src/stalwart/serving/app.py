@@ -34,6 +34,7 @@ from stalwart.monitoring.metrics import (
     SAMPLE_SECONDS,
     BatchMetrics,
     ResilienceMetrics,
+    RouteMetrics,
     ServingMetrics,
     multiprocess_dir,
     sample,
@@ -272,7 +273,8 @@ def create_app(
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
     rollout_store = RolloutStore(registry.db)
     route_sync = RouteSync(
-        rollout_store.routes, deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor()
+        rollout_store.routes, deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor(),
+        metrics=RouteMetrics(metrics.registry),
     )
     controller = (
         ControllerLoop(Controller(rollout_store, project, lag_seconds=settings.rollout_lag_seconds))
