@@ -76,6 +76,8 @@ class Browser:
 
     def screenshot(self, path: Path, *, width: int = 1280, max_height: int = 8000) -> None:
         """Save the whole page (up to ``max_height`` pixels tall) as a PNG at ``path``."""
+        # From a small window: a page's scroll height is never less than the window's.
+        _call("POST", f"{self._url}/window/rect", {"width": width, "height": 600})
         height = int(self.run("return Math.ceil(document.documentElement.scrollHeight);"))
         _call("POST", f"{self._url}/window/rect", {"width": width, "height": min(max(height, 600), max_height)})
         png = base64.b64decode(_call("GET", f"{self._url}/screenshot"))

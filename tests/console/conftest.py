@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,10 @@ import pytest
 from pydantic import SecretStr
 
 from stalwart.config import Settings
+from stalwart.monitoring.sinks import open_store
 from stalwart.project import Deployment, Entity, FeatureSet, Latest, Project, RequestSource, SqlSource
 from stalwart.registry import Registry
+from stalwart.rollout.controller import SETTLE_SECONDS
 from stalwart.serving.app import create_app
 from tests.faults import Switchable, set_mode
 from tests.servers import LiveServer, start_server
@@ -73,7 +76,7 @@ class ConsoleServer:
         assert answer.status_code == 303, answer.text
         return cookie_header(stalwart_ui_session=answer.cookies["stalwart_ui_session"])
 
-    def csrf(self, session: dict[str, str], page: str = f"/ui/deployments/{NAME}/rollout") -> str:
+    def csrf(self, session: dict[str, str], page: str = f"/ui/deployments/{NAME}") -> str:
         """The CSRF token in the forms of ``page`` as the logged-in ``session`` sees it."""
         text = self.server.get(page, headers=session).text
         found = re.search(r'name="csrf" value="([^"]+)"', text)
@@ -95,9 +98,11 @@ def traffic(server: LiveServer, n: int, *, request_id: str | None = None) -> Non
         assert answer.status_code == 200, answer.text
 
 
-@pytest.fixture
-def console(settings: Settings, registry: Registry) -> Iterator[ConsoleServer]:
-    """The server, with 120 requests served and a rollout of scorer:2 running at 30%."""
+@contextmanager
+def _console(settings: Settings, registry: Registry, *, judged: bool) -> Iterator[ConsoleServer]:
+    """The server, with 120 requests served and a rollout of scorer:2 running at 30%;
+    ``judged``: the requests come after the controller's settling time, so its looks
+    count them."""
     settings = settings.model_copy(update={
         "admin_token": SecretStr(TOKEN), "rollout_lag_seconds": 0.2, "routes_poll_seconds": 0.2,
         "shadow_flush_seconds": 0.5, "live_profiles_flush_seconds": 0.2,
@@ -118,7 +123,31 @@ def console(settings: Settings, registry: Registry) -> Iterator[ConsoleServer]:
             headers={"Authorization": f"Bearer {TOKEN}"},
         )
         assert started.status_code == 201, started.text
-        time.sleep(0.5)  # a routes poll: the canary serves
+        # The controller judges requests from SETTLE_SECONDS after the step began (every
+        # replica has polled the new routes by then); a routes poll is enough to serve.
+        time.sleep(SETTLE_SECONDS + 0.2 if judged else 3 * settings.routes_poll_seconds)
         traffic(server, 120, request_id=XSS)
         app.state.live_profiles.flush()
+        # The log delivers a chain's records in order: once the last is readable, all are.
+        store = open_store(settings)
+        assert store is not None
+        try:
+            deadline = time.monotonic() + 10
+            while store.get(XSS) is None:
+                assert time.monotonic() < deadline, "the prediction log did not store the requests within 10 s"
+                time.sleep(0.05)
+        finally:
+            store.close()
         yield ConsoleServer(server, settings, registry, started.json()["rollout"]["id"])
+
+
+@pytest.fixture
+def console(settings: Settings, registry: Registry) -> Iterator[ConsoleServer]:
+    with _console(settings, registry, judged=False) as server:
+        yield server
+
+
+@pytest.fixture
+def judged_console(settings: Settings, registry: Registry) -> Iterator[ConsoleServer]:
+    with _console(settings, registry, judged=True) as server:
+        yield server

@@ -64,9 +64,10 @@ def _wait(browser: Browser, script: str, timeout: float = 10.0) -> Any:
     raise AssertionError(f"not true within {timeout} s: {script}")
 
 
-def test_the_console_in_a_browser(console: ConsoleServer) -> None:
+def test_the_console_in_a_browser(judged_console: ConsoleServer) -> None:
     """Overview, deployment, monitoring, rollout, shadows, predictions, a record and a
     model, as an operator sees them; then a rollback from the console."""
+    console = judged_console
     base = console.url
     with headless_chromium(width=1280, height=900) as browser:
         # Read-only pages need no login.
@@ -135,7 +136,8 @@ def test_the_console_in_a_browser(console: ConsoleServer) -> None:
         assert "roll back rollout" in browser.accept_alert()
         _wait(browser, "return location.search.includes('done=rollback');")
         _no_errors(browser, "after the rollback")
-        browser.screenshot(SHOTS / "deployment-rolled-back.png")
+        time.sleep(3 * console.settings.routes_poll_seconds)  # this replica polls the new routes
+        _visit(browser, browser.url, "deployment-rolled-back")
     rollout = console.rollout()
     assert (rollout["state"], rollout["reason"]) == ("rolled_back", "bad canary")
     routes = console.get(f"/v1/deployments/{NAME}/routes").json()["routes"]
