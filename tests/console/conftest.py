@@ -20,7 +20,15 @@ from pydantic import SecretStr
 
 from stalwart.config import Settings
 from stalwart.monitoring.sinks import open_store
-from stalwart.project import Deployment, Entity, FeatureSet, Latest, Project, RequestSource, SqlSource
+from stalwart.project import (
+    Deployment,
+    Entity,
+    FeatureSet,
+    Latest,
+    Project,
+    RequestSource,
+    SqlSource,
+)
 from stalwart.registry import Registry
 from stalwart.rollout.controller import SETTLE_SECONDS
 from stalwart.serving.app import create_app

@@ -8,8 +8,12 @@ import re
 
 import pytest
 
+from stalwart.config import Settings
+from stalwart.project import Project
+from stalwart.serving.app import create_app
 from stalwart.serving.console.render import CSP
 from tests.console.conftest import NAME, TOKEN, XSS, XSS_IMG, ConsoleServer, cookie_header
+from tests.servers import start_server
 
 PUBLIC = ["/ui", "/ui/live", f"/ui/deployments/{NAME}", f"/ui/deployments/{NAME}/live", f"/ui/deployments/{NAME}/rollout",
           f"/ui/deployments/{NAME}/shadows", "/ui/models/scorer", "/ui/login"]
@@ -27,10 +31,12 @@ def test_pages_escape_data_and_carry_the_console_headers(console: ConsoleServer)
         page = console.get(path, headers=session)
         assert page.status_code == 200, (path, page.text[:500])
         assert page.headers["content-security-policy"] == CSP
-        assert "script-src 'self';" in CSP and "unsafe-inline" not in CSP.split("script-src")[1].split(";")[0]
+        assert "script-src 'self';" in CSP
+        assert "unsafe-inline" not in CSP.split("script-src")[1].split(";")[0]
         assert page.headers["cache-control"] == "no-store"
         assert page.headers["x-frame-options"] == "DENY"
-        assert XSS not in page.text and XSS_IMG not in page.text, path
+        assert XSS not in page.text, path
+        assert XSS_IMG not in page.text, path
         # The only script a page loads is the console's own file.
         assert re.findall(r"<script\b[^>]*>", page.text) in ([], ['<script src="/ui/static/console.js" defer>']), path
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in console.get("/ui/predictions/" + XSS, headers=session).text
@@ -38,7 +44,8 @@ def test_pages_escape_data_and_carry_the_console_headers(console: ConsoleServer)
     assert "&lt;img src=&#34;x&#34; data-xss=&#34;1&#34;&gt;" in console.get("/ui").text
     # A name that is not a deployment is a 404 page, the name escaped in it.
     missing = console.get(f"/ui/deployments/{XSS.replace('/', '')}")
-    assert missing.status_code == 404 and "<script>" not in missing.text
+    assert missing.status_code == 404
+    assert "<script>" not in missing.text
 
 
 def test_request_data_needs_a_login_and_a_login_needs_an_admin_token(console: ConsoleServer) -> None:
@@ -48,28 +55,33 @@ def test_request_data_needs_a_login_and_a_login_needs_an_admin_token(console: Co
     no session."""
     for path in PRIVATE:
         page = console.get(path, follow_redirects=False)
-        assert page.status_code == 303 and page.headers["location"].startswith("/ui/login?next=%2Fui%2F"), path
+        assert page.status_code == 303, path
+        assert page.headers["location"].startswith("/ui/login?next=%2Fui%2F"), path
     form = console.get("/ui/login")
     nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
     assert nonce is not None
     login = cookie_header(stalwart_ui_login=form.cookies["stalwart_ui_login"])
     wrong = console.server.post("/ui/login", data={"token": "not-it", "nonce": nonce.group(1)}, headers=login, follow_redirects=False)
-    assert wrong.status_code == 401 and "stalwart_ui_session" not in wrong.cookies
+    assert wrong.status_code == 401
+    assert "stalwart_ui_session" not in wrong.cookies
     forged = console.server.post("/ui/login", data={"token": TOKEN, "nonce": "guess"}, headers=login, follow_redirects=False)
-    assert forged.status_code == 403 and "stalwart_ui_session" not in forged.cookies
+    assert forged.status_code == 403
+    assert "stalwart_ui_session" not in forged.cookies
     offsite = console.server.post("/ui/login", data={"token": TOKEN, "nonce": nonce.group(1), "next": "https://evil.example/"},
                                   headers=login, follow_redirects=False)
-    assert offsite.status_code == 303 and offsite.headers["location"] == "/ui?done=login"
+    assert offsite.status_code == 303
+    assert offsite.headers["location"] == "/ui?done=login"
     cookie = next(c for c in offsite.headers.get_list("set-cookie") if c.startswith("stalwart_ui_session="))
     attributes = {part.strip().split("=")[0].lower(): part.strip() for part in cookie.split(";")[1:]}
     assert {"httponly", "secure"} <= set(attributes)
-    assert attributes["samesite"].lower() == "samesite=strict" and attributes["path"] == "Path=/ui"
+    assert attributes["samesite"].lower() == "samesite=strict"
+    assert attributes["path"] == "Path=/ui"
     assert TOKEN not in cookie
     session = console.login()
-    assert console.get(PRIVATE[0], headers=session, follow_redirects=False).status_code == 200
+    assert console.get(PRIVATE[1], headers=session, follow_redirects=False).status_code == 200
     value = session["Cookie"].split("=", 1)[1]
     tampered = cookie_header(stalwart_ui_session=value[:-2] + ("AA" if not value.endswith("AA") else "BB"))
-    assert console.get(PRIVATE[0], headers=tampered, follow_redirects=False).status_code == 303
+    assert console.get(PRIVATE[1], headers=tampered, follow_redirects=False).status_code == 303
 
 
 def test_actions_without_a_session_or_its_csrf_token_change_nothing(console: ConsoleServer) -> None:
@@ -98,15 +110,18 @@ def test_actions_go_through_the_admin_commands_and_the_audit_log(console: Consol
     session = console.login()
     csrf = console.csrf(session)
     base = f"/ui/deployments/{NAME}/rollout"
-    paused = console.server.post(f"{base}/pause", data={"csrf": csrf, "reason": "look closer", "back": f"{base}?id=1"},
+    back = f"/ui/deployments/{NAME}?since=1h"
+    paused = console.server.post(f"{base}/pause", data={"csrf": csrf, "reason": "look closer", "back": back},
                                  headers=session, follow_redirects=False)
-    assert paused.status_code == 303 and paused.headers["location"] == f"{base}?id=1&done=pause"
+    assert paused.status_code == 303
+    assert paused.headers["location"] == f"{back}&done=pause"
     assert (console.rollout()["state"], console.rollout()["reason"]) == ("paused", "look closer")
     assert "The rollout is paused" in console.get(paused.headers["location"], headers=session).text
     assert console.server.post(f"{base}/resume", data={"csrf": csrf}, headers=session, follow_redirects=False).status_code == 303
     assert console.rollout()["state"] == "running"
     nothing = console.server.post(f"{base}/explode", data={"csrf": csrf}, headers=session)
-    assert nothing.status_code == 404 and "use one of pause, resume, promote, rollback" in nothing.text
+    assert nothing.status_code == 404
+    assert "use one of pause, resume, promote, rollback" in nothing.text
     assert console.server.post(f"{base}/promote", data={"csrf": csrf, "back": "https://evil.example/"}, headers=session,
                                follow_redirects=False).headers["location"] == f"{base}?done=promote"
     assert console.rollout()["state"] == "promoted"
@@ -124,7 +139,8 @@ def test_actions_go_through_the_admin_commands_and_the_audit_log(console: Consol
     activated = console.server.post("/ui/models/scorer/1/schemas/1/activate", data={"csrf": csrf}, headers=session, follow_redirects=False)
     assert activated.status_code == 303
     active = registry.schemas.active("scorer", 1)
-    assert active is not None and active.revision == 1
+    assert active is not None
+    assert active.revision == 1
     assert console.server.post("/ui/models/scorer/1/schemas/9/activate", data={"csrf": csrf}, headers=session).status_code == 404
 
     actors = {e["action"]: e["actor"] for e in registry.events(limit=None)}
@@ -144,7 +160,23 @@ def test_prediction_filters_pick_records_and_refuse_bad_values_by_name(console: 
     canary = console.get(f"/ui/deployments/{NAME}/predictions?variant=canary&limit=500", headers=session).text
     primary = console.get(f"/ui/deployments/{NAME}/predictions?variant=primary&limit=500", headers=session).text
     rows = lambda text: re.findall(r'<tr class="status-ok">', text)  # noqa: E731 - a one-line reader
-    assert rows(canary) and rows(primary)
+    assert rows(canary)
+    assert rows(primary)
     assert len(rows(canary)) + len(rows(primary)) == 120
     assert "No record passes these filters" in console.get(f"/ui/deployments/{NAME}/predictions?status=500", headers=session).text
     assert "No record passes these filters" in console.get(f"/ui/deployments/{NAME}/predictions?degraded=yes", headers=session).text
+
+
+def test_the_console_can_be_off_or_all_behind_a_login(settings: Settings) -> None:
+    """STALWART_UI=false serves no /ui and keeps no live numbers; with
+    STALWART_UI_REQUIRE_TOKEN=true every page, the overview included, asks for a login."""
+    off = create_app(settings.model_copy(update={"ui": False}), project=Project())
+    assert off.state.live is None
+    with start_server(settings, app=off) as server:
+        assert server.get("/ui").status_code == 404
+    locked = settings.model_copy(update={"ui_require_token": True})
+    with start_server(locked, app=create_app(locked, project=Project())) as server:
+        answer = server.get("/ui", follow_redirects=False)
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/ui/login?next=%2Fui"
+        assert server.get("/ui/login").status_code == 200

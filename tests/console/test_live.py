@@ -33,7 +33,9 @@ def test_rates_and_shares_over_the_window() -> None:
     assert (snap.shed_rate, snap.degraded_rate, snap.violation_rate) == (pytest.approx(0.1),) * 3
     assert snap.cache_hit_rate == pytest.approx(0.5)
     assert snap.variants == {"canary": 30, "primary": 70}
-    assert len(snap.series) == 60 and snap.series[-1][0] == 10 and snap.series[0] == (0, None)
+    assert len(snap.series) == 60
+    assert snap.series[-1][0] == 10
+    assert snap.series[0] == (0, None)
 
 
 def test_percentiles_are_within_a_bucket_and_count_answered_requests_only() -> None:
@@ -49,7 +51,8 @@ def test_percentiles_are_within_a_bucket_and_count_answered_requests_only() -> N
         live.record(key, status=503, latency_ms=0.01, shed=True)
     snap = live.snapshot(key)
     for got, exact in ((snap.p50, 500.0), (snap.p95, 950.0), (snap.p99, 990.0)):
-        assert got is not None and abs(got / exact - 1) < 0.2, (got, exact)
+        assert got is not None
+        assert abs(got / exact - 1) < 0.2, (got, exact)
 
 
 def test_old_seconds_leave_the_window_and_the_span_bounds_it() -> None:

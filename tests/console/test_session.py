@@ -37,7 +37,8 @@ def test_a_login_makes_a_session_that_only_this_server_accepts() -> None:
     assert sessions.log_in("wrong", Response()) is None
     response = Response()
     made = sessions.log_in(" tok-alice ", response)
-    assert made is not None and made.actor == "alice"
+    assert made is not None
+    assert made.actor == "alice"
     cookie = _cookie(response)
     assert "tok-alice" not in cookie
     found = sessions.session(_request(cookie))
@@ -55,7 +56,8 @@ def test_csrf_tokens_are_per_session() -> None:
     """A form's token passes for its own session only."""
     sessions = Sessions(BearerAuth({"admin": "tok"}), hours=1, secure=False)
     first, second = sessions.log_in("tok", Response()), sessions.log_in("tok", Response())
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert Sessions.csrf_ok(first, first.csrf)
     assert not Sessions.csrf_ok(first, second.csrf)
     assert not Sessions.csrf_ok(first, "")
