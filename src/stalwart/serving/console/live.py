@@ -5,7 +5,7 @@ the event loop it adds one request's outcome to its key's current second and ret
 nothing awaited, nothing queued. A key keeps :data:`SPAN` seconds in a ring of per-second
 counts (requests, server errors, client errors, shed, degraded, validation violations,
 feature-cache hits and lookups, requests per variant) and a latency histogram of
-logarithmic buckets (each about 19% wider than the last, from 50 µs to 2 minutes), so a
+logarithmic buckets (each about 19% wider than the last, from 50 µs to about 100 s), so a
 percentile over any stretch is the merge of its seconds, within one bucket's width (the
 console shows it to two significant digits). Its memory is fixed per key, and keys are
 bounded: deployments are the project's, models the registry's (a ``/v2`` request for an
