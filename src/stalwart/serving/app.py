@@ -31,9 +31,12 @@ from stalwart.features.notify import pg_listeners
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.metrics import (
     CONTENT_TYPE_LATEST,
+    SAMPLE_SECONDS,
     BatchMetrics,
     ResilienceMetrics,
     ServingMetrics,
+    multiprocess_dir,
+    sample,
 )
 from stalwart.monitoring.sinks import open_store
 from stalwart.pipeline import Stage
@@ -98,6 +101,7 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
     alert_source: MetricSource | None = None,
     alert_calibrator: Calibrator | None = None,
+    ready_before_serving: bool = False,
 ) -> Starlette:
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted). ``project`` (or ``settings.project``, a file)
@@ -108,7 +112,10 @@ def create_app(
     over OTLP/HTTP, and with neither nothing is traced (and OpenTelemetry never imported).
     ``alert_source`` is where the project's alert rules read their metrics (and
     ``alert_calibrator`` their calibrated thresholds); without a source, declared alerts are
-    not evaluated (logged)."""
+    not evaluated (logged). ``ready_before_serving``: the lifespan's start waits for the
+    models preloaded at start, so the server listens only once it can answer (a worker of
+    ``stalwart serve --workers N``: its port's other workers answer meanwhile); otherwise it
+    listens at once, ready or not (``/v2/health/ready`` says which)."""
     settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
     owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
@@ -199,6 +206,8 @@ def create_app(
         for listener in listeners:
             await listener.start()
         await repository.start()
+        if ready_before_serving:
+            await repository.wait_ready()
         await route_sync.start()  # the routes in the database, before the first request
         if controller is not None:
             controller.start()
@@ -209,11 +218,15 @@ def create_app(
         if live_profiles is not None:
             live_profiles.start()
         shadows.start()
+        # A worker of several (monitoring/metrics.py): its function gauges, written for the others' scrapes.
+        sampler = asyncio.create_task(_sample_gauges(), name="stalwart-gauge-sampler") if multiprocess_dir() else None
         if settings.gc_freeze:
             _freeze_garbage()
         try:
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
             if settings.gc_freeze:
                 gc.unfreeze()  # the process may go on (tests, an embedding app): collect as usual
             if alerting is not None:
@@ -381,6 +394,14 @@ def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | N
     if provider is not None:
         return Tracing(provider)
     return Tracing(otlp_provider(settings), owned=True)
+
+
+async def _sample_gauges() -> None:
+    """Write this worker's function gauges (queue lengths, requests in flight) to its metrics
+    file every :data:`SAMPLE_SECONDS`, so that a scrape reaching another worker sees them."""
+    while True:
+        sample()
+        await asyncio.sleep(SAMPLE_SECONDS)
 
 
 def _shadow_thread() -> None:
