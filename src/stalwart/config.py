@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     graceful_shutdown_seconds: float = Field(
         default=10.0, gt=0, description="on SIGTERM, requests in flight get this long to finish; then they are cancelled"
     )
+    drain_seconds: float = Field(
+        default=0.0, ge=0, le=600,
+        description=(
+            "on SIGTERM, readiness answers 503 and responses close their connections for this long before the "
+            "server stops accepting, so a load balancer stops sending first (0: stop accepting at once)"
+        ),
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True

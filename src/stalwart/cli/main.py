@@ -63,7 +63,7 @@ def serve(
     configure_logging(settings.log_format, settings.log_level)
     app_ = create_app(settings)
     # Built before the log line: a server that is not installed is an error naming its extra.
-    server = build_server(app_, settings)
+    server = build_server(app_, settings, drain=app_.state.drain)
     get_logger("stalwart.cli").info(
         "serving",
         url=f"http://{settings.host}:{settings.port}",
@@ -71,7 +71,8 @@ def serve(
         registry=app_.state.registry.db.describe(),
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,
     )
-    # Timeouts, keep-alive and the connection limit from STALWART_* (serving/server.py).
+    # Timeouts, keep-alive, the connection limit and SIGTERM's drain from STALWART_*
+    # (serving/server.py, serving/drain.py).
     server.run()
     if not server.started:  # the port was taken, or the lifespan failed
         raise typer.Exit(3)

@@ -50,6 +50,7 @@ from stalwart.serving.batching import AdaptiveBatcher, BatchCall
 from stalwart.serving.chains import Chains
 from stalwart.serving.dataplane import DataPlane, RequestTap
 from stalwart.serving.deployments import Deployments
+from stalwart.serving.drain import Drain
 from stalwart.serving.errors import exception_handlers
 from stalwart.serving.feedback import feedback_routes
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
@@ -292,8 +293,9 @@ def create_app(
         alert_source, alert_calibrator = monitor_source(registry.db, project.alerts.values(), alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
     auth = BearerAuth.from_settings(settings)
+    drain = Drain()  # begun by the server on SIGTERM (serving/drain.py)
     routes = [
-        *oip_routes(plane),
+        *oip_routes(plane, drain),
         *v1_routes(plane),
         *control_routes(deployments, auth, cache, registry),
         *prediction_routes(store, auth, log=settings.prediction_log),
@@ -307,7 +309,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(Observe, metrics=metrics, access_log=settings.access_log),
+            Middleware(Observe, metrics=metrics, access_log=settings.access_log, drain=drain),
             Middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds),
             Middleware(InferFastPath, plane=plane),
         ],
@@ -328,6 +330,7 @@ def create_app(
     app.state.tracing = tracing
     app.state.cache = cache
     app.state.alerting = alerting
+    app.state.drain = drain
     return app
 
 

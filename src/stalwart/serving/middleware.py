@@ -30,6 +30,7 @@ from stalwart.monitoring.tracing import (
     parse_traceparent,
 )
 from stalwart.resilience.deadlines import Expired, run_until
+from stalwart.serving.drain import Drain
 from stalwart.serving.errors import error_response
 
 __all__ = ["BodyLimit", "Observe", "RequestInfo"]
@@ -39,6 +40,7 @@ _REQUEST_ID_HEADER = b"x-request-id"
 _TRACEPARENT = b"traceparent"
 _TRACESTATE = b"tracestate"
 _IDENTITY_HEADERS = frozenset((_REQUEST_ID_HEADER, _TRACEPARENT, _TRACESTATE))
+_CLOSE = (b"connection", b"close")
 _MAX_REQUEST_ID = 128
 CLIENT_CLOSED = 499
 """The status counted and logged for a client that went away before its answer (nginx's
@@ -79,12 +81,15 @@ def request_info(scope: Scope) -> RequestInfo:
 
 class Observe:
     """Gives each request an id (``X-Request-ID``, taken from the client when sane),
-    counts and times it, writes one access-log line, and turns a crash into a JSON 500."""
+    counts and times it, writes one access-log line, and turns a crash into a JSON 500.
+    While ``drain`` is draining, every response closes its connection (``connection:
+    close``), so a client's next request opens a new one, to another replica."""
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, *, access_log: bool = True, drain: Drain | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.drain = drain or Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,6 +104,7 @@ class Observe:
         header = (_REQUEST_ID_HEADER, request_id.encode())
         status = 500
         started = False
+        drain = self.drain
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -109,6 +115,8 @@ class Observe:
                 # those of the span it exports.
                 traceparent = format_traceparent(info.trace_id, info.span_id, info.trace_flags)
                 message["headers"] = [*message.get("headers", ()), header, (_TRACEPARENT, traceparent)]
+                if drain.draining:
+                    message["headers"].append(_CLOSE)
             await send(message)
 
         self.metrics.in_flight_count += 1

@@ -21,6 +21,7 @@ from stalwart.errors import StalwartError
 from stalwart.registry import ModelVersion
 from stalwart.serving.codec import encode_response
 from stalwart.serving.dataplane import DataPlane, InferCall
+from stalwart.serving.drain import Drain
 from stalwart.serving.errors import logged_error_response
 from stalwart.serving.headers import deadline_of, priority_of
 from stalwart.serving.middleware import request_info
@@ -32,8 +33,9 @@ __all__ = ["InferFastPath", "oip_routes"]
 EXTENSIONS = ["model_repository_metadata", "prometheus_metrics", "stalwart_deployments"]
 
 
-def oip_routes(plane: DataPlane) -> list[Route]:
-    endpoints = _Endpoints(plane)
+def oip_routes(plane: DataPlane, drain: Drain | None = None) -> list[Route]:
+    """The ``/v2`` routes over ``plane``; readiness says no while ``drain`` is draining."""
+    endpoints = _Endpoints(plane, drain or Drain())
     # The router tries routes in order and no two of these overlap: the inference routes,
     # which take nearly all the traffic, go first so they match on the first try.
     return [
@@ -50,9 +52,10 @@ def oip_routes(plane: DataPlane) -> list[Route]:
 
 
 class _Endpoints:
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, drain: Drain) -> None:
         self.plane = plane
         self.repository: ModelRepository = plane.repository
+        self.drain = drain
 
     async def server_metadata(self, request: Request) -> Response:
         request_info(request.scope).endpoint = "/v2"
@@ -64,7 +67,8 @@ class _Endpoints:
 
     async def ready(self, request: Request) -> Response:
         request_info(request.scope).endpoint = "/v2/health/ready"
-        reason = self.repository.not_ready_reason()
+        # Draining first: a load balancer must stop sending before the server stops accepting.
+        reason = "draining: the server is shutting down" if self.drain.draining else self.repository.not_ready_reason()
         if reason is not None:
             return json_response({"ready": False, "error": reason}, status=503)
         return json_response({"ready": True})

@@ -2,7 +2,9 @@
 the default; :mod:`~stalwart.serving.transport`) or granian (the ``granian`` extra;
 :mod:`~stalwart.serving.granian_transport`), each given the same settings: address,
 keep-alive, header and body deadlines, the connection limit, a 10 s graceful shutdown,
-HTTP/1.1 only, one worker in this process.
+HTTP/1.1 only, one worker in this process. Given the app's
+:class:`~stalwart.serving.drain.Drain`, SIGTERM drains first (readiness false for
+``STALWART_DRAIN_SECONDS``, then the graceful shutdown; :mod:`stalwart.serving.drain`).
 
 :func:`run_server` is one process's server, for ``stalwart serve`` (and for each worker
 process of a server that starts several); :func:`build_server` gives a handle to run on a
@@ -14,11 +16,18 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import signal
+import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.types import ASGIApp
 
 from stalwart.config import Settings
+from stalwart.serving.drain import Drain
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["ServerHandle", "build_server", "run_server"]
 
@@ -37,31 +46,34 @@ class ServerHandle(Protocol):
     def stop(self) -> None: ...
 
 
-def run_server(app: ASGIApp, settings: Settings) -> bool:
+def run_server(app: ASGIApp, settings: Settings, *, drain: Drain | None = None) -> bool:
     """Serve ``app`` on ``settings.host:settings.port`` with ``settings.server`` until
-    SIGTERM or SIGINT, then shut down gracefully. False if it never started (the port was
-    taken, or the app's lifespan startup failed)."""
-    server = build_server(app, settings)
+    SIGTERM or SIGINT, then shut down gracefully (draining first, given the app's
+    ``drain``). False if it never started (the port was taken, or the app's lifespan
+    startup failed)."""
+    server = build_server(app, settings, drain=drain)
     server.run()
     return server.started
 
 
-def build_server(app: ASGIApp, settings: Settings, *, host: str | None = None, port: int | None = None) -> ServerHandle:
+def build_server(
+    app: ASGIApp, settings: Settings, *, host: str | None = None, port: int | None = None, drain: Drain | None = None
+) -> ServerHandle:
     """``settings.server`` ready to serve ``app``; ``host`` and ``port`` override the
-    settings'. Raises MissingExtraError when granian is chosen but not installed."""
+    settings'. With ``drain`` (the app's, ``app.state.drain``), SIGTERM sets it and waits
+    ``settings.drain_seconds`` before the server stops accepting. Raises MissingExtraError
+    when granian is chosen but not installed."""
     if settings.server == "granian":
         from stalwart._optional import require
         from stalwart.serving.granian_transport import GranianServer
 
         require("granian", extra="granian", purpose="STALWART_SERVER=granian")
-        return GranianServer(app, settings, host=host, port=port)
-    return _Uvicorn(app, settings, host=host, port=port)
+        return GranianServer(app, settings, host=host, port=port, drain=drain)
+    return _Uvicorn(app, settings, host=host, port=port, drain=drain)
 
 
 class _Uvicorn:
-    def __init__(self, app: ASGIApp, settings: Settings, *, host: str | None, port: int | None) -> None:
-        import uvicorn
-
+    def __init__(self, app: ASGIApp, settings: Settings, *, host: str | None, port: int | None, drain: Drain | None) -> None:
         from stalwart.serving.transport import server_config
 
         overrides: dict[str, Any] = {}
@@ -69,7 +81,7 @@ class _Uvicorn:
             overrides["host"] = host
         if port is not None:
             overrides["port"] = port
-        self.server = uvicorn.Server(server_config(app, settings, **overrides))
+        self.server = _draining_server(server_config(app, settings, **overrides), drain, settings.drain_seconds)
 
     @property
     def started(self) -> bool:
@@ -88,3 +100,36 @@ class _Uvicorn:
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+def _draining_server(config: uvicorn.Config, drain: Drain | None, seconds: float) -> uvicorn.Server:
+    """A uvicorn server whose first SIGTERM begins ``drain`` and stops the server
+    ``seconds`` later (checked on uvicorn's 0.1 s tick); SIGINT, or another SIGTERM, stops
+    it at once. Without a drain, uvicorn's own server."""
+    import uvicorn
+
+    if drain is None:
+        return uvicorn.Server(config)
+    draining: Drain = drain  # narrowed, for the class below
+
+    class DrainingServer(uvicorn.Server):
+        deferred: tuple[int, FrameType | None] | None = None
+        exit_at = 0.0
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            first = not draining.draining
+            draining.begin()  # readiness says no from now on, whatever stops the server
+            if first and sig == signal.SIGTERM and seconds > 0:
+                self.deferred, self.exit_at = (sig, frame), time.monotonic() + seconds
+                return
+            self.deferred = None
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.deferred is not None and time.monotonic() >= self.exit_at:
+                sig, frame = self.deferred
+                self.deferred = None
+                super().handle_exit(sig, frame)  # recorded as uvicorn's, so it is raised again at exit
+            return await super().on_tick(counter)
+
+    return DrainingServer(config)
