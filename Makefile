@@ -29,7 +29,7 @@ LATEST := .venv-latest
 
 LINT_PATHS := src tests benchmarks examples
 
-.PHONY: demo test test-latest lint typecheck unit services bench lock clean
+.PHONY: demo test test-latest lint typecheck unit services bench cluster lock clean
 
 demo: $(STAMP)
 	$(BIN)/stalwart demo
@@ -53,6 +53,13 @@ services:
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks
+
+# Three `stalwart serve` replicas of the fraud example behind nginx, sharing PostgreSQL and
+# Redis, until Ctrl-C (docs/cluster.md). nginx is installed when missing.
+cluster: $(STAMP)
+	@scripts/ensure-services
+	@scripts/ensure-nginx
+	$(BIN)/python scripts/cluster
 
 $(UV_STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

@@ -10,7 +10,9 @@ at the prediction log), which start no server; ``shadow-serving`` (issue 14: the
 primary's latency with every request shadowed, against no shadow, through a real server);
 ``servers`` (issue 15: uvicorn against granian under the same app); and ``peers`` (issue 15:
 Stalwart beside the minimal endpoint and MLServer 1.7.1, in MLServer's own virtual
-environment, made on first use; 10 s per point and 2 runs unless told).
+environment, made on first use; 10 s per point and 2 runs unless told); and ``cluster``
+(issue 16: 1, 2 and 3 replicas of the fraud example behind nginx on shared PostgreSQL and
+Redis: throughput, failover, a new version's propagation, invalidation across replicas).
 With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from benchmarks import (
     batching,
     bench_alerts,
+    bench_cluster,
     bench_drift,
     bench_evidence,
     bench_live_profiles,
@@ -58,12 +61,13 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
     "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
     "peers": lambda a: bench_peers.run(bench_peers.Options(seconds=a.seconds, repeats=a.repeats)),
+    "cluster": lambda a: bench_cluster.run(bench_cluster.Options(seconds=a.seconds, repeats=a.repeats)),
     "servers": lambda a: bench_servers.run(
         bench_servers.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "cluster"})
 # --seconds and --repeats when not given: these, or a suite's own.
 DEFAULTS = {"seconds": 3.0, "repeats": 3}
 SUITE_DEFAULTS = {"peers": {"seconds": 10.0, "repeats": 2}}
