@@ -209,14 +209,18 @@ def _failover(cluster: LocalCluster, script: Path, options: Options) -> list[str
         mine = [r for r in runs if r.fault == fault]
         rows.append([
             fault, str(len(mine)), ", ".join(str(r.result.errors) for r in mine),
-            ", ".join(str(r.on_faulty) for r in mine), fmt_rps(statistics.median(r.result.requests for r in mine)),
+            ", ".join(f"{r.result.non2xx} / {r.result.errors - r.result.non2xx}" for r in mine),
+            ", ".join(f"{r.on_faulty} / {r.failed_in_log}" for r in mine),
+            fmt_rps(statistics.median(r.result.requests for r in mine)),
         ])
+    header = ["fault", "runs", "failed requests per run", "of which non-2xx / socket errors",
+              "5xx nginx logged: sent last to the faulty replica / all", "requests per run"]
     return [
         "## Failover", "",
         f"wrk at c={FAILOVER_CONNECTIONS} for {seconds:g} s through nginx to 3 replicas; 2 s in, one replica gets the "
         "fault; it is started again after the run. A failed request is one wrk counts as an error (non-2xx "
         "or socket error); nginx's log says which replica each went to last.", "",
-        markdown_table(["fault", "runs", "failed requests per run", "of which on the faulty replica", "requests per run"], rows), "",
+        markdown_table(header, rows), "",
     ]
 
 

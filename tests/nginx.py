@@ -63,7 +63,7 @@ worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{
-    worker_connections 4096;
+    worker_connections 1024;  # two per proxied request: plenty on loopback, within the usual fd limit
 }}
 http {{
     client_body_temp_path {d}/tmp/client_body;

@@ -44,9 +44,17 @@ def _wait_recorded(fraud_cluster: FraudCluster, ids: list[str], timeout: float =
 
 
 def _served_by(fraud_cluster: FraudCluster, outcomes: list[Outcome]) -> dict[str, str]:
-    """The replica (``127.0.0.1:port``) that answered each outcome, from nginx's access log."""
-    lines = {line.request_id: line for line in fraud_cluster.cluster.nginx.access()}
-    return {o.request_id: lines[o.request_id].upstreams[-1] for o in outcomes}
+    """The replica (``127.0.0.1:port``) that answered each outcome (or was tried last), from
+    nginx's access log (a request's line is written just after its answer: waited for)."""
+    wanted = {o.request_id for o in outcomes}
+    deadline = time.monotonic() + 5
+    while True:
+        lines = {line.request_id: line for line in fraud_cluster.cluster.nginx.access() if line.request_id in wanted}
+        if len(lines) == len(wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(lines) == len(wanted), f"{len(wanted) - len(lines)} requests are not in nginx's access log"
+    return {request_id: line.upstreams[-1] if line.upstreams else "-" for request_id, line in lines.items()}
 
 
 def test_a_killed_replica_costs_only_the_requests_in_flight_on_it(fraud_cluster: FraudCluster) -> None:
