@@ -74,7 +74,9 @@ def run(options: Options) -> str:
     """Run the suite; returns the markdown report."""
     with tempfile.TemporaryDirectory(prefix="stalwart-bench-cluster-") as tmp:
         directory = Path(tmp)
-        with LocalCluster(directory, project=fraud_project(directory), access_log=True) as cluster:
+        # Clients keep their connections to nginx, as they would in production: a reload
+        # (the rotation changing, in the failover runs) may close one as wrk sends on it.
+        with LocalCluster(directory, project=fraud_project(directory), client_keepalive=True) as cluster:
             _progress("generating the fraud example and training its model (the demo's sizes)…")
             fraud = load_fraud(cluster.settings())
             cluster.start()

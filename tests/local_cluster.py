@@ -20,6 +20,8 @@ Kubernetes Service does with readiness probes: every ``readiness_seconds`` it as
 replica ``/v2/health/ready`` and takes those that fail twice in a row out of nginx's rotation
 (a reload), putting them back at their first success. A replica told to stop (SIGTERM)
 answers 503 there while it drains, so it leaves the rotation before it stops accepting.
+A reload closes the clients' idle keep-alive connections, so by default nginx closes each
+client connection after its answer (``client_keepalive``; the benchmark keeps them).
 
 >>> with LocalCluster(Path("/tmp/c"), project=FRAUD_PROJECT) as cluster:   # doctest: +SKIP
 ...     load_fraud(cluster.settings())
@@ -86,6 +88,7 @@ class LocalCluster:
         redis_url: str = REDIS_URL,
         port: int | None = None,
         access_log: bool = True,
+        client_keepalive: bool = False,
         readiness_seconds: float = 0.2,
     ) -> None:
         self.directory = directory
@@ -109,7 +112,7 @@ class LocalCluster:
         self.replicas = [ServeProcess(self._env(env or {}), directory / f"replica-{i}.log") for i in range(replicas)]
         self.nginx = Nginx(
             directory / "nginx", port or free_port(), [f"127.0.0.1:{r.port}" for r in self.replicas],
-            upstream_keepalive_seconds=KEEP_ALIVE_SECONDS - 1, access_log=access_log,
+            upstream_keepalive_seconds=KEEP_ALIVE_SECONDS - 1, client_keepalive=client_keepalive, access_log=access_log,
         )
 
     @property

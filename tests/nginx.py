@@ -41,6 +41,7 @@ def render_config(
     *,
     upstream_keepalive_seconds: float,
     down: Collection[str] = (),
+    client_keepalive: bool = False,
     access_log: bool = True,
 ) -> str:
     """nginx's configuration: ``127.0.0.1:port`` balancing round-robin over ``upstreams``
@@ -48,7 +49,12 @@ def render_config(
     connections to them closed after ``upstream_keepalive_seconds`` idle (set it below the
     replicas' own keep-alive, so that nginx, never the replica, closes an idle one), a
     request retried on the next replica only when it never reached one, and each request's
-    id, status and replica in ``access.log`` when ``access_log``."""
+    id, status and replica in ``access.log`` when ``access_log``.
+
+    Clients' connections are closed after each answer unless ``client_keepalive``: the
+    rotation changes by reloads, and a reload closes the clients' idle keep-alive
+    connections, so a request sent down one at that moment finds it closed, unanswered
+    (docs/cluster.md)."""
     d = directory.resolve()
     # As root, nginx would run its workers as nobody, who cannot write the temporary files
     # in this (private) directory: keep them the directory owner's, root.
@@ -74,6 +80,7 @@ http {{
     # Stalwart's own limit (STALWART_MAX_BODY_BYTES) answers bodies up to here with its JSON.
     client_max_body_size 8m;
     server_tokens off;
+    {"" if client_keepalive else "keepalive_timeout 0;  # a reload never closes a connection a client is about to use"}
     # One id per request, the client's when it sent one: the replica records it, this log shows it.
     map $http_x_request_id $stalwart_request_id {{
         ""      $request_id;
@@ -131,7 +138,8 @@ class AccessLine:
 
 
 class Nginx:
-    """nginx on ``127.0.0.1:port`` in front of ``upstreams``, its files in ``directory``."""
+    """nginx on ``127.0.0.1:port`` in front of ``upstreams``, its files in ``directory``
+(see :func:`render_config` for ``client_keepalive``)."""
 
     def __init__(
         self,
@@ -140,6 +148,7 @@ class Nginx:
         upstreams: Sequence[str],
         *,
         upstream_keepalive_seconds: float = 4.0,
+        client_keepalive: bool = False,
         access_log: bool = True,
     ) -> None:
         self.directory = directory
@@ -149,6 +158,7 @@ class Nginx:
         self.config = directory / "nginx.conf"
         self.upstream_keepalive_seconds = upstream_keepalive_seconds
         self.access_log = access_log
+        self.client_keepalive = client_keepalive
         self.down: frozenset[str] = frozenset()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -193,7 +203,8 @@ class Nginx:
     def _write_config(self) -> None:
         text = render_config(
             self.directory, self.port, self.upstreams, down=self.down,
-            upstream_keepalive_seconds=self.upstream_keepalive_seconds, access_log=self.access_log,
+            upstream_keepalive_seconds=self.upstream_keepalive_seconds, client_keepalive=self.client_keepalive,
+            access_log=self.access_log,
         )
         # Whole or not at all: a reload must never read half a file.
         partial = self.config.with_suffix(".tmp")
