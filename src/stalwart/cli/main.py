@@ -45,8 +45,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="interface to bind [env STALWART_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="port to bind [env STALWART_PORT]")] = None,
     project: Annotated[Path | None, typer.Option(help="project file with feature definitions")] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(help="also serve the OIP gRPC service on this port (the grpc extra) [env STALWART_GRPC_PORT]"),
+    ] = None,
 ) -> None:
-    """Serve every registered model over the Open Inference Protocol."""
+    """Serve every registered model over the Open Inference Protocol (REST, and gRPC with --grpc-port)."""
     from stalwart.config import load_settings
     from stalwart.monitoring.logs import configure_logging, get_logger
     from stalwart.serving.app import create_app
@@ -59,6 +63,8 @@ def serve(
         overrides["port"] = port
     if project is not None:
         overrides["project"] = project
+    if grpc_port is not None:
+        overrides["grpc_port"] = grpc_port
     settings = load_settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
     app_ = create_app(settings)
@@ -67,6 +73,7 @@ def serve(
     get_logger("stalwart.cli").info(
         "serving",
         url=f"http://{settings.host}:{settings.port}",
+        grpc=f"{settings.host}:{settings.grpc_port}" if settings.grpc_port is not None else None,
         server=settings.server,
         registry=app_.state.registry.db.describe(),
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from stalwart.monitoring.alerts import Calibrator, MetricSource
+    from stalwart.serving.grpc.server import GrpcServer
     from stalwart.serving.tracing import Tracing
 
 __all__ = ["SHADOW_MODEL_THREADS", "create_app"]
@@ -206,11 +207,15 @@ def create_app(
         if live_profiles is not None:
             live_profiles.start()
         shadows.start()
+        if grpc_server is not None:
+            await grpc_server.start()
         if settings.gc_freeze:
             _freeze_garbage()
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()  # its RPCs in flight finish first, within the grace
             if settings.gc_freeze:
                 gc.unfreeze()  # the process may go on (tests, an embedding app): collect as usual
             if alerting is not None:
@@ -288,6 +293,7 @@ def create_app(
         policies=lambda: deployments.policies, flush_seconds=settings.shadow_flush_seconds,
     )
     plane.shadows = shadows
+    grpc_server = _grpc_server(settings, plane, metrics)
     if alert_source is None and project.alerts:
         alert_source, alert_calibrator = monitor_source(registry.db, project.alerts.values(), alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
@@ -328,6 +334,7 @@ def create_app(
     app.state.tracing = tracing
     app.state.cache = cache
     app.state.alerting = alerting
+    app.state.grpc = grpc_server
     return app
 
 
@@ -369,6 +376,20 @@ def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | N
     if provider is not None:
         return Tracing(provider)
     return Tracing(otlp_provider(settings), owned=True)
+
+
+def _grpc_server(settings: Settings, plane: DataPlane, metrics: ServingMetrics) -> GrpcServer | None:
+    """The gRPC service when ``STALWART_GRPC_PORT`` is set, else None (and grpc never
+    imported). MissingExtraError when the port is set but the grpc extra is not installed."""
+    if settings.grpc_port is None:
+        return None
+    require("grpc", extra="grpc", purpose="the gRPC service (STALWART_GRPC_PORT)")
+    require("google.protobuf", extra="grpc", purpose="the gRPC service (STALWART_GRPC_PORT)")
+    from stalwart.serving.grpc.server import GrpcServer
+    from stalwart.serving.grpc.service import InferenceService
+
+    service = InferenceService(plane, metrics, access_log=settings.access_log)
+    return GrpcServer(service, settings, host=settings.host, port=settings.grpc_port)
 
 
 def _shadow_thread() -> None:
