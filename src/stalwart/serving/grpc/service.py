@@ -45,12 +45,16 @@ from stalwart.serving.middleware import CLIENT_CLOSED, RequestInfo, identify
 from stalwart.serving.oip import EXTENSIONS
 from stalwart.serving.repository import ModelRepository, version_or_not_found
 
-__all__ = ["MAX_DEADLINE_SECONDS", "InferenceService"]
+__all__ = ["DEADLINE_MARGIN_SECONDS", "MAX_DEADLINE_SECONDS", "InferenceService"]
 
 _log = get_logger("stalwart.serving")
 
 MAX_DEADLINE_SECONDS = 600.0
 """A client's deadline beyond this (as ``X-Request-Timeout`` beyond 600 s) counts as none."""
+DEADLINE_MARGIN_SECONDS = 0.005
+"""The data plane's deadline is this much before the client's, so the server's own
+DEADLINE_EXCEEDED (its message, its 504 in the log and metrics) reaches the client
+rather than grpc's bare cancellation at the very instant."""
 
 _IDENTITY_KEYS = frozenset(("x-request-id", "traceparent", "tracestate"))
 _Request = TypeVar("_Request", bound=Message)
@@ -222,7 +226,7 @@ def _deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
     if remaining is None or remaining > MAX_DEADLINE_SECONDS:
         return None
-    return time.monotonic() + max(0.0, remaining)
+    return time.monotonic() + max(0.0, remaining - DEADLINE_MARGIN_SECONDS)
 
 
 def _priority(metadata: Metadata) -> Priority:
