@@ -8,7 +8,8 @@ per day and detection delay), ``profiles`` (issue 13: live profiles' cost per re
 shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout controller's look
 at the prediction log), which start no server; ``shadow-serving`` (issue 14: the
 primary's latency with every request shadowed, against no shadow, through a real server);
-``servers`` (issue 15: uvicorn against granian under the same app); and ``peers`` (issue 15:
+``servers`` (issue 15: uvicorn against granian under the same app); ``oip`` (issue 20: JSON,
+binary tensor data and gRPC side by side, and the decode cost per MB); and ``peers`` (issue 15:
 Stalwart beside the minimal endpoint and MLServer 1.7.1, in MLServer's own virtual
 environment, made on first use; 10 s per point and 2 runs unless told).
 With no suite named, all run. Each report is printed and written to
@@ -27,6 +28,7 @@ from benchmarks import (
     bench_drift,
     bench_evidence,
     bench_live_profiles,
+    bench_oip,
     bench_peers,
     bench_routing,
     bench_servers,
@@ -58,12 +60,13 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
     "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
     "peers": lambda a: bench_peers.run(bench_peers.Options(seconds=a.seconds, repeats=a.repeats)),
+    "oip": lambda a: bench_oip.run(bench_oip.Options(seconds=a.seconds, repeats=a.repeats)),
     "servers": lambda a: bench_servers.run(
         bench_servers.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "oip"})
 # --seconds and --repeats when not given: these, or a suite's own.
 DEFAULTS = {"seconds": 3.0, "repeats": 3}
 SUITE_DEFAULTS = {"peers": {"seconds": 10.0, "repeats": 2}}

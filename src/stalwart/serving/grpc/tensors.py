@@ -118,8 +118,9 @@ def grpc_request(message: ModelInferRequest) -> GrpcRequest:
                     field=f"{where}.contents",
                 )
             field = f"raw_input_contents[{index}]"
-            check_size(tensor.name, tensor.datatype, shape, len(raw_contents[index]), where, field)
-            inputs.append(GrpcInput(tensor.name, tensor.datatype, shape, raw_contents[index], None, field))
+            data = raw_contents[index]  # one read: each may copy the bytes out of the message
+            check_size(tensor.name, tensor.datatype, shape, len(data), where, field)
+            inputs.append(GrpcInput(tensor.name, tensor.datatype, shape, data, None, field))
         else:
             field = _check_contents(tensor.name, tensor.datatype, shape, tensor.contents, where)
             inputs.append(GrpcInput(tensor.name, tensor.datatype, shape, None, tensor.contents, field))
