@@ -146,6 +146,9 @@ def test_every_rpc_answers_tritons_grpc_client(client: triton.InferenceServerCli
         client.get_model_metadata("nope")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
     assert "model 'nope' is not registered" in caught.value.message()
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_config("breast-cancer")  # Triton's own RPC, not the protocol's
+    assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
 
 
 def test_every_datatype_round_trips_as_raw_contents(client: triton.InferenceServerClient) -> None:

@@ -106,10 +106,11 @@ def grpc_request(message: ModelInferRequest) -> GrpcRequest:
     inputs: list[GrpcInput] = []
     for index, tensor in enumerate(message.inputs):
         where = f"inputs[{index}]"
-        for key in _SHARED_MEMORY:
-            if key in tensor.parameters:
-                field = f"{where}.parameters.{key}"
-                raise RequestError(f"{field}: the shared-memory extension is not supported; send the data in the request", field=field)
+        if tensor.parameters:
+            for key in _SHARED_MEMORY:
+                if key in tensor.parameters:
+                    field = f"{where}.parameters.{key}"
+                    raise RequestError(f"{field}: the shared-memory extension is not supported; send the data in the request", field=field)
         shape = list(tensor.shape)
         if raw:
             if tensor.HasField("contents"):
@@ -124,11 +125,12 @@ def grpc_request(message: ModelInferRequest) -> GrpcRequest:
         else:
             field = _check_contents(tensor.name, tensor.datatype, shape, tensor.contents, where)
             inputs.append(GrpcInput(tensor.name, tensor.datatype, shape, None, tensor.contents, field))
-    for index, output in enumerate(message.outputs):
-        if "classification" in output.parameters:
+    outputs = list(message.outputs)
+    for index, output in enumerate(outputs):
+        if output.parameters and "classification" in output.parameters:
             field = f"outputs[{index}].parameters.classification"
             raise RequestError(f"{field}: the classification extension is not supported", field=field)
-    return GrpcRequest(inputs, list(message.outputs), message.id or None, raw)
+    return GrpcRequest(inputs, outputs, message.id or None, raw)
 
 
 def infer_response(
