@@ -8,10 +8,11 @@ per day and detection delay), ``profiles`` (issue 13: live profiles' cost per re
 shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout controller's look
 at the prediction log), which start no server; ``shadow-serving`` (issue 14: the
 primary's latency with every request shadowed, against no shadow, through a real server);
-``servers`` (issue 15: uvicorn against granian under the same app); ``oip`` (issue 20: JSON,
-binary tensor data and gRPC side by side, and the decode cost per MB); and ``peers`` (issue 15:
-Stalwart beside the minimal endpoint and MLServer 1.7.1, in MLServer's own virtual
-environment, made on first use; 10 s per point and 2 runs unless told).
+``servers`` (issue 15: uvicorn against granian under the same app); ``workers`` (issue 15:
+``stalwart serve --workers N``, N = 1, 2, 4); ``oip`` (issue 20: JSON, binary tensor data
+and gRPC side by side, and the decode cost per MB); and ``peers`` (issue 15: Stalwart beside
+the minimal endpoint and MLServer 1.7.1, in MLServer's own virtual environment, made on first
+use; 10 s per point and 2 runs unless told).
 With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
@@ -34,6 +35,7 @@ from benchmarks import (
     bench_servers,
     bench_shadow,
     bench_shadow_serving,
+    bench_workers,
     prediction_tap,
     serving,
 )
@@ -64,9 +66,10 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "servers": lambda a: bench_servers.run(
         bench_servers.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
+    "workers": lambda a: bench_workers.run(bench_workers.Options(seconds=a.seconds, repeats=a.repeats, workers=tuple(a.workers))),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "oip"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "workers", "oip"})
 # --seconds and --repeats when not given: these, or a suite's own.
 DEFAULTS = {"seconds": 3.0, "repeats": 3}
 SUITE_DEFAULTS = {"peers": {"seconds": 10.0, "repeats": 2}}
@@ -94,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--outputs", nargs="*", default=None, choices=["predict", "predict_proba"],
         help="outputs the batching suite's requests name (default: none, so both)",
+    )
+    parser.add_argument(
+        "--workers", nargs="+", type=int, default=[1, 2, 4], metavar="N",
+        help="workers suite: the worker counts compared (default: 1 2 4)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.suites if name not in SUITES]

@@ -402,7 +402,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process has used so far."""
+    """CPU seconds (user + system, every thread) one process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
 

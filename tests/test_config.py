@@ -60,6 +60,8 @@ def test_settings_come_from_stalwart_variables(monkeypatch: pytest.MonkeyPatch, 
         ("STALWART_LOG_LEVEL", "loud"),
         ("STALWART_PRELOAD", "perhaps"),
         ("STALWART_REGISTRY_POLL_SECONDS", "-1"),
+        ("STALWART_WORKERS", "0"),
+        ("STALWART_WORKERS", "many"),
     ],
 )
 def test_an_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -143,3 +145,12 @@ def test_the_server_reads_the_same_settings(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("STALWART_MAX_BODY_BYTES", "lots")
     with pytest.raises(ConfigError, match="STALWART_MAX_BODY_BYTES"):
         create_app()
+
+
+def test_workers_are_uvicorn_workers() -> None:
+    """Several worker processes share the port through sockets handed to uvicorn: asked of
+    granian, the settings say which two variables disagree."""
+    assert load_settings(workers=2, server="uvicorn").workers == 2
+    assert load_settings(workers=1, server="granian").server == "granian"
+    with pytest.raises(ConfigError, match=r"STALWART_WORKERS: .*STALWART_SERVER=uvicorn"):
+        load_settings(workers=2, server="granian")

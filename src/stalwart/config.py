@@ -17,7 +17,15 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stalwart.errors import ConfigError
@@ -85,6 +93,10 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         default=2048, ge=1, description="open connections (and requests in flight) beyond which requests get 503"
+    )
+    workers: int = Field(
+        default=1, ge=1, le=256,
+        description="server processes sharing the port (SO_REUSEPORT) under one supervisor; 1: the server is this process",
     )
     graceful_shutdown_seconds: float = Field(
         default=10.0, gt=0, description="on SIGTERM, requests in flight get this long to finish; then they are cancelled"
@@ -209,6 +221,17 @@ class Settings(BaseSettings):
         default=4 * 3600.0, ge=0, description="a firing alert already sent is sent again after this (a reminder)"
     )
     alert_webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="time limit of one webhook post")
+    # The web console (stalwart.serving.console) at /ui.
+    ui: bool = Field(default=True, description="serve the web console at /ui (and keep its live per-deployment numbers)")
+    ui_require_token: bool = Field(
+        default=False,
+        description="every console page needs a login with an admin token (default: only pages with request data and actions do)",
+    )
+    ui_session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="a console login lasts this long")
+    ui_secure_cookie: bool = Field(
+        default=True,
+        description="mark the console's session cookie Secure (sent over HTTPS and to loopback only); false for plain HTTP elsewhere",
+    )
     allow_pickle: bool = Field(
         default=True,
         description="load versions registered with trust_pickle=True; false refuses them",
@@ -240,6 +263,16 @@ class Settings(BaseSettings):
             return parse_bytes(value, "size")
         except ConfigError as exc:
             raise ValueError(exc.message.removeprefix("size: ")) from None
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_need_uvicorn(cls, value: int, info: ValidationInfo) -> int:
+        # Workers share one port through SO_REUSEPORT sockets that we bind and hand to
+        # uvicorn; granian has worker processes of its own, which would not share our
+        # supervisor, metrics directory or spool rules.
+        if value > 1 and info.data.get("server", "uvicorn") != "uvicorn":
+            raise ValueError("more than one worker needs STALWART_SERVER=uvicorn (granian serves in one process here)")
+        return value
 
     def limits_for(self, model: str) -> ModelLimits:
         """The thread and call limits in effect for ``model``'s versions: its own

@@ -19,7 +19,7 @@ import pytest
 import redis as redis_sync
 
 from stalwart.cache import CacheMetrics, CachePolicy, FeatureCache, RedisTier
-from stalwart.cache.invalidation import Invalidation
+from stalwart.cache.invalidation import PEER_MESSAGE_BYTES, Invalidation
 from stalwart.errors import CacheUnavailable
 from tests.cache.conftest import CacheFactory, PrivateRedis, Source
 from tests.conftest import REDIS_URL
@@ -299,3 +299,39 @@ async def test_a_failing_listener_does_not_stop_the_subscriber(make_cache: Cache
     await until(lambda: sample(b, "stalwart_cache_resets_total") >= resets + 1 and b.subscribed)
     await a.invalidate("fraud", [(2,)])
     await until(lambda: sample(b, "stalwart_cache_invalidations_received_total", scope="entities") == 2)
+
+
+async def test_without_redis_peers_hear_every_invalidation(make_cache: CacheFactory) -> None:
+    """No Redis: the workers of one server pass invalidations to each other (the supervisor
+    carries the messages). Entities, whole sets and everything reach the peer's memory;
+    an entity list too long for one message goes as its whole FeatureSet; a message the
+    link would not take makes the invalidation report False. PostgreSQL NOTIFY ones
+    (``announce=False``, every worker hears those itself) are not passed on."""
+    a, b = await make_cache(redis=False), await make_cache(redis=False)
+    sent: list[bytes] = []
+    link_up = True
+
+    def relay(message: bytes) -> bool:
+        if link_up:
+            sent.append(message)
+            b.invalidator.receive(message)
+        return link_up
+
+    a.invalidator.peers = relay
+    source = Source(ROWS)
+    fraud_b = b.bind("fraud", "v1", MEMORY_ONLY_HITS)
+    keys = [(1,), (2,), (3,)]
+    await fraud_b.get_many(keys, source.load)
+    assert await a.invalidate("fraud", [(2,)])
+    result = await fraud_b.get_many(keys, source.load)
+    assert (result.memory_hits, result.loaded) == (2, 1)
+    assert sample(b, "stalwart_cache_invalidations_received_total", scope="entities") == 1
+    assert sample(a, "stalwart_cache_invalidations_sent_total", scope="entities") == 1
+    many = [(f"{'x' * 64}-{i}",) for i in range(1000)]  # ~70 KB of keys: over one message
+    assert await a.invalidate("fraud", many)
+    assert len(sent[-1]) <= PEER_MESSAGE_BYTES
+    assert (await fraud_b.get_many(keys, source.load)).loaded == 3  # the whole set went
+    await a.invalidator.invalidate("fraud", ["1"], announce=False)
+    assert len(sent) == 2
+    link_up = False
+    assert not await a.invalidate("fraud", [(1,)])

@@ -140,6 +140,20 @@ def test_auto_format_is_json_in_a_pipe_and_readable_on_a_terminal() -> None:
     assert not written.lstrip().startswith("{")
 
 
+def test_fields_given_at_configuration_are_on_every_line(server: LiveServer) -> None:
+    """A worker's logs say which worker wrote them: ``fields`` are on every line, access
+    lines (written by the direct writer) included; a line's own value wins."""
+    stream = io.BytesIO()
+    configure_logging("json", "info", stream=stream, fields={"worker": 3})
+    get_logger("t").info("hello")
+    get_logger("t").info("mine", worker=7)
+    assert server.get("/v2/health/live", headers={"X-Request-ID": "req-w"}).status_code == 200
+    (access,) = _access_lines(stream, "req-w")
+    lines = [json.loads(line) for line in _lines(stream)]
+    assert [(line["event"], line["worker"]) for line in lines if line["event"] != "request"] == [("hello", 3), ("mine", 7)]
+    assert access["worker"] == 3
+
+
 def test_level_filters_lines() -> None:
     """level=warning drops info lines."""
     stream = io.BytesIO()

@@ -3,17 +3,25 @@ endpoint and status; requests in flight; model load time and loaded models."""
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 
 from stalwart.config import Settings
+from stalwart.monitoring.metrics import ServingMetrics, exposition, multiprocess_dir
 from stalwart.registry import Registry
 from tests import models
 from tests.servers import LiveServer, start_server
@@ -110,3 +118,81 @@ def test_model_load_time_and_loaded_models(metrics_server: LiveServer) -> None:
     samples = _samples(metrics_server)
     assert _value(samples, "stalwart_model_load_seconds_count", model="lin", version="1") == 1
     assert _value(samples, "stalwart_models_loaded") == 3
+
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "stalwart"
+
+
+def _gauges_without_a_live_mode() -> tuple[int, list[str]]:
+    """Every ``Gauge(...)`` call under src/stalwart, and those whose ``multiprocess_mode``
+    is not a literal ``live...`` mode (file:line)."""
+    seen, missing = 0, []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+            if name != "Gauge":
+                continue
+            seen += 1
+            mode = next((k.value for k in node.keywords if k.arg == "multiprocess_mode"), None)
+            if not (isinstance(mode, ast.Constant) and isinstance(mode.value, str) and mode.value.startswith("live")):
+                missing.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    return seen, missing
+
+
+def test_every_gauge_says_how_workers_combine() -> None:
+    """Under ``--workers N`` a scrape merges every worker's values: each gauge declares how
+    (sum, min, most recent...), always a live mode so a dead worker's value goes with it."""
+    seen, missing = _gauges_without_a_live_mode()
+    assert seen >= 15
+    assert missing == []
+
+
+_WORKER = """
+import os, sys
+from stalwart.monitoring.metrics import ServingMetrics, sample
+metrics = ServingMetrics()
+metrics.in_flight_count = int(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    metrics.observe_request("lin", "1", "/v2/models/{model}/infer", 200, 0.001)
+sample()
+print(os.getpid())
+"""
+
+
+def test_in_multiprocess_mode_any_process_shows_the_totals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (what the supervisor gives its workers), the exposition
+    adds up every process's counters and histograms, and function gauges (requests in
+    flight) once sampled; a process marked dead leaves its counts in the totals but takes
+    its gauges with it."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(SRC.parent)}
+    pids = [
+        int(subprocess.run([sys.executable, "-c", _WORKER, str(flight), str(n)], env=env, check=True, capture_output=True, text=True).stdout)
+        for flight, n in ((3, 2), (4, 5))
+    ]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = exposition(CollectorRegistry()).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    labels = {"model": "lin", "version": "1", "endpoint": "/v2/models/{model}/infer", "status": "200"}
+    samples = scrape()
+    assert _value(samples, "stalwart_requests_total", **labels) == 7
+    assert _value(samples, "stalwart_request_duration_seconds_count", **labels) == 7
+    assert _value(samples, "stalwart_requests_in_flight") == 7
+    mark_process_dead(pids[0], str(tmp_path))
+    samples = scrape()
+    assert _value(samples, "stalwart_requests_total", **labels) == 7
+    assert _value(samples, "stalwart_requests_in_flight") == 4
+
+
+def test_one_process_reads_its_own_registry() -> None:
+    """Without PROMETHEUS_MULTIPROC_DIR (one server process, the default) nothing of the
+    above happens: the exposition is the registry's own, function gauges read live."""
+    assert multiprocess_dir() is None
+    metrics = ServingMetrics()
+    metrics.in_flight_count = 5
+    assert exposition(metrics.registry) == generate_latest(metrics.registry)
+    assert b"stalwart_requests_in_flight 5.0" in metrics.exposition()

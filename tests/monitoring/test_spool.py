@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,52 @@ def test_one_spool_has_one_writer(tmp_path: Path) -> None:
         Spool(tmp_path / "s")
     spool.close()
     Spool(tmp_path / "s").close()
+
+
+def test_a_live_writers_spool_is_never_adopted(tmp_path: Path) -> None:
+    """Workers start together, each making its spool while the others adopt every spool
+    they find unlocked (a dead writer's): a spool appears under its name already locked, so
+    none is ever taken for a dead one, and none is removed under its writer."""
+    adopted: list[str] = []
+    stop = threading.Event()
+
+    def adopt_everything() -> None:
+        while not stop.is_set():
+            for directory in sorted(tmp_path.iterdir()):
+                if directory.name.startswith("."):
+                    continue
+                orphan = Spool.adopt(directory)
+                if orphan is not None:
+                    adopted.append(directory.name)
+                    orphan.remove()
+
+    adopters = [threading.Thread(target=adopt_everything) for _ in range(2)]
+    for adopter in adopters:
+        adopter.start()
+    spools = []
+    try:
+        for i in range(300):
+            spool = Spool(tmp_path / f"writer-{i}")
+            spool.append(_payloads(1, i))
+            spools.append(spool)
+    finally:
+        stop.set()
+        for adopter in adopters:
+            adopter.join()
+    assert adopted == []
+    for i, spool in enumerate(spools):
+        assert spool.read_pending(10)[0] == _payloads(1, i)
+        spool.close()
+
+
+def test_a_dead_writers_spool_is_adopted_once_and_removed(tmp_path: Path) -> None:
+    """Once its writer is gone, a spool is adopted by one process only; removing it leaves
+    no directory behind, and adopting it again finds nothing (it is not made anew)."""
+    Spool(tmp_path / "dead").close()
+    first = Spool.adopt(tmp_path / "dead")
+    assert first is not None
+    assert Spool.adopt(tmp_path / "dead") is None  # held by the first adopter
+    first.remove()
+    assert list(tmp_path.iterdir()) == []
+    assert Spool.adopt(tmp_path / "dead") is None
+    assert list(tmp_path.iterdir()) == []

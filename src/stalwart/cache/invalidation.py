@@ -16,6 +16,11 @@ there is no window to size and no gap to detect.
 While disconnected, the replica is blind to other replicas' writes, so the cache limits
 the in-process lifetime of what it loads then (``offline_ttl``); invalidations made here
 while Redis is down are kept (bounded) and published when it returns.
+
+Without Redis, the processes of one host that serve together (the workers of ``stalwart
+serve --workers N``) still hear each other: :attr:`Invalidator.peers` passes each
+invalidation made here to them (through their supervisor), and they apply it with
+:meth:`Invalidator.receive`, as a Redis message.
 """
 
 from __future__ import annotations
@@ -39,11 +44,14 @@ from stalwart.monitoring.logs import get_logger
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["Invalidation", "InvalidationBus", "Invalidator"]
+__all__ = ["PEER_MESSAGE_BYTES", "Invalidation", "InvalidationBus", "Invalidator"]
 
 _log = get_logger("stalwart.cache")
 
 _CHUNK = 1000  # entities per Redis script call and per message
+PEER_MESSAGE_BYTES = 32 * 1024
+"""The longest message passed to :attr:`Invalidator.peers`: an invalidation of entities
+that encodes longer goes to them as one of their whole FeatureSet (more, never less)."""
 
 LocalHook = Callable[[str | None, frozenset[str] | None], None]
 """Called with (feature set or None for all, entities or None for the whole set)."""
@@ -84,6 +92,10 @@ class Invalidator:
         self.replica_id = replica_id
         self.listeners: list[Callable[[Invalidation, float], None]] = []
         """Called with each message received from another replica and its delay (seconds)."""
+        self.peers: Callable[[bytes], bool] | None = None
+        """Without a shared tier: the processes on this host that serve beside this one (the
+        other workers of ``stalwart serve --workers N``). Given each invalidation made here,
+        as a message their :meth:`receive` takes; returns whether it was passed on."""
         self._on_local = on_local
         self._clock = clock
         self._max_pending = max_pending
@@ -110,7 +122,7 @@ class Invalidator:
                 return True
         self.drop_local(feature_set, entities)
         if self.shared is None:
-            return True
+            return self._tell_peers(feature_set, entities) if announce else True
         try:
             await self._publish(feature_set, entities, announce=announce)
         except CacheUnavailable:
@@ -136,6 +148,20 @@ class Invalidator:
             await shared.delete(feature_set, chunk, announce=message)
         if announce:
             self.metrics.invalidations_sent.labels("entities").inc()
+
+    def _tell_peers(self, feature_set: str | None, entities: Sequence[str] | None) -> bool:
+        peers = self.peers
+        if peers is None:
+            return True
+        message = self._message(feature_set, None if entities is None else list(entities))
+        if len(message) > PEER_MESSAGE_BYTES:
+            entities = None
+            message = self._message(feature_set, None)
+        if not peers(message):
+            return False
+        scope = "all" if feature_set is None else "feature_set" if entities is None else "entities"
+        self.metrics.invalidations_sent.labels(scope).inc()
+        return True
 
     def _message(self, feature_set: str | None, entities: list[str] | None) -> bytes:
         return self._encoder.encode(Invalidation(self.replica_id, feature_set, entities, self._clock()))

@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stalwart.monitoring.metrics import gauge_function
+
 __all__ = ["CacheMetrics", "SetCounters"]
 
 # Loopback pub/sub lands in well under a millisecond; the buckets start there.
@@ -98,6 +100,7 @@ class CacheMetrics:
             "stalwart_cache_invalidations_pending",
             "Invalidations waiting for Redis to come back before they can be published",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.invalidation_delay = Histogram(
             "stalwart_cache_invalidation_delay_seconds",
@@ -117,12 +120,13 @@ class CacheMetrics:
             "stalwart_cache_invalidation_subscribed",
             "1 while this replica receives invalidations from Redis",
             registry=r,
+            multiprocess_mode="livemin",  # workers: 1 when every one of them does
         )
         self.memory_entries = Gauge(
-            "stalwart_cache_memory_entries", "Entries held by the in-process tier", registry=r
+            "stalwart_cache_memory_entries", "Entries held by the in-process tier", registry=r, multiprocess_mode="livesum"
         )
         self.memory_bytes = Gauge(
-            "stalwart_cache_memory_bytes", "Estimated bytes held by the in-process tier", registry=r
+            "stalwart_cache_memory_bytes", "Estimated bytes held by the in-process tier", registry=r, multiprocess_mode="livesum"
         )
 
     def for_set(self, feature_set: str) -> SetCounters:
@@ -142,8 +146,8 @@ class CacheMetrics:
 
     def watch_memory(self, entries: Callable[[], float], nbytes: Callable[[], float]) -> None:
         """Report the in-process tier's size when scraped."""
-        self.memory_entries.set_function(entries)
-        self.memory_bytes.set_function(nbytes)
+        gauge_function(self.memory_entries, entries)
+        gauge_function(self.memory_bytes, nbytes)
 
     def tier_error(self, tier: str) -> Callable[[str], None]:
         """A callback counting failed calls of one tier, by operation."""

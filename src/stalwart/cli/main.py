@@ -45,6 +45,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="interface to bind [env STALWART_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="port to bind [env STALWART_PORT]")] = None,
     project: Annotated[Path | None, typer.Option(help="project file with feature definitions")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="server processes sharing the port, under one supervisor [env STALWART_WORKERS]")
+    ] = None,
     grpc_port: Annotated[
         int | None,
         typer.Option(help="also serve the OIP gRPC service on this port (the grpc extra) [env STALWART_GRPC_PORT]"),
@@ -53,8 +56,6 @@ def serve(
     """Serve every registered model over the Open Inference Protocol (REST, and gRPC with --grpc-port)."""
     from stalwart.config import load_settings
     from stalwart.monitoring.logs import configure_logging, get_logger
-    from stalwart.serving.app import create_app
-    from stalwart.serving.server import build_server
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -65,8 +66,19 @@ def serve(
         overrides["project"] = project
     if grpc_port is not None:
         overrides["grpc_port"] = grpc_port
+    if workers is not None:
+        overrides["workers"] = workers
     settings = load_settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
+    if settings.workers > 1:
+        # A supervisor of worker processes, each one server like the one below (serving/workers.py).
+        from stalwart.serving.workers import run_workers
+
+        raise typer.Exit(run_workers(settings))
+
+    from stalwart.serving.app import create_app
+    from stalwart.serving.server import build_server
+
     app_ = create_app(settings)
     # Built before the log line: a server that is not installed is an error naming its extra.
     server = build_server(app_, settings)
@@ -74,6 +86,7 @@ def serve(
         "serving",
         url=f"http://{settings.host}:{settings.port}",
         grpc=f"{settings.host}:{settings.grpc_port}" if settings.grpc_port is not None else None,
+        console=f"http://{settings.host}:{settings.port}/ui" if settings.ui else None,
         server=settings.server,
         registry=app_.state.registry.db.describe(),
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,

@@ -155,6 +155,7 @@ class SkewMetrics:
             "Share of sampled served values that differ from their point-in-time recomputation",
             ("deployment", "feature"),
             registry=registry,
+            multiprocess_mode="livemostrecent",
         )
 
     def publish(self, report: LiveParityReport) -> None:

@@ -33,12 +33,14 @@ class AlertMetrics:
             "1 while an alert fires (0 once resolved)",
             ("alert", "deployment", "column", "severity"),
             registry=registry,
+            multiprocess_mode="livemostrecent",  # workers: every one sets it from the stored state
         )
         self.score = Gauge(
             "stalwart_drift_score",
             "The last value of a monitored score, per deployment, column and method (the alert rule's metric)",
             ("deployment", "column", "method"),
             registry=registry,
+            multiprocess_mode="livemostrecent",  # workers: the last value the evaluator (the leader) set
         )
         self.notifications = Counter(
             "stalwart_alert_notifications",

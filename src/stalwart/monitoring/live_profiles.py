@@ -65,6 +65,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from stalwart.durations import epoch_span
 from stalwart.errors import ConfigError, StalwartError
 from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.metrics import gauge_function
 from stalwart.monitoring.profiles import FeatureProfile, Profile, column_array
 from stalwart.storage import Database
 from stalwart.storage import tables as t
@@ -170,7 +171,7 @@ class LiveProfiles(Generic[T]):
         self._stop = False
         self._thread: threading.Thread | None = None
         self._metrics = _Metrics(registry)
-        self._metrics.queued.set_function(lambda: len(self._queue))
+        gauge_function(self._metrics.queued, lambda: len(self._queue))
         self._retry_at = 0.0
         self._failures = 0
         self._last_log = 0.0
@@ -431,7 +432,7 @@ class _Metrics:
         self.requests = Counter("stalwart_live_profiles_requests", "Requests added to live profiles", registry=registry)
         self.buckets = Counter("stalwart_live_profiles_buckets_written", "Minute buckets written (with their hour and day rollups)", registry=registry)
         self.write_failures = Counter("stalwart_live_profiles_write_failures", "Failed writes of profile buckets (retried)", registry=registry)
-        self.queued = Gauge("stalwart_live_profiles_queued", "Requests waiting to be profiled", registry=registry)
+        self.queued = Gauge("stalwart_live_profiles_queued", "Requests waiting to be profiled", registry=registry, multiprocess_mode="livesum")
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
 import msgspec
@@ -51,9 +51,12 @@ def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     level: Literal["debug", "info", "warning", "error"] = "info",
     stream: Any = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> None:
-    """Send structured logs to ``stream`` (stdout by default) as JSON or console lines."""
+    """Send structured logs to ``stream`` (stdout by default) as JSON or console lines.
+    ``fields`` are on every line (a worker process's ``worker``: which one wrote it)."""
     global _access_writer
+    extra = dict(fields or {})
     if _flush_access is not None:
         _flush_access()  # the previous configuration's access lines, to its stream
     out: Any = stream if stream is not None else sys.stdout
@@ -78,9 +81,10 @@ def configure_logging(
             target = binary if binary is not None else out
             factory = structlog.BytesLoggerFactory(target)
             if _LEVELS[level] <= logging.INFO:
-                _access_writer = _direct_access(target, encoder)
+                _access_writer = _direct_access(target, encoder, extra)
     structlog.configure(
         processors=[
+            *([_with_fields(extra)] if extra else []),
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
@@ -103,6 +107,17 @@ _secret_keys: dict[str, bool] = {}
 _MAX_REMEMBERED_KEYS = 4096
 
 
+def _with_fields(fields: dict[str, Any]) -> Any:
+    """A processor putting ``fields`` on every line (the line's own keys win)."""
+
+    def add(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+        return event
+
+    return add
+
+
 # Access lines are gathered and written together, at most this long after their request:
 # one write (a system call, microseconds in a sandboxed kernel) per line was as much as the
 # rest of the line. Other lines are written at once, so an access line may follow a later
@@ -112,7 +127,7 @@ ACCESS_FLUSH_SECONDS = 0.05
 _ACCESS_BUFFER_BYTES = 64 * 1024
 
 
-def _direct_access(target: Any, encoder: msgspec.json.Encoder) -> Any:
+def _direct_access(target: Any, encoder: msgspec.json.Encoder, extra: dict[str, Any]) -> Any:
     write = target.write
     flush = getattr(target, "flush", None)
     pending = bytearray()
@@ -136,6 +151,7 @@ def _direct_access(target: Any, encoder: msgspec.json.Encoder) -> Any:
             "logger": "stalwart.access",
             "level": "info",
             "timestamp": dt.datetime.now(tz=dt.UTC).isoformat().replace("+00:00", "Z"),
+            **extra,
             **fields,
         }
         _redact_secrets(None, "info", line)

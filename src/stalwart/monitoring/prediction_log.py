@@ -38,10 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stalwart.errors import PredictionLogError, SinkUnavailable
 from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.metrics import gauge_function
 from stalwart.monitoring.records import Chain, PredictionRecord, decode_record
 from stalwart.monitoring.sinks import PredictionSink, PredictionStore
 from stalwart.monitoring.spool import Position, Spool
@@ -77,10 +79,16 @@ class LogMetrics:
         self.sink_failures = Counter(
             "stalwart_prediction_log_sink_failures", "Failed deliveries to the prediction sink (retried from the spool)", registry=registry
         )
-        self.sink_up = Gauge("stalwart_prediction_log_sink_up", "1 while the prediction sink accepts records", registry=registry)
-        self.queued = Gauge("stalwart_prediction_log_queued", "Records waiting in memory for the spool", registry=registry)
+        # Workers: the sink is up when it is up for every one of them; the rest add up.
+        self.sink_up = Gauge(
+            "stalwart_prediction_log_sink_up", "1 while the prediction sink accepts records", registry=registry, multiprocess_mode="livemin"
+        )
+        self.queued = Gauge(
+            "stalwart_prediction_log_queued", "Records waiting in memory for the spool", registry=registry, multiprocess_mode="livesum"
+        )
         self.undelivered = Gauge(
-            "stalwart_prediction_log_undelivered_bytes", "Spooled bytes not yet delivered to the sink", registry=registry
+            "stalwart_prediction_log_undelivered_bytes", "Spooled bytes not yet delivered to the sink", registry=registry,
+            multiprocess_mode="livesum",
         )
 
 
@@ -133,7 +141,7 @@ class PredictionLog(Generic[T]):
         self._thread: threading.Thread | None = None
         self._spool: Spool | None = None
         self._metrics = LogMetrics(registry)
-        self._metrics.queued.set_function(lambda: len(self._queue))
+        gauge_function(self._metrics.queued, lambda: len(self._queue))
         self._metrics.sink_up.set(1)
         self._sink_ok = True
         self._retry_at = 0.0
@@ -348,18 +356,24 @@ class PredictionLog(Generic[T]):
             _log.info("prediction log retention", removed=removed, days=self._retention)
 
     def _adopt_orphans(self) -> None:
-        """Deliver the spools of writers that died with records undelivered."""
+        """Deliver the spools of writers that died with records undelivered. Never fatal:
+        a spool that cannot be read now is left for the next writer that starts."""
         if not self._spool_root.exists():
             return
         own = self._spool.directory if self._spool is not None else None
         for directory in sorted(self._spool_root.iterdir()):
-            if directory == own or not directory.is_dir():
+            # Hidden names: spools being made or removed by other processes.
+            if directory == own or directory.name.startswith(".") or not directory.is_dir():
                 continue
+            orphan = Spool.adopt(directory)
+            if orphan is None:
+                continue  # a live writer's (or removed meanwhile)
             try:
-                orphan = Spool(directory)
-            except OSError:
-                continue  # locked: a live writer's
-            delivered = self._drain(orphan)
+                delivered = self._drain(orphan)
+            except (OSError, ValueError, msgspec.DecodeError) as exc:
+                _log.warning("cannot deliver a dead writer's spool; left for the next start", spool=directory.name, error=str(exc)[:200])
+                orphan.close()
+                continue
             if delivered is not None:
                 _log.info("delivered a dead writer's spool", spool=directory.name, records=delivered)
                 orphan.remove()

@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
+import shutil
 import struct
 import zlib
 from collections.abc import Sequence
@@ -46,23 +48,38 @@ class Position:
 
 
 class Spool:
-    """One writer's spool directory (locked, so no two processes write one spool)."""
+    """One writer's spool directory (locked, so no two processes write one spool).
 
-    def __init__(self, directory: Path, *, segment_bytes: int = _SEGMENT_BYTES) -> None:
+    A new spool's directory appears under its name already locked (made under a hidden
+    name, locked, then renamed), and a spool that is removed is first renamed away, lock
+    held: so processes starting together, each adopting the spools it finds unlocked
+    (:meth:`adopt`), never take a live writer's spool for a dead one's.
+    """
+
+    def __init__(self, directory: Path, *, segment_bytes: int = _SEGMENT_BYTES, create: bool = True) -> None:
+        """Open (``create``: or make) the spool in ``directory``; OSError when another
+        process holds it (BlockingIOError) or, without ``create``, when it is gone."""
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._segment_bytes = segment_bytes
-        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = _lock(directory, create=create)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            self._cursor = self._read_cursor()
+            segments = self._segments()
+            self._segment = segments[-1] if segments else max(1, self._cursor.segment)
+            self._end = self._repair(self._segment)
+            self._fd = os.open(self._path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except BaseException:
             os.close(self._lock_fd)
             raise
-        self._cursor = self._read_cursor()
-        segments = self._segments()
-        self._segment = segments[-1] if segments else max(1, self._cursor.segment)
-        self._end = self._repair(self._segment)
-        self._fd = os.open(self._path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    @classmethod
+    def adopt(cls, directory: Path) -> Spool | None:
+        """The spool in ``directory`` when no live process holds it (its writer died), else
+        None (held, or removed meanwhile). Never makes a directory."""
+        try:
+            return cls(directory, create=False)
+        except OSError:
+            return None
 
     # --- writing -------------------------------------------------------------------------
 
@@ -148,11 +165,15 @@ class Spool:
             os.close(self._lock_fd)
 
     def remove(self) -> None:
-        """Delete the whole spool (everything delivered; used for a dead process's spool)."""
+        """Delete the whole spool (everything delivered; used for a dead process's spool).
+        Renamed away first, lock held, so nobody opens it by its name meanwhile."""
+        grave = self.directory.with_name(f".{self.directory.name}.removed-{secrets.token_hex(4)}")
+        try:
+            os.rename(self.directory, grave)
+        except FileNotFoundError:
+            grave = self.directory
         self.close()
-        for path in self.directory.iterdir():
-            path.unlink()
-        self.directory.rmdir()
+        shutil.rmtree(grave, ignore_errors=True)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -190,6 +211,35 @@ class Spool:
             with path.open("r+b") as f:
                 f.truncate(good)
         return good
+
+
+def _lock(directory: Path, *, create: bool) -> int:
+    """The descriptor of ``directory``'s lock file, exclusively locked (``create``: making
+    the directory, under a hidden name until it is locked, when it does not exist)."""
+    if create and not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        hidden = directory.with_name(f".{directory.name}.new-{secrets.token_hex(4)}")
+        hidden.mkdir(mode=0o700)
+        fd = os.open(hidden / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a directory nobody else can name: free
+        try:
+            os.rename(hidden, directory)
+        except OSError:  # made meanwhile by another process (or the parent is gone): open that one
+            os.close(fd)
+            shutil.rmtree(hidden, ignore_errors=True)
+        else:
+            return fd
+    fd = os.open(directory / "lock", os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Locked, but is it still the lock of the directory by that name? A spool removed
+        # (renamed away) between our open and our lock is not.
+        if not os.path.samestat(os.fstat(fd), os.stat(directory / "lock")):
+            raise FileNotFoundError(f"spool {directory} was removed")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_frame(f: BinaryIO) -> bytes | None:

@@ -54,6 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stalwart.errors import ConfigError
 from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.metrics import gauge_function
 from stalwart.resilience.deadlines import Expired, run_until
 
 __all__ = ["DROP_REASONS", "ShadowMetrics", "ShadowRunner"]
@@ -84,12 +85,15 @@ class ShadowMetrics:
         self.answered = Counter(
             "stalwart_shadow_answered", "Shadow calls that answered within their time limit", ("shadow",), registry=registry
         )
-        self.queued = Gauge("stalwart_shadow_queued", "Shadow calls waiting for a worker", ("shadow",), registry=registry)
+        self.queued = Gauge(
+            "stalwart_shadow_queued", "Shadow calls waiting for a worker", ("shadow",), registry=registry, multiprocess_mode="livesum"
+        )
         self.abandoned = Gauge(
             "stalwart_shadow_abandoned",
             "Timed-out shadow calls that have not stopped yet (a call ignoring cancellation)",
             ("shadow",),
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.write_failures = Counter(
             "stalwart_shadow_pair_write_failures",
@@ -158,8 +162,8 @@ class ShadowRunner(Generic[T, R]):
         self._drop_closed = dropped.labels(name, "closed")
         self._answered = metrics.answered.labels(name)
         # Read at scrape time, so the request path never updates a gauge.
-        metrics.queued.labels(name).set_function(lambda: len(self._queue))
-        metrics.abandoned.labels(name).set_function(lambda: len(self._abandoned))
+        gauge_function(metrics.queued.labels(name), lambda: len(self._queue))
+        gauge_function(metrics.abandoned.labels(name), lambda: len(self._abandoned))
 
     @property
     def queued(self) -> int:

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from stalwart._optional import require
 from stalwart.cache import FeatureCache
@@ -31,9 +31,13 @@ from stalwart.features.notify import pg_listeners
 from stalwart.monitoring.logs import get_logger
 from stalwart.monitoring.metrics import (
     CONTENT_TYPE_LATEST,
+    SAMPLE_SECONDS,
     BatchMetrics,
     ResilienceMetrics,
+    RouteMetrics,
     ServingMetrics,
+    multiprocess_dir,
+    sample,
 )
 from stalwart.monitoring.sinks import open_store
 from stalwart.pipeline import Stage
@@ -48,6 +52,9 @@ from stalwart.serving.alerting import build_alerting, monitor_source
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall
 from stalwart.serving.chains import Chains
+from stalwart.serving.console import Console, LiveStats, console_routes
+from stalwart.serving.console.render import Pages
+from stalwart.serving.console.session import Sessions
 from stalwart.serving.dataplane import DataPlane, RequestTap
 from stalwart.serving.deployments import Deployments
 from stalwart.serving.errors import exception_handlers
@@ -96,6 +103,7 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
     alert_source: MetricSource | None = None,
     alert_calibrator: Calibrator | None = None,
+    ready_before_serving: bool = False,
 ) -> Starlette:
     """The Stalwart server as an ASGI app, configured by ``settings`` (the environment's
     ``STALWART_*`` variables when omitted). ``project`` (or ``settings.project``, a file)
@@ -106,7 +114,10 @@ def create_app(
     over OTLP/HTTP, and with neither nothing is traced (and OpenTelemetry never imported).
     ``alert_source`` is where the project's alert rules read their metrics (and
     ``alert_calibrator`` their calibrated thresholds); without a source, declared alerts are
-    not evaluated (logged)."""
+    not evaluated (logged). ``ready_before_serving``: the lifespan's start waits for the
+    models preloaded at start, so the server listens only once it can answer (a worker of
+    ``stalwart serve --workers N``: its port's other workers answer meanwhile); otherwise it
+    listens at once, ready or not (``/v2/health/ready`` says which)."""
     settings = settings or load_settings()  # a bad STALWART_* value is a ConfigError naming it
     owns_registry = registry is None  # then its connections are this app's to close
     registry = registry or Registry.open(settings)
@@ -197,6 +208,8 @@ def create_app(
         for listener in listeners:
             await listener.start()
         await repository.start()
+        if ready_before_serving:
+            await repository.wait_ready()
         await route_sync.start()  # the routes in the database, before the first request
         if controller is not None:
             controller.start()
@@ -209,6 +222,8 @@ def create_app(
         shadows.start()
         if grpc_server is not None:
             await grpc_server.start()
+        # A worker of several (monitoring/metrics.py): its function gauges, written for the others' scrapes.
+        sampler = asyncio.create_task(_sample_gauges(), name="stalwart-gauge-sampler") if multiprocess_dir() else None
         if settings.gc_freeze:
             _freeze_garbage()
         try:
@@ -216,6 +231,8 @@ def create_app(
         finally:
             if grpc_server is not None:
                 await grpc_server.stop()  # its RPCs in flight finish first, within the grace
+            if sampler is not None:
+                sampler.cancel()
             if settings.gc_freeze:
                 gc.unfreeze()  # the process may go on (tests, an embedding app): collect as usual
             if alerting is not None:
@@ -264,7 +281,8 @@ def create_app(
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
     rollout_store = RolloutStore(registry.db)
     route_sync = RouteSync(
-        rollout_store.routes, deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor()
+        rollout_store.routes, deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor(),
+        metrics=RouteMetrics(metrics.registry),
     )
     controller = (
         ControllerLoop(Controller(rollout_store, project, lag_seconds=settings.rollout_lag_seconds))
@@ -284,7 +302,9 @@ def create_app(
     )
     live_profiles = open_live_profiles(settings, registry.db, metrics.registry, log_policies)
     profile_tap = ProfileTap(live_profiles) if live_profiles is not None else None
-    plane_tap = compose(tracing, prediction_tap, profile_tap, tap)
+    # The console's live numbers: a tap of their own, only when the console is served.
+    live = LiveStats() if settings.ui else None
+    plane_tap = compose(tracing, prediction_tap, profile_tap, live, tap)
     # --- end of request taps ---
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
     # Shadows: copies of sampled requests, off the critical path; their series on /metrics.
@@ -298,7 +318,7 @@ def create_app(
         alert_source, alert_calibrator = monitor_source(registry.db, project.alerts.values(), alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
     auth = BearerAuth.from_settings(settings)
-    routes = [
+    routes: list[BaseRoute] = [
         *oip_routes(plane),
         *v1_routes(plane),
         *control_routes(deployments, auth, cache, registry),
@@ -310,6 +330,12 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
+    if live is not None:
+        console = Console(
+            settings, project, registry, plane, rollout_store, store, cache, live,
+            Sessions(auth, hours=settings.ui_session_hours, secure=settings.ui_secure_cookie), Pages(),
+        )
+        routes.extend(console_routes(console))
     app = Starlette(
         routes=routes,
         middleware=[
@@ -335,6 +361,7 @@ def create_app(
     app.state.cache = cache
     app.state.alerting = alerting
     app.state.grpc = grpc_server
+    app.state.live = live
     return app
 
 
@@ -390,6 +417,14 @@ def _grpc_server(settings: Settings, plane: DataPlane, metrics: ServingMetrics) 
 
     service = InferenceService(plane, metrics, access_log=settings.access_log)
     return GrpcServer(service, settings, host=settings.host, port=settings.grpc_port)
+
+
+async def _sample_gauges() -> None:
+    """Write this worker's function gauges (queue lengths, requests in flight) to its metrics
+    file every :data:`SAMPLE_SECONDS`, so that a scrape reaching another worker sees them."""
+    while True:
+        sample()
+        await asyncio.sleep(SAMPLE_SECONDS)
 
 
 def _shadow_thread() -> None:

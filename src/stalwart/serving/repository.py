@@ -171,6 +171,11 @@ class ModelRepository:
         # Wait for them to finish cancelling, whatever they raise: nothing may outlive stop().
         await asyncio.gather(*loading, return_exceptions=True)
 
+    async def wait_ready(self) -> None:
+        """Return once the models preloaded at start have loaded (or failed to)."""
+        while not self._ready:
+            await asyncio.sleep(0.05)
+
     def not_ready_reason(self) -> str | None:
         return None if self._ready else "the server is still loading its models"
 

@@ -14,11 +14,13 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp
 
 from stalwart.config import Settings
+from stalwart.errors import ConfigError
 
 __all__ = ["ServerHandle", "build_server", "run_server"]
 
@@ -37,39 +39,66 @@ class ServerHandle(Protocol):
     def stop(self) -> None: ...
 
 
-def run_server(app: ASGIApp, settings: Settings) -> bool:
+def run_server(
+    app: ASGIApp, settings: Settings, *, reuse_port: bool = False, on_ready: Callable[[], None] | None = None
+) -> bool:
     """Serve ``app`` on ``settings.host:settings.port`` with ``settings.server`` until
     SIGTERM or SIGINT, then shut down gracefully. False if it never started (the port was
-    taken, or the app's lifespan startup failed)."""
-    server = build_server(app, settings)
+    taken, or the app's lifespan startup failed).
+
+    ``reuse_port`` (uvicorn only): bind with ``SO_REUSEPORT``, so that the workers of one
+    supervisor share the port, each with its own listening socket, the kernel spreading new
+    connections across them. The socket is bound before the app starts and listens only
+    once it has: a worker still loading its models is sent no connection. ``on_ready`` is
+    called once it listens."""
+    server = build_server(app, settings, reuse_port=reuse_port, on_ready=on_ready)
     server.run()
     return server.started
 
 
-def build_server(app: ASGIApp, settings: Settings, *, host: str | None = None, port: int | None = None) -> ServerHandle:
+def build_server(
+    app: ASGIApp,
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    reuse_port: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> ServerHandle:
     """``settings.server`` ready to serve ``app``; ``host`` and ``port`` override the
-    settings'. Raises MissingExtraError when granian is chosen but not installed."""
+    settings'. Raises MissingExtraError when granian is chosen but not installed, and
+    ConfigError when granian is asked to share a port (workers are uvicorn's here)."""
     if settings.server == "granian":
         from stalwart._optional import require
         from stalwart.serving.granian_transport import GranianServer
 
+        if reuse_port or on_ready is not None:
+            raise ConfigError("STALWART_SERVER=granian runs one process: set STALWART_WORKERS=1, or use uvicorn for workers")
         require("granian", extra="granian", purpose="STALWART_SERVER=granian")
         return GranianServer(app, settings, host=host, port=port)
-    return _Uvicorn(app, settings, host=host, port=port)
+    return _Uvicorn(app, settings, host=host, port=port, reuse_port=reuse_port, on_ready=on_ready)
 
 
 class _Uvicorn:
-    def __init__(self, app: ASGIApp, settings: Settings, *, host: str | None, port: int | None) -> None:
-        import uvicorn
-
-        from stalwart.serving.transport import server_config
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        *,
+        host: str | None,
+        port: int | None,
+        reuse_port: bool,
+        on_ready: Callable[[], None] | None,
+    ) -> None:
+        from stalwart.serving.transport import ListeningServer, server_config
 
         overrides: dict[str, Any] = {}
         if host is not None:
             overrides["host"] = host
         if port is not None:
             overrides["port"] = port
-        self.server = uvicorn.Server(server_config(app, settings, **overrides))
+        self.server = ListeningServer(server_config(app, settings, **overrides), on_ready)
+        self._reuse_port = reuse_port
 
     @property
     def started(self) -> bool:
@@ -78,13 +107,20 @@ class _Uvicorn:
     def run(self) -> None:
         import uvicorn.config
 
+        from stalwart.serving.transport import bind_sockets
+
+        config = self.server.config
+        sockets = bind_sockets(config.host, config.port, reuse_port=True) if self._reuse_port else None
         try:
-            self.server.run()
+            self.server.run(sockets=sockets)
         except SystemExit as exc:
             # uvicorn exits the process when it cannot bind or the lifespan fails; here that
             # is a server that did not start, for the caller to act on.
             if self.server.started or exc.code != uvicorn.config.STARTUP_FAILURE:
                 raise
+        finally:
+            for sock in sockets or ():
+                sock.close()
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -17,20 +17,23 @@ starts it and its body when the app sends it, two ``send`` system calls where on
 do (:class:`_OneWrite`). On a sandboxed kernel a system call costs microseconds; the two
 were a fifth of the server's samples at 64 connections.
 
->>> config = server_config(app, settings)  # doctest: +SKIP
->>> uvicorn.Server(config).run()           # doctest: +SKIP
+:func:`bind_sockets` binds the sockets of ``stalwart serve --workers N``
+(:mod:`stalwart.serving.workers`): with ``SO_REUSEPORT``, N processes each own a listening
+socket on the same port; :class:`ListeningServer` says when it listens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import uvicorn
 
 from stalwart.config import Settings
 
-__all__ = ["MAX_HEAD_BYTES", "DeadlineProtocol", "deadline_protocol", "server_config"]
+__all__ = ["MAX_HEAD_BYTES", "DeadlineProtocol", "ListeningServer", "bind_sockets", "deadline_protocol", "server_config"]
 
 MAX_HEAD_BYTES = 64 * 1024
 """The request line and headers of one request, at most (nginx allows 32 KiB by default)."""
@@ -270,3 +273,53 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
     }
     return uvicorn.Config(app, **{**options, **overrides})
+
+
+def bind_sockets(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+    """Sockets bound (not listening) to every address ``host`` resolves to, with
+    ``SO_REUSEADDR``; with ``reuse_port`` also ``SO_REUSEPORT``, so that any process of this
+    user may bind the same port alike (without it, binding fails while any socket is bound
+    there, with ``SO_REUSEPORT`` or not). Port 0 picks one free port, the same for every
+    address."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in _addresses(host, port):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's own servers
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
+    """The (family, address) pairs ``host`` resolves to for listening, without duplicates."""
+    found: list[tuple[int, tuple[Any, ...]]] = []
+    for family, _, _, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, address) not in found:
+            found.append((family, address))
+    if not found:
+        raise OSError(f"{host!r} resolves to no IPv4 or IPv6 address")
+    return found
+
+
+class ListeningServer(uvicorn.Server):
+    """uvicorn's server, telling ``on_ready`` once it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready()
