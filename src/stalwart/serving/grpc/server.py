@@ -12,6 +12,9 @@ event loop (started and stopped by the app's lifespan), with the REST side's lim
   client every minute and drops it after 20 s of silence; clients may ping every 10 s at
   most, and one that pings more often is disconnected (grpc's ``too_many_pings``).
 - Shutdown: RPCs in flight get ``STALWART_GRACEFUL_SHUTDOWN_SECONDS``, then are cancelled.
+- Workers (``STALWART_WORKERS``): each worker process serves the port (``SO_REUSEPORT``),
+  the kernel spreading new connections (not RPCs: an HTTP/2 connection stays with its
+  worker) across them.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", 5 * _MINUTE_MS),
         ("grpc.max_connection_age_ms", 30 * _MINUTE_MS),
         ("grpc.max_connection_age_grace_ms", int(settings.graceful_shutdown_seconds * 1000)),
-        # A port another process holds is an error at start, not a silent share of its traffic.
-        ("grpc.so_reuseport", 0),
+        # One server: a port another process holds is an error at start, not a silent share
+        # of its traffic. Workers (STALWART_WORKERS) share it, as they share the HTTP port;
+        # their supervisor made sure no other program listens there.
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
 
 
