@@ -51,10 +51,11 @@ _log = get_logger("stalwart.serving")
 
 MAX_DEADLINE_SECONDS = 600.0
 """A client's deadline beyond this (as ``X-Request-Timeout`` beyond 600 s) counts as none."""
-DEADLINE_MARGIN_SECONDS = 0.005
-"""The data plane's deadline is this much before the client's, so the server's own
-DEADLINE_EXCEEDED (its message, its 504 in the log and metrics) reaches the client
-rather than grpc's bare cancellation at the very instant."""
+DEADLINE_MARGIN_SECONDS = 0.05
+"""The data plane's deadline is before the client's by a tenth of the time left, at most
+this: the server's own DEADLINE_EXCEEDED (its message, its 504 in the log, the metrics and
+the prediction record) then reaches the client, rather than grpc cancelling the request
+at the very instant (a cancelled request is recorded as the client's 499)."""
 
 _IDENTITY_KEYS = frozenset(("x-request-id", "traceparent", "tracestate"))
 _Request = TypeVar("_Request", bound=Message)
@@ -226,7 +227,7 @@ def _deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
     if remaining is None or remaining > MAX_DEADLINE_SECONDS:
         return None
-    return time.monotonic() + max(0.0, remaining - DEADLINE_MARGIN_SECONDS)
+    return time.monotonic() + max(0.0, remaining - min(DEADLINE_MARGIN_SECONDS, remaining / 10))
 
 
 def _priority(metadata: Metadata) -> Priority:
