@@ -302,7 +302,9 @@ _SHAPES = st.lists(st.one_of(st.integers(-1, 5), st.sampled_from([2**31, 2**40])
 
 
 @st.composite
-def _binary_bodies(draw: st.DrawFn) -> tuple[bytes, int]:
+def binary_bodies(draw: st.DrawFn) -> tuple[bytes, int]:
+    """A binary-form body (JSON header, then bytes) and a header length, mostly wrong: the
+    JSON cut anywhere, sizes and shapes of every kind, unknown datatypes, data given twice."""
     inputs = []
     for index in range(draw(st.integers(0, 3))):
         tensor: dict[str, Any] = {"name": f"x{index}", "datatype": draw(_DATATYPES), "shape": draw(_SHAPES)}
@@ -320,8 +322,8 @@ def _binary_bodies(draw: st.DrawFn) -> tuple[bytes, int]:
 
 
 @settings(max_examples=400, deadline=None, database=None)
-@given(case=_binary_bodies())
-def test_fuzzed_binary_bodies_are_a_request_error_or_a_request(case: tuple[bytes, int]) -> None:
+@given(case=binary_bodies())
+def test_fuzzedbinary_bodies_are_a_request_error_or_a_request(case: tuple[bytes, int]) -> None:
     """Random headers, sizes, shapes and bytes: decoding (and making every array) either
     succeeds or raises RequestError (the client's 400), never another exception (a 500)."""
     body, length = case

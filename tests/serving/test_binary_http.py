@@ -13,24 +13,27 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from stalwart.config import Settings
 from stalwart.registry import Registry
 from tests.models import ALL_DATATYPES, Echo
 from tests.servers import LiveServer, start_server
+from tests.serving.test_binary import binary_bodies
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, boosted: Any, cancer: dict[str, Any]) -> Iterator[LiveServer]:
     """An echo model over every datatype and a scikit-learn classifier of 30 FP64 columns."""
     home: Path = tmp_path_factory.mktemp("binary") / "home"
-    settings = Settings(home=home, registry_poll_seconds=0.5, python_modules=("tests",), max_body_bytes=64 * 1024)
-    registry = Registry.open(settings)
+    config = Settings(home=home, registry_poll_seconds=0.5, python_modules=("tests",), max_body_bytes=64 * 1024)
+    registry = Registry.open(config)
     registry.register("echo", Echo(), sample=ALL_DATATYPES)
     registry.register("breast-cancer", boosted, sample=cancer["x_train"][:20])
     try:
-        with start_server(settings, registry) as running:
+        with start_server(config, registry) as running:
             yield running
     finally:
         registry.db.dispose()
@@ -178,3 +181,16 @@ def test_a_body_over_the_size_limit_is_a_413(client: triton.InferenceServerClien
     error = _refused(lambda: client.infer("breast-cancer", [_input("input-0", big, datatype="FP64")]))
     assert error.status() == "413"
     assert "over the limit of 65536 bytes" in error.message()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
+@given(case=binary_bodies(), model=st.sampled_from(["echo", "breast-cancer"]))
+def test_fuzzed_binary_bodies_are_never_a_5xx(server: LiveServer, case: tuple[bytes, int], model: str) -> None:
+    """Random JSON headers, sizes, shapes, datatypes and bytes, with any
+    Inference-Header-Content-Length, against the real server: a 4xx naming the field (or an
+    answer), never a 5xx."""
+    body, length = case
+    response = server.post(f"/v2/models/{model}/infer", content=body, headers={"Inference-Header-Content-Length": str(length)})
+    assert response.status_code < 500, (body[:200], response.text[:300])
+    if response.status_code == 400:
+        assert response.json()["field"]
