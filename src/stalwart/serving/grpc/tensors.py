@@ -5,7 +5,9 @@ as :mod:`~stalwart.serving.raw` reads them) or all as typed ``contents`` (the re
 of the datatype: ``fp64_contents`` for FP64, ``int_contents`` for INT8 to INT32...; FP16 has
 none, so it travels raw). Every size and count is checked against the declared shape and
 datatype before an array is made, and values are held to the JSON decoder's rules (range,
-finiteness, UTF-8), so a request means the same over gRPC as over REST.
+finiteness, UTF-8), so a request means the same over gRPC as over REST. protobuf's Python
+API hands out a bytes field as a new copy on every read, so each raw input is read once
+(one copy); numpy then reads that copy in place.
 
 The response mirrors the request: raw in, ``raw_output_contents`` out (what Triton always
 sends, and all its clients read); typed in, typed out, unless an output is FP16, which only
