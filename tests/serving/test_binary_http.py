@@ -13,12 +13,14 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from sklearn.linear_model import LogisticRegression
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from stalwart.config import Settings
 from stalwart.registry import Registry
+from stalwart.validation.schema import infer_schema
 from tests.models import ALL_DATATYPES, Echo
 from tests.servers import LiveServer, start_server
 from tests.serving.test_binary import binary_bodies
@@ -26,12 +28,18 @@ from tests.serving.test_binary import binary_bodies
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, boosted: Any, cancer: dict[str, Any]) -> Iterator[LiveServer]:
-    """An echo model over every datatype and a scikit-learn classifier of 30 FP64 columns."""
+    """An echo model over every datatype and a scikit-learn classifier of 30 FP64 columns,
+    without and with an input schema."""
     home: Path = tmp_path_factory.mktemp("binary") / "home"
     config = Settings(home=home, registry_poll_seconds=0.5, python_modules=("tests",), max_body_bytes=64 * 1024)
     registry = Registry.open(config)
     registry.register("echo", Echo(), sample=ALL_DATATYPES)
     registry.register("breast-cancer", boosted, sample=cancer["x_train"][:20])
+    # An input schema whose policy imputes missing values.
+    frame = cancer["frame_train"][["mean radius", "mean texture"]].iloc[:100]
+    validated = registry.register("validated", LogisticRegression().fit(frame, cancer["y_train"][:100]), sample=frame)
+    schema = infer_schema(frame).model_copy(update={"default_policy": "impute"})
+    registry.schemas.attach("validated", validated.version, schema, note="impute")
     try:
         with start_server(config, registry) as running:
             yield running
@@ -194,3 +202,40 @@ def test_fuzzed_binary_bodies_are_never_a_5xx(server: LiveServer, case: tuple[by
     assert response.status_code < 500, (body[:200], response.text[:300])
     if response.status_code == 400:
         assert response.json()["field"]
+
+
+def _nan_requests(inputs: list[tuple[str, list[float | None]]]) -> tuple[dict[str, Any], bytes, int]:
+    """The same inputs as JSON (None: null) and in binary (None: NaN)."""
+    as_json = {"inputs": [{"name": n, "datatype": "FP64", "shape": [len(v)], "data": v} for n, v in inputs]}
+    head = json.dumps({"inputs": [
+        {"name": n, "datatype": "FP64", "shape": [len(v)], "parameters": {"binary_data_size": 8 * len(v)}} for n, v in inputs
+    ]}).encode()
+    data = b"".join(np.array([np.nan if x is None else x for x in v], dtype="<f8").tobytes() for _, v in inputs)
+    return as_json, head + data, len(head)
+
+
+def test_nan_in_binary_data_is_what_null_is_in_json(server: LiveServer, cancer: dict[str, Any]) -> None:
+    """A missing value: NaN in binary data, null in JSON. Without an input schema both are
+    refused (400 naming the data); with one, its policy decides (here: impute), alike."""
+    row: list[float | None] = [float(v) for v in cancer["x_test"][0]]
+    row[3] = None
+    cases = [
+        ("breast-cancer", [("input-0", row)]),
+        ("validated", [("mean radius", [14.0, None]), ("mean texture", [20.0, 21.0])]),
+    ]
+    for model, inputs in cases:
+        as_json, body, length = _nan_requests(inputs)
+        if model == "breast-cancer":  # one row of 30 columns, not 30 rows
+            as_json["inputs"][0]["shape"] = [1, 30]
+            body = body.replace(b'"shape": [30]', b'"shape": [1, 30]', 1)
+            length = body.index(b"}]}") + 3
+        by_json = server.post(f"/v2/models/{model}/infer", json=as_json)
+        binary = server.post(f"/v2/models/{model}/infer", content=body, headers={"Inference-Header-Content-Length": str(length)})
+        assert binary.status_code == by_json.status_code, (model, binary.text, by_json.text)
+        if model == "breast-cancer":
+            assert binary.status_code == 400
+            assert binary.json()["field"] == by_json.json()["field"] == "inputs[0].data"
+        else:
+            assert binary.status_code == 200, binary.text
+            assert binary.json() == by_json.json()
+            assert binary.json()["parameters"]["stalwart_validation"] == {"imputed": {"mean radius": [1]}}
