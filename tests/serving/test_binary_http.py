@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from sklearn.linear_model import LogisticRegression
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sklearn.linear_model import LogisticRegression
 from tritonclient.utils import InferenceServerException
 
 from stalwart.config import Settings
