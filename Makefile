@@ -29,7 +29,7 @@ LATEST := .venv-latest
 
 LINT_PATHS := src tests benchmarks examples
 
-.PHONY: demo test test-latest lint typecheck unit services bench cluster lock clean
+.PHONY: demo test test-latest lint typecheck unit services bench cluster lock proto clean
 
 demo: $(STAMP)
 	$(BIN)/stalwart demo
@@ -76,6 +76,15 @@ $(STAMP): pyproject.toml uv.lock $(UV_STAMP)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --all-extras --group dev \
 		--python $(PYTHON) --quiet
 	touch $(STAMP)
+
+# The OIP gRPC service's protocol: the vendored grpc_predict_v2.proto compiled into a
+# descriptor set (the message classes are built from it, in a descriptor pool of their own:
+# serving/grpc/messages.py says why) and type stubs. Committed; a test checks they match.
+PROTO_DIR := src/stalwart/serving/grpc
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc --proto_path=$(PROTO_DIR) \
+		--descriptor_set_out=$(PROTO_DIR)/grpc_predict_v2.binpb --pyi_out=$(PROTO_DIR) \
+		$(PROTO_DIR)/grpc_predict_v2.proto
 
 # Re-resolve every pin to the newest version the ranges allow. Commit the new uv.lock
 # only after `make test` passes with it.

@@ -9,7 +9,8 @@ shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout cont
 at the prediction log), which start no server; ``shadow-serving`` (issue 14: the
 primary's latency with every request shadowed, against no shadow, through a real server);
 ``servers`` (issue 15: uvicorn against granian under the same app); ``workers`` (issue 15:
-``stalwart serve --workers N``, N = 1, 2, 4); ``peers`` (issue 15: Stalwart beside the
+``stalwart serve --workers N``, N = 1, 2, 4); ``oip`` (issue 20: JSON, binary tensor data
+and gRPC side by side, and the decode cost per MB); ``peers`` (issue 15: Stalwart beside the
 minimal endpoint and MLServer 1.7.1, in MLServer's own virtual environment, made on first
 use; 10 s per point and 2 runs unless told); and ``cluster`` (issue 16: 1, 2 and 3 replicas
 of the fraud example behind nginx on shared PostgreSQL and Redis: throughput, failover, a
@@ -31,6 +32,7 @@ from benchmarks import (
     bench_drift,
     bench_evidence,
     bench_live_profiles,
+    bench_oip,
     bench_peers,
     bench_routing,
     bench_servers,
@@ -64,13 +66,14 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
     "peers": lambda a: bench_peers.run(bench_peers.Options(seconds=a.seconds, repeats=a.repeats)),
     "cluster": lambda a: bench_cluster.run(bench_cluster.Options(seconds=a.seconds, repeats=a.repeats)),
+    "oip": lambda a: bench_oip.run(bench_oip.Options(seconds=a.seconds, repeats=a.repeats)),
     "servers": lambda a: bench_servers.run(
         bench_servers.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
     "workers": lambda a: bench_workers.run(bench_workers.Options(seconds=a.seconds, repeats=a.repeats, workers=tuple(a.workers))),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "workers", "cluster"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "workers", "cluster", "oip"})
 # --seconds and --repeats when not given: these, or a suite's own.
 DEFAULTS = {"seconds": 3.0, "repeats": 3}
 SUITE_DEFAULTS = {"peers": {"seconds": 10.0, "repeats": 2}}
