@@ -19,6 +19,7 @@ from stalwart.cli.monitor import monitor_app
 from stalwart.cli.output import print_error
 from stalwart.cli.rollout import rollout_app
 from stalwart.cli.schemas import schema_app
+from stalwart.cli.score import score_command
 from stalwart.cli.shadow import shadow_app
 from stalwart.cli.validate import validate_command
 
@@ -38,6 +39,7 @@ app.add_typer(monitor_app, name="monitor")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(shadow_app, name="shadow")
 app.command("validate")(validate_command)
+app.command("score")(score_command)
 
 
 @app.command()
