@@ -34,8 +34,14 @@ LINT_PATHS := src tests benchmarks examples
 demo: $(STAMP)
 	$(BIN)/stalwart demo
 
+# Two test processes (pytest-xdist): most tests wait on servers, sockets and polls rather
+# than compute, so two share a 2-core machine well. A file's tests stay in one process
+# (--dist loadfile), so module-scoped fixtures (a cluster, a Spark session) start once.
+# --durations: CI's log names the slowest tests, to keep the suite within its budget.
+TEST_PROCESSES ?= 2
+
 test: $(STAMP) services lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -49,6 +55,7 @@ unit: $(STAMP)
 services:
 	@scripts/ensure-services
 	@scripts/ensure-chromium
+	@scripts/ensure-nginx
 
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
