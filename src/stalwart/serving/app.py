@@ -314,12 +314,12 @@ def create_app(
         policies=lambda: deployments.policies, flush_seconds=settings.shadow_flush_seconds,
     )
     plane.shadows = shadows
-    grpc_server = _grpc_server(settings, plane, metrics)
     if alert_source is None and project.alerts:
         alert_source, alert_calibrator = monitor_source(registry.db, project.alerts.values(), alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
     auth = BearerAuth.from_settings(settings)
     drain = Drain()  # begun by the server on SIGTERM (serving/drain.py)
+    grpc_server = _grpc_server(settings, plane, metrics, drain)
     routes: list[BaseRoute] = [
         *oip_routes(plane, drain),
         *v1_routes(plane),
@@ -408,7 +408,7 @@ def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | N
     return Tracing(otlp_provider(settings), owned=True)
 
 
-def _grpc_server(settings: Settings, plane: DataPlane, metrics: ServingMetrics) -> GrpcServer | None:
+def _grpc_server(settings: Settings, plane: DataPlane, metrics: ServingMetrics, drain: Drain) -> GrpcServer | None:
     """The gRPC service when ``STALWART_GRPC_PORT`` is set, else None (and grpc never
     imported). MissingExtraError when the port is set but the grpc extra is not installed."""
     if settings.grpc_port is None:
@@ -418,7 +418,7 @@ def _grpc_server(settings: Settings, plane: DataPlane, metrics: ServingMetrics) 
     from stalwart.serving.grpc.server import GrpcServer
     from stalwart.serving.grpc.service import InferenceService
 
-    service = InferenceService(plane, metrics, access_log=settings.access_log)
+    service = InferenceService(plane, metrics, access_log=settings.access_log, drain=drain)
     return GrpcServer(service, settings, host=settings.host, port=settings.grpc_port)
 
 

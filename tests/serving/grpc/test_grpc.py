@@ -151,6 +151,20 @@ def test_every_rpc_answers_tritons_grpc_client(client: triton.InferenceServerCli
     assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
 
 
+def test_server_ready_says_no_while_draining(server: LiveServer, client: triton.InferenceServerClient) -> None:
+    """Draining (after SIGTERM, for STALWART_DRAIN_SECONDS), ServerReady answers false, as
+    /v2/health/ready answers 503: a gRPC health check takes the replica out of rotation too."""
+    drain = server.app.state.drain
+    drain.begin()  # what the server does on SIGTERM
+    try:
+        assert not client.is_server_ready()
+        assert server.get("/v2/health/ready").status_code == 503
+        assert client.is_server_live()
+    finally:
+        drain.since = None  # a drain has no end; this module's server serves on
+    assert client.is_server_ready()
+
+
 def test_every_datatype_round_trips_as_raw_contents(client: triton.InferenceServerClient) -> None:
     """All 13 datatypes (range edges, non-ASCII text) through Triton's client, which sends
     raw_input_contents and reads raw_output_contents; the request id is echoed."""

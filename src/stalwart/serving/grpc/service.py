@@ -32,6 +32,7 @@ from stalwart.monitoring.metrics import ServingMetrics
 from stalwart.monitoring.tracing import format_traceparent
 from stalwart.resilience import Priority, parse_priority
 from stalwart.serving.dataplane import DataPlane, InferCall
+from stalwart.serving.drain import Drain
 from stalwart.serving.errors import log_error
 from stalwart.serving.grpc import messages as m
 from stalwart.serving.grpc.status import grpc_error
@@ -71,11 +72,12 @@ class _Behaviour(Protocol[_Request_contra]):
 class InferenceService:
     """The service's RPCs over ``plane``, observed into ``metrics`` and the access log."""
 
-    def __init__(self, plane: DataPlane, metrics: ServingMetrics, *, access_log: bool = True) -> None:
+    def __init__(self, plane: DataPlane, metrics: ServingMetrics, *, access_log: bool = True, drain: Drain | None = None) -> None:
         self.plane = plane
         self.repository: ModelRepository = plane.repository
         self.metrics = metrics
         self.access_log = access_log
+        self.drain = drain or Drain()
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The service's method handlers, for ``grpc.aio.Server.add_generic_rpc_handlers``.
@@ -102,7 +104,9 @@ class InferenceService:
         return m.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: m.ServerReadyRequest, context: Context, info: RequestInfo, metadata: Metadata) -> Message:
-        return m.ServerReadyResponse(ready=self.repository.not_ready_reason() is None)
+        """Ready as ``/v2/health/ready`` is: models loaded, and not draining (SIGTERM,
+        ``STALWART_DRAIN_SECONDS``), so a gRPC health check takes the replica out too."""
+        return m.ServerReadyResponse(ready=not self.drain.draining and self.repository.not_ready_reason() is None)
 
     async def server_metadata(self, request: m.ServerMetadataRequest, context: Context, info: RequestInfo, metadata: Metadata) -> Message:
         return m.ServerMetadataResponse(name="stalwart", version=__version__, extensions=EXTENSIONS)
