@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     project: Path | None = Field(default=None, description="Python file with feature definitions")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the Open Inference Protocol's gRPC service (the grpc extra); unset: no gRPC",
+    )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_entities: int = Field(default=10_000, ge=1, description="entities in one /v1 predict request")
     # Connections: a socket costs a file descriptor however little it sends, so none is kept

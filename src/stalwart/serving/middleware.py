@@ -33,7 +33,7 @@ from stalwart.resilience.deadlines import Expired, run_until
 from stalwart.serving.drain import Drain
 from stalwart.serving.errors import error_response
 
-__all__ = ["BodyLimit", "Observe", "RequestInfo"]
+__all__ = ["CLIENT_CLOSED", "BodyLimit", "Observe", "RequestInfo", "identify", "request_info"]
 
 _log = get_logger("stalwart.serving")
 _REQUEST_ID_HEADER = b"x-request-id"
@@ -96,7 +96,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        info = _identify(scope["headers"], start)
+        info = identify(scope["headers"], start)
         info.arrived_ns = time.time_ns()
         request_id = info.request_id
         scope["stalwart.info"] = info
@@ -219,9 +219,10 @@ def _with_deadline(receive: Receive, timeout: float) -> Receive:
     return timed_receive
 
 
-def _identify(headers: list[tuple[bytes, bytes]], start: float) -> RequestInfo:
-    """The request's identity from one scan of its headers: its request id and its trace
-    context (the client's, when its ``traceparent`` is valid, else a new trace)."""
+def identify(headers: list[tuple[bytes, bytes]], start: float) -> RequestInfo:
+    """The request's identity from one scan of its headers (HTTP's, or gRPC metadata as the
+    same lowercase pairs): its request id and its trace context (the client's, when its
+    ``traceparent`` is valid, else a new trace)."""
     request_id: str | None = None
     traceparent: bytes | None = None
     tracestate: bytes | None = None

@@ -3,7 +3,8 @@
 ``GET /v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}]``, its ``/ready``
 and ``POST .../infer``. Without a version, the version the repository currently serves as
 latest answers. ``infer`` reads the path and headers, hands the body to
-:meth:`DataPlane.infer <stalwart.serving.dataplane.DataPlane.infer>` and encodes the answer.
+:meth:`DataPlane.infer <stalwart.serving.dataplane.DataPlane.infer>` and encodes the answer:
+JSON, or the binary tensor data extension's form (:mod:`~stalwart.serving.binary`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from stalwart._version import __version__
 from stalwart.errors import StalwartError
 from stalwart.registry import ModelVersion
-from stalwart.serving.codec import encode_response
+from stalwart.serving.binary import (
+    HEADER_LENGTH,
+    encode_rest_response,
+    header_length,
+    request_decoder,
+)
 from stalwart.serving.dataplane import DataPlane, InferCall
 from stalwart.serving.drain import Drain
 from stalwart.serving.errors import logged_error_response
@@ -30,7 +36,7 @@ from stalwart.serving.responses import json_response
 
 __all__ = ["InferFastPath", "oip_routes"]
 
-EXTENSIONS = ["model_repository_metadata", "prometheus_metrics", "stalwart_deployments"]
+EXTENSIONS = ["binary_tensor_data", "model_repository_metadata", "prometheus_metrics", "stalwart_deployments"]
 
 
 def oip_routes(plane: DataPlane, drain: Drain | None = None) -> list[Route]:
@@ -98,8 +104,8 @@ class _Endpoints:
     async def infer(self, request: Request) -> Response:
         """Reached only when :class:`InferFastPath` is not installed (``create_app`` installs it)."""
         name, version = _target(request)
-        body = await _answer(self.plane, request.scope, name, version, await request.body(), request.headers)
-        return Response(body, media_type="application/json")
+        body, headers = await _answer(self.plane, request.scope, name, version, await request.body(), request.headers)
+        return Response(body, headers={k.decode(): v.decode() for k, v in headers})
 
 
 class InferFastPath:
@@ -124,22 +130,27 @@ class InferFastPath:
         name, raw_version = target
         try:
             version = None if raw_version is None else version_or_not_found(raw_version, name)
-            body = await _answer(self.plane, scope, name, version, await _body(receive), Headers(scope=scope))
+            body, headers = await _answer(self.plane, scope, name, version, await _body(receive), Headers(scope=scope))
         except StalwartError as exc:
             await logged_error_response(exc, scope.get("stalwart.request_id"))(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), *headers,
         ]})
         await send({"type": "http.response.body", "body": body})
 
 
-async def _answer(plane: DataPlane, scope: Scope, name: str, version: int | None, body: bytes, headers: Headers) -> bytes:
+async def _answer(
+    plane: DataPlane, scope: Scope, name: str, version: int | None, body: bytes, headers: Headers
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The response body and its headers (JSON, or the binary form when the client asked)."""
     info = request_info(scope)
     info.endpoint = "/v2/models/{model}/infer"
-    inferred = await plane.infer(InferCall(name, version, body, info, deadline_of(headers), priority_of(headers)))
+    decode = request_decoder(header_length(headers.get(HEADER_LENGTH)))
+    inferred = await plane.infer(InferCall(name, version, body, info, deadline_of(headers), priority_of(headers), decode))
     validation = inferred.validation
-    return encode_response(
+    return encode_rest_response(
+        inferred.request,
         model_name=name,
         model_version=inferred.version.version,
         request_id=inferred.id,
