@@ -25,6 +25,11 @@ PG_PORT = int(os.environ.get("STALWART_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("STALWART_TEST_PG_USER", "postgres")
 REDIS_URL = os.environ.get("STALWART_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
+# The CLI's rich tables take the terminal's width, and a test process may have none (an
+# xdist worker's streams are pipes: 80 columns, and table cells get cut to "req-0…"). One
+# width for every run, whatever started it; rich reads COLUMNS before asking the terminal.
+os.environ["COLUMNS"] = "200"
+
 
 @pytest.fixture(autouse=True)
 def _logs_on_a_live_stream() -> Iterator[None]:

@@ -65,7 +65,8 @@ async def test_a_failing_source_serves_stale_values_within_the_bound_then_defaul
     The request carries on and ``degraded`` says what happened and why."""
     fs = card_features(cache=POLICY)
     reader = CountingReader(make_reader(fs.source, sqlite_pool))
-    guard = Guard("tx", GuardConfig.model_validate({"timeout": {"timeout_duration": "50ms"}}))
+    # Long enough that a healthy SQLite read on a loaded machine never times out; a hang costs this.
+    guard = Guard("tx", GuardConfig.model_validate({"timeout": {"timeout_duration": "500ms"}}))
     clock = FakeClock(T0 + dt.timedelta(days=2))
     refs = [fs[n] for n in NAMES]
     online = OnlineFeatures(refs, {"tx": reader}, guards={"tx": guard}, caches=bind_caches([fs], FeatureCache(clock=clock.seconds)), clock=clock.ns)

@@ -23,7 +23,11 @@ from tests.serving.conftest import FraudCopy, metric, predict_body, recent_card,
 
 INFER = "/v2/models/breast-cancer/infer"
 PREDICT = "/v1/deployments/fraud/predict"
-LIVE_WITHIN = 0.05  # seconds: the liveness probe's answer while a hostile request is served
+# Seconds: the liveness probe's slowest answer while hostile requests are served. The
+# stalls this catches (parsing, allocating or validating what a client sized) last hundreds
+# of milliseconds to seconds; a machine running two test processes beside other work
+# delays a probe by tens (84 and 102 ms seen at load average 10), which is not a stall.
+LIVE_WITHIN = 0.25
 
 
 class HealthProbe:
@@ -80,7 +84,7 @@ def _infer_body(shape: str, data: str = "[1]", datatype: str = "FP64") -> bytes:
 def test_a_shape_of_50000_huge_dimensions_is_400_in_microseconds_and_never_stalls(served: LiveServer) -> None:
     """The attack that froze the server for 6 s: a 1 MB shape of 50,000 dimensions of
     2**63 - 1. It is refused (400 naming the shape) before any arithmetic, and liveness
-    answers within 50 ms throughout."""
+    answers within LIVE_WITHIN throughout."""
     body = _infer_body("[" + ",".join(["9223372036854775807"] * 50_000) + "]")
     assert len(body) > 1_000_000
 
