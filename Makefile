@@ -29,7 +29,7 @@ LATEST := .venv-latest
 
 LINT_PATHS := src tests benchmarks examples
 
-.PHONY: demo test test-latest lint typecheck unit services bench lock clean
+.PHONY: demo test test-latest lint typecheck unit services bench chaos soak lock clean
 
 demo: $(STAMP)
 	$(BIN)/stalwart demo
@@ -53,6 +53,17 @@ services:
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks
+
+# Faults through real servers, one at a time and accumulated (docs/reliability.md). Needs
+# root (private PostgreSQL run as postgres, a tmpfs for the spool) and wrk; about 10 minutes.
+chaos: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m benchmarks.chaos
+
+# 30 minutes at half the measured capacity, mixed traffic; exits 1 when a criterion fails.
+soak: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m benchmarks.chaos.soak --minutes 30
 
 $(UV_STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

@@ -8,6 +8,8 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
+import sys
 import time
 from typing import Any
 
@@ -99,4 +101,6 @@ def _conditions(timing: Timing, capacity: float, healthy: list[Any], cards: int)
 
 
 if __name__ == "__main__":
+    # SIGTERM ends the run like Ctrl-C: the world's servers stopped, its tmpfs unmounted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise SystemExit(main())

@@ -15,10 +15,10 @@ from benchmarks.harness import RESULTS, markdown_table
 from stalwart.monitoring import report_markup as markup
 from stalwart.monitoring.report_figures import CYCLE, render_svg
 
-__all__ = ["curve_table", "fault_table", "write"]
+__all__ = ["RESULTS", "curve_table", "fault_table", "soak_html", "write"]
 
-_FAULT_HEADER = ["fault", "yield", "harvest", "score err", "p50 ms", "p99 ms", "5xx", "no answer", "records lost", "recovery s", "ladder steps", "note"]
-_CURVE_HEADER = ["step", "yield", "harvest", "score err", "p50 ms", "p99 ms", "5xx", "ladder steps"]
+_FAULT_HEADER = ["fault", "yield", "harvest", "score err", "p50 ms", "p99 ms", "5xx", "of which shed", "no answer", "records lost", "recovery s", "ladder steps", "note"]
+_CURVE_HEADER = ["step", "yield", "harvest", "score err", "p50 ms", "p99 ms", "5xx", "of which shed", "ladder steps"]
 
 
 def _pct(value: float | None) -> str:
@@ -38,7 +38,7 @@ def fault_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table(_FAULT_HEADER, [
         [
             r["name"], _pct(r["yield"]), _pct(r["harvest"]), _num(r["score_error"], 3), _num(r["p50_ms"]),
-            _num(r["p99_ms"]), str(r["errors_5xx"]), str(r["no_answer"]),
+            _num(r["p99_ms"]), str(r["errors_5xx"]), str(r["shed"]), str(r["no_answer"]),
             "—" if r["records_lost"] is None else str(r["records_lost"]),
             "not within the run" if r["recovery_s"] is None else _num(r["recovery_s"]),
             _steps(r["degraded"]), r["note"],
@@ -52,7 +52,7 @@ def curve_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table(_CURVE_HEADER, [
         [
             r["name"], _pct(r["yield"]), _pct(r["harvest"]), _num(r["score_error"], 3), _num(r["p50_ms"]),
-            _num(r["p99_ms"]), str(r["errors_5xx"]), _steps(r["degraded"]),
+            _num(r["p99_ms"]), str(r["errors_5xx"]), str(r["shed"]), _steps(r["degraded"]),
         ]
         for r in rows
     ])
@@ -91,7 +91,7 @@ def html(document: Mapping[str, Any]) -> str:
         body.append(markup.figure(_fault_plot(faults), "faults", "Yield and harvest while each fault lasted (bars), p99 latency (dots, right axis)"))
         body.append(_html_table(_FAULT_HEADER, [[
             r["name"], _pct(r["yield"]), _pct(r["harvest"]), _num(r["score_error"], 3), _num(r["p50_ms"]), _num(r["p99_ms"]),
-            str(r["errors_5xx"]), str(r["no_answer"]), "—" if r["records_lost"] is None else str(r["records_lost"]),
+            str(r["errors_5xx"]), str(r["shed"]), str(r["no_answer"]), "—" if r["records_lost"] is None else str(r["records_lost"]),
             "not within the run" if r["recovery_s"] is None else _num(r["recovery_s"]), _steps(r["degraded"]), r["note"],
         ] for r in faults]))
     if document.get("curve"):
@@ -100,7 +100,7 @@ def html(document: Mapping[str, Any]) -> str:
         body.append(markup.figure(_curve_plot(steps), "curve", "Yield and harvest as faults accumulate"))
         body.append(_html_table(_CURVE_HEADER, [[
             r["name"], _pct(r["yield"]), _pct(r["harvest"]), _num(r["score_error"], 3), _num(r["p50_ms"]), _num(r["p99_ms"]),
-            str(r["errors_5xx"]), _steps(r["degraded"]),
+            str(r["errors_5xx"]), str(r["shed"]), _steps(r["degraded"]),
         ] for r in steps]))
         body.append(f"<p>Records lost over the whole curve: {markup.escape(document['curve']['records_lost'])}</p>")
     return markup.page("Stalwart chaos run", "\n".join(body))
@@ -146,3 +146,35 @@ def _curve_plot(steps: Sequence[Mapping[str, Any]]) -> str:
         fig.subplots_adjust(bottom=0.3)
 
     return render_svg((8.0, 3.6), draw)
+
+
+def soak_html(document: Mapping[str, Any]) -> str:
+    """The soak's page: its verdicts, and memory, descriptors, latency and loop lag over time."""
+    windows = document["windows"]
+    verdicts = _html_table(["criterion", "value", "bound", "verdict"], [
+        [v["criterion"], str(v["value"]), v["bound"], "pass" if v["passed"] else "FAIL"] for v in document["verdicts"]
+    ])
+
+    def draw(fig: Any) -> None:
+        ts = [w["t"] / 60 for w in windows]
+        series = [("rss_mib", "resident memory, MiB"), ("fds", "open file descriptors"), ("p99_ms", "p99 latency, ms"), ("lag_ms", "event-loop lag, ms")]
+        for n, (key, label) in enumerate(series, 1):
+            ax = fig.add_subplot(2, 2, n)
+            ax.plot(ts, [w[key] for w in windows], color=CYCLE[n - 1])
+            ax.set_title(label)
+            ax.set_xlabel("minutes")
+            ax.set_ylim(bottom=0)
+        fig.subplots_adjust(hspace=0.5, wspace=0.3)
+
+    summary = (
+        f"{document['options']['seconds']:g} s at {document['rate']:,.0f} requests/s "
+        f"({document['options']['share']:.0%} of {document['capacity']:,.0f} answers/s); "
+        f"{document['records_checked']:,} answered requests checked in the prediction log"
+    )
+    body = [
+        f"<h1>Soak</h1><p>{markup.escape(document['started'])}: {markup.escape(summary)}</p>",
+        verdicts,
+        markup.figure(render_svg((9.0, 6.0), draw), "soak", "Over the run, one point per sampling window"),
+        f"<p>Rollout: {markup.escape(json.dumps(document['rollout'], default=str))}</p>",
+    ]
+    return markup.page("Stalwart soak", "\n".join(body))

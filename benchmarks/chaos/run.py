@@ -70,7 +70,7 @@ def _wait_recovered(probe: Probe, cleared: float, limit: float) -> None:
             return
 
 
-def run_fault(ctx: Context, fault: Fault, healthy: Sequence[Answer], timing: Timing, offset: int = 0) -> tuple[Score, int]:
+def run_fault(ctx: Context, fault: Fault, healthy: Sequence[Answer] | None, timing: Timing, offset: int = 0) -> tuple[Score, int]:
     """One fault through the probe: ``timing.before`` healthy, ``timing.during`` faulty,
     then until recovered (at most ``timing.after``). Returns its score and where the next
     probe should start in the pool."""
@@ -107,7 +107,7 @@ class _Step:
     clear: Callable[[], None]
 
 
-def run_curve(ctx: Context, healthy: Sequence[Answer], timing: Timing, offset: int = 0) -> dict[str, Any]:
+def run_curve(ctx: Context, healthy: Sequence[Answer] | None, timing: Timing, offset: int = 0) -> dict[str, Any]:
     """Faults added one after another (source down → Redis down → primary model down →
     PostgreSQL down), ``timing.step`` seconds each, the probe scored per step; then all
     cleared (newest first) and the prediction log checked for every answered request."""

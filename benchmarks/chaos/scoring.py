@@ -6,7 +6,9 @@ time to recover.
   system's for the same request (Fox and Brewer's harvest, read as agreement); with the
   mean absolute difference of the fraud score beside it;
 - **p50 / p99**: latency of every request sent during the fault, from when it was due;
-- **5xx**: answers of 500 and above (no answer at all is counted apart);
+- **5xx**: answers of 500 and above (no answer at all is counted apart); **shed**: of those,
+  the 503s of load shedding (``over capacity``, with ``Retry-After``), which say the server
+  is short of CPU, not that the fault broke an answer;
 - **records lost**: requests answered 200 whose prediction record is not in the log once
   its spool has drained;
 - **recovery**: seconds from the fault's clearing to the first request due after it from
@@ -39,8 +41,11 @@ class Score:
     p50_ms: float
     p99_ms: float
     errors_5xx: int
+    shed: int
     no_answer: int
     degraded: dict[str, int]
+    failures: dict[str, int]  # statuses other than 200 ("0": no answer), how many of each
+    failure_examples: dict[str, str]  # the first answer of each such status
     records_lost: int | None = None
     recovery_s: float | None = None
     note: str = ""
@@ -51,16 +56,19 @@ class Score:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
-def score(name: str, samples: Sequence[Sample], healthy: Sequence[Answer]) -> Score:
+def score(name: str, samples: Sequence[Sample], healthy: Sequence[Answer] | None) -> Score:
     """The figures of ``samples`` (the requests sent during one fault) against the
-    ``healthy`` answers to the pool."""
+    ``healthy`` answers to the pool (None: no harvest)."""
     answered = [s for s in samples if s.status == 200 and s.answer is not None]
-    agree = [s.answer.predict == healthy[s.index % len(healthy)].predict for s in answered if s.answer]
-    diffs = [
-        abs(s.answer.score - healthy[s.index % len(healthy)].score)
-        for s in answered
-        if s.answer is not None and not math.isnan(s.answer.score)
-    ]
+    agree: list[bool] = []
+    diffs: list[float] = []
+    for s in answered if healthy else ():
+        if s.answer is None:
+            continue
+        reference = healthy[s.index % len(healthy)]
+        agree.append(s.answer.predict == reference.predict)
+        if not math.isnan(s.answer.score):
+            diffs.append(abs(s.answer.score - reference.score))
     degraded: dict[str, int] = {}
     for s in answered:
         if s.answer is not None and s.answer.degraded is not None:
@@ -76,9 +84,28 @@ def score(name: str, samples: Sequence[Sample], healthy: Sequence[Answer]) -> Sc
         p50_ms=percentile(latencies, 50),
         p99_ms=percentile(latencies, 99),
         errors_5xx=sum(1 for s in samples if s.status >= 500),
+        shed=sum(1 for s in samples if s.status == 503 and "over capacity" in s.error),
         no_answer=sum(1 for s in samples if s.status == 0),
         degraded=dict(sorted(degraded.items())),
+        failures=_failures(samples),
+        failure_examples=_examples(samples),
     )
+
+
+def _examples(samples: Sequence[Sample]) -> dict[str, str]:
+    examples: dict[str, str] = {}
+    for s in samples:
+        if s.status != 200:
+            examples.setdefault(str(s.status), s.error)
+    return examples
+
+
+def _failures(samples: Sequence[Sample]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in samples:
+        if s.status != 200:
+            counts[str(s.status)] = counts.get(str(s.status), 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def recovery_seconds(samples: Sequence[Sample], cleared: float) -> float | None:

@@ -115,6 +115,7 @@ class Sample:
     status: int
     request_id: str = ""
     answer: Answer | None = None
+    error: str = ""  # the start of a failed answer's body
 
 
 @dataclass
@@ -183,5 +184,7 @@ class Probe:
             sample.request_id = response.headers.get("x-request-id", "")
             if response.status_code == 200:
                 sample.answer = read_answer(response.content)
+            else:
+                sample.error = response.text[:160]
         sample.latency = loop.time() - due
         self.samples.append(sample)

@@ -41,8 +41,10 @@ from benchmarks.harness import Server, bench_env, free_port, stalwart_command, s
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = Path(__file__).with_name("project.py")
+REFERENCE = Path(__file__).with_name("reference.py")
 FRAUD = ROOT / "examples" / "fraud"
 TRUSTED = ["benchmarks.chaos.models.FaultSwitch"]
+READY_TIMEOUT = 180.0  # seconds; a server starts in a few, but a machine shared with other work can take 30 or more
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class World:
         self._redis: PrivateRedis | None = None
         self.server: Server | None = None
         self.frame: Any = None
+        self.training: Any = None  # the training set both models learned from
         self._mounted = False
 
     @property
@@ -171,11 +174,8 @@ class World:
         project = stalwart.load_project(PROJECT)
         features = [project.feature_sets["card_activity"], project.sources["txn"].field("amount")]  # type: ignore[attr-defined]
         events = training_events(frame, skip_days=min(30.0, options.days / 2))
-        training = stalwart.build_training_set(events, features, timestamp="ts", label="is_fraud", settings=settings)
-        # The example's model and hyperparameters (examples/fraud/train.py), with the switch.
-        model = FaultSwitch(max_iter=300, learning_rate=0.05, l2_regularization=1.0, early_stopping=False, random_state=7)
-        model.fit(training.X, training.y)
-        model.fault_file = str(self.fault_file)
+        training = self.training = stalwart.build_training_set(events, features, timestamp="ts", label="is_fraud", settings=settings)
+        model, _ = self.retrain(seed=7)
         lite = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
         lite.fit(training.X, training.y)
         registry = stalwart.Registry.open(settings)
@@ -185,6 +185,15 @@ class World:
         finally:
             registry.db.dispose()
         return frame
+
+    def retrain(self, seed: int) -> tuple[FaultSwitch, Any]:
+        """The example's model and hyperparameters (examples/fraud/train.py), with the fault
+        switch, fitted on the world's training set; and that training set."""
+        training = self.training
+        model = FaultSwitch(max_iter=300, learning_rate=0.05, l2_regularization=1.0, early_stopping=False, random_state=seed)
+        model.fit(training.X, training.y)
+        model.fault_file = str(self.fault_file)
+        return model, training
 
     # --- servers ---------------------------------------------------------------------------
 
@@ -211,7 +220,7 @@ class World:
             raise RuntimeError("the server under test is already running")
         port = free_port()
         self.server = start_server(name, stalwart_command(port), self.env(), self.root)
-        self.server.wait_ready()
+        self.server.wait_ready(timeout=READY_TIMEOUT)
         return self.server
 
     def stop_server(self) -> None:
@@ -221,18 +230,19 @@ class World:
 
     @contextlib.contextmanager
     def reference(self) -> Any:
-        """A second, healthy server on the same registry and data: no Redis, its own home,
-        no prediction log; its answers are what every fault's answers are compared with."""
+        """A second, healthy server on the same registry and data (``reference.py``: limits
+        that never trip, no ladder), no Redis, its own home, no prediction log; its answers
+        are what every fault's answers are compared with."""
         home = self.root / "reference"
         if not home.exists():
             home.mkdir()
             (home / "artifacts").symlink_to(self.home / "artifacts")  # the registry's artifacts live in a home
         env = {k: v for k, v in self.env().items() if k != "STALWART_REDIS_URL"}
-        env.update({"STALWART_HOME": str(home), "STALWART_PREDICTION_LOG": "off", "STALWART_ROLLOUT_CONTROLLER": "false", "STALWART_LIVE_PROFILES": "off"})
+        env.update({"STALWART_HOME": str(home), "STALWART_PROJECT": str(REFERENCE), "STALWART_PREDICTION_LOG": "off", "STALWART_ROLLOUT_CONTROLLER": "false", "STALWART_LIVE_PROFILES": "off"})
         port = free_port()
         server = start_server("reference", stalwart_command(port), env, self.root)
         try:
-            server.wait_ready()
+            server.wait_ready(timeout=READY_TIMEOUT)
             yield server
         finally:
             server.stop()
