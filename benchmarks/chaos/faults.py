@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -329,22 +328,16 @@ class DiskFull(_Quiet):
     what: str = "the file system under the prediction log's spool is full (a filler file on its tmpfs), then freed"
 
     def inject(self, ctx: Context) -> None:
-        filler = ctx.world.spool / ".filler"
-        chunk = b"\0" * MiB
-        with filler.open("wb") as out:
-            try:
-                while True:
-                    out.write(chunk)
-                    out.flush()
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-        # Whatever is left below one chunk, byte by byte, so not even a small record fits.
-        with filler.open("ab") as out, contextlib.suppress(OSError):
-            while True:
-                out.write(b"\0" * 512)
-                out.flush()
-                os.fsync(out.fileno())
+        filler = ctx.world.spool / ".filler"  # hidden: the log never takes it for a spool
+        # Unbuffered, in ever smaller pieces, so not even a small record fits afterwards.
+        with filler.open("wb", buffering=0) as out:
+            for size in (MiB, 4096, 64, 1):
+                try:
+                    while True:
+                        out.write(b"\0" * size)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
 
     def clear(self, ctx: Context) -> None:
         (ctx.world.spool / ".filler").unlink(missing_ok=True)

@@ -2,11 +2,12 @@
 mixed traffic at half its measured capacity for a long time (30 minutes by default),
 watched for slow leaks and slow decay.
 
-Traffic, open loop (each request due at its time whatever the server does), by share:
-70 % ``/v1/deployments/fraud/predict`` (the request pool), 20 % ``/v2`` infer on the
-deployment's model (features read back from ``/v1``), 5 % source rows written through
-``POST /v1/sources/transactions/rows`` (each invalidates a card's cached features), 5 %
-labels through ``POST /v1/feedback`` for requests answered earlier. A quarter of the way
+Traffic, open loop (each request due at its time whatever the server does): 70 %
+``/v1/deployments/fraud/predict`` (the request pool) and 30 % ``/v2`` infer on the
+deployment's model (features read back from ``/v1``), at half the measured capacity; and
+beside it, one control call a second, in turn five transactions written through ``POST
+/v1/sources/transactions/rows`` (each invalidates its card's cached features everywhere)
+and labels for twenty recent requests through ``POST /v1/feedback``. A quarter of the way
 in, a rollout starts (``fraud:2``, a retrained model, as the canary).
 
 Every ``--sample`` seconds: the server's resident memory and open file descriptors, the
@@ -17,7 +18,8 @@ requests answered, and errors. Pass criteria (:func:`verdicts`), judged after a 
 
 - resident memory grows less than 5 % from the end of the warm-up to the end (the
   least-squares line through the samples, so one noisy sample does not decide);
-- open file descriptors do not grow (at most 10 more than at the end of the warm-up);
+- open file descriptors other than sockets do not grow (at most 10 more than at the end of
+  the warm-up; sockets follow the client's connections, at most its 68 senders');
 - no 5xx answer but load shedding's, at most 1 % of the requests shed (503 with
   ``Retry-After``: at half capacity, only a machine busy with other work sheds), and no
   request left unanswered;
@@ -32,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import itertools
 import signal
 import statistics
 import sys
@@ -48,7 +49,7 @@ import numpy as np
 
 from benchmarks.chaos.report import RESULTS
 from benchmarks.chaos.run import measure_capacity, say
-from benchmarks.chaos.traffic import PATH, request_pool
+from benchmarks.chaos.traffic import PACED_WORKERS, PATH, paced, request_pool
 from benchmarks.chaos.world import World, WorldOptions, fds
 from benchmarks.harness import markdown_table, tree_memory
 from benchmarks.load import percentile
@@ -56,6 +57,7 @@ from benchmarks.load import percentile
 __all__ = ["SoakOptions", "Window", "run_soak", "verdicts"]
 
 _JSON = {"content-type": "application/json"}
+CONTROL_RATE = 1.0  # control calls per second: source rows and feedback in turn
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Window:
     t: float
     rss_mib: float
     fds: int
+    sockets: int  # of the fds
     lag_ms: float
     requests: int
     answered: int
@@ -91,6 +94,7 @@ class _Tally:
     latencies: list[float] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)  # -503: a 503 of load shedding
     answered_ids: list[str] = field(default_factory=list)
+    control: list[tuple[int, float]] = field(default_factory=list)  # (status, latency ms) of each control call
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self) -> tuple[list[float], list[int]]:
@@ -122,41 +126,36 @@ class _Traffic:
         self._thread.join(30)
 
     async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        limits = httpx.Limits(max_connections=PACED_WORKERS + 4, max_keepalive_connections=PACED_WORKERS + 4)
         async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=10) as client:
-            loop = asyncio.get_running_loop()
-            start = loop.time() + 0.02
-            tasks: set[asyncio.Task[None]] = set()
-            for i in itertools.count():
-                if self._stop.is_set():
-                    break
-                due = start + i / self.rate
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(self._one(client, i, due))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.wait(tasks, timeout=11)
+            # Control calls on senders of their own: a slow write must not hold up predictions.
+            await asyncio.gather(
+                paced(self.rate, self._stop, lambda i, due: self._one(client, self._data(i), due)),
+                paced(CONTROL_RATE, self._stop, lambda i, due: self._one(client, self._control(i), due, control=True), workers=4),
+            )
 
-    def _request(self, i: int) -> tuple[str, bytes, dict[str, str]]:
-        kind = i % 20
-        if kind < 14:
+    def _data(self, i: int) -> tuple[str, bytes, dict[str, str]]:
+        """70 % /v1 predict, 30 % /v2 infer."""
+        if i % 10 < 7:
             return PATH, self.pool[i % len(self.pool)], _JSON
-        if kind < 18:
-            return "/v2/models/fraud/versions/1/infer", self.v2[i % len(self.v2)], _JSON
-        if kind == 18:
-            card = 1000 + (i * 7919) % 1000
-            row = {"card_id": card, "ts": time.time(), "amount": round(20 + (i % 97), 2), "merchant_category": "groceries", "is_fraud": 0}
-            return "/v1/sources/transactions/rows", msgspec.json.encode({"rows": [row]}), self.auth
-        recent = self._recent[-50:] or ["none-yet"]
-        items = [{"request_id": rid, "label": 0} for rid in recent[:5]]
+        return "/v2/models/fraud/versions/1/infer", self.v2[i % len(self.v2)], _JSON
+
+    def _control(self, i: int) -> tuple[str, bytes, dict[str, str]]:
+        """In turn: five transactions written (each card's cached features invalidated), and
+        labels for twenty requests answered lately."""
+        if i % 2 == 0:
+            now = time.time()
+            rows = [
+                {"card_id": 1000 + (i * 7919 + k) % 1000, "ts": now, "amount": round(20 + (i + k) % 97, 2), "merchant_category": "groceries", "is_fraud": 0}
+                for k in range(5)
+            ]
+            return "/v1/sources/transactions/rows", msgspec.json.encode({"rows": rows}), self.auth
+        items = [{"request_id": rid, "label": 0} for rid in self._recent[-20:]] or [{"request_id": "none-yet", "label": 0}]
         return "/v1/feedback", msgspec.json.encode({"items": items}), self.auth
 
-    async def _one(self, client: httpx.AsyncClient, i: int, due: float) -> None:
+    async def _one(self, client: httpx.AsyncClient, request: tuple[str, bytes, dict[str, str]], due: float, *, control: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        path, body, headers = self._request(i)
+        path, body, headers = request
         status = 0
         try:
             response = await client.post(path, content=body, headers=headers)
@@ -166,7 +165,7 @@ class _Traffic:
             status = response.status_code
             if status == 503 and "over capacity" in response.text:
                 status = -503
-            if status == 200 and (path == PATH or path.endswith("/infer")):
+            if status == 200 and not control:
                 rid = response.headers.get("x-request-id", "")
                 with self.tally.lock:
                     self.tally.answered_ids.append(rid)
@@ -175,8 +174,11 @@ class _Traffic:
                     del self._recent[:500]
         latency = (loop.time() - due) * 1000
         with self.tally.lock:
-            self.tally.latencies.append(latency)
-            self.tally.statuses.append(status)
+            if control:
+                self.tally.control.append((status, latency))
+            else:
+                self.tally.latencies.append(latency)
+                self.tally.statuses.append(status)
 
 
 def _v2_bodies(url: str, pool: Sequence[bytes], n: int = 50) -> list[bytes]:
@@ -188,8 +190,12 @@ def _v2_bodies(url: str, pool: Sequence[bytes], n: int = 50) -> list[bytes]:
             request = msgspec.json.decode(raw)
             request["return_features"] = True
             answer = client.post(PATH, json=request).json()
-            features = answer["features"][0]
-            tensors = [{"name": spec["name"], "shape": [1], "datatype": spec["datatype"], "data": [features[spec["name"]]]} for spec in inputs]
+            features = answer["features"][0]  # in the model's feature order
+            if len(inputs) == 1:  # one matrix: a row of every feature
+                spec = inputs[0]
+                tensors = [{"name": spec["name"], "shape": [1, len(features)], "datatype": spec["datatype"], "data": list(features.values())}]
+            else:  # one column per feature
+                tensors = [{"name": s["name"], "shape": [1], "datatype": s["datatype"], "data": [features[s["name"]]]} for s in inputs]
             bodies.append(msgspec.json.encode({"inputs": tensors}))
     return bodies
 
@@ -208,12 +214,13 @@ def _lag_ms(client: httpx.Client) -> float:
     return worst
 
 
-def _start_rollout(world: World, url: str) -> dict[str, Any]:
-    """Register a retrained model as fraud:2 and start rolling it out as the canary."""
+def _start_rollout(world: World, url: str, canary: tuple[Any, Any]) -> dict[str, Any]:
+    """Register ``canary`` (a retrained model, its training set) as fraud:2 and start
+    rolling it out."""
     import stalwart
     from benchmarks.chaos.world import TRUSTED
 
-    model, training = world.retrain(seed=8)
+    model, training = canary
     registry = stalwart.Registry.open(world.settings())
     try:
         registry.register("fraud", model, training_set=training, trusted_types=TRUSTED, description="retrained: the soak's canary")
@@ -235,6 +242,9 @@ def run_soak(world: World, options: SoakOptions) -> dict[str, Any]:
     rate = max(1.0, options.share * capacity)
     say(f"soak: capacity {capacity:,.0f} answers/s; {rate:,.0f} requests/s for {options.seconds:g} s")
     traffic = _Traffic(server.url, world.token, pool, _v2_bodies(server.url, pool), rate)
+    # Trained now, not when the rollout starts: training in this process would slow the
+    # traffic it sends.
+    canary = world.retrain(seed=8) if options.rollout is not None else None
     windows: list[Window] = []
     rollout: dict[str, Any] | None = None
     start = time.monotonic()
@@ -243,14 +253,16 @@ def run_soak(world: World, options: SoakOptions) -> dict[str, Any]:
         with httpx.Client(base_url=server.url, timeout=10) as client:
             while (now := time.monotonic()) < start + options.seconds:
                 time.sleep(max(0.0, min(options.sample, start + options.seconds - now)))
-                if options.rollout is not None and rollout is None and time.monotonic() - start >= options.seconds * options.rollout:
-                    rollout = _start_rollout(world, server.url)
+                if canary is not None and rollout is None and time.monotonic() - start >= options.seconds * (options.rollout or 0):
+                    rollout = _start_rollout(world, server.url, canary)
                 latencies, statuses = traffic.tally.take()
                 memory = tree_memory(server.process.pid)
+                open_fds, sockets = fds(server.process.pid)
                 windows.append(Window(
                     t=round(time.monotonic() - start, 1),
                     rss_mib=memory.rss / 2**20,
-                    fds=fds(server.process.pid),
+                    fds=open_fds,
+                    sockets=sockets,
                     lag_ms=_lag_ms(client),
                     requests=len(statuses),
                     answered=sum(1 for s in statuses if 200 <= s < 300),
@@ -261,12 +273,13 @@ def run_soak(world: World, options: SoakOptions) -> dict[str, Any]:
                     p99_ms=percentile(latencies, 99),
                 ))
                 w = windows[-1]
-                say(f"  t={w.t:6.0f}s rss {w.rss_mib:7.1f} MiB fds {w.fds:4d} lag {w.lag_ms:6.1f} ms p99 {w.p99_ms:7.1f} ms "
+                say(f"  t={w.t:6.0f}s rss {w.rss_mib:7.1f} MiB fds {w.fds:4d} ({w.sockets} sockets) lag {w.lag_ms:6.1f} ms p99 {w.p99_ms:7.1f} ms "
                     f"requests {w.requests:6d} 5xx {w.errors_5xx} (shed {w.shed}) 4xx {w.other_4xx} unanswered {w.no_answer}")
             final_rollout = client.get("/v1/deployments/fraud/rollout", headers={"authorization": f"Bearer {world.token}"}).json() if rollout else None
     finally:
         traffic.stop()
     ids = list(traffic.tally.answered_ids)
+    control = list(traffic.tally.control)
     lost = len(set(ids) - world.stored(ids, timeout=60))
     document = {
         "started": dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds"),
@@ -276,9 +289,16 @@ def run_soak(world: World, options: SoakOptions) -> dict[str, Any]:
         "windows": [asdict(w) for w in windows],
         "records_checked": len(ids),
         "records_lost": lost,
+        "control": {
+            "calls": len(control),
+            "failed": {str(st): sum(1 for c, _ in control if c == st) for st in sorted({c for c, _ in control if c not in (200, 201)})},
+            "p99_ms": percentile([lat for _, lat in control], 99),
+        },
         "rollout": {"start": rollout, "end": _rollout_state(final_rollout)},
     }
     document["verdicts"] = verdicts(windows, lost, options.warmup)
+    failed = sum(document["control"]["failed"].values())
+    document["verdicts"].append({"criterion": "control calls failed (source rows, feedback)", "value": failed, "bound": "0", "passed": failed == 0 and bool(control)})
     return document
 
 
@@ -309,7 +329,9 @@ def verdicts(windows: Sequence[Window], lost: int, warmup: float = 0.2) -> list[
     third = max(1, len(after) // 3)
     first, last = after[:third], after[-third:]
     growth = _slope_growth([w.t for w in after], [w.rss_mib for w in after])
-    fd_growth = max(w.fds for w in after) - after[0].fds
+    # Sockets follow the client's connections (at most its senders'); other descriptors
+    # (files, pipes, the spool's segments) are what a leak would grow.
+    fd_growth = max(w.fds - w.sockets for w in after) - (after[0].fds - after[0].sockets)
     errors = sum(w.errors_5xx - w.shed for w in windows)
     shed = sum(w.shed for w in windows)
     requests = max(1, sum(w.requests for w in windows))
@@ -318,7 +340,7 @@ def verdicts(windows: Sequence[Window], lost: int, warmup: float = 0.2) -> list[
     lag_ratio = (_median([w.lag_ms for w in last]) + 1.0) / (_median([w.lag_ms for w in first]) + 1.0)
     return [
         {"criterion": "RSS growth after warm-up", "value": f"{growth:+.1%}", "bound": "< +5 %", "passed": growth < 0.05},
-        {"criterion": "open fds growth after warm-up", "value": fd_growth, "bound": "<= 10", "passed": fd_growth <= 10},
+        {"criterion": "open fds (not sockets) growth after warm-up", "value": fd_growth, "bound": "<= 10", "passed": fd_growth <= 10},
         {"criterion": "5xx answers other than load shedding", "value": errors, "bound": "0", "passed": errors == 0},
         {"criterion": "requests shed (503, Retry-After)", "value": f"{shed / requests:.2%}", "bound": "<= 1 %", "passed": shed <= 0.01 * requests},
         {"criterion": "requests unanswered", "value": unanswered, "bound": "0", "passed": unanswered == 0},
@@ -357,7 +379,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"# Soak, {document['started']}",
         f"{document['options']['seconds']:g} s at {document['rate']:,.0f} requests/s ({document['options']['share']:.0%} of "
         f"{document['capacity']:,.0f} answers/s measured); {document['records_checked']:,} answered requests checked in the log; "
-        f"rollout: {document['rollout']}",
+        f"control calls: {document['control']}; rollout: {document['rollout']}",
         markdown_table(["criterion", "value", "bound", "verdict"], verdict_rows),
         markdown_table(["t s", "RSS MiB", "fds", "loop lag ms", "p99 ms", "requests", "5xx (shed)", "unanswered"], rows),
     ]) + "\n"

@@ -12,9 +12,10 @@ queue instead of slowing the probe down), as ``benchmarks/load.py`` does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ import httpx
 import msgspec
 import numpy as np
 
-__all__ = ["Answer", "Probe", "Sample", "baseline", "request_pool"]
+__all__ = ["Answer", "Probe", "Sample", "baseline", "paced", "request_pool"]
 
 PATH = "/v1/deployments/fraud/predict"
 RISKY = ("electronics", "gift_cards", "jewelry")
@@ -104,6 +105,55 @@ def baseline(url: str, pool: Sequence[bytes], *, concurrency: int = 4) -> list[A
     return asyncio.run(run())
 
 
+PACED_WORKERS = 64
+
+
+async def paced(
+    rate: float,
+    stop: threading.Event,
+    send: Callable[[int, float], Awaitable[None]],
+    on_due: Callable[[int], None] | None = None,
+    *,
+    workers: int = PACED_WORKERS,
+    drain: float = 11.0,
+) -> None:
+    """Open loop: request ``i`` is due at ``start + i / rate`` until ``stop`` is set, and is
+    sent by the first of ``workers`` senders free (``send(i, due)``, latency counted from
+    ``due``), so a slow server builds a backlog here rather than slowing the schedule down.
+    A fixed set of senders keeps httpx's pool small (its cost grows with the requests
+    waiting in it); ``drain`` bounds the wait for the backlog once stopped."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+
+    async def sender() -> None:
+        while True:
+            i, due = await queue.get()
+            try:
+                await send(i, due)
+            finally:
+                queue.task_done()
+
+    senders = [asyncio.create_task(sender()) for _ in range(workers)]
+    try:
+        start = loop.time() + 0.02
+        i = 0
+        while not stop.is_set():
+            due = start + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            queue.put_nowait((i, due))
+            if on_due is not None:
+                on_due(i)
+            i += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(queue.join(), drain)
+    finally:
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+
+
 @dataclass(slots=True)
 class Sample:
     """One probe request: which pool entry, when it was due (monotonic s), its latency (s),
@@ -151,25 +201,18 @@ class Probe:
         return self.offset + self.sent
 
     async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        loop = asyncio.get_running_loop()
+        to_wall = time.monotonic() - loop.time()
+        limits = httpx.Limits(max_connections=PACED_WORKERS, max_keepalive_connections=PACED_WORKERS)
         async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=self.timeout) as client:
-            loop = asyncio.get_running_loop()
-            start = loop.time() + 0.02
-            to_wall = time.monotonic() - loop.time()
-            tasks: set[asyncio.Task[None]] = set()
-            i = 0
-            while not self._stop.is_set():
-                due = start + i / self.rate
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(self._one(client, self.offset + i, due, to_wall))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                i += 1
-                self.sent = i
-            if tasks:
-                await asyncio.wait(tasks, timeout=self.timeout + 1)
+
+            async def send(i: int, due: float) -> None:
+                await self._one(client, self.offset + i, due, to_wall)
+
+            def counted(i: int) -> None:
+                self.sent = i + 1
+
+            await paced(self.rate, self._stop, send, counted, drain=self.timeout + 1)
 
     async def _one(self, client: httpx.AsyncClient, index: int, due: float, to_wall: float) -> None:
         loop = asyncio.get_running_loop()

@@ -273,9 +273,17 @@ class World:
             time.sleep(0.5)
 
 
-def fds(pid: int) -> int:
-    """Open file descriptors of a process (its /proc/PID/fd entries)."""
+def fds(pid: int) -> tuple[int, int]:
+    """Open file descriptors of a process: all of them, and how many are sockets (client
+    connections come and go with the load; a leak shows in the others)."""
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        entries = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return 0
+        return 0, 0
+    sockets = 0
+    for entry in entries:
+        try:
+            sockets += os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:")
+        except OSError:
+            continue  # closed meanwhile
+    return len(entries), sockets
