@@ -5,12 +5,15 @@ JSON over HTTP, so a few lines of urllib replace a Selenium dependency. Both are
 by ``scripts/ensure-chromium`` (``make test`` runs it); without them a test fails, naming
 the script, and never skips.
 
-The browser resolves no host name (``--host-resolver-rules``): a page that tried to fetch
-anything would show it as a failed request in its console and its resource timings.
+The browser resolves no host name but 127.0.0.1 (``--host-resolver-rules``), where a test's
+own server listens: a page that tried to fetch anything else would show it as a failed
+request in its console and its resource timings. Background networking, component updates,
+sync and QUIC are off, and every session has a fresh profile directory.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -41,6 +44,50 @@ class Browser:
     def open(self, path: Path) -> None:
         """Load a local file and wait until it has loaded."""
         _call("POST", f"{self._url}/url", {"url": path.resolve().as_uri()})
+
+    def get(self, url: str) -> None:
+        """Load ``url`` (a page of a server on this machine) and wait until it has loaded."""
+        _call("POST", f"{self._url}/url", {"url": url})
+
+    @property
+    def url(self) -> str:
+        """The address of the page shown now (after any redirect)."""
+        current: str = _call("GET", f"{self._url}/url")
+        return current
+
+    def click(self, css: str) -> None:
+        """Click the first element that ``css`` selects (a button submits its form)."""
+        _call("POST", f"{self._url}/element/{self._find(css)}/click", {})
+
+    def type(self, css: str, text: str) -> None:
+        """Type ``text`` into the first element that ``css`` selects."""
+        _call("POST", f"{self._url}/element/{self._find(css)}/value", {"text": text})
+
+    def accept_alert(self) -> str:
+        """Accept the open ``confirm()`` (or alert) dialog; its text."""
+        text: str = _call("GET", f"{self._url}/alert/text")
+        _call("POST", f"{self._url}/alert/accept", {})
+        return text
+
+    def cookies(self) -> list[dict[str, Any]]:
+        """The cookies the browser holds for the page shown, with their attributes."""
+        cookies: list[dict[str, Any]] = _call("GET", f"{self._url}/cookie")
+        return cookies
+
+    def screenshot(self, path: Path, *, width: int = 1280, max_height: int = 8000) -> None:
+        """Save the whole page (up to ``max_height`` pixels tall) as a PNG at ``path``."""
+        # From a small window: a page's scroll height is never less than the window's.
+        _call("POST", f"{self._url}/window/rect", {"width": width, "height": 600})
+        height = int(self.run("return Math.ceil(document.documentElement.scrollHeight);"))
+        _call("POST", f"{self._url}/window/rect", {"width": width, "height": min(max(height, 600), max_height)})
+        png = base64.b64decode(_call("GET", f"{self._url}/screenshot"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+
+    def _find(self, css: str) -> str:
+        found = _call("POST", f"{self._url}/element", {"using": "css selector", "value": css})
+        element: str = next(iter(found.values()))
+        return element
 
     def run(self, script: str, *args: Any) -> Any:
         """The value a script's ``return`` gives, run synchronously in the page."""
@@ -88,8 +135,11 @@ def headless_chromium(width: int = 1280, height: int = 1000) -> Iterator[Browser
                 "binary": chromium,
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
                     f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                    "--host-resolver-rules=MAP * ~NOTFOUND",
+                    # Only our own loopback servers resolve; "MAP *" would take 127.0.0.1 too.
+                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
                 ],
             }
             capabilities = {"browserName": "chrome", "goog:chromeOptions": options, "goog:loggingPrefs": {"browser": "ALL"}}

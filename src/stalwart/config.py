@@ -217,6 +217,17 @@ class Settings(BaseSettings):
         default=4 * 3600.0, ge=0, description="a firing alert already sent is sent again after this (a reminder)"
     )
     alert_webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="time limit of one webhook post")
+    # The web console (stalwart.serving.console) at /ui.
+    ui: bool = Field(default=True, description="serve the web console at /ui (and keep its live per-deployment numbers)")
+    ui_require_token: bool = Field(
+        default=False,
+        description="every console page needs a login with an admin token (default: only pages with request data and actions do)",
+    )
+    ui_session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="a console login lasts this long")
+    ui_secure_cookie: bool = Field(
+        default=True,
+        description="mark the console's session cookie Secure (sent over HTTPS and to loopback only); false for plain HTTP elsewhere",
+    )
     allow_pickle: bool = Field(
         default=True,
         description="load versions registered with trust_pickle=True; false refuses them",

@@ -241,12 +241,10 @@ def test_a_full_queue_drops_and_counts_without_blocking(db: Database) -> None:
     registry = CollectorRegistry()
     live = _live(db, "a", max_queue=100, registry=registry)
     item = _obs(HOUR0, np.array([1.0]), np.array([1.0]), ["Oslo"])
-    started = time.perf_counter()
+    # Not started: nothing drains the queue, so a submit that waited for room would hang here.
     for _ in range(100_100):
         live.submit(item)
-    elapsed = time.perf_counter() - started
     assert registry.get_sample_value("stalwart_live_profiles_dropped_total", {"reason": "queue_full"}) == 100_000
-    assert elapsed < 1.0  # 100,100 submits: a few µs each at most, nothing waited
     assert live.flush()
     assert merged_profile(db, "fraud", since=HOUR0, until=HOUR0 + 60).rows == 100
     assert registry.get_sample_value("stalwart_live_profiles_requests_total") == 100

@@ -18,7 +18,7 @@ from stalwart.monitoring.records import Chain, PredictionRecord, encode_record
 from stalwart.monitoring.sinks.sql import SqlSink
 from tests.monitoring.records_factory import full_record
 
-NOW = time.time_ns()  # parse_time's cases pass it as now_ns: any instant does
+NOW = 1_796_000_000 * 1_000_000_000  # parse_time's cases pass it as now_ns: any fixed instant does (the same in every process collecting them)
 
 
 @pytest.fixture

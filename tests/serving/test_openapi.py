@@ -20,6 +20,8 @@ _IMPLICIT = {"HEAD"}
 def _served_operations(app: object) -> set[tuple[str, str]]:
     operations = set()
     for route in app.routes:  # type: ignore[attr-defined]
+        if route.path == "/ui" or route.path.startswith("/ui/"):
+            continue  # the web console's HTML pages and assets (docs/console.md): not the API
         assert isinstance(route, Route), f"unexpected route type {type(route).__name__}"
         for method in (route.methods or set()) - _IMPLICIT:
             operations.add((route.path, method.lower()))

@@ -100,6 +100,10 @@ def run_demo(*, once: bool, port: int, home: Path) -> int:
     if once:
         return 0 if ok else 1
     console.print(f"\nserving on [bold]{base}[/] — Ctrl-C to stop")
+    console.print(
+        f"web console: [bold]{base}/ui[/] (log in with the admin token in {settings.admin_token_file()} "
+        f"to see predictions and to pause, promote or roll back)", highlight=False,
+    )
     try:
         while thread.is_alive():
             thread.join(timeout=0.5)

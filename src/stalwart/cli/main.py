@@ -79,6 +79,7 @@ def serve(
     get_logger("stalwart.cli").info(
         "serving",
         url=f"http://{settings.host}:{settings.port}",
+        console=f"http://{settings.host}:{settings.port}/ui" if settings.ui else None,
         server=settings.server,
         registry=app_.state.registry.db.describe(),
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,

@@ -24,7 +24,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "SAMPLE_SECONDS",
     "BatchMetrics",
     "BatchSeries",
+    "RouteMetrics",
     "ServingMetrics",
     "exposition",
     "gauge_function",
@@ -104,6 +112,11 @@ class ServingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process's CPU seconds, resident memory and file descriptors (process_*): what
+        # a replica costs, beside what its models are measured at (docs/operations.md).
+        # Under --workers N the scrape merges the workers' files, which hold none of these:
+        # the container's own metrics (cAdvisor) stand in for them there.
+        ProcessCollector(registry=r)
         labels = ("model", "version", "endpoint", "status")
         self.requests = Counter(
             "stalwart_requests", "HTTP requests served", labels, registry=r
@@ -142,9 +155,11 @@ class ServingMetrics:
             "Memory of each loaded model version: the process's RSS growth across its load (an estimate)",
             ("model", "version"),
             registry=r,
+            multiprocess_mode="livesum",  # workers: every one loads its own copy
         )
         self.model_memory_budget = Gauge(
-            "stalwart_model_memory_budget_bytes", "The loaded versions' memory budget (STALWART_MODEL_MEMORY); absent: no limit", registry=r
+            "stalwart_model_memory_budget_bytes", "The loaded versions' memory budget (STALWART_MODEL_MEMORY); absent: no limit", registry=r,
+            multiprocess_mode="livemax",  # each worker's own budget, the same for all
         )
         self.model_evictions = Counter(
             "stalwart_model_evictions", "Idle model versions unloaded to make room for another within the memory budget",
@@ -291,3 +306,50 @@ class ResilienceMetrics:
     def set_breaker_state(self, guard: str, state: str, states: tuple[str, ...]) -> None:
         for name in states:
             self.breaker_state.labels(guard, name).set(1.0 if name == state else 0.0)
+
+
+class RouteMetrics:
+    """The routes each replica serves, per deployment: the canary's share of routing keys,
+    the routes' revision (every replica shows the same once a change has reached them all)
+    and the model each variant routes to. Labels are bounded by the project's deployments
+    and the models they route to now. Under ``--workers N`` the revision is the oldest any
+    worker serves, so one lagging behind shows."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.canary_weight = Gauge(
+            "stalwart_route_canary_weight",
+            "Share of routing keys this replica sends to the deployment's canary (0 without one)",
+            ("deployment",),
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.revision = Gauge(
+            "stalwart_route_revision",
+            "Revision of the deployment's routes this replica serves (equal on every replica once a change reached them all)",
+            ("deployment",),
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.variant = Gauge(
+            "stalwart_route_variant",
+            "1 for the model each variant (primary, canary) of the deployment routes to on this replica, 0 for one it no longer does",
+            ("deployment", "variant", "model"),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._models: dict[tuple[str, str], str] = {}
+
+    def set_routes(self, deployment: str, revision: int, primary: str, canary: str | None, canary_weight: float) -> None:
+        """Publish the routes ``deployment`` serves now (``canary`` None: it has none)."""
+        self.canary_weight.labels(deployment).set(canary_weight)
+        self.revision.labels(deployment).set(revision)
+        for variant, model in (("primary", primary), ("canary", canary)):
+            before = self._models.pop((deployment, variant), None)
+            if before is not None and before != model:
+                # Zeroed, then removed: a worker's file (multiprocess mode) keeps a removed
+                # series at its last value, and that must not read as still routed.
+                self.variant.labels(deployment, variant, before).set(0.0)
+                self.variant.remove(deployment, variant, before)
+            if model is not None:
+                self.variant.labels(deployment, variant, model).set(1.0)
+                self._models[(deployment, variant)] = model

@@ -32,7 +32,7 @@ from stalwart.monitoring.report_document import (
 _e, _figure, _table, _card = markup.escape, markup.figure, markup.table, markup.card
 _num, _p, _pct, _time, _span = markup.num, markup.p_value, markup.pct, markup.time, markup.span
 
-__all__ = ["MAX_DISTRIBUTION_PLOTS", "render_html"]
+__all__ = ["MAX_DISTRIBUTION_PLOTS", "render_html", "report_sections"]
 
 MAX_DISTRIBUTION_PLOTS = 48
 """Features drawn as small multiples (the most severe); the table lists every feature."""
@@ -60,21 +60,24 @@ def render_html(document: ReportDocument | Mapping[str, Any]) -> str:
     ``document`` is a :class:`ReportDocument` or its dict (checked with
     :meth:`ReportDocument.from_dict`). Needs matplotlib (``pip install 'stalwart[report]'``)."""
     doc = document if isinstance(document, ReportDocument) else ReportDocument.from_dict(document)
-    columns = sorted_columns(doc.drift.columns)
-    body = "\n".join(
-        [
-            _header(doc),
-            _summary(doc, columns),
-            _drift(doc, columns),
-            _drift_over_time(doc, columns),
-            _predictions(doc),
-            _quality(doc),
-            _alerts(doc),
-            _skew(doc),
-            markup.footer(doc.generated_at),
-        ]
-    )
+    body = "\n".join([_header(doc), *report_sections(doc).values(), markup.footer(doc.generated_at)])
     return markup.page(f"Monitoring report: {doc.deployment}", body)
+
+
+def report_sections(doc: ReportDocument) -> dict[str, str]:
+    """The report's sections as markup, by their ids (``summary``, ``drift``,
+    ``drift-over-time``, ``predictions``, ``quality``, ``alerts``, ``skew``), in page order:
+    the page :func:`render_html` makes, and the console's deployment page, show the same."""
+    columns = sorted_columns(doc.drift.columns)
+    return {
+        "summary": _summary(doc, columns),
+        "drift": _drift(doc, columns),
+        "drift-over-time": _drift_over_time(doc, columns),
+        "predictions": _predictions(doc),
+        "quality": _quality(doc),
+        "alerts": _alerts(doc),
+        "skew": _skew(doc),
+    }
 
 
 # -- sections -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from stalwart.rollout import report_numbers as numbers
 from stalwart.rollout import report_plots as plots
 from stalwart.rollout.history import Event, Look, LookVerdict, RolloutHistory
 
-__all__ = ["MAX_DECISION_ROWS", "MAX_LOOKS_DRAWN", "MAX_SUMMARY_ROWS", "render"]
+__all__ = ["CSS", "MAX_DECISION_ROWS", "MAX_LOOKS_DRAWN", "MAX_SUMMARY_ROWS", "render", "report_sections"]
 
 MAX_LOOKS_DRAWN = 400
 """Looks drawn in the plots; past it they are thinned evenly (the first and last kept)."""
@@ -54,23 +54,28 @@ def render(history: RolloutHistory, *, now: float | None = None) -> str:
     to open it. ``now`` (epoch seconds) ends a running rollout's time axis and dates the
     page; without it the axis ends at the last event, so the same history renders to the
     same bytes. Needs matplotlib (``pip install 'stalwart[report]'``)."""
+    footer = markup.footer(None if now is None else dt.datetime.fromtimestamp(now, dt.UTC))
+    body = "\n".join([_header(history), *report_sections(history, now=now).values(), footer])
+    return markup.page(f"Rollout report: {history.deployment}", body, css=CSS)
+
+
+def report_sections(history: RolloutHistory, *, now: float | None = None) -> dict[str, str]:
+    """The report's sections as markup, by their ids (``summary``, ``weight``, ``metrics``,
+    ``requests``, ``verdicts``, ``decisions``, ``srm``), in page order: the page
+    :func:`render` makes, and the console's rollout page, show the same (styled by
+    :data:`CSS` after the shared style sheet)."""
     looks = history.looks
     drawn = plots.thin(looks, MAX_LOOKS_DRAWN)
     window = _window(history, now)
-    body = "\n".join(
-        [
-            _header(history),
-            _summary(history, looks),
-            _weight(history, window),
-            _metrics(history, looks, drawn, window),
-            _requests(history, looks, drawn, window),
-            _verdicts(history, looks),
-            _decisions(history),
-            _srm(history, looks),
-            markup.footer(None if now is None else dt.datetime.fromtimestamp(now, dt.UTC)),
-        ]
-    )
-    return markup.page(f"Rollout report: {history.deployment}", body, css=_CSS)
+    return {
+        "summary": _summary(history, looks),
+        "weight": _weight(history, window),
+        "metrics": _metrics(history, looks, drawn, window),
+        "requests": _requests(history, looks, drawn, window),
+        "verdicts": _verdicts(history, looks),
+        "decisions": _decisions(history),
+        "srm": _srm(history, looks),
+    }
 
 
 # -- sections -------------------------------------------------------------------------
@@ -361,7 +366,7 @@ def _details(detail: Mapping[str, Any]) -> str:
     return text + (f", … {len(items) - 8} more" if len(items) > 8 else "")
 
 
-_CSS = """
+CSS = """
 .verdict.warn{color:#92400e;background:#fffbeb}
 .verdict.info{color:#1e3a8a;background:#eff6ff}
 header .window .name{font-size:13px}
@@ -377,3 +382,4 @@ td.detail{color:var(--muted);font-size:12px;min-width:14ch}
 tr.why td{color:var(--muted);font-size:12px;border-bottom:1px solid var(--line);padding-top:0}
 tbody tr:has(+ tr.why) td{border-bottom:none}
 """
+"""The rollout report's own style rules, after the shared style sheet."""

@@ -97,6 +97,14 @@ class RolloutStore:
             ).one_or_none()
         return _rollout(row) if row is not None else None
 
+    def of(self, deployment: str, *, limit: int = 50) -> list[Rollout]:
+        """The deployment's rollouts, newest first: at most ``limit`` of them."""
+        table = t.rollouts
+        query = select(table).where(table.c.deployment == deployment).order_by(table.c.id.desc()).limit(max(1, min(limit, 1000)))
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        return [_rollout(row) for row in rows]
+
     def running(self) -> list[Rollout]:
         """Every rollout the controller should look at."""
         table = t.rollouts

@@ -25,7 +25,7 @@ from stalwart.monitoring import report_figures as plots
 from stalwart.monitoring import report_markup as h
 from stalwart.storage import Database
 
-__all__ = ["FORMAT", "MAX_TIME_BINS", "build_shadow_report", "render_shadow_html"]
+__all__ = ["FORMAT", "MAX_TIME_BINS", "build_shadow_report", "render_shadow_html", "shadow_sections"]
 
 FORMAT = 1
 MAX_TIME_BINS = 240
@@ -85,18 +85,26 @@ def render_shadow_html(document: Mapping[str, Any]) -> str:
         f"<p class=window>{h.escape(h.time(since))} → {h.escape(h.time(until))} · "
         f"{len(shadows)} shadow{'s' if len(shadows) != 1 else ''}</p><nav>{nav}</nav></header>"
     ]
-    if not shadows:
-        parts.append(
-            "<section><h2>No pairs</h2><p class=empty>No shadow answered a request of this deployment in this "
-            "window: is a shadow declared (Deployment(shadows=...)), and did the server flush its pairs?</p></section>"
-        )
-    for i, shadow in enumerate(shadows):
-        parts.append(_shadow_section(shadow, i, (since, until)))
+    parts.extend(shadow_sections(document))
     parts.append(
         f"<footer>Stalwart {h.escape(__version__)} · generated {h.escape(h.time(_when(document['generated_at'])))} · "
         "self-contained: this file fetches nothing</footer>"
     )
     return h.page(f"Shadow report: {deployment}", "\n".join(parts))
+
+
+def shadow_sections(document: Mapping[str, Any]) -> list[str]:
+    """The page's sections as markup: one per shadow (its id ``shadow-<name>``), or one that
+    says why there is nothing to compare. :func:`render_shadow_html` and the console's
+    shadow page show the same."""
+    since, until = _when(document["since"]), _when(document["until"])
+    shadows: Sequence[Mapping[str, Any]] = document["shadows"]
+    if not shadows:
+        return [
+            "<section><h2>No pairs</h2><p class=empty>No shadow answered a request of this deployment in this "
+            "window: is a shadow declared (Deployment(shadows=...)), and did the server flush its pairs?</p></section>"
+        ]
+    return [_shadow_section(shadow, i, (since, until)) for i, shadow in enumerate(shadows)]
 
 
 # --- the document ----------------------------------------------------------------------

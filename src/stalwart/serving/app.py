@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from stalwart._optional import require
 from stalwart.cache import FeatureCache
@@ -34,6 +34,7 @@ from stalwart.monitoring.metrics import (
     SAMPLE_SECONDS,
     BatchMetrics,
     ResilienceMetrics,
+    RouteMetrics,
     ServingMetrics,
     multiprocess_dir,
     sample,
@@ -51,6 +52,9 @@ from stalwart.serving.alerting import build_alerting, monitor_source
 from stalwart.serving.auth import BearerAuth
 from stalwart.serving.batching import AdaptiveBatcher, BatchCall
 from stalwart.serving.chains import Chains
+from stalwart.serving.console import Console, LiveStats, console_routes
+from stalwart.serving.console.render import Pages
+from stalwart.serving.console.session import Sessions
 from stalwart.serving.dataplane import DataPlane, RequestTap
 from stalwart.serving.deployments import Deployments
 from stalwart.serving.errors import exception_handlers
@@ -272,7 +276,8 @@ def create_app(
     deployments = Deployments(project, serving_policy.deployments, repository, pool, chains, resilience_metrics, caches)
     rollout_store = RolloutStore(registry.db)
     route_sync = RouteSync(
-        rollout_store.routes, deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor()
+        rollout_store.routes, deployments, repository, poll_seconds=settings.routes_poll_seconds, actor=process_actor(),
+        metrics=RouteMetrics(metrics.registry),
     )
     controller = (
         ControllerLoop(Controller(rollout_store, project, lag_seconds=settings.rollout_lag_seconds))
@@ -292,7 +297,9 @@ def create_app(
     )
     live_profiles = open_live_profiles(settings, registry.db, metrics.registry, log_policies)
     profile_tap = ProfileTap(live_profiles) if live_profiles is not None else None
-    plane_tap = compose(tracing, prediction_tap, profile_tap, tap)
+    # The console's live numbers: a tap of their own, only when the console is served.
+    live = LiveStats() if settings.ui else None
+    plane_tap = compose(tracing, prediction_tap, profile_tap, live, tap)
     # --- end of request taps ---
     plane = DataPlane(repository, chains, serving_policy, deployments, resilience_metrics, tap=plane_tap)
     # Shadows: copies of sampled requests, off the critical path; their series on /metrics.
@@ -305,7 +312,7 @@ def create_app(
         alert_source, alert_calibrator = monitor_source(registry.db, project.alerts.values(), alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
     auth = BearerAuth.from_settings(settings)
-    routes = [
+    routes: list[BaseRoute] = [
         *oip_routes(plane),
         *v1_routes(plane),
         *control_routes(deployments, auth, cache, registry),
@@ -317,6 +324,12 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
+    if live is not None:
+        console = Console(
+            settings, project, registry, plane, rollout_store, store, cache, live,
+            Sessions(auth, hours=settings.ui_session_hours, secure=settings.ui_secure_cookie), Pages(),
+        )
+        routes.extend(console_routes(console))
     app = Starlette(
         routes=routes,
         middleware=[
@@ -341,6 +354,7 @@ def create_app(
     app.state.tracing = tracing
     app.state.cache = cache
     app.state.alerting = alerting
+    app.state.live = live
     return app
 
 

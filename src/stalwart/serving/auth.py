@@ -11,6 +11,8 @@ are compared in constant time, every one of them on every call, and never logged
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Mapping
@@ -75,6 +77,13 @@ class BearerAuth:
                 "an admin token (STALWART_ADMIN_TOKEN or the file STALWART_HOME/admin_token, or "
                 "one of STALWART_ADMIN_TOKENS)"
             )
+        found = self.identify(presented)
+        if found is None:
+            raise AuthError("the bearer token is not an admin token")
+        return found
+
+    def identify(self, presented: str) -> str | None:
+        """The name of the token ``presented`` is (surrounding blanks ignored), else None."""
         candidate = presented.strip().encode()
         found: str | None = None
         # Every token is compared, matched or not, so the time taken says nothing about
@@ -82,6 +91,10 @@ class BearerAuth:
         for name, token in self._tokens:
             if secrets.compare_digest(candidate, token) and found is None:
                 found = name
-        if found is None:
-            raise AuthError("the bearer token is not an admin token")
         return found
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A secret for ``purpose`` (a fixed label: what the key signs), derived from every
+        token: it changes, and what it signed stops verifying, when any token changes."""
+        material = b"\0".join(hashlib.sha256(name.encode() + b"\0" + token).digest() for name, token in sorted(self._tokens))
+        return hmac.new(material, purpose.encode(), hashlib.sha256).digest()

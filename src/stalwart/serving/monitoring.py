@@ -26,7 +26,7 @@ from stalwart.serving.codec import shown
 from stalwart.serving.middleware import request_info
 from stalwart.storage import Database
 
-__all__ = ["monitoring_routes"]
+__all__ = ["monitoring_routes", "parse_instant"]
 
 _MAX_SPAN = dt.timedelta(days=400)
 
@@ -43,8 +43,8 @@ def monitoring_routes(database: Database, deployments: frozenset[str], auth: Bea
                 f"no deployment '{shown(name)}' in this server's project; GET /v1/deployments lists them"
             )
         now = dt.datetime.now(dt.UTC)
-        since = _instant(request.query_params.get("since", "24h"), "since", now)
-        until = _instant(request.query_params.get("until"), "until", now) if "until" in request.query_params else now
+        since = parse_instant(request.query_params.get("since", "24h"), "since", now)
+        until = parse_instant(request.query_params.get("until"), "until", now) if "until" in request.query_params else now
         if until <= since:
             raise RequestError("until must be after since", field="until")
         if until - since > _MAX_SPAN:
@@ -55,7 +55,7 @@ def monitoring_routes(database: Database, deployments: frozenset[str], auth: Bea
     return [Route("/v1/deployments/{name}/monitoring", get_monitoring, methods=["GET"])]
 
 
-def _instant(text: str | None, field: str, now: dt.datetime) -> dt.datetime:
+def parse_instant(text: str | None, field: str, now: dt.datetime) -> dt.datetime:
     """A duration ago (``24h``) or an ISO 8601 time, read as the CLI and
     ``stalwart.read_predictions`` read them (``parse_time``); a bad one is the client's 400."""
     if text is None or len(text) > 64:

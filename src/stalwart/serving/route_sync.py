@@ -19,6 +19,7 @@ import contextlib
 
 from stalwart.errors import StalwartError
 from stalwart.monitoring.logs import get_logger
+from stalwart.monitoring.metrics import RouteMetrics
 from stalwart.rollout.routes import Routes, RouteStore
 from stalwart.serving.deployments import Deployments
 from stalwart.serving.repository import ModelRepository
@@ -35,8 +36,12 @@ _WARM_SECONDS = 30.0
 class RouteSync:
     """Keeps ``deployments``' policies serving the routes in ``store``."""
 
-    def __init__(self, store: RouteStore, deployments: Deployments, repository: ModelRepository, *, poll_seconds: float, actor: str) -> None:
+    def __init__(
+        self, store: RouteStore, deployments: Deployments, repository: ModelRepository, *,
+        poll_seconds: float, actor: str, metrics: RouteMetrics | None = None,
+    ) -> None:
         self.store = store
+        self.metrics = metrics
         self.deployments = deployments
         self.repository = repository
         self.poll_seconds = poll_seconds
@@ -105,3 +110,5 @@ class RouteSync:
             self.deployments.set_routes(name, routes)
             _log.info("routes changed", deployment=name, revision=revision, routes=routes.to_dict())
         self.revisions[name] = revision
+        if self.metrics is not None:
+            self.metrics.set_routes(name, revision, routes.primary, routes.canary, routes.canary_weight)

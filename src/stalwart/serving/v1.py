@@ -17,17 +17,17 @@ from stalwart.errors import NotFound
 from stalwart.features.readers import SqlReader
 from stalwart.features.writes import invalidate as invalidate_cached
 from stalwart.features.writes import write_rows as write_rows_into
-from stalwart.project import SqlSource
+from stalwart.project import Project, SqlSource
 from stalwart.registry import Registry
 from stalwart.serving.auth import BearerAuth
-from stalwart.serving.codec import decode_json
+from stalwart.serving.codec import decode_json, shown
 from stalwart.serving.dataplane import DataPlane, PredictCall
 from stalwart.serving.deployments import Deployments
 from stalwart.serving.headers import deadline_of, priority_of
 from stalwart.serving.middleware import request_info
 from stalwart.serving.responses import json_response
 
-__all__ = ["control_routes", "v1_routes"]
+__all__ = ["control_routes", "invalidate_feature_set", "v1_routes"]
 
 
 def v1_routes(plane: DataPlane) -> list[Route]:
@@ -101,20 +101,35 @@ def control_routes(deployments: Deployments, auth: BearerAuth, cache: FeatureCac
         info.endpoint = "/v1/features/{name}/invalidate"
         actor = auth.require(request)
         name = request.path_params["name"]
-        feature_set = project.feature_sets.get(name)
-        if feature_set is None:
-            raise NotFound(f"feature set '{name}' is not in this project; it has {', '.join(sorted(project.feature_sets)) or 'none'}")
-        body = await request.body()
-        entities = _invalidate_body(body)
-        published = await invalidate_cached(feature_set, entities, cache)
-        answer = {"feature_set": name, "entities": None if entities is None else len(entities), "invalidated": published}
-        await audit(actor, "features.invalidate", name, {"entities": answer["entities"], "invalidated": published})
-        return json_response(answer)
+        entities = _invalidate_body(await request.body())
+        return json_response(await invalidate_feature_set(project, cache, registry, name, entities, actor=actor))
 
     return [
         Route("/v1/sources/{name}/rows", write_rows, methods=["POST"]),
         Route("/v1/features/{name}/invalidate", invalidate_features, methods=["POST"]),
     ]
+
+
+async def invalidate_feature_set(
+    project: Project,
+    cache: FeatureCache | None,
+    registry: Registry,
+    name: str,
+    entities: list[dict[str, Any]] | None,
+    *,
+    actor: str,
+) -> dict[str, Any]:
+    """Drop the cached values of feature set ``name`` (of ``entities``, or all of them) in
+    every replica, then record it in the audit log under ``actor``: what
+    ``POST /v1/features/{name}/invalidate`` and the console's button do. NotFound for a set
+    the project lacks."""
+    feature_set = project.feature_sets.get(name)
+    if feature_set is None:
+        raise NotFound(f"feature set '{shown(name)}' is not in this project; it has {', '.join(sorted(project.feature_sets)) or 'none'}")
+    published = await invalidate_cached(feature_set, entities, cache)
+    answer = {"feature_set": name, "entities": None if entities is None else len(entities), "invalidated": published}
+    await asyncio.to_thread(registry.audit, actor, "features.invalidate", name, {"entities": answer["entities"], "invalidated": published})
+    return answer
 
 
 class _RowsBody(msgspec.Struct):

@@ -248,6 +248,8 @@ def test_query_filters_newest_first(tmp_path: Path) -> None:
     assert len(ids(Query(version=2, model="m", limit=100))) == len([r for r in records if r.version == 2])
     assert set(ids(Query(degraded=True, limit=100))) == {r.request_id for r in records if r.degraded}
     assert set(ids(Query(degraded=False, limit=100))) == {r.request_id for r in records if not r.degraded}
+    assert set(ids(Query(variant="primary", limit=100))) == {r.request_id for r in records if r.variant == "primary"}
+    assert ids(Query(variant="nobody", limit=100)) == []
     since, until = records[10].time_ns, records[20].time_ns
     assert ids(Query(since_ns=since, until_ns=until, limit=100)) == [r.request_id for r in reversed(records[10:20])]
     assert sink.query(Query(deployment="nobody")) == []

@@ -102,7 +102,7 @@ def test_query_filters_and_orders_newest_first(sink: SqlSink) -> None:
         full_record(1, deployment="fraud", model="gbm", version=2, status=422, error="ValidationFailed"),
         full_record(2, deployment="churn", model="lr", version=1, degraded="fallback_model", degraded_reason="timeout"),
         full_record(3, deployment=None, entrypoint="/v2", model="lr", version=1, status=503, error="Overloaded"),
-        full_record(4, deployment="fraud", model="gbm", version=2, degraded="last_good"),
+        full_record(4, deployment="fraud", model="gbm", version=2, degraded="last_good", variant="canary"),
         full_record(5, deployment="churn", model="lr", version=2, status=500, error="ModelError"),
     ]
     shuffled = records[:]
@@ -125,6 +125,8 @@ def test_query_filters_and_orders_newest_first(sink: SqlSink) -> None:
     assert ids(until_ns=records[2].time_ns) == [1, 0]
     assert ids(since_ns=records[1].time_ns, until_ns=records[4].time_ns, deployment="fraud") == [1]
     assert ids(deployment="nope") == []
+    assert ids(variant="canary") == [4]
+    assert ids(deployment="fraud", variant="primary") == [1, 0]
     assert sink.query(Query(deployment="churn"))[0] == records[5]
 
 

@@ -48,6 +48,7 @@ class Query:
     deployment: str | None = None
     model: str | None = None
     version: int | None = None
+    variant: str | None = None  # the variant that answered (primary, canary, fallback)
     status: int | None = None  # an exact status, e.g. 422
     errors_only: bool = False  # status >= 400
     degraded: bool | None = None  # True: only degraded answers; False: only undegraded

@@ -401,7 +401,7 @@ class ParquetSink:
         pa = _pa()
         pc = require("pyarrow.compute", extra="features", purpose="reading the parquet prediction log")
         conditions: list[Any] = []
-        for name in ("deployment", "model", "version", "status"):
+        for name in ("deployment", "model", "version", "variant", "status"):
             value = getattr(query, name)
             if value is not None:
                 conditions.append(pc.field(name) == value)

@@ -281,7 +281,11 @@ def _filters(query: Query) -> list[ColumnElement[bool]]:
     """The WHERE clauses of ``query``: one per filter given."""
     c = predictions.c
     where: list[ColumnElement[bool]] = []
-    for column, value in ((c.deployment, query.deployment), (c.model, query.model), (c.version, query.version), (c.status, query.status)):
+    filters = (
+        (c.deployment, query.deployment), (c.model, query.model), (c.version, query.version),
+        (c.variant, query.variant), (c.status, query.status),
+    )
+    for column, value in filters:
         if value is not None:
             where.append(column == value)
     if query.errors_only:
