@@ -17,7 +17,7 @@ from stalwart.monitoring.report_figures import CYCLE, render_svg
 
 __all__ = ["RESULTS", "curve_table", "fault_table", "soak_html", "write"]
 
-_FAULT_HEADER = ["fault", "yield", "harvest", "score err", "p50 ms", "p99 ms", "5xx", "of which shed", "no answer", "records lost", "recovery s", "ladder steps", "note"]
+_FAULT_HEADER = ["fault", "yield", "harvest", "score err", "p50 ms", "p99 ms", "5xx", "of which shed", "no answer", "records lost (late)", "recovery s", "ladder steps", "note"]
 _CURVE_HEADER = ["step", "yield", "harvest", "score err", "p50 ms", "p99 ms", "5xx", "of which shed", "ladder steps"]
 
 
@@ -27,6 +27,10 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
+
+
+def _records(r: Mapping[str, Any]) -> str:
+    return "—" if r["records_lost"] is None else f"{r['records_lost']} ({r.get('records_late') or 0})"
 
 
 def _steps(degraded: Mapping[str, int]) -> str:
@@ -39,7 +43,7 @@ def fault_table(rows: Sequence[Mapping[str, Any]]) -> str:
         [
             r["name"], _pct(r["yield"]), _pct(r["harvest"]), _num(r["score_error"], 3), _num(r["p50_ms"]),
             _num(r["p99_ms"]), str(r["errors_5xx"]), str(r["shed"]), str(r["no_answer"]),
-            "—" if r["records_lost"] is None else str(r["records_lost"]),
+            _records(r),
             "not within the run" if r["recovery_s"] is None else _num(r["recovery_s"]),
             _steps(r["degraded"]), r["note"],
         ]
@@ -78,7 +82,7 @@ def markdown(document: Mapping[str, Any]) -> str:
         parts += ["Not run: " + "; ".join(f"{k} ({v})" for k, v in document["pending"].items()), ""]
     if document.get("curve"):
         parts += ["## Degradation curve (cumulative faults)\n", curve_table(document["curve"]["steps"]), ""]
-        parts += [f"Records lost over the whole curve: {document['curve']['records_lost']}", ""]
+        parts += [f"Records lost over the whole curve: {document['curve']['records_lost']} (late: {document['curve']['records_late']})", ""]
     return "\n".join(parts) + "\n"
 
 
@@ -91,7 +95,7 @@ def html(document: Mapping[str, Any]) -> str:
         body.append(markup.figure(_fault_plot(faults), "faults", "Yield and harvest while each fault lasted (bars), p99 latency (dots, right axis)"))
         body.append(_html_table(_FAULT_HEADER, [[
             r["name"], _pct(r["yield"]), _pct(r["harvest"]), _num(r["score_error"], 3), _num(r["p50_ms"]), _num(r["p99_ms"]),
-            str(r["errors_5xx"]), str(r["shed"]), str(r["no_answer"]), "—" if r["records_lost"] is None else str(r["records_lost"]),
+            str(r["errors_5xx"]), str(r["shed"]), str(r["no_answer"]), _records(r),
             "not within the run" if r["recovery_s"] is None else _num(r["recovery_s"]), _steps(r["degraded"]), r["note"],
         ] for r in faults]))
     if document.get("curve"):
@@ -102,7 +106,7 @@ def html(document: Mapping[str, Any]) -> str:
             r["name"], _pct(r["yield"]), _pct(r["harvest"]), _num(r["score_error"], 3), _num(r["p50_ms"]), _num(r["p99_ms"]),
             str(r["errors_5xx"]), str(r["shed"]), _steps(r["degraded"]),
         ] for r in steps]))
-        body.append(f"<p>Records lost over the whole curve: {markup.escape(document['curve']['records_lost'])}</p>")
+        body.append(f"<p>Records lost over the whole curve: {markup.escape(document['curve']['records_lost'])} (late: {markup.escape(document['curve']['records_late'])})</p>")
     return markup.page("Stalwart chaos run", "\n".join(body))
 
 

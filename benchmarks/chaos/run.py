@@ -90,14 +90,20 @@ def run_fault(ctx: Context, fault: Fault, healthy: Sequence[Answer] | None, timi
     during = [s for s in samples if injected <= s.due < cleared]
     result = score(fault.name, during, healthy)
     result.recovery_s = recovery_seconds(samples, cleared)
-    result.records_lost = _lost(ctx.world, samples)
+    result.records_late, result.records_lost = _lost(ctx.world, samples)
     result.note = fault.note()
     return result, probe.next_index
 
 
-def _lost(world: World, samples: Sequence[Sample]) -> int:
+def _lost(world: World, samples: Sequence[Sample]) -> tuple[int, int]:
+    """Answered requests whose record is not in the log 30 s after the fault (late), and of
+    those, the ones still missing after 90 s more (lost)."""
     answered = [s.request_id for s in samples if s.status == 200 and s.request_id]
-    return len(set(answered) - world.stored(answered))
+    missing = sorted(set(answered) - world.stored(answered))
+    if not missing:
+        return 0, 0
+    arrived = world.stored(missing, timeout=90.0)
+    return len(missing), len(missing) - len(arrived)
 
 
 @dataclass
@@ -136,9 +142,11 @@ def run_curve(ctx: Context, healthy: Sequence[Answer] | None, timing: Timing, of
         _wait_recovered(probe, cleared, max(timing.after, 30.0))
         samples = probe.stop()
     scored = [score(name, [s for s in samples if a <= s.due < b], healthy) for name, a, b in windows]
+    late, lost = _lost(ctx.world, samples)
     return {
         "steps": [s.as_dict() for s in scored],
-        "records_lost": _lost(ctx.world, samples),
+        "records_late": late,
+        "records_lost": lost,
         "recovery_s": recovery_seconds(samples, cleared),
         "next": probe.next_index,
     }

@@ -9,8 +9,8 @@ time to recover.
 - **5xx**: answers of 500 and above (no answer at all is counted apart); **shed**: of those,
   the 503s of load shedding (``over capacity``, with ``Retry-After``), which say the server
   is short of CPU, not that the fault broke an answer;
-- **records lost**: requests answered 200 whose prediction record is not in the log once
-  its spool has drained;
+- **records lost**: requests answered 200 whose prediction record is not in the log 2 min
+  after the fault (**late**: not there after 30 s);
 - **recovery**: seconds from the fault's clearing to the first request due after it from
   which on every answer is a 200 that no ladder step served (None: not within the run).
 """
@@ -47,6 +47,7 @@ class Score:
     failures: dict[str, int]  # statuses other than 200 ("0": no answer), how many of each
     failure_examples: dict[str, str]  # the first answer of each such status
     records_lost: int | None = None
+    records_late: int | None = None  # not in the log 30 s after the fault, there within 90 s more
     recovery_s: float | None = None
     note: str = ""
 
