@@ -2,7 +2,7 @@
 mixed traffic at half its measured capacity for a long time (30 minutes by default),
 watched for slow leaks and slow decay.
 
-Traffic, open loop (each request due at its time whatever the server does): 70 %
+Traffic, paced (wrk with connections that each wait their turn, so the rate holds): 70 %
 ``/v1/deployments/fraud/predict`` (the request pool) and 30 % ``/v2`` infer on the
 deployment's model (features read back from ``/v1``), at half the measured capacity; and
 beside it, one control call a second, in turn five transactions written through ``POST
@@ -19,7 +19,7 @@ requests answered, and errors. Pass criteria (:func:`verdicts`), judged after a 
 - resident memory grows less than 5 % from the end of the warm-up to the end (the
   least-squares line through the samples, so one noisy sample does not decide);
 - open file descriptors other than sockets do not grow (at most 10 more than at the end of
-  the warm-up; sockets follow the client's connections, at most its 68 senders');
+  the warm-up; sockets follow the client's connections);
 - no 5xx answer but load shedding's, at most 1 % of the requests shed (503 with
   ``Retry-After``: at half capacity, only a machine busy with other work sheds), and no
   request left unanswered;
@@ -32,15 +32,16 @@ requests answered, and errors. Pass criteria (:func:`verdicts`), judged after a 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,9 +50,9 @@ import numpy as np
 
 from benchmarks.chaos.report import RESULTS
 from benchmarks.chaos.run import measure_capacity, say
-from benchmarks.chaos.traffic import PACED_WORKERS, PATH, paced, request_pool
+from benchmarks.chaos.traffic import PATH, request_pool
 from benchmarks.chaos.world import World, WorldOptions, fds
-from benchmarks.harness import markdown_table, tree_memory
+from benchmarks.harness import WRK, WrkResult, markdown_table, parse_wrk, tree_memory
 from benchmarks.load import percentile
 
 __all__ = ["SoakOptions", "Window", "run_soak", "verdicts"]
@@ -89,34 +90,18 @@ class Window:
     p99_ms: float
 
 
-@dataclass
-class _Tally:
-    latencies: list[float] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=list)  # -503: a 503 of load shedding
-    answered_ids: list[str] = field(default_factory=list)
-    control: list[tuple[int, float]] = field(default_factory=list)  # (status, latency ms) of each control call
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class _Control:
+    """The control calls, one a second on a thread of their own: in turn five transactions
+    written (each card's cached features invalidated everywhere), and labels for twenty
+    requests answered lately."""
 
-    def take(self) -> tuple[list[float], list[int]]:
-        with self.lock:
-            latencies, statuses = self.latencies, self.statuses
-            self.latencies, self.statuses = [], []
-        return latencies, statuses
-
-
-class _Traffic:
-    """The mixed open-loop traffic, on a thread of its own."""
-
-    def __init__(self, url: str, token: str, pool: Sequence[bytes], v2_bodies: Sequence[bytes], rate: float) -> None:
+    def __init__(self, url: str, token: str) -> None:
         self.url = url
-        self.auth = {"authorization": f"Bearer {token}", **_JSON}
-        self.pool = pool
-        self.v2 = v2_bodies
-        self.rate = rate
-        self.tally = _Tally()
+        self.auth = {"authorization": f"Bearer {token}"}
+        self.recent: list[str] = []
+        self.calls: list[tuple[int, float]] = []  # (status, latency ms)
         self._stop = threading.Event()
-        self._recent: list[str] = []
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="soak-traffic", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="soak-control", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -125,60 +110,85 @@ class _Traffic:
         self._stop.set()
         self._thread.join(30)
 
-    async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=PACED_WORKERS + 4, max_keepalive_connections=PACED_WORKERS + 4)
-        async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=10) as client:
-            # Control calls on senders of their own: a slow write must not hold up predictions.
-            await asyncio.gather(
-                paced(self.rate, self._stop, lambda i, due: self._one(client, self._data(i), due)),
-                paced(CONTROL_RATE, self._stop, lambda i, due: self._one(client, self._control(i), due, control=True), workers=4),
-            )
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10, headers=self.auth) as client:
+            i = 0
+            while not self._stop.wait(1.0 / CONTROL_RATE):
+                path, body = self._call(i)
+                start = time.perf_counter()
+                try:
+                    status = client.post(path, json=body).status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.calls.append((status, (time.perf_counter() - start) * 1000))
+                i += 1
 
-    def _data(self, i: int) -> tuple[str, bytes, dict[str, str]]:
-        """70 % /v1 predict, 30 % /v2 infer."""
-        if i % 10 < 7:
-            return PATH, self.pool[i % len(self.pool)], _JSON
-        return "/v2/models/fraud/versions/1/infer", self.v2[i % len(self.v2)], _JSON
-
-    def _control(self, i: int) -> tuple[str, bytes, dict[str, str]]:
-        """In turn: five transactions written (each card's cached features invalidated), and
-        labels for twenty requests answered lately."""
+    def _call(self, i: int) -> tuple[str, dict[str, Any]]:
         if i % 2 == 0:
             now = time.time()
             rows = [
                 {"card_id": 1000 + (i * 7919 + k) % 1000, "ts": now, "amount": round(20 + (i + k) % 97, 2), "merchant_category": "groceries", "is_fraud": 0}
                 for k in range(5)
             ]
-            return "/v1/sources/transactions/rows", msgspec.json.encode({"rows": rows}), self.auth
-        items = [{"request_id": rid, "label": 0} for rid in self._recent[-20:]] or [{"request_id": "none-yet", "label": 0}]
-        return "/v1/feedback", msgspec.json.encode({"items": items}), self.auth
+            return "/v1/sources/transactions/rows", {"rows": rows}
+        items = [{"request_id": rid, "label": 0} for rid in self.recent[-20:]] or [{"request_id": "none-yet", "label": 0}]
+        return "/v1/feedback", {"items": items}
 
-    async def _one(self, client: httpx.AsyncClient, request: tuple[str, bytes, dict[str, str]], due: float, *, control: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        path, body, headers = request
-        status = 0
-        try:
-            response = await client.post(path, content=body, headers=headers)
-        except httpx.HTTPError:
-            pass
-        else:
-            status = response.status_code
-            if status == 503 and "over capacity" in response.text:
-                status = -503
-            if status == 200 and not control:
-                rid = response.headers.get("x-request-id", "")
-                with self.tally.lock:
-                    self.tally.answered_ids.append(rid)
-                self._recent.append(rid)
-                if len(self._recent) > 1000:
-                    del self._recent[:500]
-        latency = (loop.time() - due) * 1000
-        with self.tally.lock:
-            if control:
-                self.tally.control.append((status, latency))
-            else:
-                self.tally.latencies.append(latency)
-                self.tally.statuses.append(status)
+
+@dataclass
+class _Traffic:
+    """The data plane's traffic, 70 % /v1 predict and 30 % /v2 infer, driven by wrk (a
+    Python client cannot send a few hundred requests a second beside the server on two
+    cores) with paced connections, one wrk run per sampling window. Each answer's status
+    and request id go to a file (wrk's Lua ``response``), so every answered request is
+    checked in the prediction log afterwards."""
+
+    url: str
+    pool: Sequence[bytes]
+    v2: Sequence[bytes]
+    rate: float
+    workdir: Path
+    delay_ms: float = 200.0
+
+    def script(self) -> Path:
+        connections = self.connections
+        delay = connections / self.rate * 1000
+        v1 = ",\n".join(f"[[{b.decode()}]]" for b in self.pool[:300])
+        v2 = ",\n".join(f"[[{b.decode()}]]" for b in self.v2)
+        path = self.workdir / "soak.lua"
+        path.write_text(
+            f"local v1 = {{\n{v1}\n}}\nlocal v2 = {{\n{v2}\n}}\n"
+            "local i = 0\nlocal out = nil\nlocal n = 0\n"
+            'local headers = {["Content-Type"] = "application/json"}\n'
+            "init = function(args) out = io.open(args[1], \"a\") end\n"
+            "request = function()\n  i = i + 1\n"
+            f'  if i % 10 < 7 then return wrk.format("POST", "{PATH}", headers, v1[(i % #v1) + 1]) end\n'
+            '  return wrk.format("POST", "/v2/models/fraud/versions/1/infer", headers, v2[(i % #v2) + 1])\nend\n'
+            "response = function(status, hdrs, body)\n"
+            "  local kind = tostring(status)\n"
+            '  if status == 503 and string.find(body, "over capacity", 1, true) then kind = "shed" end\n'
+            '  out:write(kind, " ", hdrs["x-request-id"] or "-", "\\n")\n'
+            "  n = n + 1\n  if n % 50 == 0 then out:flush() end\nend\n"
+            f"delay = function() return {delay:.1f} end\n"
+            "done = function() end\n"
+        )
+        return path
+
+    @property
+    def connections(self) -> int:
+        return max(4, min(1000, round(self.rate * self.delay_ms / 1000)))
+
+    def window(self, script: Path, seconds: float, index: int) -> tuple[WrkResult, list[tuple[str, str]]]:
+        """One wrk run of ``seconds``: its report and each answer's (status, request id)."""
+        answers = self.workdir / f"soak-{index}.txt"
+        seconds = max(1, round(seconds))  # wrk takes whole seconds
+        argv = [WRK, "-t1", f"-c{self.connections}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", str(script), self.url + PATH, str(answers)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+        result = parse_wrk(done.stdout)
+        lines = answers.read_text().split("\n") if answers.exists() else []
+        answers.unlink(missing_ok=True)
+        pairs = [(kind, rid) for kind, _, rid in (line.partition(" ") for line in lines if line)]
+        return result, pairs
 
 
 def _v2_bodies(url: str, pool: Sequence[bytes], n: int = 50) -> list[bytes]:
@@ -235,51 +245,55 @@ def _start_rollout(world: World, url: str, canary: tuple[Any, Any]) -> dict[str,
 
 
 def run_soak(world: World, options: SoakOptions) -> dict[str, Any]:
-    """The soak against the world's server (started here); returns its document."""
+    """The soak against the world's server (started here if it is not); its document."""
     server = world.server or world.start_server()
     pool = request_pool(world.frame, cards=options.cards)
     capacity = measure_capacity(server.url, pool, world.root)
     rate = max(1.0, options.share * capacity)
     say(f"soak: capacity {capacity:,.0f} answers/s; {rate:,.0f} requests/s for {options.seconds:g} s")
-    traffic = _Traffic(server.url, world.token, pool, _v2_bodies(server.url, pool), rate)
-    # Trained now, not when the rollout starts: training in this process would slow the
-    # traffic it sends.
+    traffic = _Traffic(server.url, pool, _v2_bodies(server.url, pool), rate, world.root)
+    script = traffic.script()
+    control = _Control(server.url, world.token)
+    # Trained now, not when the rollout starts: training in this process would slow the run.
     canary = world.retrain(seed=8) if options.rollout is not None else None
     windows: list[Window] = []
     rollout: dict[str, Any] | None = None
+    ids: list[str] = []
     start = time.monotonic()
-    traffic.start()
+    control.start()
     try:
         with httpx.Client(base_url=server.url, timeout=10) as client:
-            while (now := time.monotonic()) < start + options.seconds:
-                time.sleep(max(0.0, min(options.sample, start + options.seconds - now)))
+            while (left := start + options.seconds - time.monotonic()) > 1.0:
                 if canary is not None and rollout is None and time.monotonic() - start >= options.seconds * (options.rollout or 0):
                     rollout = _start_rollout(world, server.url, canary)
-                latencies, statuses = traffic.tally.take()
+                result, answers = traffic.window(script, min(options.sample, left), len(windows))
+                answered = [rid for kind, rid in answers if kind == "200"]
+                ids += answered
+                control.recent = answered[-50:] or control.recent
                 memory = tree_memory(server.process.pid)
                 open_fds, sockets = fds(server.process.pid)
+                kinds = [kind for kind, _ in answers]
                 windows.append(Window(
                     t=round(time.monotonic() - start, 1),
                     rss_mib=memory.rss / 2**20,
                     fds=open_fds,
                     sockets=sockets,
                     lag_ms=_lag_ms(client),
-                    requests=len(statuses),
-                    answered=sum(1 for s in statuses if 200 <= s < 300),
-                    errors_5xx=sum(1 for s in statuses if s >= 500 or s == -503),
-                    shed=sum(1 for s in statuses if s == -503),
-                    no_answer=sum(1 for s in statuses if s == 0),
-                    other_4xx=sum(1 for s in statuses if 400 <= s < 500),
-                    p99_ms=percentile(latencies, 99),
+                    requests=result.requests,
+                    answered=len(answered),
+                    errors_5xx=sum(1 for k in kinds if k == "shed" or k.startswith("5")),
+                    shed=kinds.count("shed"),
+                    no_answer=result.errors - result.non2xx,
+                    other_4xx=sum(1 for k in kinds if k.startswith("4")),
+                    p99_ms=result.p99_ms,
                 ))
                 w = windows[-1]
                 say(f"  t={w.t:6.0f}s rss {w.rss_mib:7.1f} MiB fds {w.fds:4d} ({w.sockets} sockets) lag {w.lag_ms:6.1f} ms p99 {w.p99_ms:7.1f} ms "
                     f"requests {w.requests:6d} 5xx {w.errors_5xx} (shed {w.shed}) 4xx {w.other_4xx} unanswered {w.no_answer}")
             final_rollout = client.get("/v1/deployments/fraud/rollout", headers={"authorization": f"Bearer {world.token}"}).json() if rollout else None
     finally:
-        traffic.stop()
-    ids = list(traffic.tally.answered_ids)
-    control = list(traffic.tally.control)
+        control.stop()
+    calls = list(control.calls)
     lost = len(set(ids) - world.stored(ids, timeout=60))
     document = {
         "started": dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds"),
@@ -290,15 +304,15 @@ def run_soak(world: World, options: SoakOptions) -> dict[str, Any]:
         "records_checked": len(ids),
         "records_lost": lost,
         "control": {
-            "calls": len(control),
-            "failed": {str(st): sum(1 for c, _ in control if c == st) for st in sorted({c for c, _ in control if c not in (200, 201)})},
-            "p99_ms": percentile([lat for _, lat in control], 99),
+            "calls": len(calls),
+            "failed": {str(st): sum(1 for c, _ in calls if c == st) for st in sorted({c for c, _ in calls if c not in (200, 201)})},
+            "p99_ms": percentile([lat for _, lat in calls], 99),
         },
         "rollout": {"start": rollout, "end": _rollout_state(final_rollout)},
     }
     document["verdicts"] = verdicts(windows, lost, options.warmup)
     failed = sum(document["control"]["failed"].values())
-    document["verdicts"].append({"criterion": "control calls failed (source rows, feedback)", "value": failed, "bound": "0", "passed": failed == 0 and bool(control)})
+    document["verdicts"].append({"criterion": "control calls failed (source rows, feedback)", "value": failed, "bound": "0", "passed": failed == 0 and bool(calls)})
     return document
 
 
