@@ -37,6 +37,7 @@ class Timing:
     during: float = 10.0
     after: float = 20.0  # at most: a fault's run ends once 2 s of healthy answers follow its clearing
     step: float = 10.0  # each step of the curve
+    timeout: float = 10.0  # a probe request unanswered this long counts as no answer
 
 
 def say(text: str) -> None:
@@ -74,7 +75,7 @@ def run_fault(ctx: Context, fault: Fault, healthy: Sequence[Answer] | None, timi
     """One fault through the probe: ``timing.before`` healthy, ``timing.during`` faulty,
     then until recovered (at most ``timing.after``). Returns its score and where the next
     probe should start in the pool."""
-    probe = Probe(ctx.url, ctx.pool, timing.rate, offset=offset).start()
+    probe = Probe(ctx.url, ctx.pool, timing.rate, timing.timeout, offset=offset).start()
     try:
         time.sleep(timing.before)
         injected = time.monotonic()
