@@ -29,13 +29,19 @@ LATEST := .venv-latest
 
 LINT_PATHS := src tests benchmarks examples
 
-.PHONY: demo test test-latest lint typecheck unit services bench chaos soak lock clean
+.PHONY: demo test test-latest lint typecheck unit services bench cluster chaos soak lock proto clean
 
 demo: $(STAMP)
 	$(BIN)/stalwart demo
 
+# Two test processes (pytest-xdist): most tests wait on servers, sockets and polls rather
+# than compute, so two share a 2-core machine well. A file's tests stay in one process
+# (--dist loadfile), so module-scoped fixtures (a cluster, a Spark session) start once.
+# --durations: CI's log names the slowest tests, to keep the suite within its budget.
+TEST_PROCESSES ?= 2
+
 test: $(STAMP) services lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -49,6 +55,7 @@ unit: $(STAMP)
 services:
 	@scripts/ensure-services
 	@scripts/ensure-chromium
+	@scripts/ensure-nginx
 
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
@@ -58,12 +65,20 @@ bench: $(STAMP) services
 # root (private PostgreSQL run as postgres, a tmpfs for the spool) and wrk; about 10 minutes.
 chaos: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@scripts/ensure-nginx
 	$(BIN)/python -m benchmarks.chaos
 
 # 30 minutes at half the measured capacity, mixed traffic; exits 1 when a criterion fails.
 soak: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks.chaos.soak --minutes 30
+
+# Three `stalwart serve` replicas of the fraud example behind nginx, sharing PostgreSQL and
+# Redis, until Ctrl-C (docs/cluster.md). nginx is installed when missing.
+cluster: $(STAMP)
+	@scripts/ensure-services
+	@scripts/ensure-nginx
+	$(BIN)/python scripts/cluster
 
 $(UV_STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -80,6 +95,15 @@ $(STAMP): pyproject.toml uv.lock $(UV_STAMP)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --all-extras --group dev \
 		--python $(PYTHON) --quiet
 	touch $(STAMP)
+
+# The OIP gRPC service's protocol: the vendored grpc_predict_v2.proto compiled into a
+# descriptor set (the message classes are built from it, in a descriptor pool of their own:
+# serving/grpc/messages.py says why) and type stubs. Committed; a test checks they match.
+PROTO_DIR := src/stalwart/serving/grpc
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc --proto_path=$(PROTO_DIR) \
+		--descriptor_set_out=$(PROTO_DIR)/grpc_predict_v2.binpb --pyi_out=$(PROTO_DIR) \
+		$(PROTO_DIR)/grpc_predict_v2.proto
 
 # Re-resolve every pin to the newest version the ranges allow. Commit the new uv.lock
 # only after `make test` passes with it.

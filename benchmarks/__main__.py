@@ -9,9 +9,14 @@ shadow submits and paired comparison) and ``evidence`` (issue 14: a rollout cont
 at the prediction log), which start no server; ``shadow-serving`` (issue 14: the
 primary's latency with every request shadowed, against no shadow, through a real server);
 ``servers`` (issue 15: uvicorn against granian under the same app); ``workers`` (issue 15:
-``stalwart serve --workers N``, N = 1, 2, 4); and ``peers`` (issue 15: Stalwart beside the
-minimal endpoint and MLServer 1.7.1, in MLServer's own virtual environment, made on first
-use; 10 s per point and 2 runs unless told).
+``stalwart serve --workers N``, N = 1, 2, 4); ``oip`` (issue 20: JSON, binary tensor data
+and gRPC side by side, and the decode cost per MB); ``engines`` (issue 17: a training set of
+10 features over 10 million events on numpy, DuckDB and Spark, with ``--events N`` and
+``--big`` for 100 million on DuckDB); ``peers`` (issue 15: Stalwart beside the minimal
+endpoint and MLServer 1.7.1, in MLServer's own virtual environment, made on first use; 10 s
+per point and 2 runs unless told); and ``cluster`` (issue 16: 1, 2 and 3 replicas of the
+fraud example behind nginx on shared PostgreSQL and Redis: throughput, failover, a new
+version's propagation, invalidation across replicas).
 With no suite named, all run. Each report is printed and written to
 ``benchmarks/results/<suite>-<time>.md``.
 """
@@ -25,9 +30,12 @@ from collections.abc import Callable
 from benchmarks import (
     batching,
     bench_alerts,
+    bench_cluster,
     bench_drift,
+    bench_engines,
     bench_evidence,
     bench_live_profiles,
+    bench_oip,
     bench_peers,
     bench_routing,
     bench_servers,
@@ -60,13 +68,16 @@ SUITES: dict[str, Callable[[argparse.Namespace], str]] = {
     "evidence": lambda a: bench_evidence.run(bench_evidence.Options(runs=a.repeats)),
     "shadow-serving": lambda a: bench_shadow_serving.run(bench_shadow_serving.Options(seconds=a.seconds, repeats=a.repeats)),
     "peers": lambda a: bench_peers.run(bench_peers.Options(seconds=a.seconds, repeats=a.repeats)),
+    "cluster": lambda a: bench_cluster.run(bench_cluster.Options(seconds=a.seconds, repeats=a.repeats)),
+    "oip": lambda a: bench_oip.run(bench_oip.Options(seconds=a.seconds, repeats=a.repeats)),
+    "engines": lambda a: bench_engines.run(bench_engines.Options(events=a.events, big=a.big)),
     "servers": lambda a: bench_servers.run(
         bench_servers.Options(seconds=a.seconds, repeats=a.repeats, models=tuple(a.models))
     ),
     "workers": lambda a: bench_workers.run(bench_workers.Options(seconds=a.seconds, repeats=a.repeats, workers=tuple(a.workers))),
 }
 # Suites that drive a server with wrk; the others run in-process.
-NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "workers"})
+NEEDS_WRK = frozenset({"serving", "predictions", "batching", "shadow-serving", "peers", "servers", "workers", "cluster", "oip"})
 # --seconds and --repeats when not given: these, or a suite's own.
 DEFAULTS = {"seconds": 3.0, "repeats": 3}
 SUITE_DEFAULTS = {"peers": {"seconds": 10.0, "repeats": 2}}
@@ -99,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", nargs="+", type=int, default=[1, 2, 4], metavar="N",
         help="workers suite: the worker counts compared (default: 1 2 4)",
     )
+    parser.add_argument("--events", type=int, default=10_000_000, help="engines suite: events in the training set")
+    parser.add_argument("--big", action="store_true", help="engines suite: also DuckDB on 100 million events")
     args = parser.parse_args(argv)
     unknown = [name for name in args.suites if name not in SUITES]
     if unknown:

@@ -170,3 +170,15 @@ def fraud_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     generator["load"](frame, settings.resolved_db_url())
     version, metrics = trainer["train"](frame, settings)
     return {"settings": settings, "frame": frame, "version": version, "metrics": metrics, "root": root}
+
+
+@pytest.fixture(scope="session")
+def spark_session() -> Iterator[Any]:
+    """One local SparkSession for the whole test session (two cores, two shuffle
+    partitions): starting one takes seconds, so the offline engines' tests share it."""
+    from stalwart.offline.spark_engine import spark_session as make
+
+    session = make("local[2]", shuffle_partitions=2, conf={"spark.default.parallelism": "2"})
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

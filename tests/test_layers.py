@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "stalwart.monitoring": 2,
     # above it
     "stalwart.rollout": 3,
+    "stalwart.offline": 3,
     "stalwart.serving": 4,
     "stalwart.cli": 5,
     "stalwart.__main__": 5,

@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     "Window": "stalwart.project",
     "Transform": "stalwart.project",
     "TrainingSet": "stalwart.features",
-    "build_training_set": "stalwart.features",
+    "build_training_set": "stalwart.offline",
     "Project": "stalwart.project",
     "load_project": "stalwart.project",
     "read_predictions": "stalwart.monitoring.prediction_reads",
@@ -78,8 +78,9 @@ if TYPE_CHECKING:
     from stalwart.api import get_model, register_model
     from stalwart.config import Settings
     from stalwart.errors import StalwartError
-    from stalwart.features import TrainingSet, build_training_set
+    from stalwart.features import TrainingSet
     from stalwart.monitoring.prediction_reads import read_predictions
+    from stalwart.offline import build_training_set
     from stalwart.project import (
         Alert,
         CallableSource,

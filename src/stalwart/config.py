@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     project: Path | None = Field(default=None, description="Python file with feature definitions")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the Open Inference Protocol's gRPC service (the grpc extra); unset: no gRPC",
+    )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_entities: int = Field(default=10_000, ge=1, description="entities in one /v1 predict request")
     # Connections: a socket costs a file descriptor however little it sends, so none is kept
@@ -96,6 +100,13 @@ class Settings(BaseSettings):
     )
     graceful_shutdown_seconds: float = Field(
         default=10.0, gt=0, description="on SIGTERM, requests in flight get this long to finish; then they are cancelled"
+    )
+    drain_seconds: float = Field(
+        default=0.0, ge=0, le=600,
+        description=(
+            "on SIGTERM, readiness answers 503 and responses close their connections for this long before the "
+            "server stops accepting, so a load balancer stops sending first (0: stop accepting at once)"
+        ),
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

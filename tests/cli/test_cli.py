@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc
 from typer.testing import CliRunner
 
 from stalwart.cli.main import app
@@ -127,11 +128,15 @@ def test_errors_are_one_line_not_a_traceback(home: Path) -> None:
 
 @pytest.fixture
 def serving(tmp_path: Path, skops_file: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """`stalwart serve` in its own process, with one model registered by the CLI."""
+    """`stalwart serve` in its own process, with one model registered by the CLI, and its
+    gRPC service on the port after the HTTP one's."""
     home = tmp_path / "serve-home"
     subprocess.run([str(STALWART), "models", "register", "cancer", str(skops_file), "--flavor", "sklearn"], env=_env(home), check=True, capture_output=True, timeout=120)
     port = free_port()
-    process = subprocess.Popen([str(STALWART), "serve", "--port", str(port)], env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(STALWART), "serve", "--port", str(port), "--grpc-port", str(free_port())],
+        env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
     try:
         yield f"http://127.0.0.1:{port}", process
     finally:
@@ -144,8 +149,9 @@ def serving(tmp_path: Path, skops_file: Path) -> Iterator[tuple[str, subprocess.
 
 
 def test_serve_answers_ready_and_stops_on_sigterm(serving: tuple[str, subprocess.Popen[str]]) -> None:
-    """`stalwart serve` becomes ready, serves the registered model, writes JSON logs when
-    not on a terminal, and shuts down cleanly on SIGTERM."""
+    """`stalwart serve` becomes ready, serves the registered model (over REST, and over
+    gRPC on --grpc-port), writes JSON logs when not on a terminal, and shuts down cleanly
+    on SIGTERM."""
     url, process = serving
     deadline = time.monotonic() + 60
     while True:
@@ -161,6 +167,9 @@ def test_serve_answers_ready_and_stops_on_sigterm(serving: tuple[str, subprocess
     response = httpx.post(f"{url}/v2/models/cancer/infer", json=body, timeout=10)
     assert response.status_code == 200
     assert response.json()["model_version"] == "1"
+    grpc_target = f"127.0.0.1:{process.args[-1]}"  # type: ignore[index]  # the fixture's --grpc-port, last
+    with tritonclient.grpc.InferenceServerClient(grpc_target) as grpc_client:
+        assert grpc_client.is_model_ready("cancer")
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=30)
     # uvicorn shuts down gracefully, then re-raises the signal so a supervisor sees it.
@@ -169,6 +178,7 @@ def test_serve_answers_ready_and_stops_on_sigterm(serving: tuple[str, subprocess
     lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     started = next(line for line in lines if line["event"] == "serving")
     assert started["url"] == url
+    assert started["grpc"] == grpc_target
     assert started["admin_token_file"].endswith("admin_token")
     assert any(line["event"] == "request" and line["path"] == "/v2/models/cancer/infer" and line["status"] == 200 for line in lines)
 

@@ -194,17 +194,26 @@ def test_config_takes_every_setting_and_refuses_anything_else(monkeypatch: pytes
     assert settings.model_memory == 1 << 30
 
 
-@pytest.mark.parametrize(("graceful", "expected"), [(None, 5 + 20 + 15), ("45.5", 5 + 46 + 15), ("3", 5 + 3 + 15)])
-def test_the_pod_outlives_the_servers_graceful_shutdown(graceful: str | None, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("graceful", "drain_seconds", "expected"),
+    [(None, None, 5 + 20 + 15), ("45.5", None, 5 + 46 + 15), ("3", None, 5 + 3 + 15), ("3", "2.5", 5 + 6 + 15)],
+)
+def test_the_pod_outlives_the_servers_graceful_shutdown(graceful: str | None, drain_seconds: str | None, expected: int) -> None:
     """terminationGracePeriodSeconds covers the pre-stop pause, the server's own drain
-    (STALWART_GRACEFUL_SHUTDOWN_SECONDS, rounded up) and the flush after it: the kubelet's
-    SIGKILL never cuts a drain short."""
+    (STALWART_DRAIN_SECONDS plus STALWART_GRACEFUL_SHUTDOWN_SECONDS, rounded up) and the
+    flush after it: the kubelet's SIGKILL never cuts a drain short."""
     values: dict[str, Any] = dict(MINIMAL)
+    config = {}
     if graceful is not None:
-        values["config"] = {"STALWART_GRACEFUL_SHUTDOWN_SECONDS": graceful}
+        config["STALWART_GRACEFUL_SHUTDOWN_SECONDS"] = graceful
+    if drain_seconds is not None:
+        config["STALWART_DRAIN_SECONDS"] = drain_seconds
+    if config:
+        values["config"] = config
     manifests = render(values)
     pod = manifests.one("Deployment")["spec"]["template"]["spec"]
-    drain = float(_config_map(manifests)["STALWART_GRACEFUL_SHUTDOWN_SECONDS"])
+    settings = _config_map(manifests)
+    drain = float(settings["STALWART_GRACEFUL_SHUTDOWN_SECONDS"]) + float(settings.get("STALWART_DRAIN_SECONDS", "0"))
     sleep = int(container(manifests)["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] == expected
     assert pod["terminationGracePeriodSeconds"] > sleep + drain

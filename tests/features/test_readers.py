@@ -85,3 +85,28 @@ async def test_a_blocking_lookup_leaves_the_event_loop_free_and_times_out(tmp_pa
     assert resolved.columns["score"].tolist() == [-1.0]
     assert resolved.degraded[0]["reason"] == "CallTimeout"
     assert ticks >= 5  # the loop kept running while the lookup hung
+
+
+def test_a_file_source_is_a_file_or_a_directory_of_parquet_files(tmp_path: Path) -> None:
+    """A FileSource names a .parquet/.csv file or a directory (trailing '/' or no suffix);
+    a directory's files are read in path order with their hive partitions as strings,
+    hidden files left out; any other suffix is refused at declaration."""
+    import pandas as pd
+    import pytest
+
+    from stalwart.errors import ConfigError
+
+    assert not FileSource("a", path="tx.parquet", entity=ACCOUNT, timestamp="ts").is_dataset
+    assert FileSource("b", path="data/tx/", entity=ACCOUNT, timestamp="ts").is_dataset
+    assert FileSource("c", path="data/tx", entity=ACCOUNT, timestamp="ts").is_dataset
+    with pytest.raises(ConfigError, match=r"tx\.json is neither \.parquet nor \.csv, nor a directory"):
+        FileSource("d", path="tx.json", entity=ACCOUNT, timestamp="ts")
+    for part, first in (("region=b", 10), ("region=a", 0)):
+        (tmp_path / part).mkdir()
+        pd.DataFrame({"account_id": [first, first + 1], "ts": [1.0, 1.0], "score": [0.5, 0.25]}).to_parquet(tmp_path / part / "x.parquet")
+    (tmp_path / "region=a" / ".tmp.parquet").write_bytes(b"half-written")
+    source = FileSource("d", path=str(tmp_path) + "/", entity=ACCOUNT, timestamp="ts")
+    rows = make_reader(source, None).read_all(["score", "region"])
+    assert rows.keys[0].tolist() == [0, 1, 10, 11]
+    assert rows.columns["region"].tolist() == ["a", "a", "b", "b"]
+    assert rows.order.tolist() == [0, 1, 2, 3]

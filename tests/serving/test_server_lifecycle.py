@@ -3,7 +3,9 @@ unknown server or a missing extra is an error naming what to fix; a taken port o
 lifespan is a process that exits 3, not one that hangs. Stopped by SIGTERM, a request in
 flight is answered, no new one is taken, and the process exits with the signal, as a
 supervisor expects; a request that outlasts STALWART_GRACEFUL_SHUTDOWN_SECONDS is cut off
-then, never holding the process up for the model's sake. Each on both servers."""
+then, never holding the process up for the model's sake. With STALWART_DRAIN_SECONDS,
+readiness turns false first and requests are still served (each closing its connection)
+until the drain is over. Each on both servers."""
 
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 from starlette.applications import Starlette
 
 from stalwart.config import Settings
 from stalwart.registry import Registry
 from stalwart.serving.server import build_server
+from stalwart.storage.tables import predictions
 from tests.models import Picky
 from tests.processes import SRC, ServeProcess
 from tests.servers import free_port
@@ -97,7 +101,7 @@ def test_a_failed_lifespan_is_a_server_that_did_not_start(home: Path, server: st
     assert handle.started is False
 
 
-def _serve(home: Path, server: str, graceful: float) -> ServeProcess:
+def _serve(home: Path, server: str, graceful: float, drain: float = 0.0) -> ServeProcess:
     process = ServeProcess(
         {
             "STALWART_HOME": str(home),
@@ -106,6 +110,7 @@ def _serve(home: Path, server: str, graceful: float) -> ServeProcess:
             "STALWART_BATCHING": "false",
             "STALWART_MODEL_TIMEOUT_SECONDS": "60",
             "STALWART_GRACEFUL_SHUTDOWN_SECONDS": str(graceful),
+            "STALWART_DRAIN_SECONDS": str(drain),
         },
         home.parent / f"serve-{server}.log",
     )
@@ -125,7 +130,7 @@ class _InFlight:
 
     def _run(self, url: str) -> None:
         try:
-            self.response = httpx.post(f"{url}/v2/models/slow/infer", json=BODY, timeout=30)
+            self.response = httpx.post(f"{url}/v2/models/slow/infer", json=BODY, headers={"x-request-id": "in-flight"}, timeout=30)
         except httpx.HTTPError as exc:
             self.error = exc
 
@@ -188,3 +193,55 @@ def test_a_request_outlasting_the_graceful_shutdown_is_cut_off(home: Path, regis
         assert call.response is None or call.response.status_code >= 500, call.response.text
     finally:
         process.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", SERVERS)
+def test_sigterm_drains_readiness_false_first_then_stops_and_flushes(home: Path, registry: Registry, server: str) -> None:
+    """STALWART_DRAIN_SECONDS=3, SIGTERM while a 5 s model call runs: at once readiness
+    answers 503 (draining) while liveness and new requests are still answered, each with
+    ``connection: close`` (so a proxy's next request opens a connection elsewhere); once the
+    drain is over no new request is served; the call in flight, still running then, gets
+    its 200; the process exits by SIGTERM soon after it, every answered request in the
+    prediction log."""
+    registry.register("slow", Picky(delay=5.0), signature=SIGNATURE)  # outlasts the drain
+    registry.register("fast", Picky(), signature=SIGNATURE)
+    drain = 3.0
+    process = _serve(home, server, graceful=10, drain=drain)
+    assert process.process is not None
+    answered: list[str] = []
+    try:
+        with httpx.Client(base_url=process.url, timeout=10) as client:
+            assert client.get("/v2/health/ready").status_code == 200
+            call = _InFlight(process.url)
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            process.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            ready = client.get("/v2/health/ready")
+            assert ready.status_code == 503, ready.text
+            assert ready.json() == {"ready": False, "error": "draining: the server is shutting down"}
+            assert ready.headers["connection"] == "close"
+            assert client.get("/v2/health/live").status_code == 200
+            for i in range(3):  # still served during the drain, each on a connection of its own
+                response = client.post("/v2/models/fast/infer", json=BODY, headers={"x-request-id": f"drain-{i}"})
+                assert response.status_code == 200, response.text
+                assert response.headers["connection"] == "close"
+                answered.append(response.headers["x-request-id"])
+            assert time.monotonic() - signalled < drain, "the checks above took longer than the drain"
+        deadline = signalled + drain + 0.5
+        while not _refused(process.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _refused(process.port), "still serving new requests after the drain"
+        call.join()
+        assert call.response is not None, call.error
+        assert call.response.status_code == 200, call.response.text
+        answered.append("in-flight")
+        assert process.process.wait(timeout=15) == -signal.SIGTERM
+        assert time.monotonic() - signalled < 5.0 + 3.0  # the call's rest (past the drain), slack for the flush
+    finally:
+        process.stop()
+    with registry.db.read() as conn:
+        logged = set(conn.execute(select(predictions.c.request_id)).scalars())
+    assert set(answered) <= logged
+    assert "Traceback" not in process.log.read_text()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pandas as pd
 import pytest
@@ -25,6 +26,7 @@ from stalwart.config import Settings
 from stalwart.monitoring.records import verify_chain
 from stalwart.monitoring.sinks import PredictionStore, Query, open_sink
 from stalwart.registry import Registry
+from stalwart.serving.grpc import messages as m
 from tests.faults import Switchable
 from tests.processes import ServeProcess
 from tests.serving.conftest import FraudCopy, predict_body, recent_card
@@ -136,8 +138,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """Two workers, serving gRPC too (on a port the supervisor picks)."""
     root = tmp_path_factory.mktemp("workers")
-    server = _start(_home(root), root / "serve.log")
+    server = _start(_home(root), root / "serve.log", STALWART_GRPC_PORT="0")
     try:
         yield server
     finally:
@@ -165,6 +168,28 @@ def test_every_worker_answers_and_any_scrape_counts_them_all(two_workers: ServeP
         assert _answered(samples) == before + 100
         assert samples[("stalwart_models_loaded", ())] == 1
         assert samples[("stalwart_breaker_state", (("guard", "/v2/steady:1"), ("state", "closed")))] == 2
+
+
+def test_every_worker_serves_grpc_on_one_port(two_workers: ServeProcess) -> None:
+    """STALWART_GRPC_PORT=0 becomes one port, which every worker serves: RPCs on fresh
+    connections reach both (their access lines say which), through each one's data plane."""
+    (serving,) = _events(two_workers, "serving")
+    target = serving["grpc"]
+    assert not target.endswith(":0")
+    request = m.ModelInferRequest(model_name="steady")
+    request.inputs.add(name="x", datatype="FP64", shape=[1]).contents.fp64_contents.append(4.0)
+    ids = []
+    for index in range(24):
+        with grpc.insecure_channel(target) as channel:  # a connection of its own
+            call = channel.unary_unary(f"/{m.SERVICE}/ModelInfer", request_serializer=m.ModelInferRequest.SerializeToString, response_deserializer=m.ModelInferResponse.FromString)
+            response = call(request, metadata=(("x-request-id", f"grpc-worker-{index}"),), timeout=10)
+        assert response.model_name == "steady"
+        ids.append(f"grpc-worker-{index}")
+
+    def workers() -> set[int]:
+        return {line["worker"] for line in _lines(two_workers) if line.get("event") == "request" and line.get("request_id") in ids}
+
+    _wait_for(lambda: workers() == {0, 1}, 10, two_workers, "gRPC did not reach both workers")
 
 
 def test_a_killed_worker_is_started_again_while_the_other_answers(two_workers: ServeProcess) -> None:

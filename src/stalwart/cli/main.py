@@ -19,6 +19,7 @@ from stalwart.cli.monitor import monitor_app
 from stalwart.cli.output import print_error
 from stalwart.cli.rollout import rollout_app
 from stalwart.cli.schemas import schema_app
+from stalwart.cli.score import score_command
 from stalwart.cli.shadow import shadow_app
 from stalwart.cli.validate import validate_command
 
@@ -38,6 +39,7 @@ app.add_typer(monitor_app, name="monitor")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(shadow_app, name="shadow")
 app.command("validate")(validate_command)
+app.command("score")(score_command)
 
 
 @app.command()
@@ -48,8 +50,12 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(help="server processes sharing the port, under one supervisor [env STALWART_WORKERS]")
     ] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(help="also serve the OIP gRPC service on this port (the grpc extra) [env STALWART_GRPC_PORT]"),
+    ] = None,
 ) -> None:
-    """Serve every registered model over the Open Inference Protocol."""
+    """Serve every registered model over the Open Inference Protocol (REST, and gRPC with --grpc-port)."""
     from stalwart.config import load_settings
     from stalwart.monitoring.logs import configure_logging, get_logger
 
@@ -60,6 +66,8 @@ def serve(
         overrides["port"] = port
     if project is not None:
         overrides["project"] = project
+    if grpc_port is not None:
+        overrides["grpc_port"] = grpc_port
     if workers is not None:
         overrides["workers"] = workers
     settings = load_settings(**overrides)
@@ -75,16 +83,18 @@ def serve(
 
     app_ = create_app(settings)
     # Built before the log line: a server that is not installed is an error naming its extra.
-    server = build_server(app_, settings)
+    server = build_server(app_, settings, drain=app_.state.drain)
     get_logger("stalwart.cli").info(
         "serving",
         url=f"http://{settings.host}:{settings.port}",
+        grpc=f"{settings.host}:{settings.grpc_port}" if settings.grpc_port is not None else None,
         console=f"http://{settings.host}:{settings.port}/ui" if settings.ui else None,
         server=settings.server,
         registry=app_.state.registry.db.describe(),
         admin_token_file=str(settings.admin_token_file()) if settings.admin_token is None else None,
     )
-    # Timeouts, keep-alive and the connection limit from STALWART_* (serving/server.py).
+    # Timeouts, keep-alive, the connection limit and SIGTERM's drain from STALWART_*
+    # (serving/server.py, serving/drain.py).
     server.run()
     if not server.started:  # the port was taken, or the lifespan failed
         raise typer.Exit(3)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from stalwart.cli.backfill import backfill_command
 from stalwart.cli.output import console, err_console, fail, write_output
 from stalwart.cli.window import parse_window
 from stalwart.config import Settings, load_settings
@@ -25,6 +26,7 @@ from stalwart.monitoring.report_document import ReportDocument
 __all__ = ["monitor_app"]
 
 monitor_app = typer.Typer(help="Drift, quality and alerts of a deployment: the HTML report and the status table.", no_args_is_help=True)
+monitor_app.command("backfill")(backfill_command)
 
 DeploymentOpt = Annotated[str | None, typer.Option("--deployment", "-d", help="the deployment to report on")]
 Since = Annotated[str, typer.Option(help="from this time: a duration ago ('24h', '7d') or an ISO time")]

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from stalwart.monitoring.profiles import Profile
     from stalwart.validation.schema import Schema
 
-__all__ = ["Summary", "validate_command"]
+__all__ = ["Summary", "policy_pairs", "validate_command"]
 
 _RULE_ORDER = ("missing", "type", "null", "not_finite", "range", "category", "length")
 
@@ -94,7 +94,7 @@ def validate_command(
     finally:
         registry.db.dispose()
     overrides = PolicyOverrides.parse(
-        {"default": default_policy, "features": _pairs(policy)}, source="--policy/--default-policy"
+        {"default": default_policy, "features": policy_pairs(policy)}, source="--policy/--default-policy"
     )
     validator = Validator(schema, policies=overrides, max_violations=0)
     text_columns = tuple(n for n, f in schema.features.items() if f.kind in ("categorical", "string"))
@@ -124,7 +124,8 @@ def _column(series: Any) -> Any:
     return column_array(series)
 
 
-def _pairs(values: list[str]) -> dict[str, str]:
+def policy_pairs(values: list[str]) -> dict[str, str]:
+    """`--policy FEATURE=POLICY` options as a mapping (fails on anything else)."""
     pairs: dict[str, str] = {}
     for value in values:
         key, sep, val = value.partition("=")

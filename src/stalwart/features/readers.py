@@ -52,13 +52,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallableReader",
+    "DatasetFile",
     "Fetched",
     "FileReader",
     "GuardedReader",
     "SourceReader",
     "SqlReader",
+    "dataset_files",
     "frame_column",
     "make_reader",
+    "read_dataset",
     "rows_from_records",
 ]
 
@@ -316,6 +319,8 @@ class FileReader:
         pd = require("pandas", extra="features", purpose="file sources")
         if not self.path.exists():
             raise ConfigError(f"source '{self.source.name}': {self.path} does not exist")
+        if self.source.is_dataset:
+            return read_dataset(self.path, self.source.name).to_pandas()
         if self.path.suffix == ".csv":
             return pd.read_csv(self.path)
         return pd.read_parquet(self.path)
@@ -366,6 +371,49 @@ class FileReader:
             order=rows.order[take],
             columns={c: rows.columns[c][take] for c in columns if c in rows.columns},
         )
+
+
+class DatasetFile(NamedTuple):
+    """One Parquet file of a dataset directory and its hive partition values."""
+
+    path: Path
+    partitions: dict[str, str]
+
+
+def dataset_files(directory: Path, source: str) -> list[DatasetFile]:
+    """The Parquet files under ``directory``, sorted by path (the order that breaks ties
+    between rows sharing a timestamp), with the ``key=value`` directories above each.
+    Hidden files and directories (``.x``, ``_x``: writers' temporary files, metadata) are
+    left out, as every Parquet reader does."""
+    if not directory.is_dir():
+        raise ConfigError(f"source '{source}': {directory} is not a directory of Parquet files")
+    found: list[DatasetFile] = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory).parts
+        if not path.is_file() or path.suffix not in (".parquet", ".pq"):
+            continue
+        if any(part.startswith((".", "_")) for part in relative):
+            continue
+        partitions = dict(part.split("=", 1) for part in relative[:-1] if "=" in part)
+        found.append(DatasetFile(path, partitions))
+    if not found:
+        raise ConfigError(f"source '{source}': {directory} holds no .parquet files")
+    return found
+
+
+def read_dataset(directory: Path, source: str) -> Any:
+    """A directory of Parquet files as one Arrow table, files in path order, partition
+    values as string columns (what the DuckDB and Spark engines read too)."""
+    pa = require("pyarrow", extra="features", purpose="Parquet datasets")
+    pq = require("pyarrow.parquet", extra="features", purpose="Parquet datasets")
+    tables = []
+    for file in dataset_files(directory, source):
+        table = pq.read_table(file.path, partitioning=None)
+        for key, value in file.partitions.items():
+            if key not in table.column_names:
+                table = table.append_column(key, pa.array([value] * table.num_rows, type=pa.string()))
+        tables.append(table)
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def frame_column(series: Any) -> np.ndarray[Any, Any]:

@@ -54,10 +54,27 @@ class TrainingSet:
     built_seconds: float
     profile: Profile | None = None
     feature_set_versions: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None  # where a set too big for memory was written (Parquet); frame is None then
+    rows: int | None = None  # rows of a set written to ``path``
+    engine: str = "numpy"  # the engine that computed it
+
+    @property
+    def row_count(self) -> int:
+        """How many events the set has, in memory or on disk."""
+        return len(self.frame) if self.frame is not None else int(self.rows or 0)
+
+    def _in_memory(self) -> Any:
+        if self.frame is None:
+            raise ConfigError(
+                f"this training set was written to {self.path} rather than held in memory; "
+                f"read it from there (pandas.read_parquet, duckdb, spark), or build it without output="
+            )
+        return self.frame
 
     @property
     def X(self) -> np.ndarray[Any, Any]:
         """The features as one float64 matrix, in ``features`` order."""
+        self._in_memory()
         try:
             return np.asarray(self.frame[self.features].to_numpy(dtype=np.float64))
         except (TypeError, ValueError) as exc:
@@ -70,7 +87,16 @@ class TrainingSet:
     def y(self) -> np.ndarray[Any, Any]:
         if self.label is None:
             raise ConfigError("this training set was built without a label; pass label= to build_training_set")
-        return np.asarray(self.frame[self.label].to_numpy())
+        return np.asarray(self._in_memory()[self.label].to_numpy())
+
+    def sample(self, n: int = 100) -> Any:
+        """The first ``n`` rows of the features (a DataFrame), from memory or from the
+        Parquet files the set was written to (reading only what it needs)."""
+        if self.frame is not None:
+            return self.frame[self.features].head(n)
+        ds = require("pyarrow.dataset", extra="features", purpose="reading a training set written to Parquet")
+        dataset = ds.dataset(str(self.path), format="parquet", partitioning="hive")
+        return dataset.head(n, columns=self.features).to_pandas()
 
     def metadata(self) -> dict[str, Any]:
         """What the registry keeps with a model trained on this set."""
@@ -78,7 +104,7 @@ class TrainingSet:
             "features": [feature_spec(ref) for ref in self.refs],
             "feature_sets": dict(self.feature_set_versions),
             "label": self.label,
-            "rows": len(self.frame),
+            "rows": self.row_count,
             "built_at": time.time(),
         }
 

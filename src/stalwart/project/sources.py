@@ -35,6 +35,7 @@ __all__ = [
     "SqlSource",
     "code_identity",
     "declare_feature_set",
+    "is_dataset_path",
 ]
 
 FIELD_DTYPES: dict[str, np.dtype[Any]] = {
@@ -99,9 +100,15 @@ class SqlSource(Source):
         return {"kind": "sql", "table": self.table, "timestamp": self.timestamp, "order_by": self.order_by}
 
 
+FILE_SUFFIXES = (".parquet", ".pq", ".csv")
+
+
 @dataclass(frozen=True, eq=False)
 class FileSource(Source):
-    """A Parquet or CSV file: read whole for training sets, held in memory online."""
+    """A Parquet or CSV file, or a directory of Parquet files (a dataset, hive partitions
+    ``key=value`` read as string columns): read whole for training sets, held in memory
+    online. A directory's rows are ordered by file path, then by row within a file: that
+    order breaks ties between rows that share a timestamp."""
 
     name: str
     path: str
@@ -110,8 +117,16 @@ class FileSource(Source):
 
     def __post_init__(self) -> None:
         check_identifier("source", self.name)
-        if not self.path.endswith((".parquet", ".pq", ".csv")):
-            raise ConfigError(f"source '{self.name}': {self.path} is neither .parquet nor .csv")
+        if not (self.path.endswith((*FILE_SUFFIXES, "/")) or is_dataset_path(self.path)):
+            raise ConfigError(
+                f"source '{self.name}': {self.path} is neither .parquet nor .csv, nor a "
+                f"directory of Parquet files (write a directory with a trailing '/')"
+            )
+
+    @property
+    def is_dataset(self) -> bool:
+        """Whether the path names a directory of Parquet files rather than one file."""
+        return not self.path.endswith(FILE_SUFFIXES)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "file", "path": self.path, "timestamp": self.timestamp}
@@ -190,6 +205,13 @@ class RequestSource(Source):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "request", "fields": dict(self.fields)}
+
+
+def is_dataset_path(path: str) -> bool:
+    """A path without a file suffix (``data/tx``) or with a trailing slash names a
+    directory of Parquet files."""
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    return path.endswith("/") or "." not in last
 
 
 def code_identity(fn: Callable[..., Any]) -> str:

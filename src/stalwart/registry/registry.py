@@ -161,7 +161,7 @@ class Registry:
         # Worked out before anything is stored, so a schema that does not fit aborts.
         learned = learn_from_sample(
             sample, sig, schema=schema, training_profile=training_profile,
-            training_data=training_set.frame[training_set.features] if training_set is not None else None,
+            training_data=training_set.frame[training_set.features] if training_set is not None and training_set.frame is not None else None,
         )
         stored = self.artifacts.put(saved.data, chosen.suffix)
         row = {
@@ -369,7 +369,7 @@ class Registry:
 def _training_sample(model: object, training_set: Any) -> object:
     """Rows shaped the way the model was fitted: named columns if it knows feature names,
     otherwise the feature matrix in training-set order."""
-    head = training_set.frame[training_set.features].head(100)
+    head = training_set.sample(100)
     if getattr(model, "feature_names_in_", None) is not None:
         return head
     try:

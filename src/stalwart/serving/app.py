@@ -57,6 +57,7 @@ from stalwart.serving.console.render import Pages
 from stalwart.serving.console.session import Sessions
 from stalwart.serving.dataplane import DataPlane, RequestTap
 from stalwart.serving.deployments import Deployments
+from stalwart.serving.drain import Drain
 from stalwart.serving.errors import exception_handlers
 from stalwart.serving.feedback import feedback_routes
 from stalwart.serving.middleware import BodyLimit, Observe, request_info
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from stalwart.monitoring.alerts import Calibrator, MetricSource
+    from stalwart.serving.grpc.server import GrpcServer
     from stalwart.serving.tracing import Tracing
 
 __all__ = ["SHADOW_MODEL_THREADS", "create_app"]
@@ -219,6 +221,8 @@ def create_app(
         if live_profiles is not None:
             live_profiles.start()
         shadows.start()
+        if grpc_server is not None:
+            await grpc_server.start()
         # A worker of several (monitoring/metrics.py): its function gauges, written for the others' scrapes.
         sampler = asyncio.create_task(_sample_gauges(), name="stalwart-gauge-sampler") if multiprocess_dir() else None
         if settings.gc_freeze:
@@ -226,6 +230,8 @@ def create_app(
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()  # its RPCs in flight finish first, within the grace
             if sampler is not None:
                 sampler.cancel()
             if settings.gc_freeze:
@@ -312,8 +318,10 @@ def create_app(
         alert_source, alert_calibrator = monitor_source(registry.db, project.alerts.values(), alert_calibrator)
     alerting = build_alerting(settings, project, registry, metrics.registry, alert_source, alert_calibrator)
     auth = BearerAuth.from_settings(settings)
+    drain = Drain()  # begun by the server on SIGTERM (serving/drain.py)
+    grpc_server = _grpc_server(settings, plane, metrics, drain)
     routes: list[BaseRoute] = [
-        *oip_routes(plane),
+        *oip_routes(plane, drain),
         *v1_routes(plane),
         *control_routes(deployments, auth, cache, registry),
         *prediction_routes(store, auth, log=settings.prediction_log),
@@ -333,7 +341,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(Observe, metrics=metrics, access_log=settings.access_log),
+            Middleware(Observe, metrics=metrics, access_log=settings.access_log, drain=drain),
             Middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds),
             Middleware(InferFastPath, plane=plane),
         ],
@@ -354,7 +362,9 @@ def create_app(
     app.state.tracing = tracing
     app.state.cache = cache
     app.state.alerting = alerting
+    app.state.grpc = grpc_server
     app.state.live = live
+    app.state.drain = drain
     return app
 
 
@@ -396,6 +406,20 @@ def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | N
     if provider is not None:
         return Tracing(provider)
     return Tracing(otlp_provider(settings), owned=True)
+
+
+def _grpc_server(settings: Settings, plane: DataPlane, metrics: ServingMetrics, drain: Drain) -> GrpcServer | None:
+    """The gRPC service when ``STALWART_GRPC_PORT`` is set, else None (and grpc never
+    imported). MissingExtraError when the port is set but the grpc extra is not installed."""
+    if settings.grpc_port is None:
+        return None
+    require("grpc", extra="grpc", purpose="the gRPC service (STALWART_GRPC_PORT)")
+    require("google.protobuf", extra="grpc", purpose="the gRPC service (STALWART_GRPC_PORT)")
+    from stalwart.serving.grpc.server import GrpcServer
+    from stalwart.serving.grpc.service import InferenceService
+
+    service = InferenceService(plane, metrics, access_log=settings.access_log, drain=drain)
+    return GrpcServer(service, settings, host=settings.host, port=settings.grpc_port)
 
 
 async def _sample_gauges() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -31,15 +31,20 @@ __all__ = [
     "MAX_TENSORS",
     "MAX_VALUES",
     "InferenceRequest",
+    "NamedOutput",
     "RequestInput",
     "RequestOutput",
+    "TensorInput",
+    "TensorRequest",
     "check_request",
     "decode_json",
     "decode_request",
+    "decode_struct",
     "decode_tensor",
     "encode_error",
     "encode_response",
     "encode_tensor",
+    "output_array",
     "shown",
 ]
 
@@ -61,12 +66,49 @@ _SHOWN = 64  # characters of a client's string quoted back in an error message
 Dimension = Annotated[int, msgspec.Meta(ge=0, le=MAX_DIMENSION)]
 
 
+class TensorInput(Protocol):
+    """One input tensor as a protocol decoded it (JSON ``data``, binary tensor data, gRPC
+    contents): its name and datatype, and its values as numpy on demand."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def datatype(self) -> str: ...
+
+    def to_array(self, where: str, *, nulls: bool = False) -> np.ndarray[Any, Any]:
+        """The values as an array of the datatype and shape, or a RequestError naming
+        ``where`` (``nulls``: missing values are kept, as NaN or None, for validation)."""
+        ...
+
+
+class NamedOutput(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class TensorRequest(Protocol):
+    """An inference request as any protocol decodes it: what :func:`check_request` reads."""
+
+    @property
+    def id(self) -> str | None: ...
+
+    @property
+    def inputs(self) -> Sequence[TensorInput]: ...
+
+    @property
+    def outputs(self) -> Sequence[NamedOutput] | None: ...
+
+
 class RequestInput(msgspec.Struct):
     name: str
     shape: Annotated[list[Dimension], msgspec.Meta(max_length=MAX_RANK)]
     datatype: str
     data: list[Any]
     parameters: dict[str, Any] | None = None
+
+    def to_array(self, where: str, *, nulls: bool = False) -> np.ndarray[Any, Any]:
+        return decode_tensor(self, where, nulls=nulls)
 
 
 class RequestOutput(msgspec.Struct):
@@ -92,8 +134,14 @@ def decode_request(body: bytes) -> InferenceRequest:
     """Parse and type-check the JSON body (not yet against a model)."""
     if not body:
         raise RequestError("body: the request body is empty; send an inference request as JSON", field="body")
+    return decode_struct(body, _decoder)
+
+
+def decode_struct(body: bytes | memoryview, decoder: msgspec.json.Decoder[T]) -> T:
+    """``body`` as ``decoder``'s type; a mismatch is a RequestError whose field is the JSON
+    path at fault (``inputs[1].shape``), malformed JSON names the body."""
     try:
-        return _decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise RequestError(_describe_validation_error(exc), field=_path_of(exc)) from None
     except msgspec.DecodeError as exc:
@@ -122,9 +170,10 @@ def shown(text: str) -> str:
 
 
 def check_request(
-    request: InferenceRequest, signature: Signature, *, gaps: bool = False
+    request: TensorRequest, signature: Signature, *, gaps: bool = False
 ) -> tuple[dict[str, np.ndarray[Any, Any]], int, tuple[str, ...]]:
-    """The request's tensors as numpy arrays checked against ``signature``.
+    """The request's tensors (decoded by any protocol) as numpy arrays checked against
+    ``signature``.
 
     Returns ``(arrays by input name, number of rows, requested output names)``. With
     ``gaps`` (the model has an input schema, whose policies decide what a missing value
@@ -150,8 +199,7 @@ def check_request(
                 f"{where}.datatype: input '{spec.name}' takes {spec.datatype}, got {shown(tensor.datatype)}",
                 field=f"{where}.datatype",
             )
-        array = decode_tensor(tensor, where, nulls=gaps)
-        array = _fit_shape(array, spec, where)
+        array = _fit_shape(tensor.to_array(where, nulls=gaps), spec, where)
         if rows is None:
             rows = array.shape[0]
         elif array.shape[0] != rows:
@@ -209,9 +257,12 @@ def decode_tensor(tensor: RequestInput, where: str = "input", *, nulls: bool = F
         ) from None
 
 
-def encode_tensor(name: str, array: np.ndarray[Any, Any], spec: TensorSpec | None) -> dict[str, Any]:
-    """One output tensor as OIP JSON (flat, row-major ``data``)."""
-    if spec is not None and array.dtype != spec.dtype:
+def output_array(name: str, array: np.ndarray[Any, Any], spec: TensorSpec | None) -> tuple[np.ndarray[Any, Any], str]:
+    """An output as the signature declares it: the array in the spec's dtype (a ModelError
+    when it does not convert) and its datatype (the array's own without a spec)."""
+    if spec is None:
+        return array, datatype_of(array.dtype)
+    if array.dtype != spec.dtype:
         try:
             array = array.astype(spec.dtype)
         except (ValueError, TypeError) as exc:
@@ -219,7 +270,12 @@ def encode_tensor(name: str, array: np.ndarray[Any, Any], spec: TensorSpec | Non
                 f"output '{name}' is {array.dtype}, which does not convert to the signature's "
                 f"{spec.datatype}: {exc}"
             ) from exc
-    datatype = spec.datatype if spec is not None else datatype_of(array.dtype)
+    return array, spec.datatype
+
+
+def encode_tensor(name: str, array: np.ndarray[Any, Any], spec: TensorSpec | None) -> dict[str, Any]:
+    """One output tensor as OIP JSON (flat, row-major ``data``)."""
+    array, datatype = output_array(name, array, spec)
     flat = array.ravel()
     data = [_text(v) for v in flat.tolist()] if datatype == "BYTES" else flat.tolist()
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
@@ -253,7 +309,7 @@ def encode_error(message: str, **extra: Any) -> bytes:
     return _encoder.encode({"error": message, **extra})
 
 
-def _requested_outputs(requested: Sequence[RequestOutput] | None, signature: Signature) -> tuple[str, ...]:
+def _requested_outputs(requested: Sequence[NamedOutput] | None, signature: Signature) -> tuple[str, ...]:
     available = signature.output_names
     if not requested:
         return tuple(available)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -59,7 +59,7 @@ from stalwart.registry import ModelVersion, Signature
 from stalwart.resilience import Admission, LoadShedder, Priority
 from stalwart.rollout.routing import routing_key
 from stalwart.serving.chains import Chains
-from stalwart.serving.codec import check_request, decode_json, decode_request
+from stalwart.serving.codec import TensorRequest, check_request, decode_json, decode_request
 from stalwart.serving.degradation import Degradation, LastGoodStore, worst
 from stalwart.serving.deployments import Deployments, Plan
 from stalwart.serving.middleware import RequestInfo
@@ -82,7 +82,9 @@ LADDER_ERRORS: tuple[type[BaseException], ...] = (ResilienceError, ModelError, F
 
 @dataclass(slots=True)
 class InferCall:
-    """An Open Inference Protocol request: a model (and version) and its encoded body."""
+    """An Open Inference Protocol request: a model (and version) and its encoded body,
+    which ``decode`` turns into tensors (JSON by default; the REST binary form and gRPC
+    bring their own), timed as the request's decode stage."""
 
     model: str
     version: int | None
@@ -90,16 +92,19 @@ class InferCall:
     info: RequestInfo
     deadline: float | None = None
     priority: Priority = Priority.NORMAL
+    decode: Callable[[bytes], TensorRequest] = decode_request
 
 
 @dataclass(slots=True)
 class Inferred:
-    """The answer to an :class:`InferCall`: the outputs the client asked for."""
+    """The answer to an :class:`InferCall`: the outputs the client asked for, and the
+    request as decoded (the adapter reads how it wants them encoded)."""
 
     version: ModelVersion
     id: str | None  # the client's own request id, echoed
     outputs: Arrays
     validation: ValidationNote | None
+    request: TensorRequest | None = None
 
 
 @dataclass(slots=True)
@@ -237,7 +242,7 @@ class DataPlane:
         entry = self._model_entry(mv.name)
         with self._admit(entry.shedder, f"model:{mv.name}", call.priority) as admission:
             start = time.perf_counter()
-            request = decode_request(call.payload)
+            request = call.decode(call.payload)
             # Missing inputs and nulls are the schema's to judge (its policies may impute
             # them); without a schema, the model would get them, so they are refused here.
             arrays, rows, outputs = check_request(request, mv.signature, gaps=self.chains.validates(loaded))
@@ -261,7 +266,7 @@ class DataPlane:
                 _log_exchange(info, exchange)
         if exchange.results is None:  # pragma: no cover - every chain ends in a model call
             raise NotReady(f"model {mv.ref} produced no result")
-        return Inferred(mv, request.id, {k: exchange.results[k] for k in outputs}, exchange.validation)
+        return Inferred(mv, request.id, {k: exchange.results[k] for k in outputs}, exchange.validation, request)
 
     def _model_entry(self, model: str) -> _ModelEntry:
         # Only names the repository resolved get here, so the dict is bounded by the

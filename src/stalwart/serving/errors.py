@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -18,7 +19,16 @@ from stalwart import errors as e
 from stalwart.monitoring.logs import get_logger
 from stalwart.serving.codec import encode_error
 
-__all__ = ["STATUS_BY_ERROR", "error_response", "exception_handlers", "logged_error_response", "status_for"]
+__all__ = [
+    "STATUS_BY_ERROR",
+    "ErrorParts",
+    "error_parts",
+    "error_response",
+    "exception_handlers",
+    "log_error",
+    "logged_error_response",
+    "status_for",
+]
 
 _log = get_logger("stalwart.serving")
 
@@ -70,11 +80,25 @@ def status_for(exc: BaseException) -> int:
     return 500
 
 
-def error_response(exc: BaseException, request_id: str | None = None) -> Response:
-    """The JSON response for ``exc``: ``{"error": ...}`` plus machine-readable extras."""
+@dataclass(frozen=True, slots=True)
+class ErrorParts:
+    """What a client is told of an error, whatever the protocol: the HTTP status, the
+    message, machine-readable extras (``field``, ``violations``, ``request_id``), the
+    seconds after which a retry may succeed, and protocol headers."""
+
+    status: int
+    message: str
+    extra: dict[str, Any]
+    retry_after: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_parts(exc: BaseException, request_id: str | None = None) -> ErrorParts:
+    """The parts of the answer to ``exc`` (the REST body and headers; gRPC's status)."""
     status = status_for(exc)
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
+    retry: int | None = None
     if isinstance(exc, e.StorageError):
         # Its message names the database (host, port, user, name): for the log, which has
         # it (see _stalwart_error), not for an unauthenticated client.
@@ -91,7 +115,8 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(exc, e.Overloaded | e.CallNotPermitted | e.NotReady) and retry_after is not None:
             # Whole seconds, rounded up: an early retry would only be turned away again.
-            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+            retry = max(1, math.ceil(retry_after))
+            headers["Retry-After"] = str(retry)
         if isinstance(exc, e.AuthError):
             headers["WWW-Authenticate"] = "Bearer"
         if isinstance(exc, e.BodyTimeout):
@@ -99,7 +124,15 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
             headers["Connection"] = "close"
     else:
         message = f"internal error; find request {request_id} in the server log"
-    return Response(encode_error(message, **extra), status_code=status, headers=headers, media_type=JSON)
+    return ErrorParts(status, message, extra, retry, headers)
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> Response:
+    """The JSON response for ``exc``: ``{"error": ...}`` plus machine-readable extras."""
+    parts = error_parts(exc, request_id)
+    return Response(
+        encode_error(parts.message, **parts.extra), status_code=parts.status, headers=parts.headers, media_type=JSON
+    )
 
 
 async def _stalwart_error(request: Request, exc: Exception) -> Response:
@@ -108,7 +141,14 @@ async def _stalwart_error(request: Request, exc: Exception) -> Response:
 
 def logged_error_response(exc: Exception, request_id: str | None) -> Response:
     """:func:`error_response` for a :class:`~stalwart.errors.StalwartError`, logged as the
-    exception handlers log it (5xx as warnings; a model's own message at info)."""
+    exception handlers log it (see :func:`log_error`)."""
+    log_error(exc, request_id)
+    return error_response(exc, request_id)
+
+
+def log_error(exc: BaseException, request_id: str | None) -> None:
+    """Log a :class:`~stalwart.errors.StalwartError` a client is answered with: 5xx as
+    warnings; a model's own message (never sent to the client) at info."""
     status = status_for(exc)
     # A model's own message stays in the log, with the request id the client was given.
     detail = getattr(exc, "detail", None) or None
@@ -116,7 +156,6 @@ def logged_error_response(exc: Exception, request_id: str | None) -> Response:
         _log.warning("request failed", request_id=request_id, error=str(exc), error_type=type(exc).__name__, detail=detail)
     elif detail is not None:
         _log.info("model refused the request's inputs", request_id=request_id, error=str(exc), detail=detail)
-    return error_response(exc, request_id)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -26,7 +26,8 @@ The settings, as granian takes them:
   ``STALWART_GRACEFUL_SHUTDOWN_SECONDS`` are cancelled (as uvicorn's
   ``timeout_graceful_shutdown`` does); then the app's lifespan shutdown, and the signal is
   raised again once done (as uvicorn does, so a supervisor sees it). A second signal
-  cancels the requests at once.
+  cancels the requests at once. Given the app's drain, the first SIGTERM begins it and the
+  shutdown waits ``STALWART_DRAIN_SECONDS`` (:mod:`stalwart.serving.drain`).
 - HTTP/1.1 only (no h2c), as uvicorn; no websockets (the app has none); headers up to
   granian's buffer (about 400 KiB), beyond which hyper answers 431.
 
@@ -48,6 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stalwart.config import Settings
 from stalwart.monitoring.logs import get_logger
+from stalwart.serving.drain import Drain
 
 __all__ = ["GranianServer"]
 
@@ -60,7 +62,8 @@ class GranianServer:
     """One embedded granian worker serving ``app`` on this thread's own event loop (uvloop
     when installed, as uvicorn picks). :meth:`run` blocks until :meth:`stop` (any thread)
     or, on the main thread, SIGTERM/SIGINT; ``started`` tells whether the app's lifespan
-    startup completed. ``host`` and ``port`` override the settings'."""
+    startup completed. ``host`` and ``port`` override the settings'; ``drain`` is the
+    app's, begun by a signal (a first SIGTERM then waits ``settings.drain_seconds``)."""
 
     def __init__(
         self,
@@ -69,8 +72,11 @@ class GranianServer:
         *,
         host: str | None = None,
         port: int | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.settings = settings
+        self.drain = drain
+        self._drain_timer: asyncio.TimerHandle | None = None
         self.host = settings.host if host is None else host
         self.port = settings.port if port is None else port
         self.started = False
@@ -147,9 +153,27 @@ class GranianServer:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)
+        drain = self.drain
+        if drain is not None:
+            first = not drain.draining
+            drain.begin()
+            loop = self._loop
+            if first and signum == signal.SIGTERM and self.settings.drain_seconds > 0 and loop is not None:
+                # A signal handler may interrupt the loop anywhere: schedule through the
+                # thread-safe door, as stop() does.
+                with contextlib.suppress(RuntimeError):  # the loop closed in between: nothing to drain
+                    loop.call_soon_threadsafe(self._stop_after_drain)
+                    return
         self.stop()
 
+    def _stop_after_drain(self) -> None:
+        if self._loop is not None and not self._stopping:
+            self._drain_timer = self._loop.call_later(self.settings.drain_seconds, self.stop)
+
     def _begin_stop(self) -> None:
+        if self._drain_timer is not None:  # stopped before the drain was over
+            self._drain_timer.cancel()
+            self._drain_timer = None
         if self._server is None or self._loop is None:
             return
         if self._stopping:

@@ -30,15 +30,17 @@ from stalwart.monitoring.tracing import (
     parse_traceparent,
 )
 from stalwart.resilience.deadlines import Expired, run_until
+from stalwart.serving.drain import Drain
 from stalwart.serving.errors import error_response
 
-__all__ = ["BodyLimit", "Observe", "RequestInfo"]
+__all__ = ["CLIENT_CLOSED", "BodyLimit", "Observe", "RequestInfo", "identify", "request_info"]
 
 _log = get_logger("stalwart.serving")
 _REQUEST_ID_HEADER = b"x-request-id"
 _TRACEPARENT = b"traceparent"
 _TRACESTATE = b"tracestate"
 _IDENTITY_HEADERS = frozenset((_REQUEST_ID_HEADER, _TRACEPARENT, _TRACESTATE))
+_CLOSE = (b"connection", b"close")
 _MAX_REQUEST_ID = 128
 CLIENT_CLOSED = 499
 """The status counted and logged for a client that went away before its answer (nginx's
@@ -79,19 +81,22 @@ def request_info(scope: Scope) -> RequestInfo:
 
 class Observe:
     """Gives each request an id (``X-Request-ID``, taken from the client when sane),
-    counts and times it, writes one access-log line, and turns a crash into a JSON 500."""
+    counts and times it, writes one access-log line, and turns a crash into a JSON 500.
+    While ``drain`` is draining, every response closes its connection (``connection:
+    close``), so a client's next request opens a new one, to another replica."""
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, *, access_log: bool = True, drain: Drain | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.drain = drain or Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        info = _identify(scope["headers"], start)
+        info = identify(scope["headers"], start)
         info.arrived_ns = time.time_ns()
         request_id = info.request_id
         scope["stalwart.info"] = info
@@ -99,6 +104,7 @@ class Observe:
         header = (_REQUEST_ID_HEADER, request_id.encode())
         status = 500
         started = False
+        drain = self.drain
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -109,6 +115,8 @@ class Observe:
                 # those of the span it exports.
                 traceparent = format_traceparent(info.trace_id, info.span_id, info.trace_flags)
                 message["headers"] = [*message.get("headers", ()), header, (_TRACEPARENT, traceparent)]
+                if drain.draining:
+                    message["headers"].append(_CLOSE)
             await send(message)
 
         self.metrics.in_flight_count += 1
@@ -211,9 +219,10 @@ def _with_deadline(receive: Receive, timeout: float) -> Receive:
     return timed_receive
 
 
-def _identify(headers: list[tuple[bytes, bytes]], start: float) -> RequestInfo:
-    """The request's identity from one scan of its headers: its request id and its trace
-    context (the client's, when its ``traceparent`` is valid, else a new trace)."""
+def identify(headers: list[tuple[bytes, bytes]], start: float) -> RequestInfo:
+    """The request's identity from one scan of its headers (HTTP's, or gRPC metadata as the
+    same lowercase pairs): its request id and its trace context (the client's, when its
+    ``traceparent`` is valid, else a new trace)."""
     request_id: str | None = None
     traceparent: bytes | None = None
     tracestate: bytes | None = None

@@ -3,7 +3,8 @@
 ``GET /v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}]``, its ``/ready``
 and ``POST .../infer``. Without a version, the version the repository currently serves as
 latest answers. ``infer`` reads the path and headers, hands the body to
-:meth:`DataPlane.infer <stalwart.serving.dataplane.DataPlane.infer>` and encodes the answer.
+:meth:`DataPlane.infer <stalwart.serving.dataplane.DataPlane.infer>` and encodes the answer:
+JSON, or the binary tensor data extension's form (:mod:`~stalwart.serving.binary`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from stalwart._version import __version__
 from stalwart.errors import StalwartError
 from stalwart.registry import ModelVersion
-from stalwart.serving.codec import encode_response
+from stalwart.serving.binary import (
+    HEADER_LENGTH,
+    encode_rest_response,
+    header_length,
+    request_decoder,
+)
 from stalwart.serving.dataplane import DataPlane, InferCall
+from stalwart.serving.drain import Drain
 from stalwart.serving.errors import logged_error_response
 from stalwart.serving.headers import deadline_of, priority_of
 from stalwart.serving.middleware import request_info
@@ -29,11 +36,12 @@ from stalwart.serving.responses import json_response
 
 __all__ = ["InferFastPath", "oip_routes"]
 
-EXTENSIONS = ["model_repository_metadata", "prometheus_metrics", "stalwart_deployments"]
+EXTENSIONS = ["binary_tensor_data", "model_repository_metadata", "prometheus_metrics", "stalwart_deployments"]
 
 
-def oip_routes(plane: DataPlane) -> list[Route]:
-    endpoints = _Endpoints(plane)
+def oip_routes(plane: DataPlane, drain: Drain | None = None) -> list[Route]:
+    """The ``/v2`` routes over ``plane``; readiness says no while ``drain`` is draining."""
+    endpoints = _Endpoints(plane, drain or Drain())
     # The router tries routes in order and no two of these overlap: the inference routes,
     # which take nearly all the traffic, go first so they match on the first try.
     return [
@@ -50,9 +58,10 @@ def oip_routes(plane: DataPlane) -> list[Route]:
 
 
 class _Endpoints:
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, drain: Drain) -> None:
         self.plane = plane
         self.repository: ModelRepository = plane.repository
+        self.drain = drain
 
     async def server_metadata(self, request: Request) -> Response:
         request_info(request.scope).endpoint = "/v2"
@@ -64,7 +73,8 @@ class _Endpoints:
 
     async def ready(self, request: Request) -> Response:
         request_info(request.scope).endpoint = "/v2/health/ready"
-        reason = self.repository.not_ready_reason()
+        # Draining first: a load balancer must stop sending before the server stops accepting.
+        reason = "draining: the server is shutting down" if self.drain.draining else self.repository.not_ready_reason()
         if reason is not None:
             return json_response({"ready": False, "error": reason}, status=503)
         return json_response({"ready": True})
@@ -94,8 +104,8 @@ class _Endpoints:
     async def infer(self, request: Request) -> Response:
         """Reached only when :class:`InferFastPath` is not installed (``create_app`` installs it)."""
         name, version = _target(request)
-        body = await _answer(self.plane, request.scope, name, version, await request.body(), request.headers)
-        return Response(body, media_type="application/json")
+        body, headers = await _answer(self.plane, request.scope, name, version, await request.body(), request.headers)
+        return Response(body, headers={k.decode(): v.decode() for k, v in headers})
 
 
 class InferFastPath:
@@ -120,22 +130,27 @@ class InferFastPath:
         name, raw_version = target
         try:
             version = None if raw_version is None else version_or_not_found(raw_version, name)
-            body = await _answer(self.plane, scope, name, version, await _body(receive), Headers(scope=scope))
+            body, headers = await _answer(self.plane, scope, name, version, await _body(receive), Headers(scope=scope))
         except StalwartError as exc:
             await logged_error_response(exc, scope.get("stalwart.request_id"))(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), *headers,
         ]})
         await send({"type": "http.response.body", "body": body})
 
 
-async def _answer(plane: DataPlane, scope: Scope, name: str, version: int | None, body: bytes, headers: Headers) -> bytes:
+async def _answer(
+    plane: DataPlane, scope: Scope, name: str, version: int | None, body: bytes, headers: Headers
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The response body and its headers (JSON, or the binary form when the client asked)."""
     info = request_info(scope)
     info.endpoint = "/v2/models/{model}/infer"
-    inferred = await plane.infer(InferCall(name, version, body, info, deadline_of(headers), priority_of(headers)))
+    decode = request_decoder(header_length(headers.get(HEADER_LENGTH)))
+    inferred = await plane.infer(InferCall(name, version, body, info, deadline_of(headers), priority_of(headers), decode))
     validation = inferred.validation
-    return encode_response(
+    return encode_rest_response(
+        inferred.request,
         model_name=name,
         model_version=inferred.version.version,
         request_id=inferred.id,

@@ -87,6 +87,16 @@ _ROUTING_KEY = {
     ),
 }
 _DEPLOYMENT = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_HEADER_LENGTH = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+    "description": (
+        "the binary tensor data extension: the body is this many bytes of JSON request, then the raw data of each "
+        "input whose parameters.binary_data_size is set, in order"
+    ),
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Degraded": {
@@ -396,16 +406,34 @@ def _get(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]], erro
 
 
 def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    ok = _json(ref("InferenceResponse"), "the model's outputs")
+    ok = {
+        **ok,
+        "description": (
+            "the model's outputs: JSON, or (binary tensor data extension, when an output's parameters.binary_data "
+            "or the request's parameters.binary_data_output is true) the JSON response then the raw data of the "
+            "outputs whose parameters.binary_data_size is set"
+        ),
+        "headers": {
+            **ok["headers"],
+            "Inference-Header-Content-Length": {
+                "description": "with a binary response: the length of its JSON part",
+                "schema": {"type": "string"},
+            },
+        },
+        "content": {**ok["content"], "application/octet-stream": binary},
+    }
     return {
         "post": {
             "summary": "Run inference",
-            "parameters": [*params, _REQUEST_ID, _TIMEOUT, _PRIORITY],
+            "parameters": [*params, _REQUEST_ID, _TIMEOUT, _PRIORITY, _HEADER_LENGTH],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": ref("InferenceRequest")}},
+                "content": {"application/json": {"schema": ref("InferenceRequest")}, "application/octet-stream": binary},
             },
             "responses": {
-                "200": _json(ref("InferenceResponse"), "the model's outputs"),
+                "200": ok,
                 **{code: ERROR_RESPONSES[code] for code in ("400", "404", "408", "413", "503")},
                 "422": _error("the inputs broke the model's schema (reject policy)"),
                 "500": _error("the model raised"),

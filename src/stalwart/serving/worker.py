@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
         cache.invalidator.peers = link.relay
         link.receive = cache.invalidator.receive
     try:
-        return 0 if run_server(app, settings, reuse_port=True, on_ready=link.ready) else 3
+        return 0 if run_server(app, settings, reuse_port=True, on_ready=link.ready, drain=app.state.drain) else 3
     except KeyboardInterrupt:
         # SIGINT, passed on by the supervisor: the server drained, then re-raised it.
         return 128 + signal.SIGINT

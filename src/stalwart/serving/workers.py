@@ -22,7 +22,7 @@ started). The supervisor, the ``stalwart serve`` process itself, serves nothing:
   serves a value another one dropped (with Redis, its channel reaches every worker);
 - SIGTERM or SIGINT is passed to every worker, which stops accepting, drains its requests
   and closes (a second one forces them, as for ``stalwart serve``); workers still alive
-  after :data:`DRAIN_SECONDS` are killed. Then it exits 0.
+  after ``STALWART_DRAIN_SECONDS`` plus :data:`DRAIN_SECONDS` are killed. Then it exits 0.
 
 Metrics: the supervisor makes a private directory (0700, removed at exit; ones left by a
 supervisor that was killed are removed at the next start) and gives it to every worker
@@ -75,8 +75,8 @@ STABLE_SECONDS = 30.0
 MAX_FAILED_STARTS = 5
 """Deaths in a row before listening after which, if no other worker serves, the server stops."""
 DRAIN_SECONDS = 30.0
-"""How long workers get to drain after SIGTERM before they are killed (their own limit for
-requests in flight is 10 s, then their lifespan closes)."""
+"""How long workers get to stop after SIGTERM, past their ``STALWART_DRAIN_SECONDS``, before
+they are killed (their own limit for requests in flight is 10 s, then their lifespan closes)."""
 READY = b"R"
 """A worker to its supervisor: it listens (see :mod:`stalwart.serving.worker`)."""
 INVALIDATION = b"I"
@@ -94,11 +94,19 @@ def run_workers(settings: Settings) -> int:
         # Elsewhere SO_REUSEPORT does not spread connections (the last socket bound gets
         # them all) and Unix sockets have no SOCK_SEQPACKET for the workers' links.
         raise ConfigError(f"STALWART_WORKERS={settings.workers} needs Linux; run one worker per process here (STALWART_WORKERS=1)")
-    sockets = _reserve_port(settings)
+    sockets = _reserve_port(settings.host, settings.port)
     if sockets is None:
         return 3
+    # The gRPC port too (STALWART_GRPC_PORT): every worker serves it with SO_REUSEPORT.
+    grpc_sockets = _reserve_port(settings.host, settings.grpc_port) if settings.grpc_port is not None else []
+    if grpc_sockets is None:
+        for sock in sockets:
+            sock.close()
+        return 3
     port = sockets[0].getsockname()[1]
+    grpc_port = grpc_sockets[0].getsockname()[1] if grpc_sockets else None
     url = f"http://{settings.host}:{port}"
+    sockets += grpc_sockets
     try:
         registry = Registry.open(settings)  # migrates once, before N workers would race to
         described = registry.db.describe()
@@ -106,13 +114,14 @@ def run_workers(settings: Settings) -> int:
         if settings.admin_token is None:
             settings.resolved_admin_token()  # here, to be logged below (N workers making it at once would agree)
         with _metrics_dir() as metrics:
-            env = _worker_env(settings, port, metrics)
-            supervisor = Supervisor(settings.workers, env, metrics)
+            env = _worker_env(settings, port, metrics, grpc_port)
+            supervisor = Supervisor(settings.workers, env, metrics, drain_seconds=settings.drain_seconds)
             _log.info("starting workers", workers=settings.workers, url=url)
             code = supervisor.run(
                 on_ready=lambda: _log.info(
                     "serving",
                     url=url,
+                    grpc=f"{settings.host}:{grpc_port}" if grpc_port is not None else None,
                     workers=settings.workers,
                     pids=supervisor.pids(),
                     registry=described,
@@ -142,11 +151,13 @@ class _Slot:
 
 class Supervisor:
     """Starts ``workers`` worker processes with ``env``, restarts them, stops them (see the
-    module docstring). ``metrics`` is their ``PROMETHEUS_MULTIPROC_DIR``."""
+    module docstring). ``metrics`` is their ``PROMETHEUS_MULTIPROC_DIR``; ``drain_seconds``
+    their ``STALWART_DRAIN_SECONDS`` (they keep serving that long after SIGTERM)."""
 
-    def __init__(self, workers: int, env: dict[str, str], metrics: Path) -> None:
+    def __init__(self, workers: int, env: dict[str, str], metrics: Path, *, drain_seconds: float = 0.0) -> None:
         self.env = env
         self.metrics = metrics
+        self.drain_seconds = drain_seconds
         self.slots = [_Slot(i) for i in range(workers)]
         self.stopping = False
         self._selector = selectors.DefaultSelector()
@@ -221,7 +232,7 @@ class Supervisor:
         now = time.monotonic()
         if self.stopping:
             if now >= self._drain_deadline and self.pids():
-                _log.warning("workers did not stop in time; killing them", seconds=DRAIN_SECONDS, pids=self.pids())
+                _log.warning("workers did not stop in time; killing them", seconds=self.drain_seconds + DRAIN_SECONDS, pids=self.pids())
                 self._kill_all()
             return failure
         for slot in self.slots:
@@ -325,7 +336,7 @@ class Supervisor:
         if not self.stopping:
             _log.info("stopping workers", signal=signal.Signals(sig).name, pids=self.pids())
             self.stopping = True
-            self._drain_deadline = time.monotonic() + DRAIN_SECONDS
+            self._drain_deadline = time.monotonic() + self.drain_seconds + DRAIN_SECONDS
         for slot in self.slots:
             slot.restart_at = None
             if slot.process is not None and slot.process.poll() is None:
@@ -356,24 +367,25 @@ class Supervisor:
 # --- what the supervisor prepares ----------------------------------------------------------
 
 
-def _reserve_port(settings: Settings) -> list[socket.socket] | None:
-    """Sockets holding the port for the workers (bound with SO_REUSEPORT, never listening:
+def _reserve_port(host: str, port: int) -> list[socket.socket] | None:
+    """Sockets holding ``port`` for the workers (bound with SO_REUSEPORT, never listening:
     the kernel sends them no connection), or None, logged, when the port is taken."""
     try:
-        if settings.port != 0:
+        if port != 0:
             # A plain bind first: it fails if any program listens there, even another
             # server with SO_REUSEPORT, which the workers would otherwise join in silence.
-            for probe in bind_sockets(settings.host, settings.port, reuse_port=False):
+            for probe in bind_sockets(host, port, reuse_port=False):
                 probe.close()
-        return bind_sockets(settings.host, settings.port, reuse_port=True)
+        return bind_sockets(host, port, reuse_port=True)
     except OSError as exc:
-        _log.error("cannot bind the port", host=settings.host, port=settings.port, error=str(exc))
+        _log.error("cannot bind the port", host=host, port=port, error=str(exc))
         return None
 
 
-def _worker_env(settings: Settings, port: int, metrics: Path) -> dict[str, str]:
+def _worker_env(settings: Settings, port: int, metrics: Path, grpc_port: int | None = None) -> dict[str, str]:
     """The workers' environment: this one, with what the command line set and what the
-    supervisor resolved as ``STALWART_*``, and the metrics directory."""
+    supervisor resolved as ``STALWART_*`` (the ports, 0 become free ones), and the metrics
+    directory."""
     env = dict(os.environ)
     # STALWART_WORKERS stays N: a worker never reads it (it is one server), and the audit
     # log's record of the settings says how the server runs.
@@ -386,6 +398,8 @@ def _worker_env(settings: Settings, port: int, metrics: Path) -> dict[str, str]:
         }
     )
     env.pop("prometheus_multiproc_dir", None)
+    if grpc_port is not None:
+        env["STALWART_GRPC_PORT"] = str(grpc_port)
     if settings.project is not None:
         env["STALWART_PROJECT"] = str(settings.project)
     return env

@@ -83,8 +83,10 @@ STALWART_ALERT_WEBHOOKS: {key: alert-webhooks, optional: true}
 {{- default (printf "%s-artifacts" (include "stalwart.fullname" .)) .Values.artifacts.existingClaim }}
 {{- end }}
 
-{{/* Whole seconds: how long the server drains on SIGTERM. */}}
+{{/* Whole seconds: how long the server drains on SIGTERM (STALWART_DRAIN_SECONDS, during
+which it still serves, then STALWART_GRACEFUL_SHUTDOWN_SECONDS for what is in flight). */}}
 {{- define "stalwart.gracefulSeconds" -}}
 {{- $graceful := get .Values.config "STALWART_GRACEFUL_SHUTDOWN_SECONDS" | default "10" }}
-{{- ceil (float64 $graceful) | int }}
+{{- $drain := get .Values.config "STALWART_DRAIN_SECONDS" | default "0" }}
+{{- ceil (addf (float64 $graceful) (float64 $drain)) | int }}
 {{- end }}
