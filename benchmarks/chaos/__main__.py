@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.chaos.faults import PENDING, Context, by_name
+from benchmarks.chaos.faults import PENDING, Context, ReplicaKilled, by_name
 from benchmarks.chaos.report import curve_table, fault_table, write
 from benchmarks.chaos.run import (
     Timing,
@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         offset = 0
         for fault in faults:
             say(f"fault: {fault.name} ({fault.what})")
-            result, offset = run_fault(ctx, fault, healthy, timing, offset)
+            if isinstance(fault, ReplicaKilled):
+                world.stop_server()  # three replicas and nginx of their own take its place
+                with fault.cluster(ctx) as cluster_ctx:
+                    result, offset = run_fault(cluster_ctx, fault, healthy, timing, offset)
+                ctx.url = world.start_server().url
+            else:
+                result, offset = run_fault(ctx, fault, healthy, timing, offset)
             rows.append(result.as_dict())
             say(f"  yield {result.yield_:.1%}, harvest {result.harvest:.1%}, p99 {result.p99_ms:,.0f} ms, lost {result.records_lost} (late {result.records_late}), recovered in {result.recovery_s}")
             if world.server is None or world.server.process.poll() is not None:
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path, html_path = write(document)
     if faults:
         print("\nFaults, one at a time\n\n" + fault_table(document["faults"]))
-        print("\nNot run: " + "; ".join(f"{k}: {v}" for k, v in PENDING.items()))
+        if PENDING:
+            print("\nNot run: " + "; ".join(f"{k}: {v}" for k, v in PENDING.items()))
     if "curve" in document:
         print("\nDegradation curve\n\n" + curve_table(document["curve"]["steps"]))
         print(f"\nRecords lost over the curve: {document['curve']['records_lost']} (late: {document['curve']['records_late']})")

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +43,7 @@ class Context:
     capacity: float
     pool: Sequence[bytes]
     workdir: Path
+    records_db: str | None = None  # where the records are, when not in the world's database
 
 
 class Fault(Protocol):
@@ -343,6 +345,53 @@ class DiskFull(_Quiet):
         (ctx.world.spool / ".filler").unlink(missing_ok=True)
 
 
+class ReplicaKilled(_Quiet):
+    """One of three replicas behind nginx SIGKILLed (a crash: nothing flushed), then
+    started again. The cluster is ``tests/local_cluster.py``'s (``make cluster``), on the
+    world's PostgreSQL server and Redis, with the chaos project and models; the probe
+    speaks to nginx."""
+
+    name = "replica-sigkill"
+    what = "one of 3 replicas behind nginx is SIGKILLed, then started again"
+
+    def __init__(self) -> None:
+        self._cluster: Any = None
+
+    @contextlib.contextmanager
+    def cluster(self, ctx: Context) -> Iterator[Context]:
+        """The cluster, started, and the context the fault runs in (the probe on nginx)."""
+        from tests.local_cluster import LocalCluster
+
+        from benchmarks.chaos.world import PROJECT
+
+        world = ctx.world
+        admin = world.pg.url  # its "postgres" database: the cluster makes one of its own beside it
+        with LocalCluster(ctx.workdir / "cluster", project=PROJECT, pg_admin_url=admin, redis_url=world.redis.url, access_log=False) as cluster:
+            settings = cluster.settings()
+            _load_transactions(world, settings.resolved_db_url())
+            world.register_models(settings)
+            cluster.start()
+            self._cluster = cluster
+            try:
+                yield dataclasses.replace(ctx, url=cluster.url, records_db=cluster.db_url)
+            finally:
+                self._cluster = None
+
+    def inject(self, ctx: Context) -> None:
+        self._cluster.kill(0)
+
+    def clear(self, ctx: Context) -> None:
+        self._cluster.restart(0)
+
+
+def _load_transactions(world: World, db_url: str) -> None:
+    import runpy
+
+    from benchmarks.chaos.world import FRAUD
+
+    runpy.run_path(str(FRAUD / "generate.py"))["load"](world.frame, db_url)
+
+
 FAULTS: list[Any] = [
     ModelFault("model-raises", "raise", "the primary model raises on every call"),
     ModelFault("model-hangs", "hang", "every call of the primary model blocks until the fault clears"),
@@ -358,10 +407,9 @@ FAULTS: list[Any] = [
     BigBodies("bodies-8mib", "4 clients post 8 MiB bodies (the body limit) back to back"),
     MalformedJson("malformed-json", "16 connections send truncated JSON as fast as they can"),
     DiskFull(),
+    ReplicaKilled(),
 ]
-PENDING = {
-    "replica-sigkill": "a replica SIGKILLed behind nginx: needs `make cluster` (3 replicas behind nginx), not yet on main",
-}
+PENDING: dict[str, str] = {}
 
 
 def by_name(names: Sequence[str] | None) -> list[Any]:

@@ -91,19 +91,19 @@ def run_fault(ctx: Context, fault: Fault, healthy: Sequence[Answer] | None, timi
     during = [s for s in samples if injected <= s.due < cleared]
     result = score(fault.name, during, healthy)
     result.recovery_s = recovery_seconds(samples, cleared)
-    result.records_late, result.records_lost = _lost(ctx.world, samples)
+    result.records_late, result.records_lost = _lost(ctx.world, samples, ctx.records_db)
     result.note = fault.note()
     return result, probe.next_index
 
 
-def _lost(world: World, samples: Sequence[Sample]) -> tuple[int, int]:
+def _lost(world: World, samples: Sequence[Sample], db_url: str | None = None) -> tuple[int, int]:
     """Answered requests whose record is not in the log 30 s after the fault (late), and of
     those, the ones still missing after 90 s more (lost)."""
     answered = [s.request_id for s in samples if s.status == 200 and s.request_id]
-    missing = sorted(set(answered) - world.stored(answered))
+    missing = sorted(set(answered) - world.stored(answered, db_url=db_url))
     if not missing:
         return 0, 0
-    arrived = world.stored(missing, timeout=90.0)
+    arrived = world.stored(missing, timeout=90.0, db_url=db_url)
     return len(missing), len(missing) - len(arrived)
 
 

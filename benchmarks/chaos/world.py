@@ -73,6 +73,7 @@ class World:
         self.server: Server | None = None
         self.frame: Any = None
         self.training: Any = None  # the training set both models learned from
+        self.models: tuple[Any, Any] = (None, None)  # the primary (a FaultSwitch) and the fallback
         self._mounted = False
 
     @property
@@ -178,13 +179,22 @@ class World:
         model, _ = self.retrain(seed=7)
         lite = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
         lite.fit(training.X, training.y)
+        self.models = (model, lite)
+        self.register_models(settings)
+        return frame
+
+    def register_models(self, settings: Any) -> None:
+        """Register the world's two models (``fraud:1``, ``fraud-lite:1``) in the registry of
+        ``settings`` (the world's, or a cluster's on the same PostgreSQL server)."""
+        import stalwart
+
+        model, lite = self.models
         registry = stalwart.Registry.open(settings)
         try:
-            registry.register("fraud", model, training_set=training, trusted_types=TRUSTED, description="the fraud model, with a fault switch")
-            registry.register("fraud-lite", lite, training_set=training, description="logistic regression: the fallback")
+            registry.register("fraud", model, training_set=self.training, trusted_types=TRUSTED, description="the fraud model, with a fault switch")
+            registry.register("fraud-lite", lite, training_set=self.training, description="logistic regression: the fallback")
         finally:
             registry.db.dispose()
-        return frame
 
     def retrain(self, seed: int) -> tuple[FaultSwitch, Any]:
         """The example's model and hyperparameters (examples/fraud/train.py), with the fault
@@ -254,16 +264,17 @@ class World:
         with psycopg.connect(self.pg.url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(statement)  # type: ignore[arg-type]
 
-    def stored(self, request_ids: list[str], *, timeout: float = 30.0) -> set[str]:
-        """Which of ``request_ids`` the prediction log has in PostgreSQL, waiting up to
-        ``timeout`` for its spool to drain (the sink retries with backoff after an outage)."""
+    def stored(self, request_ids: list[str], *, timeout: float = 30.0, db_url: str | None = None) -> set[str]:
+        """Which of ``request_ids`` the prediction log has in PostgreSQL (the world's
+        database, or ``db_url``), waiting up to ``timeout`` for its spool to drain (the sink
+        retries with backoff after an outage)."""
         import psycopg
 
         wanted = set(request_ids)
         found: set[str] = set()
         deadline = time.monotonic() + timeout
         while True:
-            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self.pg.url, autocommit=True, connect_timeout=2) as conn:
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(db_url or self.pg.url, autocommit=True, connect_timeout=2) as conn:
                 for start in range(0, len(request_ids), 5000):
                     chunk = request_ids[start:start + 5000]
                     rows = conn.execute("SELECT request_id FROM predictions WHERE request_id = ANY(%s)", (chunk,)).fetchall()
