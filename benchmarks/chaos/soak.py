@@ -407,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rollout", action="store_true", help="do not start a rollout a quarter of the way in")
     args = parser.parse_args(argv)
     options = SoakOptions(seconds=args.minutes * 60, share=args.share, sample=args.sample, rollout=None if args.no_rollout else 0.25)
-    with World(WorldOptions(cards=options.cards)) as world:
+    # A spool of a size a real disk gives it: the chaos run's 64 MiB (made to be filled)
+    # would fill in minutes whenever delivery lags, and then measure the disk, not leaks.
+    with World(WorldOptions(cards=options.cards, spool_size="2g")) as world:
         document = run_soak(world, options)
     paths = write(document)
     print(markdown(document))
