@@ -158,10 +158,14 @@ class SqlReader:
         return [c.name for c in self.table.c if c.name not in skip]
 
     def read_all(self, columns: Sequence[str]) -> SourceRows:
-        query = select(*self._key_cols, self.table.c[self.source.timestamp], self._order, *self._values(columns)).order_by(self._order)
         with self.db.read() as conn:
-            records = conn.execute(query).all()
+            records = conn.execute(self.scan(columns)).all()
         return rows_from_records(records, len(self._key_cols), columns)
+
+    def scan(self, columns: Sequence[str]) -> Any:
+        """The statement reading every row as ``(*keys, time, order, *columns)``, in source
+        order: what :meth:`read_all` runs, and what the offline engines stream."""
+        return select(*self._key_cols, self.table.c[self.source.timestamp], self._order, *self._values(columns)).order_by(self._order)
 
     async def fetch(
         self,

@@ -320,9 +320,14 @@ class Compiler:
         on = " AND ".join(f"e.{k} = s.{k}" for k in set_plan.join_keys)
         columns = list(dict.fromkeys(f.column for f in set_plan.latest))
         picked = ", ".join(f"s.{set_plan.value_column(c)} AS __l{i}_{set_plan.columns.index(c)}" for c in columns)
+        # The last row of each (entity, time) by source order: a hash aggregate (arg_max of
+        # the values by order), cheaper than sorting the source to number its rows.
+        values = [set_plan.value_column(c) for c in columns]
+        packed = ", ".join(f"{v} := {v}" for v in values)
+        unpacked = ", ".join(f"__last.{v} AS {v}" for v in values)
         ctes.append(
-            f"last{i} AS (SELECT * FROM {source} QUALIFY row_number() OVER "
-            f"(PARTITION BY {keys}, {TS} ORDER BY {ORDER} DESC) = 1)"
+            f"last{i} AS (SELECT {keys}, {TS}, {unpacked} FROM (SELECT {keys}, {TS}, "
+            f"arg_max(struct_pack({packed}), {ORDER}) AS __last FROM {source} GROUP BY {keys}, {TS}))"
         )
         ctes.append(
             f"asof{i} AS (SELECT e.*, s.{TS} AS __lt{i}, {picked} FROM {current} e "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Boolean, Float, Integer, Numeric, select
+from sqlalchemy import Boolean, Float, Integer, Numeric
 
 from stalwart._optional import require
 from stalwart.errors import ConfigError
@@ -64,9 +64,8 @@ def sql_batches(source: SqlSource, db: Database, columns: Sequence[str]) -> Any:
     pa = _pa()
     reader = SqlReader(source, db)
     schema = sql_schema(reader, columns)
-    table = reader.table
-    query = select(*reader._key_cols, table.c[source.timestamp], reader._order, *reader._values(columns))
-    n_keys = len(reader._key_cols)
+    query = reader.scan(columns)
+    n_keys = len(source.entity.keys)
 
     def generate() -> Iterator[Any]:
         with db.read() as conn:
