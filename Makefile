@@ -29,7 +29,7 @@ LATEST := .venv-latest
 
 LINT_PATHS := src tests benchmarks examples
 
-.PHONY: demo test test-latest lint typecheck unit services bench cluster lock proto clean
+.PHONY: demo test test-latest lint typecheck unit services bench cluster chaos soak lock proto clean
 
 demo: $(STAMP)
 	$(BIN)/stalwart demo
@@ -60,6 +60,18 @@ services:
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks
+
+# Faults through real servers, one at a time and accumulated (docs/reliability.md). Needs
+# root (private PostgreSQL run as postgres, a tmpfs for the spool) and wrk; about 10 minutes.
+chaos: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@scripts/ensure-nginx
+	$(BIN)/python -m benchmarks.chaos
+
+# 30 minutes at half the measured capacity, mixed traffic; exits 1 when a criterion fails.
+soak: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m benchmarks.chaos.soak --minutes 30
 
 # Three `stalwart serve` replicas of the fraud example behind nginx, sharing PostgreSQL and
 # Redis, until Ctrl-C (docs/cluster.md). nginx is installed when missing.

@@ -1,4 +1,6 @@
-"""Stalwart's benchmarks, run by ``make bench`` (``python -m benchmarks``), never by the tests.
+"""Stalwart's benchmarks, run by ``make bench`` (``python -m benchmarks``), never by the tests;
+and the chaos run and soak (``benchmarks/chaos``: ``make chaos``, ``make soak``), whose
+world ``tests/chaos`` reuses for a few short checks.
 
 Importing this package pins the numeric libraries to one thread before numpy is imported
 anywhere, so the in-process figures and every server started from here compute alike, and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -154,3 +155,17 @@ def test_workers_are_uvicorn_workers() -> None:
     assert load_settings(workers=1, server="granian").server == "granian"
     with pytest.raises(ConfigError, match=r"STALWART_WORKERS: .*STALWART_SERVER=uvicorn"):
         load_settings(workers=2, server="granian")
+
+
+def test_the_server_listens_on_loopback_and_its_home_is_private_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without variables the server binds 127.0.0.1 only (exposing it is a decision), and the
+    home directories Stalwart makes are readable by their owner alone (docs/security.md)."""
+    monkeypatch.chdir(tmp_path)
+    previous = os.umask(0o022)
+    try:
+        settings = load_settings()
+        assert settings.host == "127.0.0.1"
+        settings.resolved_admin_token()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / ".stalwart").stat().st_mode) == 0o700

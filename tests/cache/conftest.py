@@ -5,9 +5,6 @@ loader that counts its calls."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -19,7 +16,7 @@ from stalwart.cache import CacheMetrics, FeatureCache, MemoryTier, RedisTier
 from stalwart.cache.keys import EntityKey
 from stalwart.cache.tier import Row
 from tests.conftest import REDIS_URL
-from tests.servers import free_port
+from tests.private_redis import PrivateRedis
 
 
 class Clock:
@@ -101,49 +98,13 @@ async def make_cache(namespace: str) -> AsyncIterator[CacheFactory]:
         await asyncio.wait_for(cache.aclose(), 10)
 
 
-class PrivateRedis:
-    """A redis-server of our own on a free port, to kill and restart."""
-
-    def __init__(self, extra: list[str] | None = None) -> None:
-        self.extra = extra or []
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            pytest.fail("redis-server is not installed; install it to run the cache tests")
-        self.process = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", *self.extra],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        client = redis_sync.Redis(port=self.port, socket_connect_timeout=0.2)
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis_sync.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
     server = PrivateRedis()
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield server
     finally:

@@ -20,6 +20,11 @@ Durability modes:
   share one fsync (group commit): the writer takes whatever is queued, writes it, syncs
   once, and resolves them all. If the record cannot be made durable the request fails.
 
+A spool that cannot be written (a full disk) loses nothing by itself in ``async`` mode: the
+records already linked into the chain wait in memory and are written first once space
+returns, while newer ones wait in the queue (so the chain has no gap). In ``sync`` mode the
+requests waiting for them fail (503) and their records are unlinked and dropped, counted.
+
 When the queue is full, new records are dropped and counted
 (``stalwart_prediction_log_dropped_total{reason="queue_full"}`` and a log line), never
 silently. At start the writer also delivers the spools of processes that died with records
@@ -158,6 +163,10 @@ class PredictionLog(Generic[T]):
         self._last_flush = time.monotonic()
         self._last_delivery = 0.0
         self._spooled_since_delivery = 0
+        # Records linked into the chain that the spool refused (a full disk): written before
+        # any newer record is linked, so the chain never has a gap.
+        self._unspooled: list[bytes] = []
+        self._last_blocked_log = 0.0
 
     # --- the request path ----------------------------------------------------------------
 
@@ -230,9 +239,10 @@ class PredictionLog(Generic[T]):
             ):
                 self._deliver()
             self._maintain()
-            if not self._queue and (self._spool is None or not self._spool.pending()):
+            if not self._queue and not self._unspooled and (self._spool is None or not self._spool.pending()):
                 self._idle.set()
-            if stopping and not self._queue:
+            if stopping and (not self._queue or self._unspooled):
+                self._drop("spool_error", len(self._unspooled) + len(self._queue), detail="the spool could not be written before the log closed")
                 return
             if self._inflight and time.monotonic() - self._last_flush >= _FLUSH_EVERY:
                 self._flush_sink()
@@ -241,10 +251,14 @@ class PredictionLog(Generic[T]):
         spool = self._spool
         if spool is None:
             return
+        if self._unspooled and not self._append(spool, self._unspooled, sync=False):
+            return  # still no room: newer records wait in the queue (bounded, drops counted)
+        self._unspooled = []
         while self._queue:
             items: list[tuple[T, _Waiter | None]] = []
             while self._queue and len(items) < _BATCH:
                 items.append(self._queue.popleft())
+            seq, prev_hash = self.chain.seq, self.chain.prev_hash
             encoded: list[bytes] = []
             for n, (item, _) in enumerate(items, 1):
                 if not n % _YIELD_EVERY:
@@ -257,18 +271,34 @@ class PredictionLog(Generic[T]):
                     self._drop("unencodable", 1, detail=f"{type(exc).__name__}: {exc}"[:200])
             waiters = [w for _, w in items if w is not None]
             error: BaseException | None = None
-            try:
-                if encoded:
-                    spool.append(encoded, sync=bool(waiters))
-                    self._metrics.records.labels("spooled").inc(len(encoded))
-                    self._spooled_since_delivery += len(encoded)
-            except OSError as exc:
-                # A full or failing disk: these records cannot be kept. Count them, say so,
-                # and fail the requests that asked to be recorded before they were answered.
-                self._drop("spool_error", len(encoded), detail=str(exc))
+            if encoded and not self._append(spool, encoded, sync=bool(waiters)):
+                if not waiters:
+                    self._unspooled = encoded  # written first once there is room again
+                    return
+                # Requests waiting for their records fail; records of failed answers must not
+                # be stored as answered, so they leave the chain as if never linked.
+                self.chain.seq, self.chain.prev_hash = seq, prev_hash
+                self._drop("spool_error", len(encoded), detail="the spool cannot be written")
                 error = PredictionLogError("the prediction log cannot write its spool (is the disk full?); retry shortly")
             for waiter in waiters:
                 waiter.settle(error)
+            if error is not None:
+                return
+
+    def _append(self, spool: Spool, encoded: list[bytes], *, sync: bool) -> bool:
+        """Append to the spool; False (said in the log at most every 10 s) when the disk
+        refuses (full, failing): the spool is left as it was before the call."""
+        try:
+            spool.append(encoded, sync=sync)
+        except OSError as exc:
+            now = time.monotonic()
+            if now - self._last_blocked_log >= _DROP_LOG_EVERY:
+                _log.warning("prediction log cannot write its spool (is the disk full?); records wait", error=str(exc), waiting=len(encoded) + len(self._queue))
+                self._last_blocked_log = now
+            return False
+        self._metrics.records.labels("spooled").inc(len(encoded))
+        self._spooled_since_delivery += len(encoded)
+        return True
 
     def _deliver(self) -> None:
         spool = self._spool

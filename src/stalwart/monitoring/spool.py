@@ -85,17 +85,25 @@ class Spool:
 
     def append(self, payloads: Sequence[bytes], *, sync: bool = False) -> Position:
         """Append records in order; returns the position after the last. ``sync``: fsync
-        before returning (the records survive a machine crash, not only the process's)."""
+        before returning (the records survive a machine crash, not only the process's).
+        OSError (a full disk) leaves the spool as it was: none of them is appended."""
         if self._end >= self._segment_bytes:
             self._rotate()
         frames = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
         view = memoryview(frames)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if sync:
+                os.fsync(self._fd)
+        except OSError:
+            # A full disk can take part of the frames: cut them off, so the next append
+            # (appending at the file's end) starts where the last whole record ended.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)
+            raise
         self._end += len(frames)
-        if sync:
-            os.fsync(self._fd)
         return Position(self._segment, self._end)
 
     def sync(self) -> None:
