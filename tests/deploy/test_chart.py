@@ -306,3 +306,19 @@ def test_a_changed_setting_rolls_the_pods() -> None:
     before = render(MINIMAL).one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     after = render({**MINIMAL, "config": {"STALWART_LOG_LEVEL": "debug"}}).one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     assert before != after
+
+
+def test_a_grpc_port_is_opened_on_the_pod_and_the_service() -> None:
+    """With STALWART_GRPC_PORT set, the container declares it and the Service routes it
+    (by name, as gRPC); without it, only HTTP is exposed."""
+    plain = render(MINIMAL)
+    assert [p["name"] for p in container(plain)["ports"]] == ["http"]
+    assert [p["name"] for p in plain.one("Service")["spec"]["ports"]] == ["http"]
+    manifests = render({**MINIMAL, "config": {"STALWART_GRPC_PORT": "8081"}})
+    ports = {p["name"]: p for p in container(manifests)["ports"]}
+    assert ports["grpc"]["containerPort"] == 8081
+    service = {p["name"]: p for p in manifests.one("Service")["spec"]["ports"]}
+    assert service["grpc"] == {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+    for manifest in (manifests.one("Deployment"), manifests.one("Service")):
+        for version in KUBERNETES:
+            kubernetes_validate.validate(manifest, version, strict=True)
