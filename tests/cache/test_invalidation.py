@@ -190,7 +190,12 @@ async def test_invalidations_made_while_redis_is_down_are_applied_when_it_return
         shared_only = CachePolicy(ttl=300, memory=False, xfetch_beta=0)
         source = Source(ROWS)
         await writer.bind("fraud", "v1", shared_only).get_many([(1,)], source.load)
-        await asyncio.sleep(0.05)
+        # The value reaches Redis by the fetch's write-back, after the answer: wait for it
+        # (on a loaded machine 50 ms was not always enough, and the outage began first).
+        deadline = time.monotonic() + 10
+        while writer._tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not writer._tasks
         server.kill()
         source.rows[(1,)] = {"amount": -1.0}
         assert not await writer.invalidate("fraud", [(1,)])
