@@ -249,19 +249,9 @@ class Compiler:
             raise ConfigError(f"source '{source.name}' ({type(source).__name__}) has no rows to read")
         types = self._types(raw)
         keys = set_plan.keys
-        missing = [c for c in [*keys, *([source.timestamp] if stamp is None else []), *set_plan.columns] if c not in types]
-        if missing:
-            raise ConfigError(f"source '{source.name}' has no column {', '.join(repr(m) for m in missing)}")
-        kinds: dict[str, ColumnKind] = {}
+        kinds = set_plan.column_kinds(types, _kind, timestamp=source.timestamp if stamp is None else None)
         values = []
-        for column in set_plan.columns:
-            kind = _kind(types[column])
-            if kind is None:
-                raise FeatureError(
-                    f"column '{column}' of source '{source.name}' is {types[column]}; features read "
-                    f"numbers, booleans or strings (convert it in the source)"
-                )
-            kinds[column] = kind
+        for column, kind in kinds.items():
             col = quote(column)
             expr = f"CASE WHEN isnan(CAST({col} AS DOUBLE)) THEN NULL ELSE CAST({col} AS DOUBLE) END" if kind == "number" else col
             values.append(f"{expr} AS {set_plan.value_column(column)}")

@@ -23,7 +23,7 @@ every engine to:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -70,6 +70,28 @@ class SetPlan:
     def value_column(self, column: str) -> str:
         """The internal name of a source value column."""
         return f"__v{self.index}_{self.columns.index(column)}"
+
+    def column_kinds(
+        self, types: Mapping[str, str], kind_of: Callable[[str], ColumnKind | None], *, timestamp: str | None
+    ) -> dict[str, ColumnKind]:
+        """Each value column's kind, from the source's column ``types`` (an engine's type
+        names, read by its ``kind_of``); refuses a source without the keys, ``timestamp``
+        (None: the engine stamps rows itself) or a value column, and a column of another type."""
+        source = self.feature_set.source
+        wanted = [*self.keys, *([timestamp] if timestamp is not None else []), *self.columns]
+        missing = [c for c in wanted if c not in types]
+        if missing:
+            raise ConfigError(f"source '{source.name}' has no column {', '.join(repr(m) for m in missing)}")
+        kinds: dict[str, ColumnKind] = {}
+        for column in self.columns:
+            kind = kind_of(types[column])
+            if kind is None:
+                raise FeatureError(
+                    f"column '{column}' of source '{source.name}' is {types[column]}; features read "
+                    f"numbers, booleans or strings (convert it in the source)"
+                )
+            kinds[column] = kind
+        return kinds
 
     def check_kinds(self, kinds: dict[str, ColumnKind], engine: str) -> None:
         """Refuse, before running, what only the numpy engine can give: aggregates other

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from stalwart._optional import require
-from stalwart.errors import ConfigError, FeatureError
+from stalwart.errors import ConfigError
 from stalwart.features.readers import dataset_files
 from stalwart.monitoring.profiles import Profile
 from stalwart.offline.batches import Finish
@@ -218,19 +218,9 @@ class SparkEngine:
         else:
             raise ConfigError(f"source '{source.name}' ({type(source).__name__}) has no rows to read")
         types = dict(raw.dtypes)
-        missing = [c for c in [*set_plan.keys, *([source.timestamp] if stamp is None else []), *set_plan.columns] if c not in types]
-        if missing:
-            raise ConfigError(f"source '{source.name}' has no column {', '.join(repr(m) for m in missing)}")
-        kinds: dict[str, ColumnKind] = {}
+        kinds = set_plan.column_kinds(types, _kind, timestamp=source.timestamp if stamp is None else None)
         values = []
-        for column in set_plan.columns:
-            kind = _kind(types[column])
-            if kind is None:
-                raise FeatureError(
-                    f"column '{column}' of source '{source.name}' is {types[column]}; features read "
-                    f"numbers, booleans or strings (convert it in the source)"
-                )
-            kinds[column] = kind
+        for column, kind in kinds.items():
             col = F.col(_q(column))
             if kind == "number":
                 number = col.cast("double")
