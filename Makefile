@@ -34,14 +34,15 @@ LINT_PATHS := src tests benchmarks examples
 demo: $(STAMP)
 	$(BIN)/stalwart demo
 
-# Two test processes (pytest-xdist): most tests wait on servers, sockets and polls rather
-# than compute, so two share a 2-core machine well. A file's tests stay in one process
-# (--dist loadfile), so module-scoped fixtures (a cluster, a Spark session) start once.
+# One test process by default. `make test PYTEST_PARALLEL="-n 2 --dist loadfile"` runs two
+# (pytest-xdist; a file's tests stay in one process, so module fixtures start once): about
+# 1.7x faster, but one Redis-restart test has failed under it (see the closing note of
+# 2026-12-07), so CI stays serial until that is understood.
 # --durations: CI's log names the slowest tests, to keep the suite within its budget.
-TEST_PROCESSES ?= 2
+PYTEST_PARALLEL ?=
 
 test: $(STAMP) services lint typecheck
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile --durations=25
+	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -34,3 +34,15 @@ def test_array_bytes_follows_object_arrays_and_stops_at_its_limit() -> None:
 def test_a_load_is_never_measured_below_the_arrays_it_holds() -> None:
     measured = measure(lambda: np.random.default_rng(0).random(250_000))
     assert measured.grew is None or measured.grew >= 2_000_000
+
+
+def test_array_bytes_reaches_a_model_through_its_bound_methods() -> None:
+    """A flavor that keeps ``model.predict`` holds the model, and so its arrays."""
+    model = _Model()
+    assert array_bytes({"predict": model.__init__}) == array_bytes(model)
+
+
+def test_array_bytes_counts_arrays_over_another_objects_buffer() -> None:
+    """Unpickled arrays lie over the pickle's bytes: counted once per buffer."""
+    data = np.frombuffer(bytes(800), dtype=np.float64)
+    assert array_bytes([data, data[:10]]) == 800

@@ -134,6 +134,9 @@ def array_bytes(root: object, limit: int = _WALK_LIMIT) -> int:
     pending = [root]
     while pending and len(seen) < limit:
         obj = pending.pop()
+        if isinstance(obj, types.MethodType):  # a bound method keeps its object (a wrapper's model.predict)
+            pending.append(obj.__self__)
+            continue
         if id(obj) in seen or isinstance(obj, _NOT_DATA):
             continue
         seen.add(id(obj))
@@ -141,10 +144,10 @@ def array_bytes(root: object, limit: int = _WALK_LIMIT) -> int:
             owner = obj
             while isinstance(owner.base, np.ndarray):
                 owner = owner.base
-            if owner.base is None:
-                buffers[id(owner)] = owner.nbytes
-            else:  # a view of another buffer (bytes, a memory map): follow it
-                pending.append(owner.base)
+            # An array over another object's buffer (bytes, as unpickling makes them; a
+            # memory map) is counted once per that object.
+            key = id(owner) if owner.base is None else id(owner.base)
+            buffers[key] = max(buffers.get(key, 0), owner.nbytes)
             if obj.dtype.hasobject:
                 pending.extend(obj.ravel()[:limit])
             continue
