@@ -101,6 +101,7 @@ class Invalidator:
         self._max_pending = max_pending
         self._pending: dict[str | None, set[str] | None] = {}
         self._pending_count = 0
+        self._replaying = 0
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(Invalidation)
 
@@ -220,24 +221,28 @@ class Invalidator:
             for name in pending:
                 pending[name] = None
             self._pending_count = 0
-        self.metrics.invalidations_pending.set(len(pending))
+        self.metrics.invalidations_pending.set(self.pending)
 
     @property
     def pending(self) -> int:
-        """Invalidations waiting for Redis."""
-        return len(self._pending)
+        """Invalidations waiting for Redis, counting those a replay is publishing now (one
+        is not applied until Redis has taken it)."""
+        return len(self._pending) + self._replaying
 
     async def replay(self) -> bool:
         """Publish what Redis missed; returns True when nothing is left pending."""
         todo, self._pending = self._pending, {}
         self._pending_count = 0
+        self._replaying += len(todo)
         try:
             for name, entities in todo.items():
                 await self._publish(name, None if entities is None else sorted(entities))
         except CacheUnavailable:
             for name, entities in todo.items():
                 self._remember(name, None if entities is None else list(entities))
-        self.metrics.invalidations_pending.set(len(self._pending))
+        finally:
+            self._replaying -= len(todo)
+        self.metrics.invalidations_pending.set(self.pending)
         return not self._pending
 
 
