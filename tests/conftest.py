@@ -31,6 +31,19 @@ REDIS_URL = os.environ.get("STALWART_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 os.environ["COLUMNS"] = "200"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each of schemathesis's per-operation tests its own node id.
+
+    Under pytest 9, schemathesis names them ``test[GET /v2]`` but leaves every one the id of
+    the bare function, and pytest-xdist schedules by id: in two processes the fuzz test ran
+    one operation of 26, and passed. An id per operation restores all 26 (and ``-k``/
+    ``--lf`` on one operation). Checked by tests/serving/test_fuzz.py.
+    """
+    for item in items:
+        if "[" in item.name and "[" not in item.nodeid and item.parent is not None:
+            item._id = item.parent.id.child(item.name)  # pytest 9 keeps a node's id there
+
+
 @pytest.fixture(autouse=True)
 def _logs_on_a_live_stream() -> Iterator[None]:
     """A CLI test's CliRunner lends the process a stdout/stderr it closes afterwards, and a

@@ -121,6 +121,18 @@ def test_no_5xx_and_every_response_matches_the_document(case: schemathesis.Case,
     case.call_and_validate(base_url=fuzz_server.url, checks=CHECKS)
 
 
+def test_every_operation_is_collected_under_its_own_id(request: pytest.FixtureRequest) -> None:
+    """Each operation of the document is a test of its own id, so pytest-xdist runs them all
+    (with one shared id it ran one of 26; tests/conftest.py gives each its id)."""
+    fuzzed = [item.nodeid for item in request.session.items if item.name.startswith("test_no_5xx_and_every_response_matches_the_document[")]
+    operations = [result.ok().label for result in schema.get_all_operations()]
+    assert len(operations) >= 20
+    expected = {f"{__name__.replace('.', '/')}.py::test_no_5xx_and_every_response_matches_the_document[{label}]" for label in operations}
+    # -k or --lf may have deselected some: those collected must each have their own id.
+    assert len(set(fuzzed)) == len(fuzzed)
+    assert set(fuzzed) <= expected
+
+
 # -- edge values: raw JSON a generator of valid documents never sends ---------------------
 
 # Numbers at the edges of doubles and int64, literals JSON does not have, nulls, unicode,
