@@ -31,10 +31,17 @@ from stalwart.serving.dataplane import Outcome
 from stalwart.serving.errors import status_for
 from stalwart.serving.policies import LogPolicy
 
-__all__ = ["PredictionTap", "Recorded", "feature_matrix", "open_prediction_log", "to_record"]
+__all__ = ["MAX_LOGGED_TEXT", "PredictionTap", "Recorded", "feature_matrix", "open_prediction_log", "to_record"]
 
 # A tensor with more values than this is kept as a summary (shape, dtype, min, max, mean).
 _MAX_LOGGED_VALUES = 4096
+
+# A record keeps at most this many characters of text (string and bytes values) in all: a
+# request at the body limit holding one 8 MiB string made an 8 MiB record, and a few a
+# second filled the spool and held up delivery (docs/reliability.md). Past the budget a
+# long text is logged as a stand-in: its first characters, its length and a hash.
+MAX_LOGGED_TEXT = 64 * 1024
+_KEPT_PREFIX = 64
 
 
 @dataclass(slots=True)
@@ -116,6 +123,7 @@ def to_record(
     outcome = item.outcome
     info = outcome.info
     exchange = outcome.exchange
+    texts = _Texts()
     record = PredictionRecord(
         request_id=info.request_id,
         time_ns=info.arrived_ns,
@@ -137,17 +145,17 @@ def to_record(
             record.validation = exchange.validation.summary
     if outcome.entrypoint == "/v2":
         if exchange is not None:
-            _inputs(record, {name: _values(array) for name, array in exchange.inputs.items()}, inputs)
+            _inputs(record, {name: _values(array, texts) for name, array in exchange.inputs.items()}, inputs)
         if outcome.inferred is not None:
-            record.outputs = {name: _values(array) for name, array in outcome.inferred.outputs.items()}
+            record.outputs = {name: _values(array, texts) for name, array in outcome.inferred.outputs.items()}
     else:
         request = outcome.request
         if request is not None:
-            record.entities = [dict(e) if isinstance(e, Mapping) else {"entity": e} for e in request.entities[:_MAX_LOGGED_VALUES]]
+            record.entities = texts.keep([dict(e) if isinstance(e, Mapping) else {"entity": e} for e in request.entities[:_MAX_LOGGED_VALUES]])
             if request.values is not None:
-                _inputs(record, _columns([dict(v) if isinstance(v, Mapping) else {"value": v} for v in request.values[:_MAX_LOGGED_VALUES]]), inputs)
+                _inputs(record, texts.keep(_columns([dict(v) if isinstance(v, Mapping) else {"value": v} for v in request.values[:_MAX_LOGGED_VALUES]])), inputs)
         if exchange is not None:
-            record.features = _features(exchange.inputs, outcome.feature_names)
+            record.features = _features(exchange.inputs, outcome.feature_names, texts)
         if outcome.features:
             record.cache = dict(outcome.features.get("cache") or {}) or None
             record.feature_sets = dict(outcome.features.get("feature_sets") or {}) or None
@@ -156,7 +164,7 @@ def to_record(
         if prediction is not None:
             record.variant = prediction.variant
             record.model, record.version = prediction.model if prediction.model else (record.model, record.version)
-            record.outputs = _columns(prediction.predictions)
+            record.outputs = texts.keep(_columns(prediction.predictions))
             if prediction.degraded is not None:
                 record.degraded = prediction.degraded.level
                 record.degraded_reason = prediction.degraded.reason
@@ -173,12 +181,44 @@ def _inputs(record: PredictionRecord, values: dict[str, Any], how: str) -> None:
         record.inputs_hash = hashlib.sha256(encode_record(probe)).hexdigest()
 
 
-def _values(array: np.ndarray[Any, Any]) -> Any:
+class _Texts:
+    """One record's budget of text (:data:`MAX_LOGGED_TEXT` characters)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_LOGGED_TEXT
+
+    def keep(self, value: Any) -> Any:
+        """``value`` (lists and dicts walked) with each text kept while the budget lasts."""
+        if isinstance(value, str):
+            return self._text(value)
+        if isinstance(value, bytes):
+            return self._text(value.decode("utf-8", "replace"))
+        if isinstance(value, list):
+            return [self.keep(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.keep(v) for k, v in value.items()}
+        return value
+
+    def _text(self, text: str) -> str:
+        size = len(text)
+        if size <= _KEPT_PREFIX or size <= self.left:
+            self.left -= size
+            return text
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        stand_in = f"{text[:_KEPT_PREFIX]}… [{size:,} characters, sha256 {digest}…, cut from the log]"
+        self.left -= len(stand_in)
+        return stand_in
+
+
+def _values(array: np.ndarray[Any, Any], texts: _Texts) -> Any:
     """A tensor as JSON-ready values, or a summary when it is large."""
     if array.size <= _MAX_LOGGED_VALUES:
         if array.dtype.kind in "iub" or (array.dtype.kind == "f" and np.isfinite(array).all()):
             return array.tolist()  # nothing in it needs a JSON stand-in
-        return _jsonable(array.tolist())
+        values = _jsonable(array.tolist())
+        return texts.keep(values) if array.dtype.kind in "OUS" else values
     summary: dict[str, Any] = {"shape": list(array.shape), "dtype": str(array.dtype), "summarised": True}
     if array.dtype.kind in "iuf":
         with np.errstate(all="ignore"):
@@ -197,11 +237,11 @@ def feature_matrix(inputs: Mapping[str, np.ndarray[Any, Any]], names: tuple[str,
     return None
 
 
-def _features(inputs: Mapping[str, np.ndarray[Any, Any]], names: tuple[str, ...] | None) -> dict[str, Any]:
+def _features(inputs: Mapping[str, np.ndarray[Any, Any]], names: tuple[str, ...] | None, texts: _Texts) -> dict[str, Any]:
     matrix = feature_matrix(inputs, names)
     if matrix is not None and names is not None:
-        return {name: _values(matrix[:, i]) for i, name in enumerate(names)}
-    return {name: _values(array) for name, array in inputs.items()}
+        return {name: _values(matrix[:, i], texts) for i, name in enumerate(names)}
+    return {name: _values(array, texts) for name, array in inputs.items()}
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
