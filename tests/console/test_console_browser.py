@@ -93,7 +93,8 @@ def test_the_console_in_a_browser(judged_console: ConsoleServer) -> None:
         browser.screenshot(SHOTS / "login.png")
         browser.type("input[name=token]", TOKEN)
         browser.click(".login-form button")
-        assert browser.url.startswith(f"{base}/ui/deployments/{NAME}/monitoring"), browser.url
+        # A click that starts a navigation may return before the next page is shown.
+        _wait(browser, f"return location.pathname === '/ui/deployments/{NAME}/monitoring' && document.readyState === 'complete';")
         _no_errors(browser, "monitoring")
         session = next(c for c in browser.cookies() if c["name"] == "stalwart_ui_session")
         assert session["httpOnly"] is True
@@ -122,6 +123,7 @@ def test_the_console_in_a_browser(judged_console: ConsoleServer) -> None:
         _visit(browser, f"{base}/ui/deployments/{NAME}/predictions")
         _no_injection(browser, "predictions")
         browser.click("table.records a[href*='%3Cscript']")  # the request whose id is markup
+        _wait(browser, "return location.pathname.includes('%3Cscript') && document.readyState === 'complete';")
         _no_errors(browser, "record")
         _no_injection(browser, "record")
         assert browser.run("return document.querySelector('header h1 .name').textContent;") == XSS
